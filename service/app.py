@@ -1,0 +1,77 @@
+"""The FastAPI application: builds the app, loads models in its lifespan, reports readiness.
+
+Models load in the lifespan, never at import; ``/readyz`` says false until they are loaded and
+the process fails loudly (exits) when they cannot be. Routes stay thin and call library code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from service.models import embedder_from_settings, generator_from_settings
+from service.runtime import configure_torch
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    """What the lifespan loaded; ``ready`` turns true only when everything is in place."""
+
+    settings: Settings
+    embedder: Any = None
+    generator: Any = None
+    ready: bool = False
+    loaded: dict[str, Any] = field(default_factory=dict)
+
+
+Loader = Callable[[AppState], None]
+
+
+def load_models(state: AppState) -> None:
+    configure_torch(state.settings)
+    state.embedder = embedder_from_settings(state.settings)
+    state.loaded["embedder"] = state.embedder.identity
+    state.generator = generator_from_settings(state.settings)
+    state.loaded["generator"] = state.generator.identity
+
+
+def create_app(settings: Settings | None = None, loader: Loader = load_models) -> FastAPI:
+    """Build the app; ``loader`` fills the state at startup (tests pass a tiny one)."""
+    settings = settings or get_settings()
+    state = AppState(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio
+
+        log.info("loading models (embedder %s, generator %s)", settings.embedder, settings.generator)
+        await anyio.to_thread.run_sync(loader, state)
+        state.ready = True
+        log.info("ready on %s:%s", settings.host, settings.port)
+        yield
+        state.ready = False
+
+    app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
+    app.state.ragtune = state
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz() -> JSONResponse:
+        """True once models and index are loaded; 503 until then."""
+        body = {"ready": state.ready, "models": state.loaded}
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    return app

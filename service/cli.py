@@ -1,0 +1,122 @@
+"""The ``ragtune`` command line: thin commands over the same library functions as the API.
+
+Each command parses its options, calls one library function and maps domain errors to a
+one-line message and a non-zero exit. ``data`` and ``eval`` run the ``eval`` package in a
+child process, so nothing here imports it (arrows point from eval to the rest, never back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from service.settings import CONFIG_ENV, Settings
+
+
+def _settings(overrides: dict[str, Any] | None = None) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    except (ValidationError, ValueError) as exc:
+        raise click.ClickException(f"invalid configuration: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help=f"YAML settings file (same as {CONFIG_ENV}=FILE).")
+@click.version_option("0.1.0", prog_name="ragtune")
+def main(config_file: str | None) -> None:
+    """ragtune: a domain assistant that retrieves, answers with citations, and tunes itself."""
+    if config_file:
+        os.environ[CONFIG_ENV] = config_file
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default from settings: 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default from settings: 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the assistant over HTTP on the embedded defaults."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.runtime import configure_logging
+
+    settings = _settings({"host": host, "port": port})
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
+def config(fmt: str) -> None:
+    """Print the effective configuration, secrets masked."""
+    data = _settings().masked()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
+
+
+@main.command()
+@click.argument("question")
+@click.option("--mode", type=click.Choice(["base"]), default="base",
+              help="base: the generator alone (rag, ft and hybrid come with the retriever and tuner).")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+def ask(question: str, mode: str, max_new_tokens: int) -> None:
+    """Ask the assistant one question from the command line."""
+    from retriever.sources import ModelNotAvailable
+    from service.generate import complete
+    from service.models import generator_from_settings
+    from service.runtime import configure_logging, configure_torch
+
+    settings = _settings()
+    configure_logging("warning")
+    configure_torch(settings)
+    if not question.strip():
+        raise click.ClickException("the question is empty")
+    try:
+        generator = generator_from_settings(settings)
+    except ModelNotAvailable as exc:
+        raise click.ClickException(str(exc)) from None
+    max_new_tokens = min(max_new_tokens, settings.limits.max_new_tokens)
+    answer = complete(generator, [{"role": "user", "content": question}], max_new_tokens)
+    click.echo(answer.text)
+
+
+def _not_yet(name: str, what: str) -> None:
+    @main.command(name=name, help=f"{what} (not built yet).",
+                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def _cmd() -> None:
+        raise click.ClickException(f"'ragtune {name}' is not built yet: {what.lower()} arrives "
+                                   "with its issue; see docs/roadmap.md")
+
+
+_not_yet("ingest", "Add files or folders of documents to the index")
+_not_yet("search", "Search the index")
+_not_yet("tune", "Fine-tune the generator or the retriever")
+
+
+def _forward_to_eval(name: str, help_text: str) -> None:
+    @main.command(name=name, help=help_text, add_help_option=False,
+                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.pass_context
+    def _cmd(ctx: click.Context) -> None:
+        cmd = [sys.executable, "-m", "eval", name, *ctx.args]
+        raise SystemExit(subprocess.call(cmd, env={**os.environ, "RAGTUNE_PROG": "ragtune"}))
+
+
+_forward_to_eval("data", "Obtain demo and evaluation data (ragtune data debian-faq --lang en --out DIR).")
+_forward_to_eval("eval", "Run evaluations (RAG vs FT vs hybrid).")

@@ -1,0 +1,148 @@
+"""Service settings in one place: environment (``RAGTUNE_*``), an optional YAML file, defaults.
+
+Precedence, highest first: values passed in code, environment variables, the YAML file named by
+``RAGTUNE_CONFIG`` (or ``ragtune --config FILE``), the defaults below. Nested values use ``__``
+in the environment (``RAGTUNE_LIMITS__MAX_K=20``). API keys are hashed as soon as they are read;
+the plain key is never kept. Libraries never see this class: the service maps it onto their
+dataclass configs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "RAGTUNE_CONFIG"
+Scope = Literal["read", "write", "admin"]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKey(BaseModel):
+    """One API key: give ``key`` (hashed on load) or its ``sha256``, and its scopes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="who holds the key; shown in logs and metrics")
+    key: SecretStr | None = Field(default=None, description="the key itself; hashed on load")
+    sha256: str | None = Field(default=None, description="hex sha256 of the key, instead of key")
+    scopes: list[Scope] = Field(default_factory=lambda: ["read"], description="read, write, admin")
+
+    @model_validator(mode="after")
+    def _hash(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError(f"api key {self.name!r}: give exactly one of key or sha256")
+        if self.key is not None:
+            secret = self.key.get_secret_value()
+            if len(secret) < 16:
+                raise ValueError(f"api key {self.name!r}: key must be at least 16 characters")
+            self.sha256 = hash_key(secret)
+            self.key = None
+        elif len(self.sha256 or "") != 64:
+            raise ValueError(f"api key {self.name!r}: sha256 must be 64 hex characters")
+        return self
+
+
+class Limits(BaseModel):
+    """Bounds on what one request may ask for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(10 * 2**20, gt=0, description="largest request body (413 above)")
+    max_k: int = Field(50, gt=0, description="most passages a search or query may return")
+    max_new_tokens: int = Field(512, gt=0, description="cap on generated tokens per request")
+    max_batch_documents: int = Field(256, gt=0, description="most documents in one batch add")
+    max_question_chars: int = Field(4000, gt=0, description="longest question or chat message")
+    rate_limit_per_minute: int = Field(120, ge=0, description="requests per key per minute; 0 = off")
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGTUNE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "share" / "ragtune",
+        description="index, documents, converted models, adapters and runs live here",
+    )
+    embedder: str = Field("all-MiniLM-L6-v2", description="embedder preset, hub id or folder")
+    embedder_path: Path | None = Field(None, description="explicit local weights for the embedder")
+    generator: str = Field("SmolLM2-135M-Instruct", description="generator preset, hub id or folder")
+    generator_path: Path | None = Field(None, description="explicit local weights (folder or .gguf)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = all cores")
+    offline: bool | None = Field(
+        None, description="never try the hub; unset = follow HF_HUB_OFFLINE"
+    )
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=1, le=65535, description="port to bind")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="keys and their scopes")
+    auth_disabled: bool = Field(False, description="serve without keys (loopback only)")
+    limits: Limits = Field(default_factory=Limits)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("cpu", "cuda", "auto") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {v!r}")
+        return v
+
+    @field_validator("data_dir", "embedder_path", "generator_path")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @property
+    def models_dir(self) -> Path:
+        """Converted model weights (GGUF dequantised to safetensors)."""
+        return self.data_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            path = Path(config_file).expanduser()
+            if not path.is_file():
+                raise ValueError(f"{CONFIG_ENV}={config_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, with secrets masked."""
+        data = self.model_dump(mode="json")
+        data["api_keys"] = [
+            {"name": k.name, "sha256": f"{(k.sha256 or '')[:8]}…", "scopes": k.scopes}
+            for k in self.api_keys
+        ]
+        data["config_file"] = os.environ.get(CONFIG_ENV)
+        return data
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests override the dependency or call ``cache_clear``."""
+    return Settings()
