@@ -84,6 +84,7 @@ def ask(question: str, mode: str, max_new_tokens: int) -> None:
 
     settings = _settings()
     configure_logging("warning")
+    _quiet_transformers()
     configure_torch(settings)
     if not question.strip():
         raise click.ClickException("the question is empty")
@@ -94,6 +95,14 @@ def ask(question: str, mode: str, max_new_tokens: int) -> None:
     max_new_tokens = min(max_new_tokens, settings.limits.max_new_tokens)
     answer = complete(generator, [{"role": "user", "content": question}], max_new_tokens)
     click.echo(answer.text)
+
+
+def _quiet_transformers() -> None:
+    """No per-tensor progress bars for one-shot commands; warnings still show."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_warning()
 
 
 def _not_yet(name: str, what: str) -> None:
@@ -120,3 +129,38 @@ def _forward_to_eval(name: str, help_text: str) -> None:
 
 _forward_to_eval("data", "Obtain demo and evaluation data (ragtune data debian-faq --lang en --out DIR).")
 _forward_to_eval("eval", "Run evaluations (RAG vs FT vs hybrid).")
+
+
+@main.command()
+@click.option("--load", is_flag=True, help="Load both configured models (converting a GGUF once).")
+def models(load: bool) -> None:
+    """Show the model presets and where the configured embedder and generator resolve."""
+    from retriever.embedder import EMBEDDER_PRESETS, resolve_embedder
+    from retriever.sources import ModelNotAvailable
+    from service.runtime import configure_logging
+    from tuner.models import GENERATOR_PRESETS, resolve_generator
+
+    settings = _settings()
+    configure_logging("warning")
+    for preset in [*EMBEDDER_PRESETS.values(), *GENERATOR_PRESETS.values()]:
+        click.echo(f"{preset.role:9} {preset.name:40} {preset.hub_id}  ({preset.notes})")
+    click.echo("")
+    failed = False
+    for role, name, resolver, path in (
+        ("embedder", settings.embedder, resolve_embedder, settings.embedder_path),
+        ("generator", settings.generator, resolve_generator, settings.generator_path),
+    ):
+        try:
+            found = resolver(name, local_path=path, offline=settings.offline)
+            click.echo(f"{role}: {name} -> {found.path} [{found.source}]")
+        except ModelNotAvailable as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+    if failed:
+        raise SystemExit(1)
+    if load:
+        from service.models import embedder_from_settings, generator_from_settings
+
+        emb = embedder_from_settings(settings)
+        gen = generator_from_settings(settings)
+        click.echo(f"loaded embedder ({emb.dim}-d) and generator from {gen.weights_dir}")

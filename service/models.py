@@ -21,7 +21,7 @@ def embedder_from_settings(settings: Settings) -> Embedder:
 def generator_from_settings(settings: Settings) -> Generator:
     return load_generator(
         settings.generator,
-        cache_dir=settings.models_dir,
+        cache_dir=settings.model_cache,
         device=settings.device,
         local_path=settings.generator_path,
         offline=settings.offline,

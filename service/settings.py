@@ -73,12 +73,18 @@ class Settings(BaseSettings):
     """Everything the service can be configured with."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RAGTUNE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="RAGTUNE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
     )
 
     data_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "share" / "ragtune",
         description="index, documents, converted models, adapters and runs live here",
+    )
+    models_dir: Path | None = Field(
+        None, description="converted model weights; unset = DATA_DIR/models"
     )
     embedder: str = Field("all-MiniLM-L6-v2", description="embedder preset, hub id or folder")
     embedder_path: Path | None = Field(None, description="explicit local weights for the embedder")
@@ -103,15 +109,15 @@ class Settings(BaseSettings):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {v!r}")
         return v
 
-    @field_validator("data_dir", "embedder_path", "generator_path")
+    @field_validator("data_dir", "models_dir", "embedder_path", "generator_path")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
 
     @property
-    def models_dir(self) -> Path:
-        """Converted model weights (GGUF dequantised to safetensors)."""
-        return self.data_dir / "models"
+    def model_cache(self) -> Path:
+        """Where converted model weights live (GGUF dequantised to safetensors)."""
+        return self.models_dir or self.data_dir / "models"
 
     @classmethod
     def settings_customise_sources(
@@ -134,6 +140,7 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, with secrets masked."""
         data = self.model_dump(mode="json")
+        data["models_dir"] = str(self.model_cache)
         data["api_keys"] = [
             {"name": k.name, "sha256": f"{(k.sha256 or '')[:8]}…", "scopes": k.scopes}
             for k in self.api_keys

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,11 +86,17 @@ def converted_dir(gguf: Path, cache_dir: Path) -> Path:
     return cache_dir / f"{gguf.stem}-{_file_digest(gguf)[:12]}"
 
 
-def ensure_converted(gguf: Path, cache_dir: Path, lock_timeout: float = 600.0) -> Path:
+def ensure_converted(
+    gguf: Path,
+    cache_dir: Path,
+    lock_timeout: float = 600.0,
+    convert: Callable[[Path, Path], None] | None = None,
+) -> Path:
     """Dequantise ``gguf`` into a safetensors folder once; return that folder.
 
     The folder is built under a temporary name and renamed into place, so a reader sees either
     nothing or a complete folder; a file lock makes concurrent callers wait for one conversion.
+    ``convert(gguf, out_dir)`` does the work (the transformers dequantiser by default).
     """
     from filelock import FileLock
 
@@ -105,7 +112,7 @@ def ensure_converted(gguf: Path, cache_dir: Path, lock_timeout: float = 600.0) -
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         started = time.monotonic()
         log.info("converting %s to safetensors under %s (once; takes ~30 s)", gguf.name, target)
-        _convert(gguf, tmp)
+        (convert or _convert)(gguf, tmp)
         meta = {"source": str(gguf), "seconds": round(time.monotonic() - started, 1)}
         (tmp / CONVERSION_MARKER).write_text(json.dumps(meta, indent=2))
         _fsync_tree(tmp)

@@ -1,0 +1,27 @@
+"""Shared fixtures: no hub, a private data dir and fresh settings for every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import build_tiny_llama
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "data"))
+    for var in ("RAGTUNE_CONFIG", "RAGTUNE_EMBEDDER", "RAGTUNE_GENERATOR", "RAGTUNE_EMBEDDER_PATH",
+                "RAGTUNE_GENERATOR_PATH", "RAGTUNE_MODELS_DIR", "RAGTUNE_API_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+    from service.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a tiny random Llama and its tokenizer, built once per session."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -1,0 +1,60 @@
+"""`ragtune serve` as a user runs it: a real process on loopback, models loaded, then ready."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ragtune() -> str:
+    return str(Path(sys.executable).parent / "ragtune")
+
+
+@pytest.mark.slow
+def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "RAGTUNE_GENERATOR": str(tiny_llama), "RAGTUNE_THREADS": "1",
+           "RAGTUNE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen([_ragtune(), "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert ready is not None and ready.status_code == 200, "server never became ready"
+        models = ready.json()["models"]
+        assert models["embedder"]["name"] == "all-MiniLM-L6-v2"
+        assert models["generator"]["weights_dir"] == str(tiny_llama)
+        assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_serve_exits_non_zero_when_a_model_is_missing(tmp_path: Path) -> None:
+    env = {**os.environ, "RAGTUNE_EMBEDDER": str(tmp_path / "no-such-model"),
+           "RAGTUNE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([_ragtune(), "serve", "--port", str(_free_port())], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "No source could provide the embedder" in proc.stdout + proc.stderr
