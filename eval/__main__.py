@@ -1,4 +1,4 @@
-"""``python -m eval``: the eval package's command line (what ``ragtune data`` and ``ragtune eval`` run)."""
+"""``python -m eval``: the eval package's command line, run by ``ragtune data`` and ``eval``."""
 
 import os
 

@@ -47,8 +47,14 @@ EMBEDDER_PRESETS: dict[str, ModelPreset] = {
             name="paraphrase-multilingual-MiniLM-L12-v2",
             role="embedder",
             hub_id="sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
-            hub_patterns=("*.json", "*.txt", "model.safetensors", "1_Pooling/*",
-                          "sentencepiece.bpe.model", "tokenizer*"),
+            hub_patterns=(
+                "*.json",
+                "*.txt",
+                "model.safetensors",
+                "1_Pooling/*",
+                "sentencepiece.bpe.model",
+                "tokenizer*",
+            ),
             notes="384-d, 50+ languages (Chinese included); hub only",
         ),
     ]
@@ -83,8 +89,10 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         dim = get_dim()
         if dim is None:
             raise ValueError(f"embedder {self.resolved.name!r} does not report its dimension")
@@ -115,8 +123,9 @@ class Embedder:
 def weights_fingerprint(path: Path) -> str:
     """A cheap, stable fingerprint of a weights folder or file: names and sizes of its files."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    listing = [(p.name if path.is_file() else str(p.relative_to(path)), p.stat().st_size)
-               for p in files]
+    listing = [
+        (p.name if path.is_file() else str(p.relative_to(path)), p.stat().st_size) for p in files
+    ]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 

@@ -25,7 +25,7 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def hub_offline() -> bool:
-    """Whether the environment forbids hub access (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` forbids hub access."""
     return any(
         os.environ.get(var, "").strip().lower() in _TRUE
         for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -165,7 +165,9 @@ def resolve(
     if preset is None and "/" not in name:
         known = ", ".join(sorted(presets)) or "none"
         attempts.append(
-            Attempt("presets", f"{name!r} is not a preset", f"use one of: {known}, a hub id or a folder")
+            Attempt(
+                "presets", f"{name!r} is not a preset", f"use one of: {known}, a hub id or a folder"
+            )
         )
         raise ModelNotAvailable(role, name, attempts)
     hub_id = preset.hub_id if preset else name
@@ -176,20 +178,29 @@ def resolve(
         if found is not None:
             return ResolvedModel(name, found, "package", hub_id)
         attempts.append(
-            Attempt(f"package {preset.package.requirement}", "not installed", preset.package.install_hint())
+            Attempt(
+                f"package {preset.package.requirement}",
+                "not installed",
+                preset.package.install_hint(),
+            )
         )
 
     try:
         return ResolvedModel(name, _from_hf_cache(hub_id, patterns), "hf-cache", hub_id)
     except Exception as exc:  # huggingface_hub raises several types for "not cached"
         attempts.append(
-            Attempt(f"Hugging Face cache ({hub_id})", f"not cached ({type(exc).__name__})",
-                    f"hf download {hub_id} on a machine with hub access")
+            Attempt(
+                f"Hugging Face cache ({hub_id})",
+                f"not cached ({type(exc).__name__})",
+                f"hf download {hub_id} on a machine with hub access",
+            )
         )
 
     if offline:
         attempts.append(
-            Attempt(f"hub ({hub_id})", "skipped: HF_HUB_OFFLINE=1", "unset HF_HUB_OFFLINE to download")
+            Attempt(
+                f"hub ({hub_id})", "skipped: HF_HUB_OFFLINE=1", "unset HF_HUB_OFFLINE to download"
+            )
         )
     else:
         try:
@@ -197,8 +208,11 @@ def resolve(
             return ResolvedModel(name, _from_hub(hub_id, patterns), "hub", hub_id)
         except Exception as exc:
             attempts.append(
-                Attempt(f"hub ({hub_id})", f"download failed: {type(exc).__name__}: {_first_line(exc)}",
-                        "check the network and the id, or use one of the other sources")
+                Attempt(
+                    f"hub ({hub_id})",
+                    f"download failed: {type(exc).__name__}: {_first_line(exc)}",
+                    "check the network and the id, or use one of the other sources",
+                )
             )
     raise ModelNotAvailable(role, name, attempts)
 

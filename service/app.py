@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import anyio
 
-        log.info("loading models (embedder %s, generator %s)", settings.embedder, settings.generator)
+        log.info(
+            "loading models (embedder %s, generator %s)", settings.embedder, settings.generator
+        )
         await anyio.to_thread.run_sync(loader, state)
         state.ready = True
         log.info("ready on %s:%s", settings.host, settings.port)

@@ -32,8 +32,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help=f"YAML settings file (same as {CONFIG_ENV}=FILE).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help=f"YAML settings file (same as {CONFIG_ENV}=FILE).",
+)
 @click.version_option("0.1.0", prog_name="ragtune")
 def main(config_file: str | None) -> None:
     """ragtune: a domain assistant that retrieves, answers with citations, and tunes itself."""
@@ -53,8 +57,9 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = _settings({"host": host, "port": port})
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
 
 
 @main.command()
@@ -72,8 +77,12 @@ def config(fmt: str) -> None:
 
 @main.command()
 @click.argument("question")
-@click.option("--mode", type=click.Choice(["base"]), default="base",
-              help="base: the generator alone (rag, ft and hybrid come with the retriever and tuner).")
+@click.option(
+    "--mode",
+    type=click.Choice(["base"]),
+    default="base",
+    help="base: the generator alone (rag, ft and hybrid come with the retriever and tuner).",
+)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 def ask(question: str, mode: str, max_new_tokens: int) -> None:
     """Ask the assistant one question from the command line."""
@@ -106,11 +115,16 @@ def _quiet_transformers() -> None:
 
 
 def _not_yet(name: str, what: str) -> None:
-    @main.command(name=name, help=f"{what} (not built yet).",
-                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @main.command(
+        name=name,
+        help=f"{what} (not built yet).",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     def _cmd() -> None:
-        raise click.ClickException(f"'ragtune {name}' is not built yet: {what.lower()} arrives "
-                                   "with its issue; see docs/roadmap.md")
+        raise click.ClickException(
+            f"'ragtune {name}' is not built yet: {what.lower()} arrives "
+            "with its issue; see docs/roadmap.md"
+        )
 
 
 _not_yet("ingest", "Add files or folders of documents to the index")
@@ -119,15 +133,21 @@ _not_yet("tune", "Fine-tune the generator or the retriever")
 
 
 def _forward_to_eval(name: str, help_text: str) -> None:
-    @main.command(name=name, help=help_text, add_help_option=False,
-                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @main.command(
+        name=name,
+        help=help_text,
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     @click.pass_context
     def _cmd(ctx: click.Context) -> None:
         cmd = [sys.executable, "-m", "eval", name, *ctx.args]
         raise SystemExit(subprocess.call(cmd, env={**os.environ, "RAGTUNE_PROG": "ragtune"}))
 
 
-_forward_to_eval("data", "Obtain demo and evaluation data (ragtune data debian-faq --lang en --out DIR).")
+_forward_to_eval(
+    "data", "Obtain demo and evaluation data (ragtune data debian-faq --lang en --out DIR)."
+)
 _forward_to_eval("eval", "Run evaluations (RAG vs FT vs hybrid).")
 
 

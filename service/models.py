@@ -14,7 +14,9 @@ from tuner.models import Generator, load_generator, pick_device
 def embedder_from_settings(settings: Settings) -> Embedder:
     return load_embedder(
         settings.embedder,
-        device=pick_device(settings.device), local_path=settings.embedder_path, offline=settings.offline
+        device=pick_device(settings.device),
+        local_path=settings.embedder_path,
+        offline=settings.offline,
     )
 
 

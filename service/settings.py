@@ -39,7 +39,7 @@ class ApiKey(BaseModel):
     name: str = Field(description="who holds the key; shown in logs and metrics")
     key: SecretStr | None = Field(default=None, description="the key itself; hashed on load")
     sha256: str | None = Field(default=None, description="hex sha256 of the key, instead of key")
-    scopes: list[Scope] = Field(default_factory=lambda: ["read"], description="read, write, admin")
+    scopes: list[Scope] = Field(default_factory=lambda: ["read"], description="read, write, admin")  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _hash(self) -> ApiKey:
@@ -66,7 +66,9 @@ class Limits(BaseModel):
     max_new_tokens: int = Field(512, gt=0, description="cap on generated tokens per request")
     max_batch_documents: int = Field(256, gt=0, description="most documents in one batch add")
     max_question_chars: int = Field(4000, gt=0, description="longest question or chat message")
-    rate_limit_per_minute: int = Field(120, ge=0, description="requests per key per minute; 0 = off")
+    rate_limit_per_minute: int = Field(
+        120, ge=0, description="requests per key per minute; 0 = off"
+    )
 
 
 class Settings(BaseSettings):
@@ -88,8 +90,12 @@ class Settings(BaseSettings):
     )
     embedder: str = Field("all-MiniLM-L6-v2", description="embedder preset, hub id or folder")
     embedder_path: Path | None = Field(None, description="explicit local weights for the embedder")
-    generator: str = Field("SmolLM2-135M-Instruct", description="generator preset, hub id or folder")
-    generator_path: Path | None = Field(None, description="explicit local weights (folder or .gguf)")
+    generator: str = Field(
+        "SmolLM2-135M-Instruct", description="generator preset, hub id or folder"
+    )
+    generator_path: Path | None = Field(
+        None, description="explicit local weights (folder or .gguf)"
+    )
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = all cores")
     offline: bool | None = Field(

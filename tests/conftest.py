@@ -13,8 +13,15 @@ from tests.helpers import build_tiny_llama
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "data"))
-    for var in ("RAGTUNE_CONFIG", "RAGTUNE_EMBEDDER", "RAGTUNE_GENERATOR", "RAGTUNE_EMBEDDER_PATH",
-                "RAGTUNE_GENERATOR_PATH", "RAGTUNE_MODELS_DIR", "RAGTUNE_API_KEYS"):
+    for var in (
+        "RAGTUNE_CONFIG",
+        "RAGTUNE_EMBEDDER",
+        "RAGTUNE_GENERATOR",
+        "RAGTUNE_EMBEDDER_PATH",
+        "RAGTUNE_GENERATOR_PATH",
+        "RAGTUNE_MODELS_DIR",
+        "RAGTUNE_API_KEYS",
+    ):
         monkeypatch.delenv(var, raising=False)
     from service.settings import get_settings
 

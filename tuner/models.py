@@ -131,7 +131,7 @@ def _convert(gguf: Path, out: Path) -> None:
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     # The dequantised weights are plain fp32: drop the GGUF quantizer so they save as such.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
@@ -165,8 +165,12 @@ class Generator:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"name": self.resolved.name, "hub_id": self.resolved.hub_id,
-                "source": self.resolved.source, "weights_dir": str(self.weights_dir)}
+        return {
+            "name": self.resolved.name,
+            "hub_id": self.resolved.hub_id,
+            "source": self.resolved.source,
+            "weights_dir": str(self.weights_dir),
+        }
 
 
 def pick_device(device: str) -> str:
@@ -204,7 +208,7 @@ def load_generator(
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32, trust_remote_code=False
     )
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -126,10 +126,16 @@ def _http_download(name: str, dest: Path, mirror: str, suite: str) -> Path:
 
 
 def obtain_deb(
-    name: str, dest: Path, *, deb_dir: Path | None = None, mirror: str | None = None,
-    suite: str | None = None, use_apt: bool = True,
+    name: str,
+    dest: Path,
+    *,
+    deb_dir: Path | None = None,
+    mirror: str | None = None,
+    suite: str | None = None,
+    use_apt: bool = True,
 ) -> Path:
-    """Path to ``name``'s ``.deb`` in ``dest`` (or ``deb_dir``), fetched by the first source that works."""
+    """Path to ``name``'s ``.deb``, from ``deb_dir`` or fetched into ``dest`` by the first source
+    that works."""
     tried: list[str] = []
     if deb_dir is not None:
         found = _find_local(name, deb_dir)

@@ -31,13 +31,17 @@ LANGS = ("en", "zh")
 PACKAGES: dict[str, dict[str, tuple[str, str]]] = {
     "en": {
         "faq": ("debian-faq", "/usr/share/doc/debian/FAQ/debian-faq.en.txt.gz"),
-        "reference": ("debian-reference-en",
-                      "/usr/share/debian-reference/debian-reference.en.txt.gz"),
+        "reference": (
+            "debian-reference-en",
+            "/usr/share/debian-reference/debian-reference.en.txt.gz",
+        ),
     },
     "zh": {
         "faq": ("debian-faq-zh-cn", "/usr/share/doc/debian/FAQ/debian-faq.zh-cn.txt.gz"),
-        "reference": ("debian-reference-zh-cn",
-                      "/usr/share/debian-reference/debian-reference.zh-cn.txt.gz"),
+        "reference": (
+            "debian-reference-zh-cn",
+            "/usr/share/debian-reference/debian-reference.zh-cn.txt.gz",
+        ),
     },
 }
 
@@ -83,7 +87,9 @@ def join_wrapped(left: str, right: str) -> str:
     if not left or not right:
         return left + right
     last_token = left.split()[-1] if left.split() else ""
-    in_url = "://" in last_token or last_token.startswith(("http", "www.")) or right.startswith("//")
+    in_url = (
+        "://" in last_token or last_token.startswith(("http", "www.")) or right.startswith("//")
+    )
     a, b = left[-1], right[0]
     if (_wide(a) and _wide(b)) or _wide_punct(a) or _wide_punct(b):
         return left + right  # Chinese wraps anywhere; no space was there
@@ -120,7 +126,7 @@ def strip_question_refs(text: str) -> str:
 
 
 def parse_sections(text: str) -> list[Section]:
-    """Numbered sections of a DocBook plain-text export, from the first chapter to the appendices."""
+    """Numbered sections of a DocBook text export, from the first chapter to the appendices."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if CHAPTER_RE.match(line)), None)
     if start is None:
@@ -133,11 +139,10 @@ def parse_sections(text: str) -> list[Section]:
         if END_RE.match(line):
             break
         chap, head = CHAPTER_RE.match(line), HEADING_RE.match(line)
-        if chap or head:
-            if current is not None:
-                current.body = unwrap(body)
-                sections.append(current)
-                current, body = None, []
+        if (chap or head) and current is not None:
+            current.body = unwrap(body)
+            sections.append(current)
+            current, body = None, []
         if chap:
             chapter = (chap.group(2) or chap.group(4)).replace(NBSP, " ").strip()
         elif head:
@@ -181,21 +186,38 @@ def build(faq_text: str, reference_text: str, lang: str, min_question_chars: int
         doc_id, query_id = f"faq-{s.number}", f"q-{s.number}"
         meta = {"source": "debian-faq", "section": s.number, "lang": lang_tag, "kind": "faq"}
         ds.corpus.append({"_id": doc_id, "title": s.chapter, "text": answer, "metadata": meta})
-        ds.queries.append({"_id": query_id, "text": s.title, "answer": first_paragraph(answer),
-                           "metadata": {"section": s.number}})
+        ds.queries.append(
+            {
+                "_id": query_id,
+                "text": s.title,
+                "answer": first_paragraph(answer),
+                "metadata": {"section": s.number},
+            }
+        )
         ds.qrels.append((query_id, doc_id, 1))
     for s in parse_sections(reference_text):
         body = s.body.strip()
         if not body:
             continue
-        meta = {"source": "debian-reference", "section": s.number, "lang": lang_tag,
-                "kind": "reference", "chapter": s.chapter}
-        ds.corpus.append({"_id": f"ref-{s.number}", "title": s.title, "text": body, "metadata": meta})
+        meta = {
+            "source": "debian-reference",
+            "section": s.number,
+            "lang": lang_tag,
+            "kind": "reference",
+            "chapter": s.chapter,
+        }
+        ds.corpus.append(
+            {"_id": f"ref-{s.number}", "title": s.title, "text": body, "metadata": meta}
+        )
     indexed = [_normalise(d["title"] + " " + d["text"]) for d in ds.corpus]
     long_questions = [q for q in ds.queries if len(_normalise(q["text"])) >= min_question_chars]
     leaks = sum(any(_normalise(q["text"]) in doc for doc in indexed) for q in long_questions)
-    ds.checks = {"faq_pairs": len(ds.queries), "reference_sections": len(ds.corpus) - len(ds.queries),
-                 "questions_checked": len(long_questions), "questions_in_indexed_text": leaks}
+    ds.checks = {
+        "faq_pairs": len(ds.queries),
+        "reference_sections": len(ds.corpus) - len(ds.queries),
+        "questions_checked": len(long_questions),
+        "questions_in_indexed_text": leaks,
+    }
     return ds
 
 
@@ -215,14 +237,21 @@ def write(ds: Dataset, out: Path, manifest: dict) -> None:
     _write_jsonl(out / "queries.jsonl", ds.queries)
     qrels = out / "qrels" / "test.tsv"
     qrels.parent.mkdir(exist_ok=True)
-    qrels.write_text("query-id\tcorpus-id\tscore\n"
-                     + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in ds.qrels), encoding="utf-8")
+    qrels.write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in ds.qrels),
+        encoding="utf-8",
+    )
     for kind in ("faq", "reference"):
-        docs = ({"id": d["_id"], "text": d["text"], "metadata": {**d["metadata"], "title": d["title"]}}
-                for d in ds.corpus if d["metadata"]["kind"] == kind)
+        docs = (
+            {"id": d["_id"], "text": d["text"], "metadata": {**d["metadata"], "title": d["title"]}}
+            for d in ds.corpus
+            if d["metadata"]["kind"] == kind
+        )
         _write_jsonl(out / "documents" / f"{kind}.jsonl", docs)
-    (out / "manifest.json").write_text(json.dumps({**manifest, "checks": ds.checks}, indent=2,
-                                                  ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "manifest.json").write_text(
+        json.dumps({**manifest, "checks": ds.checks}, indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
 
 
 def read_text_from_deb(files: dict[str, bytes], wanted: str) -> str:
@@ -237,8 +266,15 @@ def read_text_from_deb(files: dict[str, bytes], wanted: str) -> str:
     return gzip.decompress(data).decode("utf-8") if wanted.endswith(".gz") else data.decode()
 
 
-def debian_faq(lang: str, out: Path, *, work: Path, deb_dir: Path | None = None,
-               mirror: str | None = None, use_apt: bool = True) -> dict:
+def debian_faq(
+    lang: str,
+    out: Path,
+    *,
+    work: Path,
+    deb_dir: Path | None = None,
+    mirror: str | None = None,
+    use_apt: bool = True,
+) -> dict:
     """Obtain the packages for ``lang``, build the dataset and write it; return the manifest."""
     from eval.datasets.deb import obtain_deb, read_deb
 
@@ -251,7 +287,12 @@ def debian_faq(lang: str, out: Path, *, work: Path, deb_dir: Path | None = None,
         texts[kind] = read_text_from_deb(read_deb(deb), path)
         packages[package] = deb.name
     ds = build(texts["faq"], texts["reference"], lang)
-    manifest = {"dataset": "debian-faq", "lang": lang, "packages": packages,
-                "layout": "beir", "documents": ["documents/faq.jsonl", "documents/reference.jsonl"]}
+    manifest = {
+        "dataset": "debian-faq",
+        "lang": lang,
+        "packages": packages,
+        "layout": "beir",
+        "documents": ["documents/faq.jsonl", "documents/reference.jsonl"],
+    }
     write(ds, out, manifest)
     return {**manifest, "checks": ds.checks}

@@ -26,10 +26,19 @@ def _ragtune() -> str:
 @pytest.mark.slow
 def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "RAGTUNE_GENERATOR": str(tiny_llama), "RAGTUNE_THREADS": "1",
-           "RAGTUNE_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.Popen([_ragtune(), "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "RAGTUNE_GENERATOR": str(tiny_llama),
+        "RAGTUNE_THREADS": "1",
+        "RAGTUNE_DATA_DIR": str(tmp_path / "data"),
+    }
+    proc = subprocess.Popen(
+        [_ragtune(), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -52,9 +61,17 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
 
 
 def test_serve_exits_non_zero_when_a_model_is_missing(tmp_path: Path) -> None:
-    env = {**os.environ, "RAGTUNE_EMBEDDER": str(tmp_path / "no-such-model"),
-           "RAGTUNE_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run([_ragtune(), "serve", "--port", str(_free_port())], env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "RAGTUNE_EMBEDDER": str(tmp_path / "no-such-model"),
+        "RAGTUNE_DATA_DIR": str(tmp_path / "data"),
+    }
+    proc = subprocess.run(
+        [_ragtune(), "serve", "--port", str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "No source could provide the embedder" in proc.stdout + proc.stderr

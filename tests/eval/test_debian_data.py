@@ -117,8 +117,9 @@ def make_deb(folder: Path, package: str, files: dict[str, str]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     deb = folder / f"{package}_1.0_all.deb"
-    deb.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.xz", b""),
-                         ("data.tar.xz", buf.getvalue())]))
+    deb.write_bytes(
+        _ar([("debian-binary", b"2.0\n"), ("control.tar.xz", b""), ("data.tar.xz", buf.getvalue())])
+    )
     return deb
 
 
@@ -127,7 +128,10 @@ def deb_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "debs"
     folder.mkdir()
     for lang, faq, ref in (("zh", FAQ_ZH, REF_ZH), ("en", FAQ_EN, REF_EN)):
-        (faq_pkg, faq_path), (ref_pkg, ref_path) = PACKAGES[lang]["faq"], PACKAGES[lang]["reference"]
+        (faq_pkg, faq_path), (ref_pkg, ref_path) = (
+            PACKAGES[lang]["faq"],
+            PACKAGES[lang]["reference"],
+        )
         make_deb(folder, faq_pkg, {faq_path: faq})
         make_deb(folder, ref_pkg, {ref_path: ref})
     return folder
@@ -140,8 +144,24 @@ def _jsonl(path: Path) -> list[dict]:
 def test_cli_writes_beir_folder_and_documents_for_chinese(deb_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "zh"
     proc = subprocess.run(
-        [sys.executable, "-m", "eval", "data", "debian-faq", "--lang", "zh", "--out", str(out),
-         "--deb-dir", str(deb_dir), "--no-apt"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "eval",
+            "data",
+            "debian-faq",
+            "--lang",
+            "zh",
+            "--out",
+            str(out),
+            "--deb-dir",
+            str(deb_dir),
+            "--no-apt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     queries, corpus = _jsonl(out / "queries.jsonl"), _jsonl(out / "corpus.jsonl")
     assert [q["_id"] for q in queries] == ["q-1.1", "q-1.2", "q-2.1.1"]  # 2.1 has no answer
@@ -218,8 +238,9 @@ def mirror(tmp_path: Path, deb_dir: Path):
         (pool / deb.name).write_bytes(deb.read_bytes())
         name = deb.name.split("_")[0]
         sha = hashlib.sha256(deb.read_bytes()).hexdigest()
-        stanzas.append(f"Package: {name}\nVersion: 1.0\nFilename: pool/main/d/{deb.name}\n"
-                       f"SHA256: {sha}\n")
+        stanzas.append(
+            f"Package: {name}\nVersion: 1.0\nFilename: pool/main/d/{deb.name}\nSHA256: {sha}\n"
+        )
     index = root / "dists" / "stable" / "main" / "binary-all"
     index.mkdir(parents=True)
     (index / "Packages.xz").write_bytes(lzma.compress("\n".join(stanzas).encode()))
@@ -238,5 +259,6 @@ def test_http_fallback_downloads_and_verifies(mirror, tmp_path: Path) -> None:
     tampered = next((root / "pool" / "main" / "d").glob("debian-reference-en_*.deb"))
     tampered.write_bytes(tampered.read_bytes() + b"x")
     with pytest.raises(DebError, match="SHA256 mismatch"):
-        obtain_deb("debian-reference-en", tmp_path / "w2", mirror=url, suite="stable",
-                   use_apt=False)
+        obtain_deb(
+            "debian-reference-en", tmp_path / "w2", mirror=url, suite="stable", use_apt=False
+        )

@@ -10,9 +10,15 @@ from retriever.embedder import EMBEDDER_PRESETS, resolve_embedder
 from retriever.sources import ModelNotAvailable, ModelPreset, PackageSource, resolve
 
 MISSING_PKG = ModelPreset(
-    name="ghost", role="embedder", hub_id="nobody/ghost-model",
-    package=PackageSource(module="ragtune_no_such_pkg", subpath="model",
-                          requirement="ragtune-no-such-pkg==1.0", pip_flags="--no-deps"),
+    name="ghost",
+    role="embedder",
+    hub_id="nobody/ghost-model",
+    package=PackageSource(
+        module="ragtune_no_such_pkg",
+        subpath="model",
+        requirement="ragtune-no-such-pkg==1.0",
+        pip_flags="--no-deps",
+    ),
 )
 
 
@@ -36,13 +42,20 @@ def test_a_folder_is_accepted_as_the_name(tmp_path: Path) -> None:
 
 def test_missing_everything_lists_every_source_with_a_fix() -> None:
     with pytest.raises(ModelNotAvailable) as info:
-        resolve("ghost", {"ghost": MISSING_PKG}, role="embedder", offline=True,
-                path_setting="RAGTUNE_EMBEDDER_PATH")
+        resolve(
+            "ghost",
+            {"ghost": MISSING_PKG},
+            role="embedder",
+            offline=True,
+            path_setting="RAGTUNE_EMBEDDER_PATH",
+        )
     message = str(info.value)
     lines = message.splitlines()[1:]
     assert [ln.split(":")[0].strip() for ln in lines] == [
-        "1. local path", "2. package ragtune-no-such-pkg==1.0",
-        "3. Hugging Face cache (nobody/ghost-model)", "4. hub (nobody/ghost-model)",
+        "1. local path",
+        "2. package ragtune-no-such-pkg==1.0",
+        "3. Hugging Face cache (nobody/ghost-model)",
+        "4. hub (nobody/ghost-model)",
     ]
     assert "RAGTUNE_EMBEDDER_PATH" in lines[0]
     assert "pip install --no-deps 'ragtune-no-such-pkg==1.0'" in lines[1]

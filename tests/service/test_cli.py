@@ -17,7 +17,9 @@ COMMANDS = ["serve", "ingest", "search", "ask", "tune", "eval", "data", "config"
 def test_help_lists_every_command() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    listed = [ln.split()[0] for ln in result.output.split("Commands:")[1].splitlines() if ln.strip()]
+    listed = [
+        ln.split()[0] for ln in result.output.split("Commands:")[1].splitlines() if ln.strip()
+    ]
     assert set(COMMANDS) <= set(listed)
 
 
@@ -27,8 +29,9 @@ def test_installed_console_script_runs() -> None:
     assert out.returncode == 0 and "serve" in out.stdout
 
 
-def test_ask_answers_with_the_configured_generator(tiny_llama: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ask_answers_with_the_configured_generator(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RAGTUNE_GENERATOR", str(tiny_llama))
     result = CliRunner().invoke(main, ["ask", "what is debian ?", "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.output
@@ -56,7 +59,8 @@ def test_models_command_shows_where_each_model_resolves() -> None:
 
 def test_data_command_runs_the_eval_package_in_a_child_process() -> None:
     exe = Path(sys.executable).parent / "ragtune"
-    out = subprocess.run([str(exe), "data", "debian-faq", "--help"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [str(exe), "data", "debian-faq", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "Usage: ragtune data debian-faq" in out.stdout and "--lang" in out.stdout

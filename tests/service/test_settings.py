@@ -20,7 +20,11 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.data_dir == Path.home() / ".local" / "share" / "ragtune"
     assert (s.host, s.port, s.embedder, s.generator) == (
-        "127.0.0.1", 8000, "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct")
+        "127.0.0.1",
+        8000,
+        "all-MiniLM-L6-v2",
+        "SmolLM2-135M-Instruct",
+    )
     assert s.model_cache == s.data_dir / "models"
 
 
@@ -41,10 +45,16 @@ def test_yaml_file_below_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert (s.port, s.threads, s.limits.max_new_tokens) == (9001, 2, 64)
 
 
-@pytest.mark.parametrize("content,field", [
-    ("bogus: 1\n", "bogus"), ("device: tpu\n", "device"), ("port: 70000\n", "port"),
-    ("threads: 0\n", "threads"), ("api_keys:\n  - name: x\n    key: short\n", "16 characters"),
-])
+@pytest.mark.parametrize(
+    "content,field",
+    [
+        ("bogus: 1\n", "bogus"),
+        ("device: tpu\n", "device"),
+        ("port: 70000\n", "port"),
+        ("threads: 0\n", "threads"),
+        ("api_keys:\n  - name: x\n    key: short\n", "16 characters"),
+    ],
+)
 def test_bad_config_is_refused_naming_the_field(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str, field: str
 ) -> None:
@@ -62,16 +72,18 @@ def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_api_keys_are_hashed_on_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAGTUNE_API_KEYS", json.dumps([{"name": "ci", "key": KEY,
-                                                        "scopes": ["read", "write"]}]))
+    monkeypatch.setenv(
+        "RAGTUNE_API_KEYS", json.dumps([{"name": "ci", "key": KEY, "scopes": ["read", "write"]}])
+    )
     s = Settings()
     assert s.api_keys[0].sha256 == hash_key(KEY) and s.api_keys[0].key is None
     assert KEY not in s.model_dump_json() and KEY not in json.dumps(s.masked())
 
 
 def test_config_command_prints_effective_config_masked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAGTUNE_API_KEYS", json.dumps([{"name": "ops", "key": KEY,
-                                                        "scopes": ["admin"]}]))
+    monkeypatch.setenv(
+        "RAGTUNE_API_KEYS", json.dumps([{"name": "ops", "key": KEY, "scopes": ["admin"]}])
+    )
     monkeypatch.setenv("RAGTUNE_PORT", "8123")
     result = CliRunner().invoke(main, ["config", "--format", "json"])
     assert result.exit_code == 0, result.output
