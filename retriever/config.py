@@ -1,0 +1,30 @@
+"""Retriever configuration: chunking, fusion and search defaults, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("dense", "sparse", "hybrid")
+FUSIONS = ("rrf", "weighted")
+
+
+@dataclass
+class RetrieverConfig:
+    chunk_size: int = 600  # characters per chunk (Chinese has no spaces: characters, not words)
+    chunk_overlap: int = 80  # characters shared by neighbouring chunks
+    fusion: str = "rrf"  # how hybrid mode merges dense and sparse: rrf | weighted
+    dense_weight: float = 0.5  # weight of the dense list in fusion (sparse gets 1 - this)
+    rrf_k: int = 60  # reciprocal-rank constant
+    candidates: int = 50  # per-list depth fetched before fusion and filtering
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 50:
+            raise ValueError(f"chunk_size must be >= 50, got {self.chunk_size}")
+        if not 0 <= self.chunk_overlap < self.chunk_size:
+            raise ValueError(f"chunk_overlap must be in [0, chunk_size), got {self.chunk_overlap}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if not 0.0 <= self.dense_weight <= 1.0:
+            raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight}")
+        if self.rrf_k < 1 or self.candidates < 1:
+            raise ValueError("rrf_k and candidates must be >= 1")

@@ -1,0 +1,123 @@
+"""The live retriever: writes are visible at once, deletes are final, restarts lose nothing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from retriever.config import RetrieverConfig
+from retriever.engine import DocumentIn, Retriever
+from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from tests.fakes import FakeEmbedder
+
+MODES = ["dense", "sparse", "hybrid"]
+
+
+@pytest.fixture
+def r(tmp_path: Path) -> Retriever:
+    return Retriever(tmp_path / "idx", FakeEmbedder(), RetrieverConfig(chunk_size=200,
+                                                                       chunk_overlap=20))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_added_document_is_found_and_deleted_one_never_is(r: Retriever, mode: str) -> None:
+    r.upsert(DocumentIn("apt installs packages from the debian archive", id="apt"))
+    r.upsert(DocumentIn("the kernel schedules processes on linux", id="kernel"))
+    hits = r.search("apt packages", k=2, mode=mode)
+    assert hits[0].doc_id == "apt" and hits[0].text.startswith("apt installs")
+    r.delete(["apt"])
+    assert all(h.doc_id != "apt" for h in r.search("apt packages", k=5, mode=mode))
+
+
+def test_update_replaces_chunks_and_bumps_version(r: Retriever) -> None:
+    assert r.upsert(DocumentIn("old text about zebras", id="d")).version == 1
+    res = r.upsert(DocumentIn("new text about giraffes", id="d"))
+    assert (res.status, res.version) == ("updated", 2)
+    assert not r.search("zebras", k=5, mode="sparse")
+    assert r.search("giraffes", k=5, mode="sparse")[0].doc_id == "d"
+    assert r.chunk_count == 1
+
+
+def test_unchanged_content_is_not_reembedded(tmp_path: Path) -> None:
+    emb = FakeEmbedder()
+    r = Retriever(tmp_path, emb, RetrieverConfig(chunk_size=60, chunk_overlap=0))
+    text = "first paragraph about apt.\n\nsecond paragraph about dpkg.\n\nthird about aptitude."
+    r.upsert(DocumentIn(text, id="d"))
+    embedded = emb.texts_embedded
+    assert r.upsert(DocumentIn(text, id="d")).status == "unchanged"
+    r.upsert(DocumentIn(text + "\n\nfourth about synaptic.", id="d"))
+    assert emb.texts_embedded == embedded + 1  # only the new chunk
+
+
+def test_citation_spans_point_into_the_document(r: Retriever) -> None:
+    text = "。".join(f"第{i}句话讲的是软件包管理工具" for i in range(40))
+    r.upsert(DocumentIn(text, id="zh"))
+    for hit in r.search("软件包管理", k=5, mode="sparse"):
+        assert text[hit.start : hit.end] == hit.text
+
+
+def test_reopen_restores_everything(tmp_path: Path) -> None:
+    r = Retriever(tmp_path, FakeEmbedder())
+    r.upsert(DocumentIn("persistent words here", id="a", metadata={"tags": ["x"]}))
+    r.upsert(DocumentIn("gone soon", id="b"))
+    r.delete(["b"])
+    r.close()
+    again = Retriever(tmp_path, FakeEmbedder())
+    assert len(again) == 1 and again.get("a").metadata == {"tags": ["x"]}
+    assert again.search("persistent", k=3, mode="dense")[0].doc_id == "a"
+    assert not again.search("gone soon", k=3, mode="sparse")
+
+
+def test_other_embedder_is_refused(tmp_path: Path) -> None:
+    Retriever(tmp_path, FakeEmbedder(name="one")).close()
+    with pytest.raises(EmbedderMismatch, match="reindex"):
+        Retriever(tmp_path, FakeEmbedder(name="two"))
+
+
+def test_filters(r: Retriever) -> None:
+    r.upsert(DocumentIn("apt guide", id="a", metadata={"source": "faq", "tags": ["apt"]}))
+    r.upsert(DocumentIn("apt manual", id="b", metadata={"source": "ref"}))
+    assert [h.doc_id for h in r.search("apt", 5, "sparse", {"source": "ref"})] == ["b"]
+    assert [h.doc_id for h in r.search("apt", 5, "dense", {"tags": "apt"})] == ["a"]
+
+
+def test_bad_input_is_refused_and_nothing_is_lost(r: Retriever) -> None:
+    r.upsert(DocumentIn("keep me", id="keep"))
+    with pytest.raises(InvalidDocument):
+        r.upsert(DocumentIn("   ", id="x"))
+    with pytest.raises(InvalidDocument):
+        r.upsert(DocumentIn("t", id="a/b"))
+    with pytest.raises(DocumentNotFound):
+        r.delete(["keep", "missing"])
+    assert r.get("keep").text == "keep me"
+    with pytest.raises(ValueError, match="mode"):
+        r.search("x", mode="fuzzy")
+
+
+def test_searches_during_updates_never_see_half_a_document(r: Retriever) -> None:
+    """A document always has 3 chunks; a concurrent search must see all of one version."""
+    def text(v: int) -> str:
+        return "\n\n".join(f"version{v} part{p} " + "filler words " * 12 for p in range(3))
+
+    r.upsert(DocumentIn(text(0), id="d"))
+    stop, bad = threading.Event(), []
+
+    def reader() -> None:
+        while not stop.is_set():
+            hits = r.search("filler words", k=10, mode="sparse")
+            versions = {h.text.split()[0] for h in hits}
+            if len(hits) != 3 or len(versions) != 1:
+                bad.append((len(hits), versions))
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for v in range(1, 30):
+        r.upsert(DocumentIn(text(v), id="d"))
+        assert r.search(f"version{v}", k=1, mode="sparse")[0].text.startswith(f"version{v}")
+    stop.set()
+    for t in threads:
+        t.join()
+    assert bad == []
