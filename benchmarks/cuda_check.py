@@ -36,8 +36,10 @@ def main() -> None:
         cpu = load_generator(str(folder), cache_dir=Path(tmp) / "cache", device="cpu")
         same = complete(cpu, messages, max_new_tokens=16).text == out.text
     print(f"device={torch.cuda.get_device_name(0)} torch={torch.__version__}")
-    print(f"generated {out.completion_tokens} tokens on cuda in {elapsed:.3f}s; "
-          f"greedy text equals CPU's: {same}")
+    print(
+        f"generated {out.completion_tokens} tokens on cuda in {elapsed:.3f}s; "
+        f"greedy text equals CPU's: {same}"
+    )
 
 
 if __name__ == "__main__":

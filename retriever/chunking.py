@@ -25,8 +25,11 @@ class Chunk:
 def split(text: str, chunk_size: int, chunk_overlap: int) -> list[Chunk]:
     """Chunks of ``text`` with exact spans: ``text[c.start:c.end] == c.text``."""
     splitter = RecursiveCharacterTextSplitter(
-        chunk_size=chunk_size, chunk_overlap=chunk_overlap, separators=SEPARATORS,
-        keep_separator="end", strip_whitespace=True,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        separators=SEPARATORS,
+        keep_separator="end",
+        strip_whitespace=True,
     )
     chunks: list[Chunk] = []
     cursor = 0

@@ -112,8 +112,9 @@ def _doc_hash(text: str, metadata: dict[str, Any]) -> str:
 class Retriever:
     """Documents in SQLite, dense search in FAISS, sparse in BM25, fused per query."""
 
-    def __init__(self, folder: Path, embedder: EmbedderLike,
-                 config: RetrieverConfig | None = None) -> None:
+    def __init__(
+        self, folder: Path, embedder: EmbedderLike, config: RetrieverConfig | None = None
+    ) -> None:
         import faiss
 
         self.config = config or RetrieverConfig()
@@ -141,7 +142,8 @@ class Retriever:
         elif stored != mine:
             raise EmbedderMismatch(
                 f"the index at {self.store.path} was built with embedder {stored}, not {mine}; "
-                "open it with that embedder or run 'ragtune reindex' to re-embed")
+                "open it with that embedder or run 'ragtune reindex' to re-embed"
+            )
 
     def close(self) -> None:
         self.store.close()
@@ -180,15 +182,24 @@ class Retriever:
         vectors = {h: v for h, v in known.items()}
         for row, i in enumerate(todo):
             vectors[hashes[i]] = fresh[row]  # type: ignore[index]
-        chunks = [NewChunk(p.ordinal, p.start, p.end, p.text, h, vectors[h])
-                  for p, h in zip(pieces, hashes, strict=True)]
+        chunks = [
+            NewChunk(p.ordinal, p.start, p.end, p.text, h, vectors[h])
+            for p, h in zip(pieces, hashes, strict=True)
+        ]
         t = now()
-        row = DocumentRow(doc_id, (old.version + 1) if old else 1, doc.text, doc.metadata, digest,
-                          old.created if old else t, t)
+        record = DocumentRow(
+            doc_id,
+            (old.version + 1) if old else 1,
+            doc.text,
+            doc.metadata,
+            digest,
+            old.created if old else t,
+            t,
+        )
         with self._lock.write():
-            removed, added = self.store.replace(row, chunks)
+            removed, added = self.store.replace(record, chunks)
             self._apply(removed, added, [c.vector for c in chunks])
-        return WriteResult(doc_id, row.version, "updated" if old else "added", len(chunks))
+        return WriteResult(doc_id, record.version, "updated" if old else "added", len(chunks))
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Delete documents; raises DocumentNotFound (deleting nothing) if any is unknown."""
@@ -202,10 +213,11 @@ class Retriever:
 
     def _apply(self, removed: list[int], added: list[int], vectors: list[np.ndarray]) -> None:
         if removed:
-            self._index.remove_ids(np.asarray(removed, dtype=np.int64))
+            self._index.remove_ids(np.asarray(removed, dtype=np.int64))  # type: ignore[arg-type]
         if added:
-            self._index.add_with_ids(np.vstack(vectors).astype(np.float32),
-                                     np.asarray(added, dtype=np.int64))
+            self._index.add_with_ids(
+                np.vstack(vectors).astype(np.float32), np.asarray(added, dtype=np.int64)
+            )
         self._sparse = None  # rebuilt at the next sparse search
 
     # ---- reads --------------------------------------------------------------------------
@@ -215,8 +227,9 @@ class Retriever:
             raise DocumentNotFound(doc_id)
         return row
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid",
-               filters: dict[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self, query: str, k: int = 5, mode: str = "hybrid", filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if k < 1:
@@ -226,8 +239,13 @@ class Retriever:
         with self._lock.read():
             dense = self._dense(qvec, depth) if qvec is not None else []
             sparse = self._sparse_search(query, depth) if mode != "dense" else []
-            ranked = (dense if mode == "dense" else sparse if mode == "sparse"
-                      else self._fuse(dense, sparse))
+            ranked = (
+                dense
+                if mode == "dense"
+                else sparse
+                if mode == "sparse"
+                else self._fuse(dense, sparse)
+            )
             rows = self.store.chunks([cid for cid, _ in ranked])
         hits = []
         for cid, score in ranked:
@@ -256,8 +274,9 @@ class Retriever:
             sparse = self._sparse
         return sparse.search(query, depth)
 
-    def _fuse(self, dense: list[tuple[int, float]],
-              sparse: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    def _fuse(
+        self, dense: list[tuple[int, float]], sparse: list[tuple[int, float]]
+    ) -> list[tuple[int, float]]:
         w = self.config.dense_weight
         fused: dict[int, float] = {}
         if self.config.fusion == "rrf":

@@ -43,4 +43,5 @@ class SparseIndex:
             return []
         k = min(k, len(self.ids))
         docs, scores = self._bm25.retrieve([tokens], k=k, show_progress=False)
-        return [(int(self.ids[d]), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        pairs = zip(docs[0], scores[0], strict=True)
+        return [(int(self.ids[d]), float(s)) for d, s in pairs if s > 0]

@@ -95,14 +95,18 @@ class Store:
         with self._lock:
             row = self._db.execute(
                 "SELECT id, version, text, metadata, hash, created, updated FROM documents "
-                "WHERE id=?", (doc_id,)).fetchone()
+                "WHERE id=?",
+                (doc_id,),
+            ).fetchone()
         return _doc(row) if row else None
 
     def documents(self, offset: int = 0, limit: int = 100) -> list[DocumentRow]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, version, text, metadata, hash, created, updated FROM documents "
-                "ORDER BY id LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+                "ORDER BY id LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
         return [_doc(r) for r in rows]
 
     def count_documents(self) -> int:
@@ -116,26 +120,44 @@ class Store:
         marks = ",".join("?" * len(hashes))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT hash, vector FROM chunks WHERE hash IN ({marks})", list(hashes)).fetchall()
+                f"SELECT hash, vector FROM chunks WHERE hash IN ({marks})", list(hashes)
+            ).fetchall()
         return {h: np.frombuffer(v, dtype=np.float32) for h, v in rows}
 
     def replace(self, doc: DocumentRow, chunks: Sequence[NewChunk]) -> tuple[list[int], list[int]]:
         """Write ``doc`` and its chunks in one transaction; return (removed ids, new ids)."""
         with self._lock, self._transaction():
-            removed = [r[0] for r in self._db.execute(
-                "SELECT id FROM chunks WHERE doc_id=?", (doc.id,))]
+            removed = [
+                r[0] for r in self._db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc.id,))
+            ]
             self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc.id,))
             self._db.execute(
                 "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (doc.id, doc.version, doc.text, json.dumps(doc.metadata, ensure_ascii=False),
-                 doc.hash, doc.created, doc.updated))
+                (
+                    doc.id,
+                    doc.version,
+                    doc.text,
+                    json.dumps(doc.metadata, ensure_ascii=False),
+                    doc.hash,
+                    doc.created,
+                    doc.updated,
+                ),
+            )
             added = []
             for c in chunks:
                 cur = self._db.execute(
                     "INSERT INTO chunks (doc_id, ordinal, start, end, text, hash, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (doc.id, c.ordinal, c.start, c.end, c.text, c.hash,
-                     np.ascontiguousarray(c.vector, dtype=np.float32).tobytes()))
+                    (
+                        doc.id,
+                        c.ordinal,
+                        c.start,
+                        c.end,
+                        c.text,
+                        c.hash,
+                        np.ascontiguousarray(c.vector, dtype=np.float32).tobytes(),
+                    ),
+                )
                 added.append(int(cur.lastrowid or 0))
         return removed, added
 
@@ -144,8 +166,10 @@ class Store:
         with self._lock, self._transaction():
             removed: list[int] = []
             for doc_id in doc_ids:
-                removed += [r[0] for r in self._db.execute(
-                    "SELECT id FROM chunks WHERE doc_id=?", (doc_id,))]
+                removed += [
+                    r[0]
+                    for r in self._db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,))
+                ]
                 self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
                 self._db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
         return removed
@@ -158,7 +182,8 @@ class Store:
             rows = self._db.execute(
                 f"SELECT c.id, c.doc_id, c.ordinal, c.start, c.end, c.text, d.metadata "
                 f"FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
-                [int(i) for i in ids]).fetchall()
+                [int(i) for i in ids],
+            ).fetchall()
         return {r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows}
 
     def all_chunks(self) -> Iterator[tuple[int, str, np.ndarray]]:

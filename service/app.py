@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from retriever.engine import Retriever
+from service import errors
 from service.models import embedder_from_settings, generator_from_settings
 from service.runtime import configure_torch
 from service.settings import Settings, get_settings
@@ -29,6 +31,7 @@ class AppState:
     settings: Settings
     embedder: Any = None
     generator: Any = None
+    retriever: Any = None
     ready: bool = False
     loaded: dict[str, Any] = field(default_factory=dict)
 
@@ -42,6 +45,8 @@ def load_models(state: AppState) -> None:
     state.loaded["embedder"] = state.embedder.identity
     state.generator = generator_from_settings(state.settings)
     state.loaded["generator"] = state.generator.identity
+    state.retriever = Retriever(state.settings.data_dir / "index", state.embedder)
+    state.loaded["index"] = {"documents": len(state.retriever)}
 
 
 def create_app(settings: Settings | None = None, loader: Loader = load_models) -> FastAPI:
@@ -61,9 +66,16 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         log.info("ready on %s:%s", settings.host, settings.port)
         yield
         state.ready = False
+        if state.retriever is not None:
+            state.retriever.close()
 
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
     app.state.ragtune = state
+    errors.install(app)
+    from service.routes import documents, query
+
+    app.include_router(documents.router)
+    app.include_router(query.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -74,6 +86,8 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     def readyz() -> JSONResponse:
         """True once models and index are loaded; 503 until then."""
         body = {"ready": state.ready, "models": state.loaded}
+        if state.retriever is not None:
+            body["documents"] = len(state.retriever)
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     return app

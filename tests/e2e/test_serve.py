@@ -55,6 +55,29 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
         assert models["embedder"]["name"] == "all-MiniLM-L6-v2"
         assert models["generator"]["weights_dir"] == str(tiny_llama)
         assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
+        # the README's quickstart: add a document, ask, delete it
+        doc = {
+            "id": "apt-basics",
+            "text": "To install a package on Debian, run apt install NAME as root.",
+            "metadata": {"source": "notes"},
+        }
+        assert httpx.post(f"{base}/v1/documents", json=doc, timeout=30).status_code == 201
+        answer = httpx.post(
+            f"{base}/v1/query",
+            timeout=60,
+            json={
+                "question": "How do I install a package on Debian?",
+                "mode": "rag",
+                "k": 3,
+                "max_new_tokens": 8,
+            },
+        ).json()
+        assert answer["citations"][0]["doc_id"] == "apt-basics"
+        assert httpx.delete(f"{base}/v1/documents/apt-basics", timeout=30).status_code == 200
+        after = httpx.post(
+            f"{base}/v1/search", timeout=30, json={"query": "install a package", "mode": "hybrid"}
+        ).json()
+        assert all(r["doc_id"] != "apt-basics" for r in after["results"])
     finally:
         proc.terminate()
         proc.wait(30)

@@ -17,8 +17,9 @@ MODES = ["dense", "sparse", "hybrid"]
 
 @pytest.fixture
 def r(tmp_path: Path) -> Retriever:
-    return Retriever(tmp_path / "idx", FakeEmbedder(), RetrieverConfig(chunk_size=200,
-                                                                       chunk_overlap=20))
+    return Retriever(
+        tmp_path / "idx", FakeEmbedder(), RetrieverConfig(chunk_size=200, chunk_overlap=20)
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -98,6 +99,7 @@ def test_bad_input_is_refused_and_nothing_is_lost(r: Retriever) -> None:
 
 def test_searches_during_updates_never_see_half_a_document(r: Retriever) -> None:
     """A document always has 3 chunks; a concurrent search must see all of one version."""
+
     def text(v: int) -> str:
         return "\n\n".join(f"version{v} part{p} " + "filler words " * 12 for p in range(3))
 

@@ -1,0 +1,86 @@
+"""/v1/documents: add (one or a batch), list, get, replace and delete documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from retriever.engine import DocumentIn
+from service.deps import RetrieverDep, State
+from service.errors import ServiceError
+
+router = APIRouter(prefix="/v1/documents", tags=["documents"])
+
+
+class DocumentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, min_length=1, max_length=256)
+    text: str = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentBody] = Field(min_length=1)
+
+
+class Written(BaseModel):
+    id: str
+    version: int
+    status: str
+    chunks: int
+
+
+class DocumentOut(BaseModel):
+    id: str
+    version: int
+    text: str
+    metadata: dict[str, Any]
+    created: float
+    updated: float
+
+
+@router.post("", status_code=201)
+def add(body: DocumentBody | BatchBody, retriever: RetrieverDep, state: State) -> dict[str, Any]:
+    """Add or replace one document, or a batch ``{"documents": [...]}``."""
+    docs = body.documents if isinstance(body, BatchBody) else [body]
+    limit = state.settings.limits.max_batch_documents
+    if len(docs) > limit:
+        raise ServiceError(422, "batch_too_large", f"at most {limit} documents per request")
+    results = retriever.upsert_many([DocumentIn(d.text, d.id, d.metadata) for d in docs])
+    return {"documents": [Written(**r.__dict__) for r in results]}
+
+
+@router.get("")
+def list_documents(retriever: RetrieverDep, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    if offset < 0 or not 1 <= limit <= 500:
+        raise ServiceError(422, "invalid_request", "offset >= 0 and 1 <= limit <= 500")
+    rows = retriever.store.documents(offset, limit)
+    return {
+        "total": len(retriever),
+        "offset": offset,
+        "documents": [
+            DocumentOut(**{k: getattr(r, k) for k in DocumentOut.model_fields}) for r in rows
+        ],
+    }
+
+
+@router.get("/{doc_id}")
+def get(doc_id: str, retriever: RetrieverDep) -> DocumentOut:
+    r = retriever.get(doc_id)
+    return DocumentOut(**{k: getattr(r, k) for k in DocumentOut.model_fields})
+
+
+@router.put("/{doc_id}")
+def replace(doc_id: str, body: DocumentBody, retriever: RetrieverDep) -> Written:
+    if body.id not in (None, doc_id):
+        raise ServiceError(422, "id_mismatch", "the body's id differs from the path's")
+    return Written(**retriever.upsert(DocumentIn(body.text, doc_id, body.metadata)).__dict__)
+
+
+@router.delete("/{doc_id}")
+def delete(doc_id: str, retriever: RetrieverDep) -> dict[str, Any]:
+    retriever.delete([doc_id])
+    return {"deleted": doc_id}

@@ -1,0 +1,94 @@
+"""The documents, search and query API on the real app with a tiny model and a fake embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from retriever.engine import Retriever
+from service.app import AppState, create_app
+from service.settings import Settings
+from tests.fakes import FakeEmbedder
+from tuner.models import load_generator
+
+
+@pytest.fixture
+def client(tiny_llama: Path, tmp_path: Path):
+    def loader(state: AppState) -> None:
+        state.embedder = FakeEmbedder()
+        state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+        state.retriever = Retriever(tmp_path / "index", state.embedder)
+
+    with TestClient(create_app(Settings(), loader=loader)) as c:
+        yield c
+
+
+def test_quickstart_flow(client: TestClient) -> None:
+    added = client.post(
+        "/v1/documents",
+        json={
+            "id": "apt-basics",
+            "text": "To install a package on debian run apt install as root.",
+        },
+    )
+    assert added.status_code == 201
+    assert added.json()["documents"][0] == {
+        "id": "apt-basics",
+        "version": 1,
+        "status": "added",
+        "chunks": 1,
+    }
+    q = client.post(
+        "/v1/query", json={"question": "how do I install a package ?", "k": 3, "max_new_tokens": 4}
+    ).json()
+    assert q["mode"] == "rag" and q["usage"]["completion_tokens"] == 4
+    assert [c["doc_id"] for c in q["citations"]] == ["apt-basics"]
+    assert client.delete("/v1/documents/apt-basics").status_code == 200
+    s = client.post("/v1/search", json={"query": "install package", "mode": "sparse"}).json()
+    assert s["results"] == []
+    gone = client.get("/v1/documents/apt-basics")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "document_not_found"
+
+
+def test_batch_list_get_put(client: TestClient) -> None:
+    docs = [
+        {"id": f"d{i}", "text": f"document number {i} about apt", "metadata": {"n": i}}
+        for i in range(3)
+    ]
+    assert client.post("/v1/documents", json={"documents": docs}).status_code == 201
+    listed = client.get("/v1/documents", params={"limit": 2}).json()
+    assert listed["total"] == 3 and [d["id"] for d in listed["documents"]] == ["d0", "d1"]
+    put = client.put("/v1/documents/d1", json={"text": "replaced text"}).json()
+    assert (put["version"], put["status"]) == (2, "updated")
+    assert client.get("/v1/documents/d1").json()["text"] == "replaced text"
+    hits = client.post(
+        "/v1/search", json={"query": "apt", "mode": "dense", "filters": {"n": 2}}
+    ).json()["results"]
+    assert [h["doc_id"] for h in hits] == ["d2"]
+
+
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        ({"text": ""}, 422, "invalid_request"),
+        ({"text": "x", "bogus": 1}, 422, "invalid_request"),
+    ],
+)
+def test_bad_documents_get_the_error_shape(
+    client: TestClient, body: dict, status: int, code: str
+) -> None:
+    r = client.post("/v1/documents", json=body)
+    assert r.status_code == status and r.json()["error"]["code"] == code
+
+
+def test_query_limits_and_modes(client: TestClient) -> None:
+    too_many = client.post("/v1/query", json={"question": "q", "k": 1000})
+    assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "k_too_large"
+    ft = client.post("/v1/query", json={"question": "q", "mode": "ft"})
+    assert ft.status_code == 409 and "ragtune tune" in ft.json()["error"]["message"]
+    base = client.post(
+        "/v1/query", json={"question": "what is debian ?", "mode": "base", "max_new_tokens": 2}
+    ).json()
+    assert base["citations"] == [] and base["usage"]["completion_tokens"] == 2
