@@ -40,7 +40,9 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
+	$(PIP) install --quiet -e '.[bench]'
 	$(PY) benchmarks/model_load.py
+	$(PY) benchmarks/retriever_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,8 @@ class RetrieverConfig:
     dense_weight: float = 0.5  # weight of the dense list in fusion (sparse gets 1 - this)
     rrf_k: int = 60  # reciprocal-rank constant
     candidates: int = 50  # per-list depth fetched before fusion and filtering
+    vector_index: str = "flat"  # flat (exact, deletes in place) | hnsw (tombstones + rebuild)
+    snapshot_every: int = 2000  # write a vector-index snapshot after this many chunk changes
 
     def __post_init__(self) -> None:
         if self.chunk_size < 50:
@@ -26,5 +28,9 @@ class RetrieverConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if not 0.0 <= self.dense_weight <= 1.0:
             raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight}")
+        if self.vector_index not in ("flat", "hnsw"):
+            raise ValueError(f"vector_index must be flat or hnsw, got {self.vector_index!r}")
+        if self.snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be >= 1, got {self.snapshot_every}")
         if self.rrf_k < 1 or self.candidates < 1:
             raise ValueError("rrf_k and candidates must be >= 1")

@@ -14,21 +14,23 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from retriever import fusion, snapshot
 from retriever.chunking import split
 from retriever.config import MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from retriever.locks import FolderLock, RWLock
 from retriever.sparse import SparseIndex
 from retriever.store import DocumentRow, NewChunk, Store, now
 
 log = logging.getLogger(__name__)
+DB_NAME = "ragtune.sqlite"
 
 
 class EmbedderLike(Protocol):
@@ -65,42 +67,6 @@ class Hit:
     metadata: dict[str, Any]
 
 
-class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer and not self._waiting)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            self._cond.wait_for(lambda: not self._writer and self._readers == 0)
-            self._waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -109,64 +75,117 @@ def _doc_hash(text: str, metadata: dict[str, Any]) -> str:
     return _hash(text + "\x00" + json.dumps(metadata, sort_keys=True, ensure_ascii=False))
 
 
+def space_of(identity: dict[str, Any]) -> str:
+    """The vector-space key of an embedder: a short hash of its identity."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stored_identity(folder: Path) -> dict[str, Any] | None:
+    """The identity of the embedder an index at ``folder`` was built with, or None if new."""
+    path = folder / DB_NAME
+    if not path.exists():
+        return None
+    store = Store(path)
+    try:
+        raw = store.get_meta("embedder")
+    finally:
+        store.close()
+    return json.loads(raw) if raw else None
+
+
 class Retriever:
-    """Documents in SQLite, dense search in FAISS, sparse in BM25, fused per query."""
+    """Documents in SQLite, dense search in FAISS, sparse in BM25, fused per query.
+
+    One process owns an index folder at a time (a file lock says so); within it, searches run
+    concurrently and writes are serialised.
+    """
 
     def __init__(
         self, folder: Path, embedder: EmbedderLike, config: RetrieverConfig | None = None
     ) -> None:
-        import faiss
-
         self.config = config or RetrieverConfig()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = FolderLock(folder)
+        self._folder_lock.acquire()
+        self.store = Store(folder / DB_NAME)
         self.embedder = embedder
-        self.store = Store(folder / "ragtune.sqlite")
         self._lock = RWLock()
-        self._write_lock = threading.Lock()  # one writer embeds at a time, in order
-        self._check_identity()
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dim))
+        self._write_lock = threading.Lock()  # one writer at a time, embedding included
         self._sparse: SparseIndex | None = None
         self._sparse_lock = threading.Lock()
-        ids, vecs = [], []
-        for cid, _, vec in self.store.all_chunks():
-            ids.append(cid)
-            vecs.append(vec)
-        if ids:
-            self._index.add_with_ids(np.vstack(vecs), np.asarray(ids, dtype=np.int64))
-        log.info("retriever open: %d documents, %d chunks", self.store.count_documents(), len(ids))
+        self._shadow: tuple[EmbedderLike, str] | None = None  # a re-embedding in progress
+        self.space = self._check_identity()
+        self._index, self._snap_seq = snapshot.load(
+            folder, self.store, self.space, self.config.vector_index, embedder.dim
+        )
+        log.info("retriever open: %d documents, %d chunks", len(self), len(self._index))
 
-    def _check_identity(self) -> None:
+    def _check_identity(self) -> str:
         mine = json.dumps(self.embedder.identity, sort_keys=True)
         stored = self.store.get_meta("embedder")
         if stored is None:
             self.store.set_meta("embedder", mine)
+            self.store.set_meta("space", space_of(self.embedder.identity))
         elif stored != mine:
+            self.close()
             raise EmbedderMismatch(
-                f"the index at {self.store.path} was built with embedder {stored}, not {mine}; "
+                f"the index at {self.folder} was built with embedder {stored}, not {mine}; "
                 "open it with that embedder or run 'ragtune reindex' to re-embed"
             )
+        return self.store.get_meta("space") or space_of(self.embedder.identity)
 
     def close(self) -> None:
-        self.store.close()
+        """Snapshot the vector index, then release the store and the folder."""
+        try:
+            if hasattr(self, "_index") and self.store.last_change() != self._snap_seq:
+                self.snapshot()
+        finally:
+            self.store.close()
+            self._folder_lock.release()
+
+    def snapshot(self) -> None:
+        """Write the vector index and its manifest atomically; trim the replayed change log."""
+        with self._lock.write():
+            seq = self.store.last_change()
+            snapshot.write(self.folder, self._index, self.space, seq, self.embedder.identity)
+            self.store.trim_changes(seq)
+            self._snap_seq = seq
 
     def __len__(self) -> int:
         return self.store.count_documents()
 
     @property
     def chunk_count(self) -> int:
-        return int(self._index.ntotal)
+        return len(self._index)
+
+    def index_ids(self) -> np.ndarray:
+        """Ids held by the vector index (for consistency checks)."""
+        with self._lock.read():
+            return self._index.ids()
 
     # ---- writes -------------------------------------------------------------------------
     def upsert(self, doc: DocumentIn) -> WriteResult:
-        """Add or replace one document; unchanged content is a no-op, unchanged chunks keep
+        """Add or replace one document; unchanged content is a no-op and unchanged chunks keep
         their vectors (no re-embedding)."""
         return self.upsert_many([doc])[0]
 
     def upsert_many(self, docs: Sequence[DocumentIn]) -> list[WriteResult]:
-        results = []
         with self._write_lock:
-            for doc in docs:
-                results.append(self._upsert(doc))
+            results = [self._upsert(doc) for doc in docs]
+        self._maybe_snapshot()
         return results
+
+    def _embed(
+        self, embedder: EmbedderLike, space: str, pieces: list[str], hashes: list[str]
+    ) -> dict[str, np.ndarray]:
+        known = self.store.vectors_by_hash(space, hashes)
+        todo = [i for i, h in enumerate(hashes) if h not in known]
+        if todo:
+            fresh = embedder.encode([pieces[i] for i in todo])  # (len(todo), dim)
+            for row, i in enumerate(todo):
+                known[hashes[i]] = fresh[row]
+        return known
 
     def _upsert(self, doc: DocumentIn) -> WriteResult:
         doc_id = _validate(doc)
@@ -175,31 +194,28 @@ class Retriever:
         if old is not None and old.hash == digest:
             return WriteResult(doc_id, old.version, "unchanged", 0)
         pieces = split(doc.text, self.config.chunk_size, self.config.chunk_overlap)
-        hashes = [_hash(p.text) for p in pieces]
-        known = self.store.vectors_by_hash(hashes)
-        todo = [i for i, h in enumerate(hashes) if h not in known]
-        fresh = self.embedder.encode([pieces[i].text for i in todo]) if todo else None
-        vectors = {h: v for h, v in known.items()}
-        for row, i in enumerate(todo):
-            vectors[hashes[i]] = fresh[row]  # type: ignore[index]
+        texts, hashes = [p.text for p in pieces], [_hash(p.text) for p in pieces]
+        spaces = {self.space: self._embed(self.embedder, self.space, texts, hashes)}
+        shadow = self._shadow
+        if shadow is not None:  # a re-embedding is running: write its space too
+            spaces[shadow[1]] = self._embed(shadow[0], shadow[1], texts, hashes)
         chunks = [
-            NewChunk(p.ordinal, p.start, p.end, p.text, h, vectors[h])
+            NewChunk(p.ordinal, p.start, p.end, p.text, h, {s: v[h] for s, v in spaces.items()})
             for p, h in zip(pieces, hashes, strict=True)
         ]
         t = now()
+        version = old.version + 1 if old else 1
         record = DocumentRow(
-            doc_id,
-            (old.version + 1) if old else 1,
-            doc.text,
-            doc.metadata,
-            digest,
-            old.created if old else t,
-            t,
+            doc_id, version, doc.text, doc.metadata, digest, old.created if old else t, t
         )
         with self._lock.write():
             removed, added = self.store.replace(record, chunks)
-            self._apply(removed, added, [c.vector for c in chunks])
-        return WriteResult(doc_id, record.version, "updated" if old else "added", len(chunks))
+            self._index.remove(np.asarray(removed, dtype=np.int64))
+            vectors = [c.vectors[self.space] for c in chunks]
+            if added:
+                self._index.add(np.asarray(added, dtype=np.int64), np.vstack(vectors))
+            self._sparse = None  # rebuilt at the next sparse search
+        return WriteResult(doc_id, version, "updated" if old else "added", len(chunks))
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Delete documents; raises DocumentNotFound (deleting nothing) if any is unknown."""
@@ -209,16 +225,61 @@ class Retriever:
                 raise DocumentNotFound(missing[0])
             with self._lock.write():
                 removed = self.store.delete(doc_ids)
-                self._apply(removed, [], [])
+                self._index.remove(np.asarray(removed, dtype=np.int64))
+                self._sparse = None
+        self._maybe_snapshot()
 
-    def _apply(self, removed: list[int], added: list[int], vectors: list[np.ndarray]) -> None:
-        if removed:
-            self._index.remove_ids(np.asarray(removed, dtype=np.int64))  # type: ignore[arg-type]
-        if added:
-            self._index.add_with_ids(
-                np.vstack(vectors).astype(np.float32), np.asarray(added, dtype=np.int64)
-            )
-        self._sparse = None  # rebuilt at the next sparse search
+    def _maybe_snapshot(self) -> None:
+        if self.store.last_change() - self._snap_seq >= self.config.snapshot_every:
+            self.snapshot()
+
+    # ---- re-embedding -------------------------------------------------------------------
+    def reindex(
+        self,
+        embedder: EmbedderLike,
+        batch: int = 256,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Re-embed every chunk with ``embedder`` into a shadow space while searches and writes
+        go on, then switch to it atomically. The old space's vectors stay for rollback."""
+        if embedder.dim <= 0:
+            raise ValueError("embedder has no dimension")
+        new_space = space_of(embedder.identity)
+        if new_space == self.space:
+            return {"switched": False, "reason": "already built with this embedder"}
+        with self._write_lock:
+            self._shadow = (embedder, new_space)
+        try:
+            done, total = 0, self.chunk_count
+            while True:
+                ids, texts, hashes = self.store.missing_vectors(new_space, batch)
+                if not ids:
+                    break
+                vectors = embedder.encode(texts)  # (len(ids), dim)
+                self.store.put_vectors(new_space, list(zip(ids, hashes, vectors, strict=True)))
+                done += len(ids)
+                if progress:
+                    progress(done, total)
+            with self._write_lock:
+                return self._switch(embedder, new_space)
+        finally:
+            self._shadow = None
+
+    def _switch(self, embedder: EmbedderLike, new_space: str) -> dict[str, Any]:
+        ids, texts, hashes = self.store.missing_vectors(new_space, 1 << 30)
+        if ids:  # written between the last batch and the write lock
+            vecs = embedder.encode(texts)
+            self.store.put_vectors(new_space, list(zip(ids, hashes, vecs, strict=True)))
+        index = snapshot.rebuild(self.store, new_space, self.config.vector_index, embedder.dim)
+        with self._lock.write():
+            previous = self.space
+            self.store.set_meta("previous_embedder", self.store.get_meta("embedder") or "")
+            self.store.set_meta("previous_space", previous)
+            self.store.set_meta("embedder", json.dumps(embedder.identity, sort_keys=True))
+            self.store.set_meta("space", new_space)
+            self.embedder, self.space, self._index = embedder, new_space, index
+        self.snapshot()
+        return {"switched": True, "from": previous, "to": new_space, "chunks": len(index)}
 
     # ---- reads --------------------------------------------------------------------------
     def get(self, doc_id: str) -> DocumentRow:
@@ -235,9 +296,10 @@ class Retriever:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         depth = max(self.config.candidates, k) * (4 if filters else 1)
-        qvec = self.embedder.encode([query]) if mode != "sparse" else None
         with self._lock.read():
-            dense = self._dense(qvec, depth) if qvec is not None else []
+            embedder = self.embedder
+            qvec = embedder.encode([query])[0] if mode != "sparse" else None  # (dim,)
+            dense = self._index.search(qvec, depth) if qvec is not None else []
             sparse = self._sparse_search(query, depth) if mode != "dense" else []
             ranked = (
                 dense
@@ -257,20 +319,10 @@ class Retriever:
                 break
         return hits
 
-    def _dense(self, qvec: np.ndarray, depth: int) -> list[tuple[int, float]]:
-        if self._index.ntotal == 0:
-            return []
-        scores, ids = self._index.search(qvec.astype(np.float32), min(depth, self._index.ntotal))
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-
     def _sparse_search(self, query: str, depth: int) -> list[tuple[int, float]]:
         with self._sparse_lock:
             if self._sparse is None:
-                ids, texts = [], []
-                for cid, text, _ in self.store.all_chunks():
-                    ids.append(cid)
-                    texts.append(text)
-                self._sparse = SparseIndex(ids, texts)
+                self._sparse = SparseIndex(*self.store.chunk_texts())
             sparse = self._sparse
         return sparse.search(query, depth)
 
@@ -278,20 +330,10 @@ class Retriever:
         self, dense: list[tuple[int, float]], sparse: list[tuple[int, float]]
     ) -> list[tuple[int, float]]:
         w = self.config.dense_weight
-        fused: dict[int, float] = {}
+        lists = [(w, dense), (1 - w, sparse)]
         if self.config.fusion == "rrf":
-            for weight, ranked in ((w, dense), (1 - w, sparse)):
-                for rank, (cid, _) in enumerate(ranked):
-                    fused[cid] = fused.get(cid, 0.0) + weight / (self.config.rrf_k + rank + 1)
-        else:
-            for weight, ranked in ((w, dense), (1 - w, sparse)):
-                if not ranked:
-                    continue
-                values = np.array([s for _, s in ranked])
-                lo, span = values.min(), float(np.ptp(values)) or 1.0
-                for cid, s in ranked:
-                    fused[cid] = fused.get(cid, 0.0) + weight * (s - lo) / span
-        return sorted(fused.items(), key=lambda kv: -kv[1])
+            return fusion.rrf(lists, self.config.rrf_k)
+        return fusion.weighted(lists)
 
 
 def _validate(doc: DocumentIn) -> str:

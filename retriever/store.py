@@ -1,8 +1,10 @@
-"""SQLite (WAL) store: the source of truth for documents, chunks and their vectors.
+"""SQLite (WAL) store: the source of truth for documents, chunks, vectors and the change log.
 
 Chunk ids come from ``AUTOINCREMENT`` and are never reused, so they serve as stable FAISS ids.
-Vectors live beside their chunk as float32 blobs, so the vector index can always be rebuilt from
-here. Every write is one transaction: a crash leaves the old state or the new, never half.
+Vectors are float32 blobs keyed by (space, chunk id), where a space names the embedder that made
+them, so a re-embedding can fill a new space while the old one serves and stays for rollback.
+Every write is one transaction that also appends to ``changes``, so a vector-index snapshot plus
+the newer changes rebuilds the live index; a crash leaves the old state or the new, never half.
 This module knows nothing of embedding, FAISS or BM25.
 """
 
@@ -12,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,13 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL REFERENCES documents(id),
     ordinal INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, text TEXT NOT NULL,
-    hash TEXT NOT NULL, vector BLOB NOT NULL);
+    hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vectors (
+    space TEXT NOT NULL, chunk_id INTEGER NOT NULL, hash TEXT NOT NULL, vector BLOB NOT NULL,
+    PRIMARY KEY (space, chunk_id));
+CREATE INDEX IF NOT EXISTS vectors_hash ON vectors(space, hash);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, chunk_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(hash);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,7 +70,11 @@ class NewChunk:
     end: int
     text: str
     hash: str
-    vector: np.ndarray  # (dim,) float32
+    vectors: dict[str, np.ndarray]  # space -> (dim,) float32
+
+
+def _blob(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype=np.float32).tobytes()
 
 
 class Store:
@@ -113,64 +125,62 @@ class Store:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
-    def vectors_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored vectors of chunks with these content hashes (to skip re-embedding)."""
+    def vectors_by_hash(self, space: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors in ``space`` of chunks with these content hashes (skip re-embedding)."""
         if not hashes:
             return {}
         marks = ",".join("?" * len(hashes))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT hash, vector FROM chunks WHERE hash IN ({marks})", list(hashes)
+                f"SELECT hash, vector FROM vectors WHERE space=? AND hash IN ({marks})",
+                [space, *hashes],
             ).fetchall()
         return {h: np.frombuffer(v, dtype=np.float32) for h, v in rows}
 
     def replace(self, doc: DocumentRow, chunks: Sequence[NewChunk]) -> tuple[list[int], list[int]]:
         """Write ``doc`` and its chunks in one transaction; return (removed ids, new ids)."""
         with self._lock, self._transaction():
-            removed = [
-                r[0] for r in self._db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc.id,))
-            ]
-            self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc.id,))
+            removed = self._remove_chunks(doc.id)
+            metadata = json.dumps(doc.metadata, ensure_ascii=False)
             self._db.execute(
                 "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    doc.id,
-                    doc.version,
-                    doc.text,
-                    json.dumps(doc.metadata, ensure_ascii=False),
-                    doc.hash,
-                    doc.created,
-                    doc.updated,
-                ),
+                (doc.id, doc.version, doc.text, metadata, doc.hash, doc.created, doc.updated),
             )
             added = []
             for c in chunks:
                 cur = self._db.execute(
-                    "INSERT INTO chunks (doc_id, ordinal, start, end, text, hash, vector) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        doc.id,
-                        c.ordinal,
-                        c.start,
-                        c.end,
-                        c.text,
-                        c.hash,
-                        np.ascontiguousarray(c.vector, dtype=np.float32).tobytes(),
-                    ),
+                    "INSERT INTO chunks (doc_id, ordinal, start, end, text, hash) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (doc.id, c.ordinal, c.start, c.end, c.text, c.hash),
                 )
-                added.append(int(cur.lastrowid or 0))
+                cid = int(cur.lastrowid or 0)
+                added.append(cid)
+                self._db.executemany(
+                    "INSERT INTO vectors VALUES (?, ?, ?, ?)",
+                    [(space, cid, c.hash, _blob(v)) for space, v in c.vectors.items()],
+                )
+                self._db.execute("INSERT INTO changes (op, chunk_id) VALUES ('add', ?)", (cid,))
         return removed, added
+
+    def _remove_chunks(self, doc_id: str) -> list[int]:
+        rows = self._db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,))
+        removed = [int(r[0]) for r in rows]
+        self._db.execute(
+            "DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE doc_id=?)",
+            (doc_id,),
+        )
+        self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+        self._db.executemany(
+            "INSERT INTO changes (op, chunk_id) VALUES ('remove', ?)", [(c,) for c in removed]
+        )
+        return removed
 
     def delete(self, doc_ids: Sequence[str]) -> list[int]:
         """Delete documents and their chunks in one transaction; return the removed chunk ids."""
         with self._lock, self._transaction():
             removed: list[int] = []
             for doc_id in doc_ids:
-                removed += [
-                    r[0]
-                    for r in self._db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,))
-                ]
-                self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+                removed += self._remove_chunks(doc_id)
                 self._db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
         return removed
 
@@ -186,12 +196,74 @@ class Store:
             ).fetchall()
         return {r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows}
 
-    def all_chunks(self) -> Iterator[tuple[int, str, np.ndarray]]:
-        """(id, text, vector) of every live chunk, in id order."""
+    def chunk_texts(self) -> tuple[list[int], list[str]]:
+        """Ids and texts of every live chunk, in id order."""
         with self._lock:
-            rows = self._db.execute("SELECT id, text, vector FROM chunks ORDER BY id").fetchall()
-        for cid, text, vec in rows:
-            yield int(cid), text, np.frombuffer(vec, dtype=np.float32)
+            rows = self._db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+        return [int(r[0]) for r in rows], [r[1] for r in rows]
+
+    def live_ids(self) -> np.ndarray:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM chunks ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def vectors(
+        self, space: str, ids: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) in ``space`` for live chunks (all, or those in ``ids``), id order."""
+        sql = (
+            "SELECT v.chunk_id, v.vector FROM vectors v JOIN chunks c ON c.id = v.chunk_id "
+            "WHERE v.space=?"
+        )
+        args: list[Any] = [space]
+        if ids is not None:
+            if not len(ids):
+                return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+            sql += f" AND v.chunk_id IN ({','.join('?' * len(ids))})"
+            args += [int(i) for i in ids]
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY v.chunk_id", args).fetchall()
+        if not rows:
+            return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+        out_ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return out_ids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    def missing_vectors(self, space: str, limit: int) -> tuple[list[int], list[str], list[str]]:
+        """Up to ``limit`` live chunks with no vector in ``space``: (ids, texts, hashes)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.id, c.text, c.hash FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM "
+                "vectors v WHERE v.space=? AND v.chunk_id=c.id) ORDER BY c.id LIMIT ?",
+                (space, limit),
+            ).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    def put_vectors(self, space: str, rows: Sequence[tuple[int, str, np.ndarray]]) -> None:
+        """Store vectors for chunks that still exist (a chunk deleted meanwhile is skipped)."""
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors SELECT ?, ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM chunks WHERE id=?)",
+                [(space, cid, h, _blob(v), cid) for cid, h, v in rows],
+            )
+
+    def last_change(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+    def changes_after(self, seq: int) -> list[tuple[int, str, int]]:
+        with self._lock:
+            return [
+                tuple(r)
+                for r in self._db.execute(  # type: ignore[misc]
+                    "SELECT seq, op, chunk_id FROM changes WHERE seq>? ORDER BY seq", (seq,)
+                )
+            ]
+
+    def trim_changes(self, upto: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM changes WHERE seq<=?", (upto,))
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)

@@ -65,6 +65,7 @@ def test_reopen_restores_everything(tmp_path: Path) -> None:
     r.upsert(DocumentIn("gone soon", id="b"))
     r.delete(["b"])
     r.close()
+    assert (tmp_path / "snapshot.json").is_file()
     again = Retriever(tmp_path, FakeEmbedder())
     assert len(again) == 1 and again.get("a").metadata == {"tags": ["x"]}
     assert again.search("persistent", k=3, mode="dense")[0].doc_id == "a"

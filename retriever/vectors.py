@@ -1,0 +1,176 @@
+"""Vector index backends behind one small protocol, chosen by name from a registry.
+
+Ids are stable int64 chunk ids from SQLite, never row positions. ``flat`` is exact inner product
+on unit vectors (``IndexIDMap2(IndexFlatIP)``) and deletes in place; ``hnsw`` is approximate
+(``IndexHNSWFlat``), cannot delete in place, so removed ids become tombstones filtered at search
+time and the graph is rebuilt once tombstones pass a fraction of the index. ``save`` writes
+atomically (temp file, fsync, rename). This module knows nothing of documents or SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+
+class VectorIndex(Protocol):
+    """What the retriever needs from a vector index."""
+
+    dim: int
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def remove(self, ids: np.ndarray) -> None: ...
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]: ...
+    def ids(self) -> np.ndarray: ...
+    def __len__(self) -> int: ...
+    def save(self, path: Path) -> None: ...
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FlatIndex:
+    """Exact search; deletes are immediate (``remove_ids`` on the id map)."""
+
+    kind = "flat"
+
+    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self._index.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+            )
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self._index.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        if self._index.ntotal == 0:
+            return []
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)  # (1, dim)
+        scores, ids = self._index.search(q, min(k, self._index.ntotal))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def save(self, path: Path) -> None:
+        _atomic_write(path, faiss.serialize_index(self._index).tobytes())
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> FlatIndex:
+        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        if index.d != dim:
+            raise ValueError(f"{path}: dimension {index.d}, expected {dim}")
+        return cls(dim, index)
+
+
+class HNSWIndex:
+    """Approximate search; removed ids are tombstoned and the graph rebuilt when they pile up."""
+
+    kind = "hnsw"
+    rebuild_fraction = 0.2
+
+    def __init__(
+        self,
+        dim: int,
+        index: faiss.Index | None = None,
+        tombstones: set[int] | None = None,
+        m: int = 32,
+    ) -> None:
+        self.dim = dim
+        self.m = m
+        self._index = index if index is not None else self._empty()
+        self._tombstones: set[int] = tombstones or set()
+
+    def _empty(self) -> faiss.Index:
+        hnsw = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = 64
+        return faiss.IndexIDMap2(hnsw)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self._tombstones -= {int(i) for i in ids}
+            self._index.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+            )
+
+    def remove(self, ids: np.ndarray) -> None:
+        self._tombstones |= {int(i) for i in ids}
+        if len(self._tombstones) > self.rebuild_fraction * max(1, self._index.ntotal):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        all_ids = self.ids()
+        live = np.array([i for i in all_ids if int(i) not in self._tombstones], dtype=np.int64)
+        vectors = np.vstack([self._index.reconstruct(int(i)) for i in live]) if len(live) else None
+        self._index = self._empty()
+        self._tombstones = set()
+        if vectors is not None:
+            self._index.add_with_ids(vectors, live)
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        if self._index.ntotal == 0:
+            return []
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)  # (1, dim)
+        depth = min(k + len(self._tombstones), self._index.ntotal)
+        scores, ids = self._index.search(q, depth)
+        hits = [
+            (int(i), float(s))
+            for i, s in zip(ids[0], scores[0], strict=True)
+            if i >= 0 and int(i) not in self._tombstones
+        ]
+        return hits[:k]
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal) - len(self._tombstones)
+
+    def save(self, path: Path) -> None:
+        if self._tombstones:
+            self._rebuild()  # a snapshot never carries tombstones
+        _atomic_write(path, faiss.serialize_index(self._index).tobytes())
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> HNSWIndex:
+        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        if index.d != dim:
+            raise ValueError(f"{path}: dimension {index.d}, expected {dim}")
+        return cls(dim, index)
+
+
+BACKENDS: dict[str, type[FlatIndex] | type[HNSWIndex]] = {"flat": FlatIndex, "hnsw": HNSWIndex}
+
+
+def make_index(kind: str, dim: int) -> FlatIndex | HNSWIndex:
+    if kind not in BACKENDS:
+        raise ValueError(f"vector index must be one of {sorted(BACKENDS)}, got {kind!r}")
+    return BACKENDS[kind](dim)
+
+
+def load_index(kind: str, path: Path, dim: int) -> FlatIndex | HNSWIndex:
+    return BACKENDS[kind].load(path, dim)

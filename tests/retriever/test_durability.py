@@ -1,0 +1,109 @@
+"""Snapshots, replay of the change log, re-embedding with zero downtime, one process per index."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.config import RetrieverConfig
+from retriever.engine import DocumentIn, Retriever, stored_identity
+from retriever.locks import IndexBusy
+from tests.fakes import FakeEmbedder
+
+
+def _crash(r: Retriever) -> None:
+    """Drop the retriever as a killed process would: no snapshot, no clean close."""
+    r.store.close()
+    r._folder_lock.release()
+
+
+def _consistent(r: Retriever) -> None:
+    assert np.array_equal(np.sort(r.index_ids()), r.store.live_ids())
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_snapshot_plus_change_log_restores_after_a_crash(tmp_path: Path, kind: str) -> None:
+    config = RetrieverConfig(vector_index=kind, snapshot_every=10_000)
+    r = Retriever(tmp_path, FakeEmbedder(), config)
+    for i in range(20):
+        r.upsert(DocumentIn(f"document {i} token{i}", id=f"d{i}"))
+    r.snapshot()
+    snap = json.loads((tmp_path / "snapshot.json").read_text())
+    r.delete([f"d{i}" for i in range(5)])
+    r.upsert(DocumentIn("replaced text tokenz", id="d7"))
+    r.upsert(DocumentIn("brand new tokennew", id="new"))
+    assert r.store.last_change() > snap["last_change"]
+    _crash(r)
+    again = Retriever(tmp_path, FakeEmbedder(), config)
+    assert len(again) == 16 and again.get("d7").text == "replaced text tokenz"
+    assert not again.search("token3", k=5, mode="dense") or all(
+        h.doc_id != "d3" for h in again.search("token3", k=20, mode="dense")
+    )
+    assert again.search("tokennew", k=1, mode="dense")[0].doc_id == "new"
+    if kind == "flat":
+        _consistent(again)
+
+
+def test_a_corrupt_snapshot_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
+    r = Retriever(tmp_path, FakeEmbedder())
+    r.upsert(DocumentIn("alpha beta", id="a"))
+    r.close()
+    snap = json.loads((tmp_path / "snapshot.json").read_text())
+    (tmp_path / snap["file"]).write_bytes(b"garbage")
+    again = Retriever(tmp_path, FakeEmbedder())
+    assert again.search("alpha", k=1, mode="dense")[0].doc_id == "a"
+    _consistent(again)
+
+
+def test_second_open_of_the_same_index_is_refused(tmp_path: Path) -> None:
+    first = Retriever(tmp_path, FakeEmbedder())
+    with pytest.raises(IndexBusy, match="another process"):
+        Retriever(tmp_path, FakeEmbedder())
+    first.close()
+    Retriever(tmp_path, FakeEmbedder()).close()
+
+
+def test_reindex_switches_atomically_while_searches_and_writes_continue(tmp_path: Path) -> None:
+    old, new = FakeEmbedder(dim=128, name="old"), FakeEmbedder(dim=256, name="new")
+    r = Retriever(tmp_path, old)
+    for i in range(300):
+        r.upsert(DocumentIn(f"doc {i} word{i}", id=f"d{i}"))
+    stop, errors, served = threading.Event(), [], [0]
+
+    def searcher() -> None:
+        while not stop.is_set():
+            try:
+                hits = r.search("doc 7 word7", k=3, mode="dense")
+                assert hits and hits[0].doc_id == "d7"
+                served[0] += 1
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(exc))
+
+    def writer() -> None:
+        for i in range(40):
+            r.upsert(DocumentIn(f"written during reindex late{i}", id=f"late{i}"))
+        r.delete(["d0"])
+
+    threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    result = r.reindex(new, batch=32)
+    threads[1].join()
+    stop.set()
+    threads[0].join()
+    assert errors == [] and served[0] > 0
+    assert result["switched"] and r.embedder is new
+    assert r.search("written during reindex late39", k=1, mode="dense")[0].doc_id == "late39"
+    assert all(h.doc_id != "d0" for h in r.search("word0", k=10, mode="dense"))
+    _consistent(r)
+    r.close()
+    assert stored_identity(tmp_path) == new.identity
+    with pytest.raises(Exception, match="reindex"):
+        Retriever(tmp_path, FakeEmbedder(dim=128, name="old"))
+    reopened = Retriever(tmp_path, FakeEmbedder(dim=256, name="new"))
+    assert reopened.store.get_meta("previous_space")  # old vectors kept for rollback
+    assert reopened.search("written during reindex late5", k=1, mode="dense")[0].doc_id == "late5"

@@ -1,0 +1,66 @@
+"""One contract for every vector-index backend: stable ids, deletes final, atomic save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.vectors import BACKENDS, load_index, make_index
+
+DIM = 16
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_ids_are_stable_and_deletes_are_final(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    index = make_index(kind, DIM)
+    vecs = _unit(rng, 200)
+    ids = np.arange(1000, 1200, dtype=np.int64)  # not row positions
+    index.add(ids, vecs)
+    assert len(index) == 200
+    assert index.search(vecs[17], 1)[0][0] == 1017
+    index.remove(ids[:50])
+    assert len(index) == 150
+    for i in range(50):
+        assert all(hit[0] >= 1050 for hit in index.search(vecs[i], 10))
+    assert index.search(vecs[120], 1)[0][0] == 1120  # survivors keep their ids
+
+
+def test_save_and_load_round_trip(kind: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    index = make_index(kind, DIM)
+    vecs = _unit(rng, 64)
+    index.add(np.arange(64, dtype=np.int64) * 7, vecs)
+    index.remove(np.array([0, 7], dtype=np.int64))
+    path = tmp_path / "v.faiss"
+    index.save(path)
+    again = load_index(kind, path, DIM)
+    assert len(again) == 62
+    assert sorted(again.ids().tolist()) == sorted(i * 7 for i in range(2, 64))
+    assert again.search(vecs[5], 1)[0][0] == 35
+    assert not list(tmp_path.glob("*.tmp-*"))
+    with pytest.raises(ValueError, match="dimension"):
+        load_index(kind, path, DIM + 1)
+
+
+def test_search_on_empty_and_k_larger_than_index(kind: str) -> None:
+    index = make_index(kind, DIM)
+    assert index.search(np.ones(DIM, dtype=np.float32), 5) == []
+    index.add(np.array([3], dtype=np.int64), _unit(np.random.default_rng(2), 1))
+    assert [h[0] for h in index.search(np.ones(DIM, dtype=np.float32), 5)] == [3]
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="flat"):
+        make_index("annoy", DIM)
