@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retriever import fusion, snapshot
-from retriever.chunking import split
+from retriever.chunking import Chunk, split
 from retriever.config import MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from retriever.locks import FolderLock, RWLock
@@ -73,6 +73,16 @@ def _hash(text: str) -> str:
 
 def _doc_hash(text: str, metadata: dict[str, Any]) -> str:
     return _hash(text + "\x00" + json.dumps(metadata, sort_keys=True, ensure_ascii=False))
+
+
+@dataclass
+class _Plan:
+    """A document write being prepared: its row, its chunks and, once embedded, vectors."""
+
+    record: DocumentRow
+    pieces: list[Chunk]
+    result: WriteResult
+    chunks: list[NewChunk] = field(default_factory=list)
 
 
 def space_of(identity: dict[str, Any]) -> str:
@@ -171,51 +181,69 @@ class Retriever:
         return self.upsert_many([doc])[0]
 
     def upsert_many(self, docs: Sequence[DocumentIn]) -> list[WriteResult]:
+        """Add or replace documents in one transaction; the whole batch is validated first and
+        its new chunks are embedded together (batched), so either all land or none does."""
         with self._write_lock:
-            results = [self._upsert(doc) for doc in docs]
+            plans = self._plan(docs)
+            todo = [p for p in plans if isinstance(p, _Plan)]
+            self._embed_plans(todo)
+            if todo:
+                with self._lock.write():
+                    written = self.store.replace_many([(p.record, p.chunks) for p in todo])
+                    for removed, _ in written:
+                        self._index.remove(np.asarray(removed, dtype=np.int64))
+                    ids = [cid for _, added in written for cid in added]
+                    if ids:
+                        vectors = [c.vectors[self.space] for p in todo for c in p.chunks]
+                        self._index.add(np.asarray(ids, dtype=np.int64), np.vstack(vectors))
+                    self._sparse = None  # rebuilt at the next sparse search
         self._maybe_snapshot()
-        return results
+        return [p.result if isinstance(p, _Plan) else p for p in plans]
 
-    def _embed(
-        self, embedder: EmbedderLike, space: str, pieces: list[str], hashes: list[str]
-    ) -> dict[str, np.ndarray]:
-        known = self.store.vectors_by_hash(space, hashes)
-        todo = [i for i, h in enumerate(hashes) if h not in known]
-        if todo:
-            fresh = embedder.encode([pieces[i] for i in todo])  # (len(todo), dim)
-            for row, i in enumerate(todo):
-                known[hashes[i]] = fresh[row]
-        return known
+    def _plan(self, docs: Sequence[DocumentIn]) -> list[_Plan | WriteResult]:
+        ids = [_validate(d) for d in docs]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise InvalidDocument(f"document id {dup!r} appears twice in one batch")
+        plans: list[_Plan | WriteResult] = []
+        for doc_id, doc in zip(ids, docs, strict=True):
+            old = self.store.document(doc_id)
+            digest = _doc_hash(doc.text, doc.metadata)
+            if old is not None and old.hash == digest:
+                plans.append(WriteResult(doc_id, old.version, "unchanged", 0))
+                continue
+            t = now()
+            version = old.version + 1 if old else 1
+            record = DocumentRow(
+                doc_id, version, doc.text, doc.metadata, digest, old.created if old else t, t
+            )
+            pieces = split(doc.text, self.config.chunk_size, self.config.chunk_overlap)
+            status = "updated" if old else "added"
+            plans.append(_Plan(record, pieces, WriteResult(doc_id, version, status, len(pieces))))
+        return plans
 
-    def _upsert(self, doc: DocumentIn) -> WriteResult:
-        doc_id = _validate(doc)
-        old = self.store.document(doc_id)
-        digest = _doc_hash(doc.text, doc.metadata)
-        if old is not None and old.hash == digest:
-            return WriteResult(doc_id, old.version, "unchanged", 0)
-        pieces = split(doc.text, self.config.chunk_size, self.config.chunk_overlap)
-        texts, hashes = [p.text for p in pieces], [_hash(p.text) for p in pieces]
-        spaces = {self.space: self._embed(self.embedder, self.space, texts, hashes)}
-        shadow = self._shadow
-        if shadow is not None:  # a re-embedding is running: write its space too
-            spaces[shadow[1]] = self._embed(shadow[0], shadow[1], texts, hashes)
-        chunks = [
-            NewChunk(p.ordinal, p.start, p.end, p.text, h, {s: v[h] for s, v in spaces.items()})
-            for p, h in zip(pieces, hashes, strict=True)
-        ]
-        t = now()
-        version = old.version + 1 if old else 1
-        record = DocumentRow(
-            doc_id, version, doc.text, doc.metadata, digest, old.created if old else t, t
-        )
-        with self._lock.write():
-            removed, added = self.store.replace(record, chunks)
-            self._index.remove(np.asarray(removed, dtype=np.int64))
-            vectors = [c.vectors[self.space] for c in chunks]
-            if added:
-                self._index.add(np.asarray(added, dtype=np.int64), np.vstack(vectors))
-            self._sparse = None  # rebuilt at the next sparse search
-        return WriteResult(doc_id, version, "updated" if old else "added", len(chunks))
+    def _embed_plans(self, plans: list[_Plan]) -> None:
+        """Fill each plan's chunks with vectors for the active space (and a shadow one, during
+        a re-embedding), embedding only content not already stored, in one batched call."""
+        spaces = [(self.embedder, self.space)]
+        if self._shadow is not None:
+            spaces.append(self._shadow)
+        texts = {_hash(c.text): c.text for p in plans for c in p.pieces}
+        vectors: dict[str, dict[str, np.ndarray]] = {}
+        for embedder, space in spaces:
+            known = self.store.vectors_by_hash(space, list(texts))
+            todo = [h for h in texts if h not in known]
+            if todo:
+                fresh = embedder.encode([texts[h] for h in todo])  # (len(todo), dim)
+                known.update(zip(todo, fresh, strict=True))
+            vectors[space] = known
+        for p in plans:
+            p.chunks = [
+                NewChunk(
+                    c.ordinal, c.start, c.end, c.text, h, {s: v[h] for s, v in vectors.items()}
+                )
+                for c, h in ((c, _hash(c.text)) for c in p.pieces)
+            ]
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Delete documents; raises DocumentNotFound (deleting nothing) if any is unknown."""
@@ -289,8 +317,18 @@ class Retriever:
         return row
 
     def search(
-        self, query: str, k: int = 5, mode: str = "hybrid", filters: dict[str, Any] | None = None
+        self,
+        query: str,
+        k: int = 5,
+        mode: str = "hybrid",
+        filters: dict[str, Any] | None = None,
+        reranker: Any = None,
     ) -> list[Hit]:
+        """The ``k`` best chunks for ``query``; with a ``reranker`` (see ``retriever.rerank``),
+        the first ``config.candidates`` fused chunks are rescored by it."""
+        if reranker is not None:
+            pool = self.search(query, max(k, self.config.candidates), mode, filters)
+            return list(reranker.rerank(query, pool, k))
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if k < 1:
@@ -340,8 +378,8 @@ def _validate(doc: DocumentIn) -> str:
     if not isinstance(doc.text, str) or not doc.text.strip():
         raise InvalidDocument("document text is empty")
     doc_id = doc.id or uuid.uuid4().hex
-    if not (0 < len(doc_id) <= 256) or any(c in doc_id for c in "\x00/\\\n"):
-        raise InvalidDocument(f"invalid document id {doc_id!r}: 1-256 chars, no / \\ or NUL")
+    if not (0 < len(doc_id) <= 256) or any(ord(c) < 32 for c in doc_id):
+        raise InvalidDocument(f"invalid document id {doc_id!r}: 1-256 chars, no control chars")
     try:
         json.dumps(doc.metadata)
     except (TypeError, ValueError) as exc:

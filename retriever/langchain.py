@@ -173,6 +173,7 @@ class RagtuneVectorStore(VectorStore):
         if folder is None:
             raise TypeError("from_texts needs folder=: the directory that holds the index")
         _reject_kwargs("from_texts", kwargs)
+        _check_mode(mode)  # before the index is opened
         retriever = Retriever(Path(folder), _as_embedder(embedding), config)
         store = cls(retriever, mode=mode)
         store.add_texts(texts, metadatas, ids=ids)

@@ -137,29 +137,34 @@ class Store:
             ).fetchall()
         return {h: np.frombuffer(v, dtype=np.float32) for h, v in rows}
 
-    def replace(self, doc: DocumentRow, chunks: Sequence[NewChunk]) -> tuple[list[int], list[int]]:
-        """Write ``doc`` and its chunks in one transaction; return (removed ids, new ids)."""
+    def replace_many(
+        self, docs: Sequence[tuple[DocumentRow, Sequence[NewChunk]]]
+    ) -> list[tuple[list[int], list[int]]]:
+        """Write documents and their chunks in one transaction; (removed, new) ids per doc."""
         with self._lock, self._transaction():
-            removed = self._remove_chunks(doc.id)
-            metadata = json.dumps(doc.metadata, ensure_ascii=False)
-            self._db.execute(
-                "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (doc.id, doc.version, doc.text, metadata, doc.hash, doc.created, doc.updated),
+            return [self._replace(doc, chunks) for doc, chunks in docs]
+
+    def _replace(self, doc: DocumentRow, chunks: Sequence[NewChunk]) -> tuple[list[int], list[int]]:
+        removed = self._remove_chunks(doc.id)
+        metadata = json.dumps(doc.metadata, ensure_ascii=False)
+        self._db.execute(
+            "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (doc.id, doc.version, doc.text, metadata, doc.hash, doc.created, doc.updated),
+        )
+        added = []
+        for c in chunks:
+            cur = self._db.execute(
+                "INSERT INTO chunks (doc_id, ordinal, start, end, text, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (doc.id, c.ordinal, c.start, c.end, c.text, c.hash),
             )
-            added = []
-            for c in chunks:
-                cur = self._db.execute(
-                    "INSERT INTO chunks (doc_id, ordinal, start, end, text, hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (doc.id, c.ordinal, c.start, c.end, c.text, c.hash),
-                )
-                cid = int(cur.lastrowid or 0)
-                added.append(cid)
-                self._db.executemany(
-                    "INSERT INTO vectors VALUES (?, ?, ?, ?)",
-                    [(space, cid, c.hash, _blob(v)) for space, v in c.vectors.items()],
-                )
-                self._db.execute("INSERT INTO changes (op, chunk_id) VALUES ('add', ?)", (cid,))
+            cid = int(cur.lastrowid or 0)
+            added.append(cid)
+            self._db.executemany(
+                "INSERT INTO vectors VALUES (?, ?, ?, ?)",
+                [(space, cid, c.hash, _blob(v)) for space, v in c.vectors.items()],
+            )
+            self._db.execute("INSERT INTO changes (op, chunk_id) VALUES ('add', ?)", (cid,))
         return removed, added
 
     def _remove_chunks(self, doc_id: str) -> list[int]:

@@ -15,9 +15,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from retriever.engine import Retriever
 from service import errors
-from service.models import embedder_from_settings, generator_from_settings
+from service.models import (
+    embedder_from_settings,
+    generator_from_settings,
+    open_retriever,
+    reranker_from_settings,
+)
 from service.runtime import configure_torch
 from service.settings import Settings, get_settings
 
@@ -32,6 +36,7 @@ class AppState:
     embedder: Any = None
     generator: Any = None
     retriever: Any = None
+    reranker: Any = None
     ready: bool = False
     loaded: dict[str, Any] = field(default_factory=dict)
 
@@ -45,7 +50,8 @@ def load_models(state: AppState) -> None:
     state.loaded["embedder"] = state.embedder.identity
     state.generator = generator_from_settings(state.settings)
     state.loaded["generator"] = state.generator.identity
-    state.retriever = Retriever(state.settings.data_dir / "index", state.embedder)
+    state.retriever = open_retriever(state.settings, state.embedder)
+    state.reranker = reranker_from_settings(state.settings)
     state.loaded["index"] = {"documents": len(state.retriever)}
 
 

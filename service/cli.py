@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -127,8 +128,6 @@ def _not_yet(name: str, what: str) -> None:
         )
 
 
-_not_yet("ingest", "Add files or folders of documents to the index")
-_not_yet("search", "Search the index")
 _not_yet("tune", "Fine-tune the generator or the retriever")
 
 
@@ -184,3 +183,148 @@ def models(load: bool) -> None:
         emb = embedder_from_settings(settings)
         gen = generator_from_settings(settings)
         click.echo(f"loaded embedder ({emb.dim}-d) and generator from {gen.weights_dir}")
+
+
+def _open_index(settings: Settings) -> Any:
+    """Open the index with the configured embedder; domain errors become one-line exits."""
+    from retriever.errors import RetrieverError
+    from retriever.sources import ModelNotAvailable
+    from service.models import open_retriever
+
+    try:
+        return open_retriever(settings)
+    except (RetrieverError, ModelNotAvailable) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--batch", type=int, default=32, show_default=True, help="Documents per write.")
+def ingest(paths: tuple[Path, ...], batch: int) -> None:
+    """Add or update documents from files or folders (txt, md, html, jsonl; recursive)."""
+    from tqdm import tqdm
+
+    from retriever.errors import InvalidDocument
+    from retriever.loaders import LoadError, iter_files, load_file
+    from service.runtime import configure_logging, configure_torch
+
+    settings = _settings()
+    configure_logging("warning")
+    _quiet_transformers()
+    configure_torch(settings)
+    retriever = _open_index(settings)
+    counts = {"added": 0, "updated": 0, "unchanged": 0, "failed": 0}
+    failures: list[str] = []
+    files = list(iter_files(list(paths)))
+    try:
+        for path, root in tqdm(files, desc="ingest", unit="file"):
+            docs = []
+            for item in load_file(path, root):
+                if isinstance(item, LoadError):
+                    counts["failed"] += 1
+                    failures.append(f"{item.source}: {item.reason}")
+                else:
+                    docs.append(item)
+            for i in range(0, len(docs), batch):
+                for doc in docs[i : i + batch]:
+                    try:
+                        counts[retriever.upsert(doc).status] += 1
+                    except InvalidDocument as exc:
+                        counts["failed"] += 1
+                        failures.append(f"{path} ({doc.id}): {exc}")
+    finally:
+        retriever.close()
+    for line in failures[:20]:
+        click.echo(f"failed: {line}", err=True)
+    if len(failures) > 20:
+        click.echo(f"... and {len(failures) - 20} more failures", err=True)
+    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()) + f" files={len(files)}")
+    if counts["failed"] and not (counts["added"] or counts["updated"] or counts["unchanged"]):
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", type=int, default=5, show_default=True)
+@click.option(
+    "--mode", type=click.Choice(["dense", "sparse", "hybrid"]), default="hybrid", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a listing.")
+def search(query: str, k: int, mode: str, as_json: bool) -> None:
+    """Search the index and print the best passages."""
+    from service.runtime import configure_logging
+
+    settings = _settings()
+    configure_logging("warning")
+    _quiet_transformers()
+    if not 1 <= k <= settings.limits.max_k:
+        raise click.ClickException(f"-k must be between 1 and {settings.limits.max_k}")
+    retriever = _open_index(settings)
+    try:
+        hits = retriever.search(query, k=k, mode=mode)
+    finally:
+        retriever.close()
+    if as_json:
+        click.echo(json.dumps([h.__dict__ for h in hits], ensure_ascii=False, indent=2))
+        return
+    if not hits:
+        click.echo("no results")
+    for rank, h in enumerate(hits, 1):
+        snippet = " ".join(h.text.split())[:160]
+        click.echo(f"{rank:2}. {h.score:.4f}  {h.doc_id} [{h.start}:{h.end}]  {snippet}")
+
+
+@main.command()
+@click.option("--embedder", default=None, help="Embedder to re-embed with (default: settings).")
+@click.option("--rollback", is_flag=True, help="Switch back to the previous embedder.")
+def reindex(embedder: str | None, rollback: bool) -> None:
+    """Re-embed the index with another embedder, then switch to it atomically."""
+    import json as _json
+
+    from tqdm import tqdm
+
+    from retriever.embedder import load_embedder
+    from retriever.errors import RetrieverError
+    from retriever.sources import ModelNotAvailable
+    from service.models import index_embedder_name, retriever_config
+    from service.runtime import configure_logging, configure_torch
+
+    settings = _settings()
+    configure_logging("warning")
+    _quiet_transformers()
+    configure_torch(settings)
+    current = index_embedder_name(settings.index_dir)
+    if current is None:
+        raise click.ClickException(f"no index at {settings.index_dir}; ingest documents first")
+    from retriever.engine import Retriever
+
+    try:
+        old = load_embedder(current, offline=settings.offline)
+        retriever = Retriever(settings.index_dir, old, retriever_config(settings))
+        if rollback:
+            previous = retriever.store.get_meta("previous_embedder")
+            if not previous:
+                retriever.close()
+                raise click.ClickException("no previous embedder to roll back to")
+            target = str(_json.loads(previous)["name"])
+        else:
+            target = embedder or settings.embedder
+        new = load_embedder(target, offline=settings.offline)
+    except (RetrieverError, ModelNotAvailable) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    try:
+        bar = tqdm(total=retriever.chunk_count, desc="re-embed", unit="chunk")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = max(total, done)
+            bar.n = done
+            bar.refresh()
+
+        result = retriever.reindex(new, progress=progress)
+        bar.close()
+    finally:
+        retriever.close()
+    if result["switched"]:
+        click.echo(f"switched {result['chunks']} chunks from {current} to {target}")
+    else:
+        click.echo(f"nothing to do: {result['reason']}")

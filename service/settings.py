@@ -71,6 +71,20 @@ class Limits(BaseModel):
     )
 
 
+class Retrieval(BaseModel):
+    """Chunking, fusion and the vector index (see retriever.config.RetrieverConfig)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_size: int = Field(600, ge=50, description="characters per chunk")
+    chunk_overlap: int = Field(80, ge=0, description="characters shared by neighbouring chunks")
+    fusion: Literal["rrf", "weighted"] = Field("rrf", description="hybrid fusion method")
+    dense_weight: float = Field(0.5, ge=0, le=1, description="dense share of the hybrid score")
+    vector_index: Literal["flat", "hnsw"] = Field("flat", description="FAISS backend")
+    candidates: int = Field(50, ge=1, description="per-list depth before fusion")
+    reranker: str | None = Field(None, description="cross-encoder folder or hub id; unset = none")
+
+
 class Settings(BaseSettings):
     """Everything the service can be configured with."""
 
@@ -106,6 +120,7 @@ class Settings(BaseSettings):
     api_keys: list[ApiKey] = Field(default_factory=list, description="keys and their scopes")
     auth_disabled: bool = Field(False, description="serve without keys (loopback only)")
     limits: Limits = Field(default_factory=Limits)
+    retrieval: Retrieval = Field(default_factory=Retrieval)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device")
@@ -119,6 +134,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
+
+    @property
+    def index_dir(self) -> Path:
+        """The document index: SQLite store and vector snapshots."""
+        return self.data_dir / "index"
 
     @property
     def model_cache(self) -> Path:

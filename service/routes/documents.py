@@ -67,20 +67,20 @@ def list_documents(retriever: RetrieverDep, offset: int = 0, limit: int = 50) ->
     }
 
 
-@router.get("/{doc_id}")
+@router.get("/{doc_id:path}")
 def get(doc_id: str, retriever: RetrieverDep) -> DocumentOut:
     r = retriever.get(doc_id)
     return DocumentOut(**{k: getattr(r, k) for k in DocumentOut.model_fields})
 
 
-@router.put("/{doc_id}")
+@router.put("/{doc_id:path}")
 def replace(doc_id: str, body: DocumentBody, retriever: RetrieverDep) -> Written:
     if body.id not in (None, doc_id):
         raise ServiceError(422, "id_mismatch", "the body's id differs from the path's")
     return Written(**retriever.upsert(DocumentIn(body.text, doc_id, body.metadata)).__dict__)
 
 
-@router.delete("/{doc_id}")
+@router.delete("/{doc_id:path}")
 def delete(doc_id: str, retriever: RetrieverDep) -> dict[str, Any]:
     retriever.delete([doc_id])
     return {"deleted": doc_id}

@@ -62,7 +62,7 @@ def _hit(h: Any) -> dict[str, Any]:
 @router.post("/search")
 def search(body: SearchBody, retriever: RetrieverDep, state: State) -> dict[str, Any]:
     _check_limits(state, body.k, body.query)
-    hits = retriever.search(body.query, body.k, body.mode, body.filters)
+    hits = retriever.search(body.query, body.k, body.mode, body.filters, state.reranker)
     return {"results": [_hit(h) for h in hits]}
 
 
@@ -79,7 +79,7 @@ def query(body: QueryBody, retriever: RetrieverDep, state: State) -> dict[str, A
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     hits = (
-        retriever.search(body.question, body.k, body.retrieval, body.filters)
+        retriever.search(body.question, body.k, body.retrieval, body.filters, state.reranker)
         if body.mode == "rag"
         else []
     )

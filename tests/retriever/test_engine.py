@@ -90,7 +90,7 @@ def test_bad_input_is_refused_and_nothing_is_lost(r: Retriever) -> None:
     with pytest.raises(InvalidDocument):
         r.upsert(DocumentIn("   ", id="x"))
     with pytest.raises(InvalidDocument):
-        r.upsert(DocumentIn("t", id="a/b"))
+        r.upsert(DocumentIn("t", id="a\nb"))
     with pytest.raises(DocumentNotFound):
         r.delete(["keep", "missing"])
     assert r.get("keep").text == "keep me"

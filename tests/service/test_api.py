@@ -92,3 +92,9 @@ def test_query_limits_and_modes(client: TestClient) -> None:
         "/v1/query", json={"question": "what is debian ?", "mode": "base", "max_new_tokens": 2}
     ).json()
     assert base["citations"] == [] and base["usage"]["completion_tokens"] == 2
+
+
+def test_ids_with_slashes_work_in_paths(client: TestClient) -> None:
+    client.post("/v1/documents", json={"id": "guides/zh/boot.txt", "text": "系统启动"})
+    assert client.get("/v1/documents/guides/zh/boot.txt").json()["text"] == "系统启动"
+    assert client.delete("/v1/documents/guides/zh/boot.txt").status_code == 200

@@ -1,0 +1,103 @@
+"""Retrieval quality on the Debian FAQ: recall@1/5/10 and MRR@10 for dense, sparse and hybrid.
+
+Builds the dataset with ``ragtune data debian-faq`` (FAQ answers plus Debian Reference sections as
+distractors), ingests every document into a fresh index with the default embedder, and runs all
+147 FAQ questions through each retrieval mode and fusion setting. Writes
+benchmarks/results/retrieval_quality.json.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/retrieval_quality.py --lang en zh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.metrics import dedupe, retrieval_report
+from retriever.config import RetrieverConfig
+from retriever.embedder import load_embedder
+from retriever.engine import DocumentIn, Retriever
+
+SETTINGS = [  # (label, mode, fusion, dense_weight)
+    ("dense", "dense", "rrf", 0.5),
+    ("sparse (BM25)", "sparse", "rrf", 0.5),
+    ("hybrid rrf w=0.5", "hybrid", "rrf", 0.5),
+    ("hybrid rrf w=0.3", "hybrid", "rrf", 0.3),
+    ("hybrid weighted w=0.5", "hybrid", "weighted", 0.5),
+    ("hybrid weighted w=0.3", "hybrid", "weighted", 0.3),
+]
+
+
+def load_dataset(lang: str, data_root: Path) -> Path:
+    out = data_root / f"debian-faq-{lang}"
+    if not (out / "queries.jsonl").exists():
+        subprocess.run(
+            [sys.executable, "-m", "eval", "data", "debian-faq", "--lang", lang, "--out", str(out)],
+            check=True,
+        )
+    return out
+
+
+def evaluate(folder: Path, embedder, k: int = 10) -> dict[str, dict[str, float]]:
+    queries = [json.loads(line) for line in (folder / "queries.jsonl").open()]
+    qrels: dict[str, set[str]] = {}
+    for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        q, d, _ = line.split("\t")
+        qrels.setdefault(q, set()).add(d)
+    docs = [
+        json.loads(line)
+        for f in sorted((folder / "documents").glob("*.jsonl"))
+        for line in f.open()
+    ]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Retriever(Path(tmp), embedder)
+        t0 = time.perf_counter()
+        for i in tqdm(range(0, len(docs), 64), desc=f"ingest {folder.name}", unit="batch"):
+            r.upsert_many([DocumentIn(d["text"], d["id"], d["metadata"]) for d in docs[i : i + 64]])
+        print(
+            f"{folder.name}: {len(docs)} documents, {r.chunk_count} chunks, "
+            f"ingested in {time.perf_counter() - t0:.1f}s"
+        )
+        for label, mode, fusion, weight in SETTINGS:
+            r.config.fusion, r.config.dense_weight = fusion, weight
+            runs = {
+                q["_id"]: dedupe([h.doc_id for h in r.search(q["text"], k=k * 3, mode=mode)])
+                for q in queries
+            }
+            results[label] = {m: round(v, 3) for m, v in retrieval_report(runs, qrels).items()}
+        r.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lang", nargs="+", default=["en", "zh"], choices=["en", "zh"])
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "retrieval_quality.json"
+    )
+    args = parser.parse_args()
+    embedder = load_embedder()
+    report = {"embedder": embedder.identity["name"], "config": RetrieverConfig().__dict__}
+    for lang in args.lang:
+        report[lang] = evaluate(load_dataset(lang, args.data), embedder)
+        print(f"\n{lang}: {'setting':24} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR@10':>7}")
+        for label, m in report[lang].items():
+            print(
+                f"    {label:24} {m['recall@1']:6.3f} {m['recall@5']:6.3f} "
+                f"{m['recall@10']:6.3f} {m['mrr@10']:7.3f}"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""Retriever at 20k chunks: ragtune vs LangChain's FAISS store vs raw faiss, same vectors.
+
+Side by side in one process. The 20k part feeds both stores the same precomputed vectors (seeded
+random unit vectors, looked up by text through a cached embedder), so it measures the stores and
+not the model: ingest, deletes one at a time and in one batch, dense search latency, and that a
+deleted document never comes back. The encode part loads the real all-MiniLM-L6-v2 and compares
+raw ``SentenceTransformer.encode`` with ragtune's ``upsert_many`` on a smaller sample, to show
+how close ingest gets to the embedding bound. Prints a table and writes
+benchmarks/results/retriever_bench.json.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/retriever_bench.py --n 20000 --queries 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from retriever.config import RetrieverConfig
+from retriever.engine import DocumentIn, Retriever
+
+warnings.filterwarnings("ignore", message=".*langchain-community.*")
+
+from langchain_community.docstore.in_memory import InMemoryDocstore  # noqa: E402
+from langchain_community.vectorstores import FAISS  # noqa: E402
+from langchain_community.vectorstores.utils import DistanceStrategy  # noqa: E402
+from langchain_core.embeddings import Embeddings  # noqa: E402
+
+DIM = 384
+K = 10
+ENCODE_BATCH = 32  # retriever.embedder.Embedder.encode's default
+EXTRA_CORPUS = Path("/tmp/dfaq-en/corpus.jsonl")
+GOALS = {  # name -> (goal, higher is better)
+    "delete_one_by_one_speedup": (20.0, True),
+    "delete_batch_speedup": (1.0, True),
+    "search_p50_vs_raw_faiss": (1.2, False),
+    "ingest_vs_raw_encode": (0.9, True),
+}
+
+# ---- corpus ---------------------------------------------------------------------------------
+ADJ = ["quick", "quiet", "broken", "shared", "local", "remote", "stable", "unstable", "default"]
+ADJ += ["custom", "signed", "encrypted", "minimal", "verbose", "legacy", "modern", "virtual"]
+ADJ += ["physical", "primary", "secondary", "hidden", "public"]
+NOUN = ["kernel", "package", "mirror", "server", "laptop", "printer", "driver", "module"]
+NOUN += ["archive", "keyring", "user", "network", "bridge", "partition", "volume", "daemon"]
+NOUN += ["service", "socket", "cluster", "backup", "release", "firewall", "compiler", "library"]
+NOUN += ["terminal", "desktop", "scanner", "router", "cache", "index"]
+VERB = ["updates", "replaces", "mounts", "signs", "rebuilds", "downloads", "verifies", "removes"]
+VERB += ["installs", "configures", "restarts", "monitors", "compresses", "mirrors", "logs"]
+VERB += ["schedules", "upgrades"]
+PLACE = ["at boot", "after an upgrade", "on the testing branch", "behind a proxy", "in a chroot"]
+PLACE += ["over ssh", "during installation", "on a headless machine", "inside a container"]
+PLACE += ["on every login"]
+ADVERB = ["silently", "slowly", "twice", "automatically", "reliably", "manually", "nightly"]
+ADVERB += ["rarely"]
+
+
+def sentence(rng: random.Random) -> str:
+    a, b = rng.sample(NOUN, 2)
+    return (
+        f"The {rng.choice(ADJ)} {a} {rng.choice(VERB)} the {rng.choice(ADJ)} {b} "
+        f"{rng.choice(PLACE)} {rng.choice(ADVERB)}, version {rng.randint(1, 99)}."
+    )
+
+
+def extra_sentences(path: Path | None) -> list[str]:
+    """Sentence-sized pieces of a local JSONL corpus (field ``text``), if one is there."""
+    if path is None or not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        for piece in json.loads(line)["text"].replace("\n", " ").split(". "):
+            piece = " ".join(piece.split())
+            if 40 <= len(piece) <= 400:
+                out.append(piece.rstrip(".") + ".")
+    return out
+
+
+def make_corpus(n: int, seed: int, extra: list[str]) -> list[str]:
+    """``n`` distinct texts under 600 characters: up to a quarter real, the rest synthetic."""
+    rng = random.Random(seed)
+    texts = list(dict.fromkeys(extra))
+    rng.shuffle(texts)
+    texts = texts[: n // 4]
+    seen = set(texts)
+    while len(texts) < n:
+        text = " ".join(sentence(rng) for _ in range(rng.randint(1, 3)))
+        if text not in seen:
+            seen.add(text)
+            texts.append(text)
+    rng.shuffle(texts)
+    return texts
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    vecs = np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)  # (n, dim)
+
+
+# ---- embedders over one cache ---------------------------------------------------------------
+class CachedEmbedder:
+    """ragtune's embedder protocol over precomputed vectors, looked up by text."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
+        self.row = {t: i for i, t in enumerate(texts)}
+        self.vectors = vectors
+        self.dim = vectors.shape[1]
+        self.identity = {"name": "cached-random", "dim": self.dim}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.vectors[[self.row[t] for t in texts]]  # (len(texts), dim)
+
+
+class CachedEmbeddings(Embeddings):
+    """LangChain's Embeddings interface over the same cache."""
+
+    def __init__(self, cache: CachedEmbedder) -> None:
+        self.cache = cache
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.cache.encode(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.cache.encode([text])[0].tolist()
+
+
+def new_langchain(cache: CachedEmbedder) -> FAISS:
+    return FAISS(
+        CachedEmbeddings(cache),
+        faiss.IndexFlatIP(cache.dim),
+        InMemoryDocstore(),
+        {},
+        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+    )
+
+
+# ---- phases ---------------------------------------------------------------------------------
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def ingest(rag: Retriever, lc: FAISS, texts: list[str], ids: list[str], batch: int) -> dict:
+    t_rag = t_lc = 0.0
+    for lo in range(0, len(texts), batch):
+        part, part_ids = texts[lo : lo + batch], ids[lo : lo + batch]
+        meta = [{"i": lo + j} for j in range(len(part))]
+        docs = [DocumentIn(t, i, m) for t, i, m in zip(part, part_ids, meta, strict=True)]
+        t_rag += timed(lambda docs=docs: rag.upsert_many(docs))
+        t_lc += timed(lambda p=part, m=meta, i=part_ids: lc.add_texts(p, m, ids=i))
+        print(f"  ingested {lo + len(part)}/{len(texts)}", flush=True)
+    if rag.chunk_count != len(texts):
+        raise RuntimeError(f"ragtune has {rag.chunk_count} chunks for {len(texts)} documents")
+    return {"ragtune_s": t_rag, "langchain_s": t_lc}
+
+
+def deletes(rag: Retriever, lc: FAISS, one_by_one: list[str], batch: list[str]) -> dict:
+    t_rag = t_lc = 0.0
+    for doc_id in one_by_one:  # alternate so machine noise hits both alike
+        t_rag += timed(lambda d=doc_id: rag.delete([d]))
+        t_lc += timed(lambda d=doc_id: lc.delete([d]))
+    return {
+        "one_by_one": {"ragtune_s": t_rag, "langchain_s": t_lc},
+        "batch": {
+            "ragtune_s": timed(lambda: rag.delete(batch)),
+            "langchain_s": timed(lambda: lc.delete(batch)),
+        },
+    }
+
+
+def search(
+    rag: Retriever, lc: FAISS, raw: faiss.Index, raw_ids: list[str], queries: list[str]
+) -> dict:
+    cache: CachedEmbedder = rag.embedder  # type: ignore[assignment]
+    lat: dict[str, list[float]] = {"ragtune": [], "langchain": [], "raw_faiss": []}
+    same = 0
+    for q in queries[:10]:  # warm-up
+        rag.search(q, K, mode="dense")
+        lc.similarity_search_with_score(q, K)
+        raw.search(cache.encode([q]), K)
+    for q in queries:
+        qvec = cache.encode([q])  # (1, dim)
+        t0 = time.perf_counter()
+        hits = rag.search(q, K, mode="dense")
+        t1 = time.perf_counter()
+        docs = lc.similarity_search_with_score(q, K)
+        t2 = time.perf_counter()
+        _, rows = raw.search(qvec, K)
+        t3 = time.perf_counter()
+        lat["ragtune"] += [t1 - t0]
+        lat["langchain"] += [t2 - t1]
+        lat["raw_faiss"] += [t3 - t2]
+        want = [raw_ids[r] for r in rows[0]]
+        same += [h.doc_id for h in hits] == want == [d.id for d, _ in docs]
+    out = {
+        name: {"p50_ms": 1e3 * statistics.median(v), "p95_ms": 1e3 * float(np.percentile(v, 95))}
+        for name, v in lat.items()
+    }
+    out["same_top_k_fraction"] = same / len(queries)
+    return out
+
+
+def own_text_check(rag: Retriever, lc: FAISS, doc_ids: list[str], text_of: dict) -> dict:
+    """Search each document's own text: how often it is in each system's top k."""
+    found = {"ragtune": 0, "langchain": 0}
+    for doc_id in doc_ids:
+        text = text_of[doc_id]
+        found["ragtune"] += any(h.doc_id == doc_id for h in rag.search(text, K, mode="dense"))
+        found["langchain"] += any(d.id == doc_id for d in lc.similarity_search(text, K))
+    return found
+
+
+def encode_bound(texts: list[str], rounds: int = 4) -> dict:
+    """Raw SentenceTransformer.encode vs ragtune upsert_many with the real MiniLM, texts/s.
+
+    Alternates the two over ``rounds`` slices of ``texts`` so machine noise hits both alike.
+    """
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from retriever.embedder import load_embedder
+
+    hf_logging.disable_progress_bar()
+    emb = load_embedder(offline=True)
+    emb.model.encode(texts[:64], batch_size=ENCODE_BATCH)  # warm-up
+    raw_s = rag_s = 0.0
+    step = -(-len(texts) // rounds)
+    with tempfile.TemporaryDirectory() as tmp:
+        rag = Retriever(Path(tmp), emb, RetrieverConfig())
+        for lo in range(0, len(texts), step):
+            part = texts[lo : lo + step]
+            docs = [DocumentIn(t, f"e{lo + j}") for j, t in enumerate(part)]
+            raw_s += timed(
+                lambda p=part: emb.model.encode(
+                    p,
+                    batch_size=ENCODE_BATCH,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            )
+            rag_s += timed(lambda d=docs: rag.upsert_many(d))
+            print(f"  encoded {lo + len(part)}/{len(texts)} with each", flush=True)
+        rag.close()
+    return {
+        "texts": len(texts),
+        "batch_size": ENCODE_BATCH,
+        "torch_threads": torch.get_num_threads(),
+        "raw_encode_texts_per_s": len(texts) / raw_s,
+        "ragtune_upsert_texts_per_s": len(texts) / rag_s,
+    }
+
+
+# ---- report ---------------------------------------------------------------------------------
+def ratios(r: dict) -> dict[str, float]:
+    d, s = r["delete"], r["search"]
+    out = {
+        "delete_one_by_one_speedup": d["one_by_one"]["langchain_s"] / d["one_by_one"]["ragtune_s"],
+        "delete_batch_speedup": d["batch"]["langchain_s"] / d["batch"]["ragtune_s"],
+        "search_p50_vs_raw_faiss": s["ragtune"]["p50_ms"] / s["raw_faiss"]["p50_ms"],
+    }
+    if "encode" in r:
+        e = r["encode"]
+        out["ingest_vs_raw_encode"] = e["ragtune_upsert_texts_per_s"] / e["raw_encode_texts_per_s"]
+    return out
+
+
+def print_table(r: dict) -> None:
+    n, d, s = r["config"]["n"], r["delete"], r["search"]
+    rows = [
+        (f"ingest {n} chunks (s)", r["ingest"]["ragtune_s"], r["ingest"]["langchain_s"], None),
+        (
+            f"delete {r['config']['deletes']} one by one (s)",
+            d["one_by_one"]["ragtune_s"],
+            d["one_by_one"]["langchain_s"],
+            None,
+        ),
+        (
+            f"delete {r['config']['deletes']} in one call (s)",
+            d["batch"]["ragtune_s"],
+            d["batch"]["langchain_s"],
+            None,
+        ),
+    ]
+    for p in ("p50_ms", "p95_ms"):
+        rows.append(
+            (f"dense search k={K} {p}", s["ragtune"][p], s["langchain"][p], s["raw_faiss"][p])
+        )
+    print(f"\n{'':34} {'ragtune':>10} {'langchain':>10} {'raw faiss':>10}")
+    for label, a, b, c in rows:
+        raw = f"{c:10.3f}" if c is not None else f"{'':>10}"
+        print(f"{label:34} {a:10.3f} {b:10.3f} {raw}")
+    if "encode" in r:
+        e = r["encode"]
+        print(
+            f"{'ingest real MiniLM (texts/s)':34} {e['ragtune_upsert_texts_per_s']:10.1f} "
+            f"{'':>10} {e['raw_encode_texts_per_s']:10.1f}  (raw = SentenceTransformer.encode)"
+        )
+    print()
+    for name, value in r["ratios"].items():
+        goal, higher = GOALS[name]
+        ok = value >= goal if higher else value <= goal
+        sign = ">=" if higher else "<="
+        print(f"{name:34} {value:10.2f}  goal {sign} {goal:<5} {'ok' if ok else 'MISSED'}")
+    print(f"{'same top-k in all three':34} {s['same_top_k_fraction']:10.2%}")
+    own = r["own_text"]
+    for kind in ("deleted", "kept"):
+        f = own[f"{kind}_found"]
+        label = f"{kind} docs found by own text /{own[kind]}"
+        print(f"{label:34} {f['ragtune']:10d} {f['langchain']:10d}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    texts = make_corpus(args.n + args.queries, args.seed, extra_sentences(args.extra_corpus))
+    corpus, queries = texts[: args.n], texts[args.n :]
+    vectors = unit_vectors(len(texts), args.seed)
+    # queries sit near a corpus vector so the top k is well defined and worth comparing
+    near = np.random.default_rng(args.seed + 1).integers(0, args.n, args.queries)
+    noisy = vectors[near] + 0.1 * unit_vectors(args.queries, args.seed + 2)
+    vectors[args.n :] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    cache = CachedEmbedder(texts, vectors)
+    ids = [f"doc-{i:06d}" for i in range(args.n)]
+    n_del = max(1, args.n // 100)
+    picked = random.Random(args.seed).sample(ids, 2 * n_del)
+    result: dict[str, Any] = {
+        "config": {
+            "n": args.n,
+            "queries": args.queries,
+            "k": K,
+            "deletes": n_del,
+            "seed": args.seed,
+            "extra_corpus": str(args.extra_corpus) if args.extra_corpus else None,
+            "faiss": version("faiss-cpu"),
+            "langchain_community": version("langchain-community"),
+            "faiss_omp_threads": faiss.omp_get_max_threads(),
+        }
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        rag = Retriever(Path(tmp), cache, RetrieverConfig())
+        lc = new_langchain(cache)
+        print(f"ingest {args.n} chunks", flush=True)
+        result["ingest"] = ingest(rag, lc, corpus, ids, args.ingest_batch)
+        print(f"delete {n_del} one by one, then {n_del} in one call", flush=True)
+        result["delete"] = deletes(rag, lc, picked[:n_del], picked[n_del:])
+        gone = set(picked)
+        live = [i for i, doc_id in enumerate(ids) if doc_id not in gone]
+        raw = faiss.IndexFlatIP(DIM)
+        raw.add(vectors[live])
+        print(f"search {args.queries} queries, k={K}", flush=True)
+        result["search"] = search(rag, lc, raw, [ids[i] for i in live], queries)
+        text_of = dict(zip(ids, corpus, strict=True))
+        kept = random.Random(args.seed + 3).sample([ids[i] for i in live], len(picked))
+        result["own_text"] = {  # deleted: must be 0; kept: must be all, or search is broken
+            "deleted": len(picked),
+            "deleted_found": own_text_check(rag, lc, picked, text_of),
+            "kept": len(kept),
+            "kept_found": own_text_check(rag, lc, kept, text_of),
+        }
+        rag.close()
+    if args.encode_sample > 0:
+        print(f"encode bound: {args.encode_sample} texts with the real MiniLM", flush=True)
+        sample = random.Random(args.seed).sample(corpus, min(args.encode_sample, args.n))
+        result["encode"] = encode_bound(sample)
+    result["ratios"] = ratios(result)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000, help="documents (one chunk each)")
+    parser.add_argument("--queries", type=int, default=200, help="dense searches timed")
+    parser.add_argument(
+        "--encode-sample", type=int, default=1000, help="texts for the real-MiniLM part; 0 skips"
+    )
+    parser.add_argument("--ingest-batch", type=int, default=1000, help="documents per write call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--faiss-threads", type=int, default=0, help="OpenMP threads for faiss; 0 keeps its default"
+    )
+    parser.add_argument(
+        "--extra-corpus",
+        type=Path,
+        default=EXTRA_CORPUS if EXTRA_CORPUS.is_file() else None,
+        help="JSONL with a 'text' field whose sentences make up to a quarter of the corpus",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "retriever_bench.json"
+    )
+    args = parser.parse_args()
+    if args.n < 100 or args.queries < 1:
+        parser.error("--n must be >= 100 and --queries >= 1")
+    if args.faiss_threads > 0:
+        faiss.omp_set_num_threads(args.faiss_threads)
+    t0 = time.perf_counter()
+    result = run(args)
+    result["total_s"] = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"\nwrote {args.out} ({result['total_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

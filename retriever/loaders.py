@@ -1,0 +1,134 @@
+"""Read files into documents: txt, md, html and jsonl, from files or folders (recursively).
+
+A plain file becomes one document whose id is its path relative to the folder given (so
+re-ingesting a folder updates documents instead of duplicating them). A jsonl line is
+``{"id", "text", "metadata"}`` or BEIR's ``{"_id", "title", "text"}``. Unreadable input is
+reported per file, never fatal to the rest. Knows nothing of chunking or indexes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+from retriever.engine import DocumentIn
+
+SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
+
+
+@dataclass(frozen=True)
+class LoadError:
+    source: str
+    reason: str
+
+
+class _TextOfHTML(HTMLParser):
+    SKIP = {"script", "style", "noscript", "template"}
+    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "section"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title = ""
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self.SKIP:
+            self._skip += 1
+        elif tag == "title":
+            self._in_title = True
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP and self._skip:
+            self._skip -= 1
+        elif tag == "title":
+            self._in_title = False
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+        elif not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> tuple[str, str]:
+    """(title, text) of an HTML page, scripts and styles dropped, blocks on their own lines."""
+    parser = _TextOfHTML()
+    parser.feed(html)
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
+    return parser.title.strip(), "\n".join(line for line in lines if line)
+
+
+def _md_title(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def iter_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
+    """(file, root) for every supported file under ``paths``; root is what ids are relative to."""
+    for p in paths:
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in SUFFIXES:
+                    yield f, p
+        else:
+            yield p, p.parent
+
+
+def load_file(path: Path, root: Path) -> Iterator[DocumentIn | LoadError]:
+    rel = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        yield LoadError(str(path), f"unsupported file type {suffix or '(none)'}")
+        return
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        yield LoadError(str(path), f"unreadable: {exc}")
+        return
+    if suffix == ".jsonl":
+        yield from _jsonl(raw, str(path))
+        return
+    title, text = html_to_text(raw) if suffix in {".html", ".htm"} else (_md_title(raw), raw)
+    if not text.strip():
+        yield LoadError(str(path), "empty document")
+        return
+    meta = {"source": rel, "title": title or path.stem}
+    yield DocumentIn(text=text, id=rel, metadata=meta)
+
+
+def _jsonl(raw: str, source: str) -> Iterator[DocumentIn | LoadError]:
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            yield LoadError(where, f"invalid JSON: {exc}")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            yield LoadError(where, "a line needs a string field 'text'")
+            continue
+        meta = row.get("metadata") or {}
+        if not isinstance(meta, dict):
+            yield LoadError(where, "'metadata' must be an object")
+            continue
+        if row.get("title"):
+            meta = {**meta, "title": row["title"]}
+        doc_id = row.get("id", row.get("_id"))
+        yield DocumentIn(
+            text=row["text"],
+            id=str(doc_id) if doc_id is not None else None,
+            metadata={"source": source, **meta},
+        )

@@ -1,0 +1,56 @@
+"""Files become documents: txt, md, html and jsonl, folders recursively, errors per file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retriever.engine import DocumentIn
+from retriever.loaders import LoadError, html_to_text, iter_files, load_file
+
+
+def _load(path: Path, root: Path) -> list:
+    return list(load_file(path, root))
+
+
+def test_folder_walk_and_ids_relative_to_the_root(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("plain text")
+    (tmp_path / "sub" / "b.md").write_text("# Title B\n\nbody")
+    (tmp_path / "sub" / "skip.bin").write_bytes(b"\0")
+    found = [(f.relative_to(tmp_path).as_posix(), r) for f, r in iter_files([tmp_path])]
+    assert found == [("a.txt", tmp_path), ("sub/b.md", tmp_path)]
+    doc = _load(tmp_path / "sub" / "b.md", tmp_path)[0]
+    assert isinstance(doc, DocumentIn)
+    assert doc.id == "sub/b.md" and doc.metadata == {"source": "sub/b.md", "title": "Title B"}
+
+
+def test_html_drops_scripts_and_keeps_blocks() -> None:
+    title, text = html_to_text(
+        "<html><head><title>T</title><style>x{}</style></head><body>"
+        "<h1>Head</h1><p>one &amp; two</p><script>evil()</script>"
+        "<p>中文段落</p></body></html>"
+    )
+    assert title == "T" and text == "Head\none & two\n中文段落"
+
+
+def test_jsonl_lines_with_errors_reported_by_line(tmp_path: Path) -> None:
+    f = tmp_path / "docs.jsonl"
+    f.write_text(
+        '{"id": "x", "text": "hello", "metadata": {"tags": ["a"]}}\n'
+        "not json\n"
+        '{"_id": "y", "title": "Y", "text": "beir style"}\n'
+        '{"id": "z"}\n'
+    )
+    items = _load(f, tmp_path)
+    docs = [i for i in items if isinstance(i, DocumentIn)]
+    errors = [i for i in items if isinstance(i, LoadError)]
+    assert [d.id for d in docs] == ["x", "y"]
+    assert docs[1].metadata["title"] == "Y" and docs[0].metadata["tags"] == ["a"]
+    assert [e.source.rsplit(":", 1)[1] for e in errors] == ["2", "4"]
+
+
+def test_empty_and_undecodable_files_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
+    assert isinstance(_load(tmp_path / "empty.txt", tmp_path)[0], LoadError)
+    assert "unreadable" in _load(tmp_path / "bad.txt", tmp_path)[0].reason
