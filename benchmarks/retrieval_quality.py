@@ -25,13 +25,15 @@ from retriever.config import RetrieverConfig
 from retriever.embedder import load_embedder
 from retriever.engine import DocumentIn, Retriever
 
-SETTINGS = [  # (label, mode, fusion, dense_weight)
-    ("dense", "dense", "rrf", 0.5),
-    ("sparse (BM25)", "sparse", "rrf", 0.5),
+SETTINGS = [  # (label, mode, fusion, fixed dense weight or None for the defaults)
+    ("dense", "dense", "weighted", None),
+    ("sparse (BM25)", "sparse", "weighted", None),
     ("hybrid rrf w=0.5", "hybrid", "rrf", 0.5),
-    ("hybrid rrf w=0.3", "hybrid", "rrf", 0.3),
+    ("hybrid rrf w=0.2", "hybrid", "rrf", 0.2),
     ("hybrid weighted w=0.5", "hybrid", "weighted", 0.5),
     ("hybrid weighted w=0.3", "hybrid", "weighted", 0.3),
+    ("hybrid weighted w=0.2", "hybrid", "weighted", 0.2),
+    ("hybrid (defaults)", "hybrid", "weighted", None),
 ]
 
 
@@ -45,7 +47,7 @@ def load_dataset(lang: str, data_root: Path) -> Path:
     return out
 
 
-def evaluate(folder: Path, embedder, k: int = 10) -> dict[str, dict[str, float]]:
+def evaluate(folder: Path, embedder, index_dir: Path, k: int = 10) -> dict[str, dict[str, float]]:
     queries = [json.loads(line) for line in (folder / "queries.jsonl").open()]
     qrels: dict[str, set[str]] = {}
     for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:

@@ -12,8 +12,11 @@ FUSIONS = ("rrf", "weighted")
 class RetrieverConfig:
     chunk_size: int = 600  # characters per chunk (Chinese has no spaces: characters, not words)
     chunk_overlap: int = 80  # characters shared by neighbouring chunks
-    fusion: str = "rrf"  # how hybrid mode merges dense and sparse: rrf | weighted
+    fusion: str = "weighted"  # how hybrid mode merges dense and sparse: weighted | rrf
     dense_weight: float = 0.5  # weight of the dense list in fusion (sparse gets 1 - this)
+    # dense weight for queries in a script the embedder was not trained on (Chinese text with an
+    # English-only embedder): its vectors are weak there, so BM25 leads
+    foreign_dense_weight: float = 0.2
     rrf_k: int = 60  # reciprocal-rank constant
     candidates: int = 50  # per-list depth fetched before fusion and filtering
     vector_index: str = "flat"  # flat (exact, deletes in place) | hnsw (tombstones + rebuild)
@@ -26,8 +29,9 @@ class RetrieverConfig:
             raise ValueError(f"chunk_overlap must be in [0, chunk_size), got {self.chunk_overlap}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if not 0.0 <= self.dense_weight <= 1.0:
-            raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight}")
+        for name in ("dense_weight", "foreign_dense_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.vector_index not in ("flat", "hnsw"):
             raise ValueError(f"vector_index must be flat or hnsw, got {self.vector_index!r}")
         if self.snapshot_every < 1:

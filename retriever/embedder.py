@@ -42,6 +42,7 @@ EMBEDDER_PRESETS: dict[str, ModelPreset] = {
                 "1_Pooling/*",
             ),
             notes="384-d, English only; the default",
+            languages=("en",),
         ),
         ModelPreset(
             name="paraphrase-multilingual-MiniLM-L12-v2",
@@ -86,6 +87,7 @@ class Embedder:
     model: SentenceTransformer
     resolved: ResolvedModel
     adapter_hash: str | None = None
+    languages: tuple[str, ...] | None = None  # None: multilingual or unknown
 
     @property
     def dim(self) -> int:
@@ -148,4 +150,5 @@ def load_embedder(
         local_files_only=True,
     )
     model.float()
-    return Embedder(model=model, resolved=resolved)
+    preset = EMBEDDER_PRESETS.get(name)
+    return Embedder(model=model, resolved=resolved, languages=preset.languages if preset else None)

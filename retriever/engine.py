@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from retriever.store import DocumentRow, NewChunk, Store, now
 
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
 class EmbedderLike(Protocol):
@@ -344,7 +346,7 @@ class Retriever:
                 if mode == "dense"
                 else sparse
                 if mode == "sparse"
-                else self._fuse(dense, sparse)
+                else self._fuse(dense, sparse, self.dense_weight_for(query))
             )
             rows = self.store.chunks([cid for cid, _ in ranked])
         hits = []
@@ -364,10 +366,17 @@ class Retriever:
             sparse = self._sparse
         return sparse.search(query, depth)
 
+    def dense_weight_for(self, query: str) -> float:
+        """The dense share for ``query``: lower when it is written in a script (CJK) that an
+        English-only embedder was not trained on."""
+        languages = getattr(self.embedder, "languages", None)
+        if languages is not None and "zh" not in languages and _CJK.search(query):
+            return self.config.foreign_dense_weight
+        return self.config.dense_weight
+
     def _fuse(
-        self, dense: list[tuple[int, float]], sparse: list[tuple[int, float]]
+        self, dense: list[tuple[int, float]], sparse: list[tuple[int, float]], w: float
     ) -> list[tuple[int, float]]:
-        w = self.config.dense_weight
         lists = [(w, dense), (1 - w, sparse)]
         if self.config.fusion == "rrf":
             return fusion.rrf(lists, self.config.rrf_k)

@@ -56,6 +56,7 @@ class ModelPreset:
     package: PackageSource | None = None
     hub_patterns: tuple[str, ...] = ()  # files to fetch from the hub; empty means all
     notes: str = ""
+    languages: tuple[str, ...] | None = None  # what the model was trained on; None = many
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,11 @@ class Retrieval(BaseModel):
 
     chunk_size: int = Field(600, ge=50, description="characters per chunk")
     chunk_overlap: int = Field(80, ge=0, description="characters shared by neighbouring chunks")
-    fusion: Literal["rrf", "weighted"] = Field("rrf", description="hybrid fusion method")
+    fusion: Literal["rrf", "weighted"] = Field("weighted", description="hybrid fusion method")
     dense_weight: float = Field(0.5, ge=0, le=1, description="dense share of the hybrid score")
+    foreign_dense_weight: float = Field(
+        0.2, ge=0, le=1, description="dense share for queries the embedder's languages miss"
+    )
     vector_index: Literal["flat", "hnsw"] = Field("flat", description="FAISS backend")
     candidates: int = Field(50, ge=1, description="per-list depth before fusion")
     reranker: str | None = Field(None, description="cross-encoder folder or hub id; unset = none")
