@@ -17,13 +17,15 @@ def rrf(lists: list[tuple[float, Ranked]], k: int = 60) -> Ranked:
 
 
 def weighted(lists: list[tuple[float, Ranked]]) -> Ranked:
-    """Sum of weight * min-max-normalised score; a list's missing items count as 0."""
+    """Sum of weight * min-max-normalised score; a list's missing items count as 0, and a list
+    whose scores are all equal (one item, say) gives each of them 1."""
     fused: dict[int, float] = {}
     for weight, ranked in lists:
         if not ranked:
             continue
         values = np.array([s for _, s in ranked], dtype=np.float64)
-        lo, span = float(values.min()), float(np.ptp(values)) or 1.0
+        lo, span = float(values.min()), float(np.ptp(values))
         for cid, s in ranked:
-            fused[cid] = fused.get(cid, 0.0) + weight * (s - lo) / span
+            norm = (s - lo) / span if span > 0 else 1.0
+            fused[cid] = fused.get(cid, 0.0) + weight * norm
     return sorted(fused.items(), key=lambda kv: -kv[1])
