@@ -335,7 +335,12 @@ class Retriever:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        depth = max(self.config.candidates, k) * (4 if filters else 1)
+        if filters:
+            depth = max(self.config.candidates, k) * 4  # over-fetch: filters drop some
+        elif mode == "hybrid":
+            depth = max(self.config.candidates, k)  # fusion needs both lists deep enough
+        else:
+            depth = k
         with self._lock.read():
             embedder = self.embedder
             qvec = embedder.encode([query])[0] if mode != "sparse" else None  # (dim,)
@@ -348,6 +353,8 @@ class Retriever:
                 if mode == "sparse"
                 else self._fuse(dense, sparse, self.dense_weight_for(query))
             )
+            if not filters:
+                ranked = ranked[:k]
             rows = self.store.chunks([cid for cid, _ in ranked])
         hits = []
         for cid, score in ranked:

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     space TEXT NOT NULL, chunk_id INTEGER NOT NULL, hash TEXT NOT NULL, vector BLOB NOT NULL,
     PRIMARY KEY (space, chunk_id));
 CREATE INDEX IF NOT EXISTS vectors_hash ON vectors(space, hash);
+CREATE INDEX IF NOT EXISTS vectors_chunk ON vectors(chunk_id);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, chunk_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
@@ -170,10 +171,9 @@ class Store:
     def _remove_chunks(self, doc_id: str) -> list[int]:
         rows = self._db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,))
         removed = [int(r[0]) for r in rows]
-        self._db.execute(
-            "DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE doc_id=?)",
-            (doc_id,),
-        )
+        if not removed:
+            return removed
+        self._db.executemany("DELETE FROM vectors WHERE chunk_id=?", [(c,) for c in removed])
         self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
         self._db.executemany(
             "INSERT INTO changes (op, chunk_id) VALUES ('remove', ?)", [(c,) for c in removed]

@@ -1,7 +1,8 @@
 """Vector index backends behind one small protocol, chosen by name from a registry.
 
 Ids are stable int64 chunk ids from SQLite, never row positions. ``flat`` is exact inner product
-on unit vectors (``IndexIDMap2(IndexFlatIP)``) and deletes in place; ``hnsw`` is approximate
+on unit vectors (``IndexIDMap2(IndexFlatIP)``), deleting by tombstone and batched compaction;
+``hnsw`` is approximate
 (``IndexHNSWFlat``), cannot delete in place, so removed ids become tombstones filtered at search
 time and the graph is rebuilt once tombstones pass a fraction of the index. ``save`` writes
 atomically (temp file, fsync, rename). This module knows nothing of documents or SQLite.
@@ -45,38 +46,70 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class FlatIndex:
-    """Exact search; deletes are immediate (``remove_ids`` on the id map)."""
+    """Exact search. A delete tombstones its ids (filtered at search time) and the id map is
+    compacted in one ``remove_ids`` call once enough pile up, so a delete costs microseconds
+    instead of a pass over the whole array."""
 
     kind = "flat"
+    compact_at = 256
 
     def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
         self.dim = dim
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._tombstones: set[int] = set()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # position -> id, read by searches on the inner flat index (skips IDMap's parallel step)
+        self._id_of = faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
-            self._index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
-            )
+            ids = np.asarray(ids, dtype=np.int64)
+            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            self._id_of = np.concatenate([self._id_of, ids])
 
     def remove(self, ids: np.ndarray) -> None:
-        if len(ids):
-            self._index.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
+        self._tombstones.update(int(i) for i in ids)
+        if len(self._tombstones) >= self.compact_at:
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop tombstoned vectors from the index for good."""
+        if self._tombstones:
+            dead = np.fromiter(self._tombstones, dtype=np.int64)
+            self._index.remove_ids(faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead)))
+            self._tombstones = set()
+            self._refresh()
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        if self._index.ntotal == 0:
+        total = self._index.ntotal
+        if total == 0:
             return []
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)  # (1, dim)
-        scores, ids = self._index.search(q, min(k, self._index.ntotal))
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        inner = faiss.downcast_index(self._index.index)
+        scores, pos = inner.search(q, min(k + len(self._tombstones), total))  # (1, depth)
+        hits = []
+        for p, s in zip(pos[0], scores[0], strict=True):
+            if p < 0:
+                continue
+            cid = int(self._id_of[p])
+            if cid not in self._tombstones:
+                hits.append((cid, float(s)))
+                if len(hits) == k:
+                    break
+        return hits
 
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+        if not self._tombstones:
+            return self._id_of.copy()
+        return np.array([i for i in self._id_of if int(i) not in self._tombstones], dtype=np.int64)
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) - len(self._tombstones)
 
     def save(self, path: Path) -> None:
+        self.compact()  # a snapshot never carries tombstones
         _atomic_write(path, faiss.serialize_index(self._index).tobytes())
 
     @classmethod

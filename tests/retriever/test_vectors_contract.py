@@ -64,3 +64,19 @@ def test_search_on_empty_and_k_larger_than_index(kind: str) -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="flat"):
         make_index("annoy", DIM)
+
+
+def test_flat_compacts_tombstones_in_one_pass() -> None:
+    from retriever.vectors import FlatIndex
+
+    rng = np.random.default_rng(3)
+    index = FlatIndex(DIM)
+    vecs = _unit(rng, 600)
+    index.add(np.arange(600, dtype=np.int64) + 10, vecs)
+    index.remove(np.arange(10, 10 + FlatIndex.compact_at - 1, dtype=np.int64))
+    assert index._index.ntotal == 600 and len(index) == 600 - FlatIndex.compact_at + 1
+    assert index.search(vecs[0], 1)[0][0] != 10  # tombstoned, filtered at search time
+    index.remove(np.array([600], dtype=np.int64))  # reaches compact_at: compacted for good
+    assert index._index.ntotal == len(index) == 600 - FlatIndex.compact_at
+    assert index.search(vecs[400], 1)[0][0] == 410
+    assert sorted(index.ids().tolist()) == [i for i in range(10, 610) if i >= 10 + 255 and i != 600]
