@@ -21,6 +21,9 @@ class RetrieverConfig:
     candidates: int = 50  # per-list depth fetched before fusion and filtering
     vector_index: str = "flat"  # flat (exact, deletes in place) | hnsw (tombstones + rebuild)
     snapshot_every: int = 2000  # write a vector-index snapshot after this many chunk changes
+    # process: acknowledged writes survive a crash or kill -9 (SQLite WAL, synchronous=NORMAL);
+    # power: also a power loss or OS crash (synchronous=FULL, an fsync per write)
+    durability: str = "process"
 
     def __post_init__(self) -> None:
         if self.chunk_size < 50:
@@ -34,6 +37,8 @@ class RetrieverConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.vector_index not in ("flat", "hnsw"):
             raise ValueError(f"vector_index must be flat or hnsw, got {self.vector_index!r}")
+        if self.durability not in ("process", "power"):
+            raise ValueError(f"durability must be process or power, got {self.durability!r}")
         if self.snapshot_every < 1:
             raise ValueError(f"snapshot_every must be >= 1, got {self.snapshot_every}")
         if self.rrf_k < 1 or self.candidates < 1:

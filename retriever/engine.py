@@ -120,7 +120,7 @@ class Retriever:
         folder.mkdir(parents=True, exist_ok=True)
         self._folder_lock = FolderLock(folder)
         self._folder_lock.acquire()
-        self.store = Store(folder / DB_NAME)
+        self.store = Store(folder / DB_NAME, self.config.durability)
         self.embedder = embedder
         self._lock = RWLock()
         self._write_lock = threading.Lock()  # one writer at a time, embedding included
@@ -249,14 +249,13 @@ class Retriever:
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Delete documents; raises DocumentNotFound (deleting nothing) if any is unknown."""
-        with self._write_lock:
-            missing = [d for d in doc_ids if self.store.document(d) is None]
-            if missing:
-                raise DocumentNotFound(missing[0])
-            with self._lock.write():
+        with self._write_lock, self._lock.write():
+            try:
                 removed = self.store.delete(doc_ids)
-                self._index.remove(np.asarray(removed, dtype=np.int64))
-                self._sparse = None
+            except KeyError as exc:
+                raise DocumentNotFound(str(exc.args[0])) from None
+            self._index.remove(np.asarray(removed, dtype=np.int64))
+            self._sparse = None
         self._maybe_snapshot()
 
     def _maybe_snapshot(self) -> None:

@@ -30,8 +30,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     ordinal INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, text TEXT NOT NULL,
     hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vectors (
-    space TEXT NOT NULL, chunk_id INTEGER NOT NULL, hash TEXT NOT NULL, vector BLOB NOT NULL,
-    PRIMARY KEY (space, chunk_id));
+    space TEXT NOT NULL, chunk_id INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    hash TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (space, chunk_id));
 CREATE INDEX IF NOT EXISTS vectors_hash ON vectors(space, hash);
 CREATE INDEX IF NOT EXISTS vectors_chunk ON vectors(chunk_id);
 CREATE TABLE IF NOT EXISTS changes (
@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(hash);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS chunk_added AFTER INSERT ON chunks
+    BEGIN INSERT INTO changes (op, chunk_id) VALUES ('add', new.id); END;
+CREATE TRIGGER IF NOT EXISTS chunk_removed AFTER DELETE ON chunks
+    BEGIN INSERT INTO changes (op, chunk_id) VALUES ('remove', old.id); END;
 """
 
 
@@ -81,15 +85,24 @@ def _blob(v: np.ndarray) -> bytes:
 class Store:
     """Documents and chunks in one SQLite file; one connection guarded by a lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, durability: str = "process") -> None:
+        """``durability``: "process" (WAL, synchronous=NORMAL) keeps every acknowledged write
+        through a crash or kill -9 of the process; "power" (synchronous=FULL) also through a
+        power loss or OS crash, at the cost of an fsync per write."""
+        if durability not in ("process", "power"):
+            raise ValueError(f"durability must be process or power, got {durability!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        sync = "FULL" if durability == "power" else "NORMAL"
+        self._db.execute(f"PRAGMA synchronous={sync}")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages
+        self._db.execute("PRAGMA mmap_size=268435456")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self._last_seq: int | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -165,28 +178,31 @@ class Store:
                 "INSERT INTO vectors VALUES (?, ?, ?, ?)",
                 [(space, cid, c.hash, _blob(v)) for space, v in c.vectors.items()],
             )
-            self._db.execute("INSERT INTO changes (op, chunk_id) VALUES ('add', ?)", (cid,))
+        self._advance(len(added))  # the chunk_added trigger logged one change per chunk
         return removed, added
 
     def _remove_chunks(self, doc_id: str) -> list[int]:
-        rows = self._db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,))
-        removed = [int(r[0]) for r in rows]
-        if not removed:
-            return removed
-        self._db.executemany("DELETE FROM vectors WHERE chunk_id=?", [(c,) for c in removed])
-        self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
-        self._db.executemany(
-            "INSERT INTO changes (op, chunk_id) VALUES ('remove', ?)", [(c,) for c in removed]
-        )
+        """Delete a document's chunks; their vectors go by cascade and the chunk_removed
+        trigger logs each removal."""
+        rows = self._db.execute("DELETE FROM chunks WHERE doc_id=? RETURNING id", (doc_id,))
+        removed = [int(r[0]) for r in rows.fetchall()]
+        self._advance(len(removed))
         return removed
 
+    def _advance(self, n: int) -> None:
+        if self._last_seq is not None:
+            self._last_seq += n
+
     def delete(self, doc_ids: Sequence[str]) -> list[int]:
-        """Delete documents and their chunks in one transaction; return the removed chunk ids."""
+        """Delete documents and their chunks in one transaction; return the removed chunk ids.
+        If any id is unknown, nothing is deleted and ``KeyError(id)`` is raised."""
         with self._lock, self._transaction():
             removed: list[int] = []
             for doc_id in doc_ids:
                 removed += self._remove_chunks(doc_id)
-                self._db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
+                gone = self._db.execute("DELETE FROM documents WHERE id=?", (doc_id,)).rowcount
+                if gone == 0:
+                    raise KeyError(doc_id)  # rolls the whole transaction back
         return removed
 
     def chunks(self, ids: Sequence[int]) -> dict[int, ChunkRow]:
@@ -253,9 +269,13 @@ class Store:
             )
 
     def last_change(self) -> int:
+        """The sequence number of the newest change (kept in memory; one writer per file)."""
         with self._lock:
-            row = self._db.execute("SELECT MAX(seq) FROM changes").fetchone()
-        return int(row[0] or 0)
+            if self._last_seq is None:
+                row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='changes'")
+                found = row.fetchone()
+                self._last_seq = int(found[0]) if found else 0
+            return self._last_seq
 
     def changes_after(self, seq: int) -> list[tuple[int, str, int]]:
         with self._lock:
@@ -271,18 +291,20 @@ class Store:
             self._db.execute("DELETE FROM changes WHERE seq<=?", (upto,))
 
     def _transaction(self) -> _Tx:
-        return _Tx(self._db)
+        return _Tx(self)
 
 
 class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.store._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type:
+            self.store._last_seq = None  # re-read: the rolled-back changes never happened
 
 
 def _doc(row: tuple) -> DocumentRow:

@@ -87,7 +87,7 @@ class FlatIndex:
         if total == 0:
             return []
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)  # (1, dim)
-        inner = faiss.downcast_index(self._index.index)
+        inner = faiss.downcast_index(self._index.index)  # type: ignore[attr-defined]
         scores, pos = inner.search(q, min(k + len(self._tombstones), total))  # (1, depth)
         hits = []
         for p, s in zip(pos[0], scores[0], strict=True):

@@ -84,6 +84,9 @@ class Retrieval(BaseModel):
         0.2, ge=0, le=1, description="dense share for queries the embedder's languages miss"
     )
     vector_index: Literal["flat", "hnsw"] = Field("flat", description="FAISS backend")
+    durability: Literal["process", "power"] = Field(
+        "process", description="process: writes survive kill -9; power: also power loss (fsync)"
+    )
     candidates: int = Field(50, ge=1, description="per-list depth before fusion")
     reranker: str | None = Field(None, description="cross-encoder folder or hub id; unset = none")
 

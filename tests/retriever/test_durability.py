@@ -107,3 +107,13 @@ def test_reindex_switches_atomically_while_searches_and_writes_continue(tmp_path
     reopened = Retriever(tmp_path, FakeEmbedder(dim=256, name="new"))
     assert reopened.store.get_meta("previous_space")  # old vectors kept for rollback
     assert reopened.search("written during reindex late5", k=1, mode="dense")[0].doc_id == "late5"
+
+
+@pytest.mark.parametrize("durability,level", [("process", 1), ("power", 2)])
+def test_durability_sets_sqlite_synchronous(tmp_path: Path, durability: str, level: int) -> None:
+    r = Retriever(tmp_path, FakeEmbedder(), RetrieverConfig(durability=durability))
+    assert r.store._db.execute("PRAGMA synchronous").fetchone()[0] == level
+    assert r.store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    r.close()
+    with pytest.raises(ValueError, match="durability"):
+        RetrieverConfig(durability="maybe")
