@@ -284,11 +284,19 @@ def ragtune_commit() -> str:
 
 
 def sparse_rebuild(rag: Retriever, queries: list[str], text: str) -> dict[str, float]:
-    """BM25 is rebuilt lazily: the first sparse search after a write pays for it."""
-    rag.upsert(DocumentIn(text, id="stale-maker"))  # any write makes the sparse index stale
-    cold = timed(lambda: rag.search(queries[0], K, mode="sparse"))
+    """BM25 follows writes with a small delta index; a full rebuild happens only when the delta
+    or the removals pass a fraction of the base. Time both, and a warm search."""
+    rag.search(queries[0], K, mode="sparse")  # the base exists
+    rag.upsert(DocumentIn(text, id="stale-maker"))
+    after_write = timed(lambda: rag.search(queries[1], K, mode="sparse"))
+    rag._sparse.invalidate()  # force what a full rebuild costs
+    full = timed(lambda: rag.search(queries[2], K, mode="sparse"))
     warm = sorted(timed(lambda q=q: rag.search(q, K, mode="sparse")) for q in queries)
-    return {"rebuild_and_search_ms": cold * 1000, "warm_search_p50_ms": warm[len(warm) // 2] * 1000}
+    return {
+        "first_search_after_write_ms": after_write * 1000,
+        "full_rebuild_ms": full * 1000,
+        "warm_search_p50_ms": warm[len(warm) // 2] * 1000,
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -332,7 +340,10 @@ def print_table(r: dict) -> None:
         print(f"{label:34} {a:10.3f} {b:10.3f} {raw}")
     if "sparse" in r:
         sp = r["sparse"]
-        print(f"{'BM25 rebuild + first search (ms)':34} {sp['rebuild_and_search_ms']:10.1f}")
+        print(
+            f"{'BM25 first search after a write (ms)':34} {sp['first_search_after_write_ms']:10.1f}"
+        )
+        print(f"{'BM25 full rebuild + search (ms)':34} {sp['full_rebuild_ms']:10.1f}")
         print(f"{'BM25 warm search p50 (ms)':34} {sp['warm_search_p50_ms']:10.2f}")
     if "encode" in r:
         e = r["encode"]

@@ -27,7 +27,7 @@ from retriever.chunking import Chunk, split
 from retriever.config import MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from retriever.locks import FolderLock, RWLock
-from retriever.sparse import SparseIndex
+from retriever.sparse import LiveSparse
 from retriever.store import DocumentRow, NewChunk, Store, now
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,15 @@ class Retriever:
         folder.mkdir(parents=True, exist_ok=True)
         self._folder_lock = FolderLock(folder)
         self._folder_lock.acquire()
-        self.store = Store(folder / DB_NAME, self.config.durability)
+        try:
+            self.store = Store(folder / DB_NAME, self.config.durability)
+        except BaseException:
+            self._folder_lock.release()
+            raise
         self.embedder = embedder
         self._lock = RWLock()
         self._write_lock = threading.Lock()  # one writer at a time, embedding included
-        self._sparse: SparseIndex | None = None
+        self._sparse = LiveSparse(self.store.chunk_texts)
         self._sparse_lock = threading.Lock()
         self._shadow: tuple[EmbedderLike, str] | None = None  # a re-embedding in progress
         self.space = self._check_identity()
@@ -192,13 +196,14 @@ class Retriever:
             if todo:
                 with self._lock.write():
                     written = self.store.replace_many([(p.record, p.chunks) for p in todo])
-                    for removed, _ in written:
-                        self._index.remove(np.asarray(removed, dtype=np.int64))
+                    gone = [cid for removed, _ in written for cid in removed]
+                    self._index.remove(np.asarray(gone, dtype=np.int64))
                     ids = [cid for _, added in written for cid in added]
                     if ids:
                         vectors = [c.vectors[self.space] for p in todo for c in p.chunks]
                         self._index.add(np.asarray(ids, dtype=np.int64), np.vstack(vectors))
-                    self._sparse = None  # rebuilt at the next sparse search
+                    texts = [c.text for p in todo for c in p.chunks]
+                    self._sparse.apply(gone, ids, texts)
         self._maybe_snapshot()
         return [p.result if isinstance(p, _Plan) else p for p in plans]
 
@@ -255,7 +260,7 @@ class Retriever:
             except KeyError as exc:
                 raise DocumentNotFound(str(exc.args[0])) from None
             self._index.remove(np.asarray(removed, dtype=np.int64))
-            self._sparse = None
+            self._sparse.apply(removed, [], [])
         self._maybe_snapshot()
 
     def _maybe_snapshot(self) -> None:
@@ -367,10 +372,7 @@ class Retriever:
 
     def _sparse_search(self, query: str, depth: int) -> list[tuple[int, float]]:
         with self._sparse_lock:
-            if self._sparse is None:
-                self._sparse = SparseIndex(*self.store.chunk_texts())
-            sparse = self._sparse
-        return sparse.search(query, depth)
+            return self._sparse.search(query, depth)
 
     def dense_weight_for(self, query: str) -> float:
         """The dense share for ``query``: lower when it is written in a script (CJK) that an

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     id TEXT PRIMARY KEY, version INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL,
@@ -100,9 +101,28 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages
         self._db.execute("PRAGMA mmap_size=268435456")
+        self._check_schema()
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
         self._last_seq: int | None = None
+
+    def _check_schema(self) -> None:
+        tables = {
+            r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "meta" in tables:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                found = row[0] if row else "none"
+                raise ValueError(
+                    f"{self.path} has store schema {found}, this ragtune reads "
+                    f"{SCHEMA_VERSION}; re-ingest into a new data dir"
+                )
+        elif tables:
+            raise ValueError(f"{self.path} is not a ragtune store")
+        else:
+            self._db.executescript(SCHEMA)
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:

@@ -62,6 +62,7 @@ class FlatIndex:
     def _refresh(self) -> None:
         # position -> id, read by searches on the inner flat index (skips IDMap's parallel step)
         self._id_of = faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+        self._inner = faiss.downcast_index(self._index.index)  # type: ignore[attr-defined]
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
@@ -87,8 +88,7 @@ class FlatIndex:
         if total == 0:
             return []
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)  # (1, dim)
-        inner = faiss.downcast_index(self._index.index)  # type: ignore[attr-defined]
-        scores, pos = inner.search(q, min(k + len(self._tombstones), total))  # (1, depth)
+        scores, pos = self._inner.search(q, min(k + len(self._tombstones), total))  # (1, depth)
         hits = []
         for p, s in zip(pos[0], scores[0], strict=True):
             if p < 0:

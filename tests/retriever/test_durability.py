@@ -117,3 +117,20 @@ def test_durability_sets_sqlite_synchronous(tmp_path: Path, durability: str, lev
     r.close()
     with pytest.raises(ValueError, match="durability"):
         RetrieverConfig(durability="maybe")
+
+
+def test_a_foreign_or_other_schema_sqlite_file_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from retriever.store import Store
+
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(ValueError, match="not a ragtune store"):
+        Store(other)
+    Store(tmp_path / "ok.sqlite").close()
+    db = sqlite3.connect(tmp_path / "ok.sqlite")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    db.commit()
+    with pytest.raises(ValueError, match="schema 99"):
+        Store(tmp_path / "ok.sqlite")
