@@ -45,6 +45,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _read(path: Path, dim: int) -> faiss.Index:
+    index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+    if index.d != dim:
+        raise ValueError(f"{path}: dimension {index.d}, expected {dim}")
+    return index
+
+
 class FlatIndex:
     """Exact search. A delete tombstones its ids (filtered at search time) and the id map is
     compacted in one ``remove_ids`` call once enough pile up, so a delete costs microseconds
@@ -114,10 +121,7 @@ class FlatIndex:
 
     @classmethod
     def load(cls, path: Path, dim: int) -> FlatIndex:
-        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        if index.d != dim:
-            raise ValueError(f"{path}: dimension {index.d}, expected {dim}")
-        return cls(dim, index)
+        return cls(dim, _read(path, dim))
 
 
 class HNSWIndex:
@@ -190,10 +194,7 @@ class HNSWIndex:
 
     @classmethod
     def load(cls, path: Path, dim: int) -> HNSWIndex:
-        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        if index.d != dim:
-            raise ValueError(f"{path}: dimension {index.d}, expected {dim}")
-        return cls(dim, index)
+        return cls(dim, _read(path, dim))
 
 
 BACKENDS: dict[str, type[FlatIndex] | type[HNSWIndex]] = {"flat": FlatIndex, "hnsw": HNSWIndex}
