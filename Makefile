@@ -32,7 +32,11 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
+# With no keys configured, serve on loopback without auth (the server refuses that elsewhere).
 serve: setup
+	@if [ -z "$$RAGTUNE_API_KEYS$$RAGTUNE_CONFIG" ]; then \
+	  echo "no API keys configured: serving on loopback with auth disabled"; \
+	  export RAGTUNE_AUTH_DISABLED=$${RAGTUNE_AUTH_DISABLED:-1}; fi; \
 	$(VENV)/bin/ragtune serve
 
 lint: setup

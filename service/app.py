@@ -12,10 +12,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
 from service import errors
+from service.auth import RateLimiter, Reader, check_bind
+from service.limits import BodyLimit
+from service.metrics import Metrics
 from service.models import (
     embedder_from_settings,
     generator_from_settings,
@@ -37,6 +40,8 @@ class AppState:
     generator: Any = None
     retriever: Any = None
     reranker: Any = None
+    limiter: Any = None
+    metrics: Any = None
     ready: bool = False
     loaded: dict[str, Any] = field(default_factory=dict)
 
@@ -58,7 +63,12 @@ def load_models(state: AppState) -> None:
 def create_app(settings: Settings | None = None, loader: Loader = load_models) -> FastAPI:
     """Build the app; ``loader`` fills the state at startup (tests pass a tiny one)."""
     settings = settings or get_settings()
-    state = AppState(settings=settings)
+    check_bind(settings)  # fail before loading anything: auth off only on loopback
+    state = AppState(
+        settings=settings,
+        limiter=RateLimiter(settings.limits.rate_limit_per_minute),
+        metrics=Metrics(),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,10 +88,17 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
     app.state.ragtune = state
     errors.install(app)
+    app.middleware("http")(state.metrics.middleware)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     from service.routes import documents, query
 
     app.include_router(documents.router)
     app.include_router(query.router)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(_: Reader) -> Response:
+        """Prometheus metrics (needs the read scope)."""
+        return state.metrics.render(state)  # type: ignore[no-any-return]
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -56,7 +56,13 @@ def serve(host: str | None, port: int | None) -> None:
     from service.app import create_app
     from service.runtime import configure_logging
 
+    from service.auth import check_bind
+
     settings = _settings({"host": host, "port": port})
+    try:
+        check_bind(settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_level)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from service.limits import BodyTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,12 @@ class ServiceError(Exception):
 
 def error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status)
+    headers = {}
+    if isinstance(details, dict) and "retry_after" in details:
+        headers["Retry-After"] = str(details["retry_after"])
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 DOMAIN = {
@@ -35,6 +41,10 @@ DOMAIN = {
     InvalidDocument: (422, "invalid_document"),
     EmbedderMismatch: (409, "embedder_mismatch"),
 }
+
+
+def request_limit(app: FastAPI) -> int:
+    return int(app.state.ragtune.settings.limits.max_body_bytes)
 
 
 def install(app: FastAPI) -> None:
@@ -50,6 +60,11 @@ def install(app: FastAPI) -> None:
             return error(status, code, str(exc))
 
         app.add_exception_handler(exc_type, _domain)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        limit = request_limit(app)
+        return error(413, "body_too_large", f"request body over {limit} bytes")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,6 +12,7 @@ from tests.helpers import build_tiny_llama
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RAGTUNE_AUTH_DISABLED", "1")  # auth tests turn it back on with keys
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path / "data"))
     for var in (
         "RAGTUNE_CONFIG",

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.engine import DocumentIn
+from service.auth import Reader, Writer
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
 
@@ -43,7 +44,9 @@ class DocumentOut(BaseModel):
 
 
 @router.post("", status_code=201)
-def add(body: DocumentBody | BatchBody, retriever: RetrieverDep, state: State) -> dict[str, Any]:
+def add(
+    body: DocumentBody | BatchBody, retriever: RetrieverDep, state: State, _: Writer
+) -> dict[str, Any]:
     """Add or replace one document, or a batch ``{"documents": [...]}``."""
     docs = body.documents if isinstance(body, BatchBody) else [body]
     limit = state.settings.limits.max_batch_documents
@@ -54,7 +57,9 @@ def add(body: DocumentBody | BatchBody, retriever: RetrieverDep, state: State) -
 
 
 @router.get("")
-def list_documents(retriever: RetrieverDep, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+def list_documents(
+    retriever: RetrieverDep, _: Reader, offset: int = 0, limit: int = 50
+) -> dict[str, Any]:
     if offset < 0 or not 1 <= limit <= 500:
         raise ServiceError(422, "invalid_request", "offset >= 0 and 1 <= limit <= 500")
     rows = retriever.store.documents(offset, limit)
@@ -68,19 +73,19 @@ def list_documents(retriever: RetrieverDep, offset: int = 0, limit: int = 50) ->
 
 
 @router.get("/{doc_id:path}")
-def get(doc_id: str, retriever: RetrieverDep) -> DocumentOut:
+def get(doc_id: str, retriever: RetrieverDep, _: Reader) -> DocumentOut:
     r = retriever.get(doc_id)
     return DocumentOut(**{k: getattr(r, k) for k in DocumentOut.model_fields})
 
 
 @router.put("/{doc_id:path}")
-def replace(doc_id: str, body: DocumentBody, retriever: RetrieverDep) -> Written:
+def replace(doc_id: str, body: DocumentBody, retriever: RetrieverDep, _: Writer) -> Written:
     if body.id not in (None, doc_id):
         raise ServiceError(422, "id_mismatch", "the body's id differs from the path's")
     return Written(**retriever.upsert(DocumentIn(body.text, doc_id, body.metadata)).__dict__)
 
 
 @router.delete("/{doc_id:path}")
-def delete(doc_id: str, retriever: RetrieverDep) -> dict[str, Any]:
+def delete(doc_id: str, retriever: RetrieverDep, _: Writer) -> dict[str, Any]:
     retriever.delete([doc_id])
     return {"deleted": doc_id}

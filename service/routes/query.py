@@ -9,6 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.auth import Reader
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
 from service.generate import complete
@@ -34,11 +35,15 @@ class QueryBody(BaseModel):
     retrieval: Literal["dense", "sparse", "hybrid"] = "hybrid"
     filters: dict[str, Any] | None = None
     adapter: str | None = None
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: min(128, the limit)")
 
 
-def _check_limits(state: Any, k: int, text: str) -> None:
+def _check_limits(state: Any, k: int, text: str, max_new_tokens: int = 0) -> None:
     limits = state.settings.limits
+    if max_new_tokens > limits.max_new_tokens:
+        raise ServiceError(
+            422, "max_new_tokens_too_large", f"max_new_tokens must be <= {limits.max_new_tokens}"
+        )
     if k > limits.max_k:
         raise ServiceError(422, "k_too_large", f"k must be <= {limits.max_k}")
     if len(text) > limits.max_question_chars:
@@ -60,15 +65,15 @@ def _hit(h: Any) -> dict[str, Any]:
 
 
 @router.post("/search")
-def search(body: SearchBody, retriever: RetrieverDep, state: State) -> dict[str, Any]:
+def search(body: SearchBody, retriever: RetrieverDep, state: State, _: Reader) -> dict[str, Any]:
     _check_limits(state, body.k, body.query)
     hits = retriever.search(body.query, body.k, body.mode, body.filters, state.reranker)
     return {"results": [_hit(h) for h in hits]}
 
 
 @router.post("/query")
-def query(body: QueryBody, retriever: RetrieverDep, state: State) -> dict[str, Any]:
-    _check_limits(state, body.k, body.question)
+def query(body: QueryBody, retriever: RetrieverDep, state: State, _: Reader) -> dict[str, Any]:
+    _check_limits(state, body.k, body.question, body.max_new_tokens or 0)
     if body.mode in ("ft", "hybrid"):
         raise ServiceError(
             409,
@@ -87,7 +92,7 @@ def query(body: QueryBody, retriever: RetrieverDep, state: State) -> dict[str, A
     messages = (
         rag_messages(body.question, hits) if body.mode == "rag" else base_messages(body.question)
     )
-    max_new = min(body.max_new_tokens, state.settings.limits.max_new_tokens)
+    max_new = body.max_new_tokens or min(128, state.settings.limits.max_new_tokens)
     t0 = time.perf_counter()
     with _generate_lock:
         out = complete(state.generator, messages, max_new)

@@ -1,0 +1,126 @@
+"""Who may do what (the auth matrix), every request limit, and the metrics endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from retriever.engine import Retriever
+from service.app import AppState, create_app
+from service.auth import RateLimiter
+from service.settings import ApiKey, Limits, Settings
+from tests.fakes import FakeEmbedder
+from tuner.models import load_generator
+
+KEYS = {s: f"key-for-{s}-0123456789" for s in ("read", "write", "admin")}
+
+
+def _settings(**limits: int) -> Settings:
+    keys = [ApiKey(name=s, key=k, scopes=[s]) for s, k in KEYS.items()]  # type: ignore[arg-type]
+    return Settings(auth_disabled=False, api_keys=keys, limits=Limits(**limits))
+
+
+@pytest.fixture
+def make_client(tiny_llama: Path, tmp_path: Path):
+    clients = []
+
+    def make(**limits: int) -> TestClient:
+        def loader(state: AppState) -> None:
+            state.embedder = FakeEmbedder()
+            state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+            state.retriever = Retriever(tmp_path / f"index{len(clients)}", state.embedder)
+
+        client = TestClient(create_app(_settings(**limits), loader=loader))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def _h(scope: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[scope]}"} if scope else {}
+
+
+CALLS = [  # (method, path, json, least scope)
+    ("get", "/v1/documents", None, "read"),
+    ("post", "/v1/search", {"query": "x"}, "read"),
+    ("post", "/v1/documents", {"text": "hello"}, "write"),
+    ("put", "/v1/documents/a", {"text": "hello"}, "write"),
+    ("get", "/metrics", None, "read"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,least", CALLS)
+def test_auth_matrix(make_client, method: str, path: str, body: dict | None, least: str) -> None:
+    client = make_client()
+    rank = ["read", "write", "admin"]
+    assert client.request(method, path, json=body).status_code == 401
+    bad = client.request(method, path, json=body, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_key"
+    for scope in rank:
+        r = client.request(method, path, json=body, headers=_h(scope))
+        allowed = rank.index(scope) >= rank.index(least)
+        assert (r.status_code < 400) == allowed, (scope, r.status_code, r.text)
+        if not allowed:
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_x_api_key_header_works_and_health_is_public(make_client) -> None:
+    client = make_client()
+    assert client.get("/v1/documents", headers={"X-API-Key": KEYS["read"]}).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_request_limits(make_client) -> None:
+    client = make_client(
+        max_body_bytes=2000, max_k=5, max_new_tokens=8, max_batch_documents=2, max_question_chars=50
+    )
+    w = _h("write")
+    big = client.post("/v1/documents", json={"text": "x" * 5000}, headers=w)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    batch = {"documents": [{"text": "a"}, {"text": "b"}, {"text": "c"}]}
+    assert client.post("/v1/documents", json=batch, headers=w).status_code == 422
+    for body, code in [
+        ({"question": "q", "k": 6}, "k_too_large"),
+        ({"question": "q" * 51}, "question_too_long"),
+        ({"question": "q", "max_new_tokens": 9}, "max_new_tokens_too_large"),
+    ]:
+        r = client.post("/v1/query", json=body, headers=w)
+        assert r.status_code == 422 and r.json()["error"]["code"] == code
+
+
+def test_rate_limit_returns_429_with_retry_after(make_client) -> None:
+    client = make_client(rate_limit_per_minute=3)
+    codes = [client.get("/v1/documents", headers=_h("read")).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    last = client.get("/v1/documents", headers=_h("read"))
+    assert int(last.headers["Retry-After"]) >= 1
+    assert client.get("/v1/documents", headers=_h("write")).status_code == 200  # per key
+
+
+def test_rate_limiter_refills() -> None:
+    limiter = RateLimiter(per_minute=60)
+    for _ in range(60):
+        assert limiter.take("k") == 0
+    assert 0 < limiter.take("k") <= 1.0
+
+
+def test_auth_configuration_is_checked_before_serving() -> None:
+    with pytest.raises(ValueError, match="only allowed on loopback"):
+        create_app(Settings(auth_disabled=True, host="0.0.0.0"))
+    with pytest.raises(ValueError, match="no API keys"):
+        create_app(Settings(auth_disabled=False))
+    create_app(Settings(auth_disabled=True, host="::1"))
+
+
+def test_metrics_count_requests(make_client) -> None:
+    client = make_client()
+    client.post("/v1/search", json={"query": "x"}, headers=_h("read"))
+    text = client.get("/metrics", headers=_h("read")).text
+    assert 'ragtune_requests_total{method="POST",route="/v1/search",status="200"} 1.0' in text
+    assert "ragtune_index_documents 0.0" in text
