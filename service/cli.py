@@ -54,9 +54,8 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from service.app import create_app
-    from service.runtime import configure_logging
-
     from service.auth import check_bind
+    from service.runtime import configure_logging
 
     settings = _settings({"host": host, "port": port})
     try:
