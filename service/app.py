@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from service import errors
 from service.auth import RateLimiter, Reader, check_bind
+from service.engine import Engine
 from service.limits import BodyLimit
 from service.metrics import Metrics
 from service.models import (
@@ -40,6 +41,7 @@ class AppState:
     generator: Any = None
     retriever: Any = None
     reranker: Any = None
+    engine: Any = None
     limiter: Any = None
     metrics: Any = None
     ready: bool = False
@@ -55,6 +57,9 @@ def load_models(state: AppState) -> None:
     state.loaded["embedder"] = state.embedder.identity
     state.generator = generator_from_settings(state.settings)
     state.loaded["generator"] = state.generator.identity
+    state.engine = Engine(
+        state.generator, max_batch=state.settings.limits.max_batch_generation, metrics=state.metrics
+    )
     state.retriever = open_retriever(state.settings, state.embedder)
     state.reranker = reranker_from_settings(state.settings)
     state.loaded["index"] = {"documents": len(state.retriever)}
@@ -82,6 +87,8 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         log.info("ready on %s:%s", settings.host, settings.port)
         yield
         state.ready = False
+        if state.engine is not None:
+            state.engine.close()
         if state.retriever is not None:
             state.retriever.close()
 
@@ -90,10 +97,11 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     errors.install(app)
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
-    from service.routes import documents, query
+    from service.routes import chat, documents, query
 
     app.include_router(documents.router)
     app.include_router(query.router)
+    app.include_router(chat.router)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(_: Reader) -> Response:

@@ -65,6 +65,7 @@ class Limits(BaseModel):
     max_k: int = Field(50, gt=0, description="most passages a search or query may return")
     max_new_tokens: int = Field(512, gt=0, description="cap on generated tokens per request")
     max_batch_documents: int = Field(256, gt=0, description="most documents in one batch add")
+    max_batch_generation: int = Field(16, gt=0, description="requests decoded together")
     max_question_chars: int = Field(4000, gt=0, description="longest question or chat message")
     rate_limit_per_minute: int = Field(
         120, ge=0, description="requests per key per minute; 0 = off"

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.answering import hit_dict, require_base_model, retrieve
 from service.auth import Reader
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
-from service.generate import complete
 from service.prompting import base_messages, rag_messages
+from service.streaming import deltas, sse, wait
 
 router = APIRouter(prefix="/v1", tags=["query"])
-_generate_lock = threading.Lock()  # one generation at a time until the batching engine lands
 
 
 class SearchBody(BaseModel):
@@ -36,6 +37,7 @@ class QueryBody(BaseModel):
     filters: dict[str, Any] | None = None
     adapter: str | None = None
     max_new_tokens: int | None = Field(None, ge=1, description="default: min(128, the limit)")
+    stream: bool = False
 
 
 def _check_limits(state: Any, k: int, text: str, max_new_tokens: int = 0) -> None:
@@ -52,57 +54,56 @@ def _check_limits(state: Any, k: int, text: str, max_new_tokens: int = 0) -> Non
         )
 
 
-def _hit(h: Any) -> dict[str, Any]:
-    return {
-        "doc_id": h.doc_id,
-        "chunk_id": h.chunk_id,
-        "start": h.start,
-        "end": h.end,
-        "score": h.score,
-        "text": h.text,
-        "metadata": h.metadata,
-    }
-
-
 @router.post("/search")
 def search(body: SearchBody, retriever: RetrieverDep, state: State, _: Reader) -> dict[str, Any]:
     _check_limits(state, body.k, body.query)
     hits = retriever.search(body.query, body.k, body.mode, body.filters, state.reranker)
-    return {"results": [_hit(h) for h in hits]}
+    return {"results": [hit_dict(h) for h in hits]}
 
 
-@router.post("/query")
-def query(body: QueryBody, retriever: RetrieverDep, state: State, _: Reader) -> dict[str, Any]:
+@router.post("/query", response_model=None)
+async def query(
+    body: QueryBody, request: Request, state: State, _: Reader
+) -> dict[str, Any] | StreamingResponse:
+    """Answer a question; with ``stream: true``, Server-Sent Events of tokens, then the answer
+    with its citations in a final ``done`` event."""
     _check_limits(state, body.k, body.question, body.max_new_tokens or 0)
-    if body.mode in ("ft", "hybrid"):
-        raise ServiceError(
-            409,
-            "no_adapter",
-            f"mode {body.mode!r} needs a fine-tuned adapter and "
-            "none exists yet; train one with 'ragtune tune', or use mode rag",
-        )
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    hits = (
-        retriever.search(body.question, body.k, body.retrieval, body.filters, state.reranker)
+    require_base_model(state, body.mode, body.adapter)
+    hits, retrieve_s = (
+        await retrieve(state, body.question, body.k, body.retrieval, body.filters)
         if body.mode == "rag"
-        else []
+        else ([], 0.0)
     )
-    timings["retrieve_s"] = round(time.perf_counter() - t0, 4)
     messages = (
-        rag_messages(body.question, hits) if body.mode == "rag" else base_messages(body.question)
+        rag_messages(body.question, hits)
+        if hits or body.mode == "rag"
+        else base_messages(body.question)
     )
     max_new = body.max_new_tokens or min(128, state.settings.limits.max_new_tokens)
     t0 = time.perf_counter()
-    with _generate_lock:
-        out = complete(state.generator, messages, max_new)
-    timings["generate_s"] = round(time.perf_counter() - t0, 4)
-    citations = [{k: v for k, v in _hit(h).items() if k != "metadata"} for h in hits]
-    return {
-        "answer": out.text,
-        "citations": citations,
-        "mode": body.mode,
-        "adapter": None,
-        "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
-        "timings": timings,
-    }
+    job = state.engine.submit(messages, max_new)
+
+    def result() -> dict[str, Any]:
+        return {
+            "answer": job.text.strip(),
+            "citations": [hit_dict(h, with_metadata=False) for h in hits],
+            "mode": body.mode,
+            "adapter": None,
+            "usage": {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.tokens)},
+            "finish_reason": job.finish_reason,
+            "timings": {
+                "retrieve_s": round(retrieve_s, 4),
+                "generate_s": round(time.perf_counter() - t0, 4),
+            },
+        }
+
+    if not body.stream:
+        await wait(job, request)
+        return result()
+
+    async def events() -> AsyncIterator[str]:
+        async for delta in deltas(job):
+            yield sse({"text": delta}, "token")
+        yield sse(result(), "done")
+
+    return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,0 +1,65 @@
+"""What a question becomes before generation: retrieval, the grounded prompt, the citations.
+
+Shared by /v1/query and /v1/chat/completions so both cite exactly the passages in the prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+
+from service.errors import ServiceError
+from service.prompting import SYSTEM, rag_messages
+
+
+def hit_dict(h: Any, with_metadata: bool = True) -> dict[str, Any]:
+    out = {
+        "doc_id": h.doc_id,
+        "chunk_id": h.chunk_id,
+        "start": h.start,
+        "end": h.end,
+        "score": h.score,
+        "text": h.text,
+    }
+    if with_metadata:
+        out["metadata"] = h.metadata
+    return out
+
+
+def require_base_model(state: Any, mode: str, adapter: str | None) -> None:
+    if mode in ("ft", "hybrid") or adapter:
+        raise ServiceError(
+            409,
+            "no_adapter",
+            f"mode {mode!r} needs a fine-tuned adapter and none "
+            "exists yet; train one with 'ragtune tune', or use mode rag or base",
+        )
+
+
+async def retrieve(
+    state: Any, question: str, k: int, mode: str, filters: dict[str, Any] | None
+) -> tuple[list[Any], float]:
+    t0 = time.perf_counter()
+    hits = await anyio.to_thread.run_sync(
+        lambda: state.retriever.search(question, k, mode, filters, state.reranker)
+    )
+    return hits, time.perf_counter() - t0
+
+
+def grounded_chat(messages: list[dict[str, str]], hits: list[Any]) -> list[dict[str, str]]:
+    """The user's chat with the passages put in front as a fenced system message."""
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    grounded = rag_messages(question, hits)[0]
+    own_system = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    if own_system:
+        grounded = {
+            "role": "system",
+            "content": "\n\n".join(m["content"] for m in own_system) + "\n\n" + grounded["content"],
+        }
+    return [grounded, *rest]
+
+
+__all__ = ["SYSTEM", "grounded_chat", "hit_dict", "require_base_model", "retrieve"]

@@ -1,0 +1,136 @@
+"""Streaming answers and the OpenAI-compatible API, driven by the official openai client against
+a real uvicorn server on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from retriever.engine import Retriever
+from service.app import AppState, create_app
+from service.engine import Engine
+from service.settings import ApiKey, Settings
+from tests.fakes import FakeEmbedder
+from tuner.models import load_generator
+
+KEY = "chat-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("srv")
+
+    def loader(state: AppState) -> None:
+        state.embedder = FakeEmbedder()
+        state.generator = load_generator(str(tiny_llama), cache_dir=tmp / "m")
+        state.engine = Engine(state.generator, metrics=state.metrics)
+        state.retriever = Retriever(tmp / "index", state.embedder)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(
+        auth_disabled=False,
+        generator=str(tiny_llama),
+        port=port,
+        api_keys=[ApiKey(name="t", key=KEY, scopes=["write"])],
+    )  # type: ignore[arg-type,list-item]
+    app = create_app(settings, loader=loader)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    httpx.post(
+        f"{base}/v1/documents",
+        headers=headers,
+        json={"id": "apt", "text": "to install a package on debian use apt install"},
+    )
+    yield base, str(tiny_llama)
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_query_streams_tokens_then_citations(server) -> None:
+    base, _ = server
+    events = []
+    with httpx.stream(
+        "POST",
+        f"{base}/v1/query",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"question": "how to install a package ?", "stream": True, "max_new_tokens": 6},
+        timeout=60,
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for block in r.iter_text():
+            events.append(block)
+    text = "".join(events)
+    tokens = [
+        json.loads(line[6:])["text"]
+        for line in text.splitlines()
+        if line.startswith("data: ") and '"text"' in line and "citations" not in line
+    ]
+    done = json.loads(text.split("event: done\ndata: ")[1].split("\n")[0])
+    assert len(tokens) >= 2 and "".join(tokens).strip() == done["answer"]
+    assert done["citations"][0]["doc_id"] == "apt" and done["usage"]["completion_tokens"] == 6
+
+
+def test_openai_client_chat_plain_and_streamed(server) -> None:
+    from openai import OpenAI
+
+    base, model = server
+    client = OpenAI(base_url=f"{base}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == [model]
+    out = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "how to install a package ?"}],
+        max_tokens=5,
+    )
+    assert out.choices[0].message.role == "assistant" and out.usage.completion_tokens == 5
+    assert out.model_extra["citations"][0]["doc_id"] == "apt"
+    pieces, final = [], None
+    for chunk in client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "how to install a package ?"}],
+        max_tokens=5,
+        stream=True,
+    ):
+        if chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.choices[0].finish_reason:
+            final = chunk
+    assert "".join(pieces).strip() == out.choices[0].message.content
+    assert final is not None and final.choices[0].finish_reason == "length"
+    no_rag = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
+        extra_body={"retrieval": False},
+    )
+    assert no_rag.model_extra["citations"] == []
+
+
+def test_openai_client_errors(server) -> None:
+    import openai
+
+    base, model = server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    bad = openai.OpenAI(base_url=f"{base}/v1", api_key="wrong-key-0123456789")
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
