@@ -87,24 +87,43 @@ def iter_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
 
 def load_file(path: Path, root: Path) -> Iterator[DocumentIn | LoadError]:
     rel = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        yield LoadError(str(path), f"unsupported file type {suffix or '(none)'}")
-        return
     try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         yield LoadError(str(path), f"unreadable: {exc}")
         return
+    for item in load_bytes(rel, data):
+        yield (
+            LoadError(str(path) + item.source[len(rel) :], item.reason)
+            if isinstance(item, LoadError)
+            else item
+        )
+
+
+def safe_name(name: str) -> str:
+    """A client-supplied file name made safe as an id: no directories, no control characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable()).strip().lstrip(".") or "upload.txt"
+    return base[:200]
+
+
+def load_bytes(name: str, data: bytes) -> list[DocumentIn | LoadError]:
+    """Documents from a file's bytes; ``name`` (relative, never opened) gives the id and type."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUFFIXES:
+        return [LoadError(name, f"unsupported file type {suffix or '(none)'}")]
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [LoadError(name, f"unreadable: not UTF-8 ({exc.reason})")]
     if suffix == ".jsonl":
-        yield from _jsonl(raw, str(path))
-        return
+        return list(_jsonl(raw, name))
     title, text = html_to_text(raw) if suffix in {".html", ".htm"} else (_md_title(raw), raw)
     if not text.strip():
-        yield LoadError(str(path), "empty document")
-        return
-    meta = {"source": rel, "title": title or path.stem}
-    yield DocumentIn(text=text, id=rel, metadata=meta)
+        return [LoadError(name, "empty document")]
+    return [
+        DocumentIn(text=text, id=name, metadata={"source": name, "title": title or Path(name).stem})
+    ]
 
 
 def _jsonl(raw: str, source: str) -> Iterator[DocumentIn | LoadError]:

@@ -85,31 +85,91 @@ def config(fmt: str) -> None:
 @click.argument("question")
 @click.option(
     "--mode",
-    type=click.Choice(["base"]),
-    default="base",
-    help="base: the generator alone (rag, ft and hybrid come with the retriever and tuner).",
+    type=click.Choice(["base", "rag"]),
+    default="rag",
+    show_default=True,
+    help="rag: retrieve, then answer with citations; base: the generator alone.",
 )
+@click.option("-k", type=int, default=4, show_default=True, help="Passages to retrieve.")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
-def ask(question: str, mode: str, max_new_tokens: int) -> None:
-    """Ask the assistant one question from the command line."""
+@click.option(
+    "--server",
+    default=None,
+    metavar="URL",
+    help="Ask a running server (e.g. http://127.0.0.1:8000) instead of loading models.",
+)
+@click.option("--api-key", envvar="RAGTUNE_API_KEY", default=None, help="Key for --server.")
+def ask(
+    question: str, mode: str, k: int, max_new_tokens: int, server: str | None, api_key: str | None
+) -> None:
+    """Ask one question, in-process or against a running server; prints the answer and the
+    passages it cites."""
+    if not question.strip():
+        raise click.ClickException("the question is empty")
+    body = {"question": question, "mode": mode, "k": k, "max_new_tokens": max_new_tokens}
+    result = _ask_server(server, api_key, body) if server else _ask_here(body)
+    click.echo(result["answer"])
+    for i, c in enumerate(result["citations"], 1):
+        snippet = " ".join(c["text"].split())[:120]
+        click.echo(f"  [{i}] {c['doc_id']} [{c['start']}:{c['end']}] {snippet}")
+
+
+def _ask_server(server: str, api_key: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.post(f"{server.rstrip('/')}/v1/query", json=body, headers=headers, timeout=600)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {server}: {exc}") from None
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:200]
+        raise click.ClickException(f"server answered {r.status_code}: {message}")
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
+    from retriever.errors import RetrieverError
     from retriever.sources import ModelNotAvailable
-    from service.generate import complete
+    from service.engine import Engine
     from service.models import generator_from_settings
+    from service.prompting import base_messages, rag_messages
     from service.runtime import configure_logging, configure_torch
 
     settings = _settings()
     configure_logging("warning")
     _quiet_transformers()
     configure_torch(settings)
-    if not question.strip():
-        raise click.ClickException("the question is empty")
+    if body["max_new_tokens"] > settings.limits.max_new_tokens:
+        raise click.ClickException(f"--max-new-tokens must be <= {settings.limits.max_new_tokens}")
+    hits: list[Any] = []
+    if body["mode"] == "rag":
+        retriever = _open_index(settings)
+        try:
+            hits = retriever.search(body["question"], k=body["k"])
+        except RetrieverError as exc:
+            raise click.ClickException(_one_line(exc)) from None
+        finally:
+            retriever.close()
     try:
         generator = generator_from_settings(settings)
     except ModelNotAvailable as exc:
         raise click.ClickException(str(exc)) from None
-    max_new_tokens = min(max_new_tokens, settings.limits.max_new_tokens)
-    answer = complete(generator, [{"role": "user", "content": question}], max_new_tokens)
-    click.echo(answer.text)
+    engine = Engine(generator, max_batch=1)
+    try:
+        messages = (
+            rag_messages(body["question"], hits)
+            if body["mode"] == "rag"
+            else base_messages(body["question"])
+        )
+        job = engine.submit(messages, body["max_new_tokens"]).wait()
+    finally:
+        engine.close()
+    citations = [{"doc_id": h.doc_id, "start": h.start, "end": h.end, "text": h.text} for h in hits]
+    return {"answer": job.text.strip(), "citations": citations}
 
 
 def _quiet_transformers() -> None:

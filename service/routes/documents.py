@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.engine import DocumentIn
+from retriever.loaders import LoadError, load_bytes, safe_name
 from service.auth import Reader, Writer
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
@@ -89,3 +90,29 @@ def replace(doc_id: str, body: DocumentBody, retriever: RetrieverDep, _: Writer)
 def delete(doc_id: str, retriever: RetrieverDep, _: Writer) -> dict[str, Any]:
     retriever.delete([doc_id])
     return {"deleted": doc_id}
+
+
+@router.post("/upload", status_code=201)
+async def upload(
+    files: list[UploadFile], retriever: RetrieverDep, state: State, _: Writer
+) -> dict[str, Any]:
+    """Add files (txt, md, html, jsonl) as documents. A file's name is only ever metadata and
+    an id: it never becomes a path on this machine."""
+    import anyio
+
+    limit = state.settings.limits.max_batch_documents
+    docs: list[DocumentIn] = []
+    failed: list[dict[str, str]] = []
+    for f in files:
+        name = safe_name(f.filename or "upload.txt")
+        raw = await f.read()
+        items = await anyio.to_thread.run_sync(lambda n=name, r=raw: load_bytes(n, r))
+        for item in items:
+            if isinstance(item, LoadError):
+                failed.append({"source": item.source, "reason": item.reason})
+            else:
+                docs.append(item)
+    if len(docs) > limit:
+        raise ServiceError(422, "batch_too_large", f"at most {limit} documents per request")
+    results = await anyio.to_thread.run_sync(lambda: retriever.upsert_many(docs)) if docs else []
+    return {"documents": [Written(**r.__dict__) for r in results], "failed": failed}

@@ -100,3 +100,19 @@ def test_ids_with_slashes_work_in_paths(client: TestClient) -> None:
     client.post("/v1/documents", json={"id": "guides/zh/boot.txt", "text": "系统启动"})
     assert client.get("/v1/documents/guides/zh/boot.txt").json()["text"] == "系统启动"
     assert client.delete("/v1/documents/guides/zh/boot.txt").status_code == 200
+
+
+def test_upload_files_names_never_become_paths(client: TestClient, tmp_path: Path) -> None:
+    files = [
+        ("files", ("../../etc/evil.txt", b"upload text about apt", "text/plain")),
+        ("files", ("notes.md", b"# Notes\n\nsome notes", "text/markdown")),
+        ("files", ("docs.jsonl", b'{"id": "j1", "text": "from jsonl"}\nbroken\n', "text/plain")),
+        ("files", ("blob.bin", b"\x00\x01", "application/octet-stream")),
+    ]
+    r = client.post("/v1/documents/upload", files=files)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert sorted(d["id"] for d in body["documents"]) == ["evil.txt", "j1", "notes.md"]
+    assert {f["source"] for f in body["failed"]} == {"docs.jsonl:2", "blob.bin"}
+    assert client.get("/v1/documents/notes.md").json()["metadata"]["title"] == "Notes"
+    assert not list(tmp_path.rglob("evil.txt"))

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from retriever.engine import Retriever
 from service.app import AppState, create_app
-from service.engine import Engine
 from service.auth import RateLimiter
+from service.engine import Engine
 from service.settings import ApiKey, Limits, Settings
 from tests.fakes import FakeEmbedder
 from tuner.models import load_generator

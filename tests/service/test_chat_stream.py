@@ -134,3 +134,17 @@ def test_openai_client_errors(server) -> None:
     bad = openai.OpenAI(base_url=f"{base}/v1", api_key="wrong-key-0123456789")
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_cli_ask_against_the_running_server(server) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    base, _ = server
+    out = CliRunner().invoke(main, ["ask", "how to install a package ?", "--server", base,
+                                    "--api-key", KEY, "--max-new-tokens", "3"])
+    assert out.exit_code == 0, out.output
+    assert "[1] apt [" in out.stdout
+    denied = CliRunner().invoke(main, ["ask", "x", "--server", base, "--api-key", "nope"])
+    assert denied.exit_code == 1 and "server answered 401" in denied.output
