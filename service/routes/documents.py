@@ -106,7 +106,7 @@ async def upload(
     for f in files:
         name = safe_name(f.filename or "upload.txt")
         raw = await f.read()
-        items = await anyio.to_thread.run_sync(lambda n=name, r=raw: load_bytes(n, r))
+        items = await anyio.to_thread.run_sync(load_bytes, name, raw)
         for item in items:
             if isinstance(item, LoadError):
                 failed.append({"source": item.source, "reason": item.reason})
