@@ -28,14 +28,34 @@ def hit_dict(h: Any, with_metadata: bool = True) -> dict[str, Any]:
     return out
 
 
-def require_base_model(state: Any, mode: str, adapter: str | None) -> None:
-    if mode in ("ft", "hybrid") or adapter:
+def pick_adapter(state: Any, mode: str, adapter: str | None) -> str | None:
+    """The adapter a request runs with: ft and hybrid need one (named, or the only one loaded);
+    base and rag run on the base model unless one is named."""
+    loaded = state.adapters.loaded() if state.adapters is not None else []
+    if adapter is not None:
+        if adapter not in loaded:
+            raise ServiceError(
+                404,
+                "adapter_not_found",
+                f"adapter {adapter!r} is not loaded; "
+                "see GET /v1/adapters and POST /v1/adapters/{name}/load",
+            )
+        return adapter
+    if mode not in ("ft", "hybrid"):
+        return None
+    if len(loaded) == 1:
+        return str(loaded[0])
+    if not loaded:
         raise ServiceError(
             409,
             "no_adapter",
-            f"mode {mode!r} needs a fine-tuned adapter and none "
-            "exists yet; train one with 'ragtune tune', or use mode rag or base",
+            f"mode {mode!r} needs a fine-tuned adapter and "
+            "none is loaded: train one with 'ragtune tune', load it with "
+            "POST /v1/adapters/{name}/load, or use mode rag or base",
         )
+    raise ServiceError(
+        409, "adapter_required", f"several adapters are loaded ({loaded}); name one with 'adapter'"
+    )
 
 
 async def retrieve(
@@ -62,4 +82,4 @@ def grounded_chat(messages: list[dict[str, str]], hits: list[Any]) -> list[dict[
     return [grounded, *rest]
 
 
-__all__ = ["SYSTEM", "grounded_chat", "hit_dict", "require_base_model", "retrieve"]
+__all__ = ["SYSTEM", "grounded_chat", "hit_dict", "pick_adapter", "retrieve"]

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
 from service import errors
+from service.adapters import AdapterSet
 from service.auth import RateLimiter, Reader, check_bind
 from service.engine import Engine
 from service.limits import BodyLimit
@@ -42,6 +43,7 @@ class AppState:
     retriever: Any = None
     reranker: Any = None
     engine: Any = None
+    adapters: Any = None
     limiter: Any = None
     metrics: Any = None
     ready: bool = False
@@ -57,8 +59,12 @@ def load_models(state: AppState) -> None:
     state.loaded["embedder"] = state.embedder.identity
     state.generator = generator_from_settings(state.settings)
     state.loaded["generator"] = state.generator.identity
+    state.adapters = AdapterSet(state.generator, state.settings.data_dir / "adapters")
     state.engine = Engine(
-        state.generator, max_batch=state.settings.limits.max_batch_generation, metrics=state.metrics
+        state.generator,
+        max_batch=state.settings.limits.max_batch_generation,
+        metrics=state.metrics,
+        adapters=state.adapters,
     )
     state.retriever = open_retriever(state.settings, state.embedder)
     state.reranker = reranker_from_settings(state.settings)
@@ -97,8 +103,9 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     errors.install(app)
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
-    from service.routes import chat, documents, query
+    from service.routes import adapters, chat, documents, query
 
+    app.include_router(adapters.router)
     app.include_router(documents.router)
     app.include_router(query.router)
     app.include_router(chat.router)

@@ -32,6 +32,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     temperature: float = 0.0
     seed: int | None = None
+    adapter: str | None = None
     deltas: queue.Queue[str | None] = field(default_factory=queue.Queue)
     text: str = ""
     tokens: list[int] = field(default_factory=list)
@@ -65,12 +66,16 @@ class Job:
 class Engine:
     """A worker thread batching the jobs submitted to it."""
 
-    def __init__(self, generator: Generator, max_batch: int = 16, metrics: Any = None) -> None:
+    def __init__(
+        self, generator: Generator, max_batch: int = 16, metrics: Any = None, adapters: Any = None
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.generator = generator
         self.max_batch = max_batch
         self.metrics = metrics
+        self.adapters = adapters  # service.adapters.AdapterSet, or None: base model only
+        self._held: list[Job] = []  # taken from the queue, waiting for their adapter's batch
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ragtune-engine", daemon=True)
         self._stopping = False
@@ -91,10 +96,14 @@ class Engine:
         stop: list[str] | None = None,
         temperature: float = 0.0,
         seed: int | None = None,
+        adapter: str | None = None,
     ) -> Job:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        job = Job(self.encode_chat(messages), max_new_tokens, list(stop or []), temperature, seed)
+        if adapter is not None and (self.adapters is None or adapter not in self.adapters.loaded()):
+            raise LookupError(f"adapter {adapter!r} is not loaded")
+        prompt = self.encode_chat(messages)
+        job = Job(prompt, max_new_tokens, list(stop or []), temperature, seed, adapter)
         self._queue.put(job)
         self._gauge()
         return job
@@ -114,10 +123,19 @@ class Engine:
     # ---- the worker -------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
+            if self._held:
+                first = self._held.pop(0)
+            else:
+                got = self._queue.get()
+                if got is None:
+                    return
+                first = got
+            batch: list[Job] = [first]
+            later: list[Job] = []
+            for job in self._held:  # same adapter joins; others wait for their own batch
+                fits = job.adapter == first.adapter and len(batch) < self.max_batch
+                (batch if fits else later).append(job)
+            self._held = later
             while len(batch) < self.max_batch:
                 try:
                     nxt = self._queue.get_nowait()
@@ -126,7 +144,7 @@ class Engine:
                 if nxt is None:
                     self._stopping = True
                     break
-                batch.append(nxt)
+                (batch if nxt.adapter == first.adapter else self._held).append(nxt)
             self._gauge()
             live = [j for j in batch if not j.cancelled.is_set()]
             for j in batch:
@@ -135,7 +153,11 @@ class Engine:
             if not live:
                 continue
             try:
-                self._decode(live)
+                if self.adapters is None:
+                    self._decode(live)
+                else:
+                    with self.adapters.active(first.adapter):
+                        self._decode(live)
             except BaseException as exc:  # noqa: BLE001 - reported to every waiting request
                 log.exception("generation failed for a batch of %d", len(live))
                 for j in live:
@@ -166,7 +188,8 @@ class Engine:
         generators = [_rng(j.seed) for j in jobs]
         active = [True] * len(jobs)
         past = None
-        cache_arg = _cache_arg(model)
+        base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+        cache_arg = _cache_arg(base)
         step_ids = ids
         with torch.inference_mode():
             for _ in range(max(j.max_new_tokens for j in jobs)):

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from service.adapters import AdapterNotFound
 from service.limits import BodyTooLarge
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def error(status: int, code: str, message: str, details: Any = None) -> JSONResp
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-DOMAIN = {
+DOMAIN: dict[type[Exception], tuple[int, str]] = {
+    AdapterNotFound: (404, "adapter_not_found"),
     DocumentNotFound: (404, "document_not_found"),
     InvalidDocument: (422, "invalid_document"),
     EmbedderMismatch: (409, "embedder_mismatch"),

@@ -53,12 +53,14 @@ class ChatBody(BaseModel):
 
 
 def model_ids(state: Any) -> list[str]:
-    return [state.settings.generator]
+    """The base model, then every loaded adapter (``model`` picks one)."""
+    loaded = state.adapters.loaded() if state.adapters is not None else []
+    return [state.settings.generator, *loaded]
 
 
 @router.get("/models")
 def models(state: State, _: Reader) -> dict[str, Any]:
-    """The base model (adapters join this list once they can be loaded)."""
+    """The base model and the loaded adapters."""
     return {
         "object": "list",
         "data": [
@@ -94,8 +96,14 @@ async def chat(
         hits, _s = await retrieve(state, question, opts.k, opts.mode, opts.filters)
         messages = grounded_chat(messages, hits)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    adapter = None if body.model == state.settings.generator else body.model
     job = state.engine.submit(
-        messages, max_new, stop=stop, temperature=body.temperature, seed=body.seed
+        messages,
+        max_new,
+        stop=stop,
+        temperature=body.temperature,
+        seed=body.seed,
+        adapter=adapter,
     )
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     citations = [hit_dict(h, with_metadata=False) for h in hits]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.answering import hit_dict, require_base_model, retrieve
+from service.answering import hit_dict, pick_adapter, retrieve
 from service.auth import Reader
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
@@ -68,27 +68,27 @@ async def query(
     """Answer a question; with ``stream: true``, Server-Sent Events of tokens, then the answer
     with its citations in a final ``done`` event."""
     _check_limits(state, body.k, body.question, body.max_new_tokens or 0)
-    require_base_model(state, body.mode, body.adapter)
+    adapter = pick_adapter(state, body.mode, body.adapter)
     hits, retrieve_s = (
         await retrieve(state, body.question, body.k, body.retrieval, body.filters)
-        if body.mode == "rag"
+        if body.mode in ("rag", "hybrid")
         else ([], 0.0)
     )
     messages = (
         rag_messages(body.question, hits)
-        if hits or body.mode == "rag"
+        if body.mode in ("rag", "hybrid")
         else base_messages(body.question)
     )
     max_new = body.max_new_tokens or min(128, state.settings.limits.max_new_tokens)
     t0 = time.perf_counter()
-    job = state.engine.submit(messages, max_new)
+    job = state.engine.submit(messages, max_new, adapter=adapter)
 
     def result() -> dict[str, Any]:
         return {
             "answer": job.text.strip(),
             "citations": [hit_dict(h, with_metadata=False) for h in hits],
             "mode": body.mode,
-            "adapter": None,
+            "adapter": adapter,
             "usage": {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.tokens)},
             "finish_reason": job.finish_reason,
             "timings": {

@@ -1,0 +1,102 @@
+"""PEFT adapters on the shared generator: loaded and unloaded at runtime, chosen per request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from retriever.engine import Retriever
+from service.app import AppState, create_app
+from service.settings import Settings
+from tests.fakes import FakeEmbedder
+from tuner.models import load_generator
+
+
+def make_lora(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA with random (non-zero) weights, so it changes what the model says."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture
+def client(tiny_llama: Path, tmp_path: Path):
+    data = tmp_path / "data"
+    make_lora(tiny_llama, data / "adapters" / "alpha", seed=1)
+    make_lora(tiny_llama, data / "adapters" / "beta", seed=2)
+    (data / "adapters" / "pickled").mkdir()
+    (data / "adapters" / "pickled" / "adapter_config.json").write_text("{}")
+    (data / "adapters" / "pickled" / "adapter_model.bin").write_bytes(b"not loaded")
+
+    def loader(state: AppState) -> None:
+        from service.adapters import AdapterSet
+        from service.engine import Engine
+
+        state.embedder = FakeEmbedder()
+        state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+        state.adapters = AdapterSet(state.generator, data / "adapters")
+        state.engine = Engine(state.generator, metrics=state.metrics, adapters=state.adapters)
+        state.retriever = Retriever(tmp_path / "index", state.embedder)
+
+    settings = Settings(data_dir=data, generator=str(tiny_llama))
+    with TestClient(create_app(settings, loader=loader)) as c:
+        yield c
+
+
+def _ask(client: TestClient, **body: object) -> dict:
+    r = client.post("/v1/query", json={"question": "what is debian ?", "max_new_tokens": 8,
+                                       **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_adapters_load_switch_and_unload_at_runtime(client: TestClient) -> None:
+    listed = client.get("/v1/adapters").json()
+    assert listed == {"loaded": [], "available": ["alpha", "beta"]}  # no pickle adapters
+    assert client.post("/v1/query", json={"question": "q", "mode": "ft"}).status_code == 409
+    base = _ask(client, mode="base")["answer"]
+    assert client.post("/v1/adapters/alpha/load").json() == {"loaded": ["alpha"]}
+    ft = _ask(client, mode="ft")
+    assert ft["adapter"] == "alpha" and ft["answer"] != base
+    assert _ask(client, mode="base")["answer"] == base  # adapters off for base requests
+    client.post("/v1/adapters/beta/load")
+    assert client.post("/v1/query", json={"question": "q", "mode": "ft"}).status_code == 409
+    beta = _ask(client, mode="ft", adapter="beta")["answer"]
+    assert beta != ft["answer"] and _ask(client, mode="ft", adapter="alpha")["answer"] == \
+        ft["answer"]
+    models = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert models[1:] == ["alpha", "beta"]
+    client.post("/v1/adapters/alpha/unload")
+    gone = client.post("/v1/query", json={"question": "q", "adapter": "alpha"})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "adapter_not_found"
+
+
+def test_bad_adapter_names_and_pickles_are_refused(client: TestClient) -> None:
+    for name in ("pickled", "no-such", ".hidden", "a" * 65):
+        r = client.post(f"/v1/adapters/{name}/load")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "adapter_not_found", name
+    assert client.post("/v1/adapters/..%2Falpha/load").status_code == 404  # never a path
+    assert client.get("/v1/adapters").json()["loaded"] == []
+
+
+def test_chat_model_picks_the_adapter(client: TestClient) -> None:
+    client.post("/v1/adapters/beta/load")
+    msgs = [{"role": "user", "content": "what is debian ?"}]
+    model = client.get("/v1/models").json()["data"][0]["id"]
+    plain = client.post("/v1/chat/completions", json={"model": model, "messages": msgs,
+                                                      "max_tokens": 6, "retrieval": False})
+    tuned = client.post("/v1/chat/completions", json={"model": "beta", "messages": msgs,
+                                                      "max_tokens": 6, "retrieval": False})
+    assert plain.status_code == tuned.status_code == 200
+    a = plain.json()["choices"][0]["message"]["content"]
+    b = tuned.json()["choices"][0]["message"]["content"]
+    assert a != b
