@@ -103,39 +103,61 @@ def run_clients(url: str, clients: int, per_client: int, max_new: int) -> dict:
     }
 
 
-def naive_baseline(requests: int, max_new: int, cache: Path) -> dict:
-    """What a plain transformers user does: one ``generate`` per request, one after another."""
+def raw_generate(gen, i: int, max_new: int) -> tuple[int, float]:
+    """What a plain transformers user does: one ``generate`` for one request."""
     import torch
 
-    from tuner.models import load_generator
-
-    gen = load_generator(cache_dir=cache, offline=True)
     tok, model = gen.tokenizer, gen.model
-    tokens, latencies = 0, []
-    t_all = time.perf_counter()
-    for i in range(requests):
-        msgs = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-        enc = tok.apply_chat_template(
-            msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    msgs = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+    enc = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            **enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
         )
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                **enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
-            )
-        latencies.append(time.perf_counter() - t0)
-        tokens += int(out.shape[1] - enc["input_ids"].shape[1])
-    wall = time.perf_counter() - t_all
-    lat = sorted(latencies)
+    return int(out.shape[1] - enc["input_ids"].shape[1]), time.perf_counter() - t0
+
+
+def _summary(lat: list[float], tokens: int, clients: int | str) -> dict:
+    s = sorted(lat)
     return {
-        "answers": requests,
+        "clients": clients,
+        "answers": len(s),
         "tokens": tokens,
-        "wall_s": wall,
-        "tokens_per_s": tokens / wall,
-        "answers_per_s": requests / wall,
-        "p50_s": lat[len(lat) // 2],
-        "p95_s": lat[-1],
+        "wall_s": sum(s),
+        "answers_per_s": len(s) / sum(s),
+        "tokens_per_s": tokens / sum(s),
+        "p50_s": s[len(s) // 2],
+        "p95_s": s[min(len(s) - 1, int(0.95 * len(s)))],
     }
+
+
+def single_vs_raw(url: str, gen, pairs: int, max_new: int) -> tuple[dict, dict]:
+    """Alternate one server request (a single client) and one raw ``generate`` in this process,
+    so that machine speed drifts hit both alike; the server is idle while ``generate`` runs."""
+    server_lat: list[float] = []
+    raw_lat: list[float] = []
+    server_tok = raw_tok = 0
+    with httpx.Client(timeout=600) as http:
+        for i in range(pairs):
+            t0 = time.perf_counter()
+            r = http.post(
+                f"{url}/v1/query",
+                json={
+                    "question": QUESTIONS[i % len(QUESTIONS)],
+                    "mode": "base",
+                    "max_new_tokens": max_new,
+                },
+            )
+            r.raise_for_status()
+            server_lat.append(time.perf_counter() - t0)
+            server_tok += r.json()["usage"]["completion_tokens"]
+            n, dt = raw_generate(gen, i, max_new)
+            raw_lat.append(dt)
+            raw_tok += n
+    return _summary(server_lat, server_tok, 1), _summary(raw_lat, raw_tok, "naive")
 
 
 def main() -> None:
@@ -143,6 +165,7 @@ def main() -> None:
     parser.add_argument("--url", help="an already running server (else one is started)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=16, help="answers per concurrency level")
+    parser.add_argument("--pairs", type=int, default=6, help="single-stream vs raw pairs")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "serve_bench.json"
     )
@@ -153,18 +176,20 @@ def main() -> None:
         if url is None:
             proc, url = start_server(Path(tmp) / "data")
         try:
+            from tuner.models import load_generator
+
+            gen = load_generator(cache_dir=Path(tmp) / "data" / "models", offline=True)
             run_clients(url, 2, 1, 4)  # warm-up
-            levels = [
+            raw_generate(gen, 0, 4)
+            single, baseline = single_vs_raw(url, gen, args.pairs, args.max_new_tokens)
+            levels = [single] + [
                 run_clients(url, c, max(1, args.requests // c), args.max_new_tokens)
-                for c in (1, 4, 16)
+                for c in (4, 16)
             ]
         finally:
             if proc is not None:
                 proc.terminate()
                 proc.wait(60)
-        baseline = naive_baseline(
-            max(4, args.requests // 4), args.max_new_tokens, Path(tmp) / "data" / "models"
-        )
     single, sixteen = levels[0]["tokens_per_s"], levels[2]["tokens_per_s"]
     result = {
         "max_new_tokens": args.max_new_tokens,

@@ -67,7 +67,12 @@ class Engine:
     """A worker thread batching the jobs submitted to it."""
 
     def __init__(
-        self, generator: Generator, max_batch: int = 16, metrics: Any = None, adapters: Any = None
+        self,
+        generator: Generator,
+        max_batch: int = 16,
+        metrics: Any = None,
+        adapters: Any = None,
+        gather_s: float = 0.02,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -75,6 +80,7 @@ class Engine:
         self.max_batch = max_batch
         self.metrics = metrics
         self.adapters = adapters  # service.adapters.AdapterSet, or None: base model only
+        self.gather_s = gather_s  # how long a new batch waits for more requests to join
         self._held: list[Job] = []  # taken from the queue, waiting for their adapter's batch
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ragtune-engine", daemon=True)
@@ -136,15 +142,19 @@ class Engine:
                 fits = job.adapter == first.adapter and len(batch) < self.max_batch
                 (batch if fits else later).append(job)
             self._held = later
+            deadline = time.monotonic() + self.gather_s  # let a burst of requests board
             while len(batch) < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
                     self._stopping = True
                     break
-                (batch if nxt.adapter == first.adapter else self._held).append(nxt)
+                if nxt.adapter == first.adapter:
+                    batch.append(nxt)
+                else:
+                    self._held.append(nxt)
             self._gauge()
             live = [j for j in batch if not j.cancelled.is_set()]
             for j in batch:

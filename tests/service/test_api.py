@@ -23,7 +23,7 @@ def client(tiny_llama: Path, tmp_path: Path):
         state.engine = Engine(state.generator, metrics=state.metrics)
         state.retriever = Retriever(tmp_path / "index", state.embedder)
 
-    with TestClient(create_app(Settings(), loader=loader)) as c:
+    with TestClient(create_app(Settings(), loader=loader), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -116,3 +116,20 @@ def test_upload_files_names_never_become_paths(client: TestClient, tmp_path: Pat
     assert {f["source"] for f in body["failed"]} == {"docs.jsonl:2", "blob.bin"}
     assert client.get("/v1/documents/notes.md").json()["metadata"]["title"] == "Notes"
     assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_a_crash_inside_a_request_is_a_500_without_internals(client: TestClient) -> None:
+    retriever = client.app.state.ragtune.retriever  # type: ignore[attr-defined]
+    original = retriever.search
+
+    def boom(*_: object, **__: object) -> None:
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    retriever.search = boom
+    try:
+        r = client.post("/v1/search", json={"query": "x"})
+    finally:
+        retriever.search = original
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error" and "secret" not in r.text
+    assert client.post("/v1/search", json={"query": "x"}).status_code == 200  # still serving
