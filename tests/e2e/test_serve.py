@@ -74,9 +74,16 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
         ).json()
         assert answer["citations"][0]["doc_id"] == "apt-basics"
         assert httpx.delete(f"{base}/v1/documents/apt-basics", timeout=30).status_code == 200
-        again = httpx.post(f"{base}/v1/query", timeout=60, json={
-            "question": "How do I install a package on Debian?", "mode": "rag", "k": 3,
-            "max_new_tokens": 4}).json()
+        again = httpx.post(
+            f"{base}/v1/query",
+            timeout=60,
+            json={
+                "question": "How do I install a package on Debian?",
+                "mode": "rag",
+                "k": 3,
+                "max_new_tokens": 4,
+            },
+        ).json()
         assert all(c["doc_id"] != "apt-basics" for c in again["citations"])
         after = httpx.post(
             f"{base}/v1/search", timeout=30, json={"query": "install a package", "mode": "hybrid"}

@@ -22,8 +22,12 @@ def make_lora(base: Path, out: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=64,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
     get_peft_model(model, config).save_pretrained(out, safe_serialization=True)
     return out
 
@@ -53,8 +57,7 @@ def client(tiny_llama: Path, tmp_path: Path):
 
 
 def _ask(client: TestClient, **body: object) -> dict:
-    r = client.post("/v1/query", json={"question": "what is debian ?", "max_new_tokens": 8,
-                                       **body})
+    r = client.post("/v1/query", json={"question": "what is debian ?", "max_new_tokens": 8, **body})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -71,8 +74,9 @@ def test_adapters_load_switch_and_unload_at_runtime(client: TestClient) -> None:
     client.post("/v1/adapters/beta/load")
     assert client.post("/v1/query", json={"question": "q", "mode": "ft"}).status_code == 409
     beta = _ask(client, mode="ft", adapter="beta")["answer"]
-    assert beta != ft["answer"] and _ask(client, mode="ft", adapter="alpha")["answer"] == \
-        ft["answer"]
+    assert (
+        beta != ft["answer"] and _ask(client, mode="ft", adapter="alpha")["answer"] == ft["answer"]
+    )
     models = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert models[1:] == ["alpha", "beta"]
     client.post("/v1/adapters/alpha/unload")
@@ -92,10 +96,14 @@ def test_chat_model_picks_the_adapter(client: TestClient) -> None:
     client.post("/v1/adapters/beta/load")
     msgs = [{"role": "user", "content": "what is debian ?"}]
     model = client.get("/v1/models").json()["data"][0]["id"]
-    plain = client.post("/v1/chat/completions", json={"model": model, "messages": msgs,
-                                                      "max_tokens": 6, "retrieval": False})
-    tuned = client.post("/v1/chat/completions", json={"model": "beta", "messages": msgs,
-                                                      "max_tokens": 6, "retrieval": False})
+    plain = client.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": msgs, "max_tokens": 6, "retrieval": False},
+    )
+    tuned = client.post(
+        "/v1/chat/completions",
+        json={"model": "beta", "messages": msgs, "max_tokens": 6, "retrieval": False},
+    )
     assert plain.status_code == tuned.status_code == 200
     a = plain.json()["choices"][0]["message"]["content"]
     b = tuned.json()["choices"][0]["message"]["content"]

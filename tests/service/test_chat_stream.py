@@ -142,8 +142,19 @@ def test_cli_ask_against_the_running_server(server) -> None:
     from service.cli import main
 
     base, _ = server
-    out = CliRunner().invoke(main, ["ask", "how to install a package ?", "--server", base,
-                                    "--api-key", KEY, "--max-new-tokens", "3"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "ask",
+            "how to install a package ?",
+            "--server",
+            base,
+            "--api-key",
+            KEY,
+            "--max-new-tokens",
+            "3",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "[1] apt [" in out.stdout
     denied = CliRunner().invoke(main, ["ask", "x", "--server", base, "--api-key", "nope"])

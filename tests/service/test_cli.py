@@ -33,8 +33,9 @@ def test_ask_answers_with_the_configured_generator(
     tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RAGTUNE_GENERATOR", str(tiny_llama))
-    result = CliRunner().invoke(main, ["ask", "what is debian ?", "--mode", "base",
-                                       "--max-new-tokens", "4"])
+    result = CliRunner().invoke(
+        main, ["ask", "what is debian ?", "--mode", "base", "--max-new-tokens", "4"]
+    )
     assert result.exit_code == 0, result.output
     assert len(result.stdout.split()) == 4
 

@@ -74,12 +74,14 @@ def test_reindex_without_an_index_says_so() -> None:
     assert out.exit_code == 1 and "ingest documents first" in out.output
 
 
-def test_ask_in_process_cites_the_ingested_passage(tmp_path: Path, tiny_llama: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ask_in_process_cites_the_ingested_passage(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RAGTUNE_GENERATOR", str(tiny_llama))
     CliRunner().invoke(main, ["ingest", str(_docs(tmp_path))])
-    out = CliRunner().invoke(main, ["ask", "apt install packages", "-k", "1", "--max-new-tokens",
-                                    "3"])
+    out = CliRunner().invoke(
+        main, ["ask", "apt install packages", "-k", "1", "--max-new-tokens", "3"]
+    )
     assert out.exit_code == 0, out.output
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and lines[1].strip().startswith("[1] apt.md [")
