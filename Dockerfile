@@ -1,6 +1,8 @@
 # ragtune on CPU, with the default models baked in at build time; serves as a non-root user.
 #   docker build -t ragtune .
-#   docker run -p 8000:8000 -v ragtune-data:/data ragtune
+#   docker run -p 8000:8000 -v ragtune-data:/data \
+#     -e RAGTUNE_API_KEYS='[{"name": "me", "key": "a-long-random-secret", "scopes": ["admin"]}]' ragtune
+# It serves on 0.0.0.0, so API keys are required: without them it refuses to start.
 # To avoid a CUDA build of torch, point pip at PyTorch's CPU wheel index:
 #   docker build --build-arg TORCH_PIP_ARGS="--index-url <PyTorch CPU wheel index URL>" -t ragtune .
 FROM python:3.11-slim
