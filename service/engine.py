@@ -201,11 +201,12 @@ class Engine:
         base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
         cache_arg = _cache_arg(base)
         step_ids = ids
+        padded = bool((mask == 0).any())
         with torch.inference_mode():
             for _ in range(max(j.max_new_tokens for j in jobs)):
                 out = model(
                     input_ids=step_ids,
-                    attention_mask=mask,
+                    attention_mask=mask if padded else None,  # no mask: SDPA's causal fast path
                     position_ids=positions,
                     use_cache=True,
                     logits_to_keep=1,
