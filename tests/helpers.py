@@ -79,3 +79,47 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_loader(tiny_llama: Path, tmp: Path, index: str = "index", adapters: Path | None = None):
+    """An app loader with the fake embedder, the tiny Llama, its engine and a fresh index."""
+    from retriever.engine import Retriever
+    from service.adapters import AdapterSet
+    from service.engine import Engine
+    from tests.fakes import FakeEmbedder
+    from tuner.models import load_generator
+
+    def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
+        state.embedder = FakeEmbedder()
+        state.generator = load_generator(str(tiny_llama), cache_dir=tmp / "m")
+        if adapters is not None:
+            state.adapters = AdapterSet(state.generator, adapters)
+        state.engine = Engine(state.generator, metrics=state.metrics, adapters=state.adapters)
+        state.retriever = Retriever(tmp / index, state.embedder)
+
+    return loader
+
+
+def serve_on_loopback(app) -> tuple[str, object]:  # noqa: ANN001 - a FastAPI app
+    """Run ``app`` under uvicorn on a free 127.0.0.1 port; return (base URL, server)."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return base, server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not become ready")

@@ -3,40 +3,21 @@ whatever it sends, the server never answers 5xx."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+
+from tests.helpers import serve_on_loopback, tiny_loader
 
 KEY = "schema-test-key-0123456789"
 
 
 def _serve(tiny_llama: Path, tmp: Path) -> str:
-    import uvicorn
-
-    from retriever.engine import Retriever
-    from service.adapters import AdapterSet
-    from service.app import AppState, create_app
-    from service.engine import Engine
+    from service.app import create_app
     from service.settings import ApiKey, Limits, Settings
-    from tests.fakes import FakeEmbedder
-    from tuner.models import load_generator
 
-    def loader(state: AppState) -> None:
-        state.embedder = FakeEmbedder()
-        state.generator = load_generator(str(tiny_llama), cache_dir=tmp / "m")
-        state.adapters = AdapterSet(state.generator, tmp / "adapters")
-        state.engine = Engine(state.generator, metrics=state.metrics, adapters=state.adapters)
-        state.retriever = Retriever(tmp / "index", state.embedder)
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     settings_ = Settings(
         auth_disabled=False,
         generator=str(tiny_llama),
@@ -44,21 +25,8 @@ def _serve(tiny_llama: Path, tmp: Path) -> str:
         api_keys=[ApiKey(name="a", key=KEY, scopes=["admin"])],  # type: ignore[arg-type,list-item]
         limits=Limits(max_new_tokens=8, rate_limit_per_minute=0),
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings_, loader=loader), host="127.0.0.1", port=port, log_level="error"
-        )
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server did not start")
+    app = create_app(settings_, loader=tiny_loader(tiny_llama, tmp, adapters=tmp / "adapters"))
+    return serve_on_loopback(app)[0]
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from retriever.engine import Retriever
-from service.app import AppState, create_app
+from service.app import create_app
 from service.settings import Settings
-from tests.fakes import FakeEmbedder
-from tuner.models import load_generator
+from tests.helpers import tiny_loader
 
 
 def make_lora(base: Path, out: Path, seed: int) -> Path:
@@ -41,18 +39,10 @@ def client(tiny_llama: Path, tmp_path: Path):
     (data / "adapters" / "pickled" / "adapter_config.json").write_text("{}")
     (data / "adapters" / "pickled" / "adapter_model.bin").write_bytes(b"not loaded")
 
-    def loader(state: AppState) -> None:
-        from service.adapters import AdapterSet
-        from service.engine import Engine
-
-        state.embedder = FakeEmbedder()
-        state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
-        state.adapters = AdapterSet(state.generator, data / "adapters")
-        state.engine = Engine(state.generator, metrics=state.metrics, adapters=state.adapters)
-        state.retriever = Retriever(tmp_path / "index", state.embedder)
-
     settings = Settings(data_dir=data, generator=str(tiny_llama))
-    with TestClient(create_app(settings, loader=loader)) as c:
+    with TestClient(
+        create_app(settings, loader=tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters"))
+    ) as c:
         yield c
 
 

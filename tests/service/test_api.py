@@ -7,23 +7,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from retriever.engine import Retriever
-from service.app import AppState, create_app
-from service.engine import Engine
+from service.app import create_app
 from service.settings import Settings
-from tests.fakes import FakeEmbedder
-from tuner.models import load_generator
+from tests.helpers import tiny_loader
 
 
 @pytest.fixture
 def client(tiny_llama: Path, tmp_path: Path):
-    def loader(state: AppState) -> None:
-        state.embedder = FakeEmbedder()
-        state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
-        state.engine = Engine(state.generator, metrics=state.metrics)
-        state.retriever = Retriever(tmp_path / "index", state.embedder)
-
-    with TestClient(create_app(Settings(), loader=loader), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(Settings(), loader=tiny_loader(tiny_llama, tmp_path)),
+        raise_server_exceptions=False,
+    ) as c:
         yield c
 
 

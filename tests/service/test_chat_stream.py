@@ -4,21 +4,14 @@ a real uvicorn server on a free loopback port."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from retriever.engine import Retriever
-from service.app import AppState, create_app
-from service.engine import Engine
+from service.app import create_app
 from service.settings import ApiKey, Settings
-from tests.fakes import FakeEmbedder
-from tuner.models import load_generator
+from tests.helpers import serve_on_loopback, tiny_loader
 
 KEY = "chat-test-key-0123456789"
 
@@ -27,33 +20,12 @@ KEY = "chat-test-key-0123456789"
 def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("srv")
 
-    def loader(state: AppState) -> None:
-        state.embedder = FakeEmbedder()
-        state.generator = load_generator(str(tiny_llama), cache_dir=tmp / "m")
-        state.engine = Engine(state.generator, metrics=state.metrics)
-        state.retriever = Retriever(tmp / "index", state.embedder)
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     settings = Settings(
         auth_disabled=False,
         generator=str(tiny_llama),
-        port=port,
-        api_keys=[ApiKey(name="t", key=KEY, scopes=["write"])],
-    )  # type: ignore[arg-type,list-item]
-    app = create_app(settings, loader=loader)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+        api_keys=[ApiKey(name="t", key=KEY, scopes=["write"])],  # type: ignore[arg-type,list-item]
+    )
+    base, srv = serve_on_loopback(create_app(settings, loader=tiny_loader(tiny_llama, tmp)))
     headers = {"Authorization": f"Bearer {KEY}"}
     httpx.post(
         f"{base}/v1/documents",
@@ -61,8 +33,7 @@ def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
         json={"id": "apt", "text": "to install a package on debian use apt install"},
     )
     yield base, str(tiny_llama)
-    srv.should_exit = True
-    thread.join(10)
+    srv.should_exit = True  # type: ignore[attr-defined]
 
 
 def test_query_streams_tokens_then_citations(server) -> None:
