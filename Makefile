@@ -47,6 +47,7 @@ bench: setup
 	$(PIP) install --quiet -e '.[bench]'
 	$(PY) benchmarks/model_load.py
 	$(PY) benchmarks/retriever_bench.py
+	$(PY) benchmarks/serve_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
