@@ -23,6 +23,16 @@ def _ragtune() -> str:
     return str(Path(sys.executable).parent / "ragtune")
 
 
+def _ask(base: str) -> dict:
+    body = {
+        "question": "How do I install a package on Debian?",
+        "mode": "rag",
+        "k": 3,
+        "max_new_tokens": 8,
+    }
+    return httpx.post(f"{base}/v1/query", timeout=60, json=body).json()  # type: ignore[no-any-return]
+
+
 @pytest.mark.slow
 def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> None:
     port = _free_port()
@@ -62,28 +72,10 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
             "metadata": {"source": "notes"},
         }
         assert httpx.post(f"{base}/v1/documents", json=doc, timeout=30).status_code == 201
-        answer = httpx.post(
-            f"{base}/v1/query",
-            timeout=60,
-            json={
-                "question": "How do I install a package on Debian?",
-                "mode": "rag",
-                "k": 3,
-                "max_new_tokens": 8,
-            },
-        ).json()
+        answer = _ask(base)
         assert answer["citations"][0]["doc_id"] == "apt-basics"
         assert httpx.delete(f"{base}/v1/documents/apt-basics", timeout=30).status_code == 200
-        again = httpx.post(
-            f"{base}/v1/query",
-            timeout=60,
-            json={
-                "question": "How do I install a package on Debian?",
-                "mode": "rag",
-                "k": 3,
-                "max_new_tokens": 4,
-            },
-        ).json()
+        again = _ask(base)
         assert all(c["doc_id"] != "apt-basics" for c in again["citations"])
         after = httpx.post(
             f"{base}/v1/search", timeout=30, json={"query": "install a package", "mode": "hybrid"}
