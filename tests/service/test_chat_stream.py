@@ -32,12 +32,12 @@ def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
         headers=headers,
         json={"id": "apt", "text": "to install a package on debian use apt install"},
     )
-    yield base, str(tiny_llama)
+    yield base, str(tiny_llama), srv
     srv.should_exit = True  # type: ignore[attr-defined]
 
 
 def test_query_streams_tokens_then_citations(server) -> None:
-    base, _ = server
+    base = server[0]
     events = []
     with httpx.stream(
         "POST",
@@ -63,7 +63,7 @@ def test_query_streams_tokens_then_citations(server) -> None:
 def test_openai_client_chat_plain_and_streamed(server) -> None:
     from openai import OpenAI
 
-    base, model = server
+    base, model = server[0], server[1]
     client = OpenAI(base_url=f"{base}/v1", api_key=KEY)
     assert [m.id for m in client.models.list().data] == [model]
     out = client.chat.completions.create(
@@ -98,7 +98,7 @@ def test_openai_client_chat_plain_and_streamed(server) -> None:
 def test_openai_client_errors(server) -> None:
     import openai
 
-    base, model = server
+    base, model = server[0], server[1]
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
@@ -112,7 +112,7 @@ def test_cli_ask_against_the_running_server(server) -> None:
 
     from service.cli import main
 
-    base, _ = server
+    base = server[0]
     out = CliRunner().invoke(
         main,
         [
@@ -130,3 +130,36 @@ def test_cli_ask_against_the_running_server(server) -> None:
     assert "[1] apt [" in out.stdout
     denied = CliRunner().invoke(main, ["ask", "x", "--server", base, "--api-key", "nope"])
     assert denied.exit_code == 1 and "server answered 401" in denied.output
+
+
+def test_a_client_that_disconnects_mid_stream_cancels_its_job(server) -> None:
+    base, _, srv = server
+    engine = srv.config.app.state.ragtune.engine
+    submitted = []
+    original = engine.submit
+
+    def spy(*args: object, **kwargs: object):
+        job = original(*args, **kwargs)
+        submitted.append(job)
+        return job
+
+    engine.submit = spy
+    try:
+        with httpx.stream(
+            "POST",
+            f"{base}/v1/query",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={
+                "question": "tell me everything",
+                "mode": "base",
+                "stream": True,
+                "max_new_tokens": 512,
+            },
+            timeout=60,
+        ) as r:
+            next(r.iter_lines())  # the first event arrived; now hang up
+    finally:
+        engine.submit = original
+    job = submitted[0]
+    assert job.done.wait(30)
+    assert job.finish_reason == "cancelled" and len(job.tokens) < 512
