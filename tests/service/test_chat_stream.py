@@ -98,7 +98,7 @@ def test_openai_client_chat_plain_and_streamed(server) -> None:
 def test_openai_client_errors(server) -> None:
     import openai
 
-    base, model = server[0], server[1]
+    base = server[0]
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
