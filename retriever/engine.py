@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,12 +26,11 @@ from retriever.chunking import Chunk, split
 from retriever.config import MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from retriever.locks import FolderLock, RWLock
-from retriever.sparse import LiveSparse
+from retriever.sparse import CJK, LiveSparse
 from retriever.store import DocumentRow, NewChunk, Store, now
 
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
 class EmbedderLike(Protocol):
@@ -235,7 +233,12 @@ class Retriever:
         spaces = [(self.embedder, self.space)]
         if self._shadow is not None:
             spaces.append(self._shadow)
-        texts = {_hash(c.text): c.text for p in plans for c in p.pieces}
+        hashes = [[_hash(c.text) for c in p.pieces] for p in plans]
+        texts = {
+            h: c.text
+            for p, hs in zip(plans, hashes, strict=True)
+            for c, h in zip(p.pieces, hs, strict=True)
+        }
         vectors: dict[str, dict[str, np.ndarray]] = {}
         for embedder, space in spaces:
             known = self.store.vectors_by_hash(space, list(texts))
@@ -244,12 +247,12 @@ class Retriever:
                 fresh = embedder.encode([texts[h] for h in todo])  # (len(todo), dim)
                 known.update(zip(todo, fresh, strict=True))
             vectors[space] = known
-        for p in plans:
+        for p, hs in zip(plans, hashes, strict=True):
             p.chunks = [
                 NewChunk(
                     c.ordinal, c.start, c.end, c.text, h, {s: v[h] for s, v in vectors.items()}
                 )
-                for c, h in ((c, _hash(c.text)) for c in p.pieces)
+                for c, h in zip(p.pieces, hs, strict=True)
             ]
 
     def delete(self, doc_ids: Sequence[str]) -> None:
@@ -346,8 +349,7 @@ class Retriever:
         else:
             depth = k
         with self._lock.read():
-            embedder = self.embedder
-            qvec = embedder.encode([query])[0] if mode != "sparse" else None  # (dim,)
+            qvec = self.embedder.encode([query])[0] if mode != "sparse" else None  # (dim,)
             dense = self._index.search(qvec, depth) if qvec is not None else []
             sparse = self._sparse_search(query, depth) if mode != "dense" else []
             ranked = (
@@ -378,7 +380,7 @@ class Retriever:
         """The dense share for ``query``: lower when it is written in a script (CJK) that an
         English-only embedder was not trained on."""
         languages = getattr(self.embedder, "languages", None)
-        if languages is not None and "zh" not in languages and _CJK.search(query):
+        if languages is not None and "zh" not in languages and CJK.search(query):
             return self.config.foreign_dense_weight
         return self.config.dense_weight
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 _WORD = re.compile(r"[0-9a-z_]+(?:[.\-][0-9a-z_]+)*")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 
 
 @lru_cache(maxsize=1)
@@ -41,7 +41,7 @@ def tokenize(text: str) -> list[str]:
     text = text.lower()
     stop = _stopwords()
     tokens = _stemmer().stemWords([w for w in _WORD.findall(text) if w not in stop])
-    for run in _CJK.findall(text):
+    for run in CJK.findall(text):
         tokens += [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
     return tokens
 

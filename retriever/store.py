@@ -101,8 +101,7 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages
         self._db.execute("PRAGMA mmap_size=268435456")
-        self._check_schema()
-        self._db.executescript(SCHEMA)
+        self._check_schema()  # creates the schema in a new file
         self._lock = threading.RLock()
         self._last_seq: int | None = None
 

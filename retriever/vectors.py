@@ -134,13 +134,12 @@ class HNSWIndex:
         self,
         dim: int,
         index: faiss.Index | None = None,
-        tombstones: set[int] | None = None,
         m: int = 32,
     ) -> None:
         self.dim = dim
         self.m = m
         self._index = index if index is not None else self._empty()
-        self._tombstones: set[int] = tombstones or set()
+        self._tombstones: set[int] = set()
 
     def _empty(self) -> faiss.Index:
         hnsw = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
