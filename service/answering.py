@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 
 from service.errors import ServiceError
-from service.prompting import SYSTEM, rag_messages
+from service.prompting import rag_messages
 
 
 def hit_dict(h: Any, with_metadata: bool = True) -> dict[str, Any]:
@@ -80,6 +80,3 @@ def grounded_chat(messages: list[dict[str, str]], hits: list[Any]) -> list[dict[
             "content": "\n\n".join(m["content"] for m in own_system) + "\n\n" + grounded["content"],
         }
     return [grounded, *rest]
-
-
-__all__ = ["SYSTEM", "grounded_chat", "hit_dict", "pick_adapter", "retrieve"]

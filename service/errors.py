@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException
 
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from service.adapters import AdapterNotFound
-from service.limits import BodyTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,6 @@ DOMAIN: dict[type[Exception], tuple[int, str]] = {
 }
 
 
-def request_limit(app: FastAPI) -> int:
-    return int(app.state.ragtune.settings.limits.max_body_bytes)
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
@@ -62,11 +57,6 @@ def install(app: FastAPI) -> None:
             return error(status, code, str(exc))
 
         app.add_exception_handler(exc_type, _domain)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        limit = request_limit(app)
-        return error(413, "body_too_large", f"request body over {limit} bytes")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

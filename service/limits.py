@@ -1,13 +1,15 @@
-"""Request body limit as pure ASGI middleware: 413 before the body is read past the limit."""
+"""Request body limit as pure ASGI middleware: a 413 before the app sees a body over the limit.
+
+A declared ``Content-Length`` over the limit is refused at once. A body sent without one
+(chunked) is read here, up to the limit, and handed on to the app only when it fits; the app's
+own body parsing never has to recognise an oversized body.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-
-class BodyTooLarge(Exception):
-    pass
+from service.errors import error
 
 
 class BodyLimit:
@@ -20,50 +22,31 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._reject(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)  # the server holds the body to its length
             return
+        buffered: list[dict] = []
         seen = 0
-        started = False
-
-        async def counting_receive() -> dict:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
+            buffered.append(message)
+            if message["type"] != "http.request":
+                break  # the client went away; the app will see it
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
 
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay() -> dict:
+            return buffered.pop(0) if buffered else await receive()
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, replay, send)
 
-    async def _reject(self, send: Any) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "body_too_large",
-                    "message": f"request body over {self.max_bytes} bytes",
-                    "details": None,
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: dict, receive: Any, send: Any) -> None:
+        message = f"request body over {self.max_bytes} bytes"
+        await error(413, "body_too_large", message)(scope, receive, send)

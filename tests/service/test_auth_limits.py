@@ -85,6 +85,12 @@ def test_request_limits(make_client) -> None:
     w = _h("write")
     big = client.post("/v1/documents", json={"text": "x" * 5000}, headers=w)
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    chunked = client.post(
+        "/v1/documents",
+        content=(b"x" * 1000 for _ in range(5)),
+        headers={**w, "content-type": "application/json"},
+    )  # no length given
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
     batch = {"documents": [{"text": "a"}, {"text": "b"}, {"text": "c"}]}
     assert client.post("/v1/documents", json=batch, headers=w).status_code == 422
     for body, code in [
