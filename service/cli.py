@@ -291,12 +291,19 @@ def ingest(paths: tuple[Path, ...], batch: int) -> None:
                 else:
                     docs.append(item)
             for i in range(0, len(docs), batch):
-                for doc in docs[i : i + batch]:
-                    try:
-                        counts[retriever.upsert(doc).status] += 1
-                    except InvalidDocument as exc:
-                        counts["failed"] += 1
-                        failures.append(f"{path} ({doc.id}): {exc}")
+                chunk = docs[i : i + batch]
+                try:  # one transaction and one batched embedding call per batch
+                    results = retriever.upsert_many(chunk)
+                except InvalidDocument:  # the batch wrote nothing: find the bad ones one by one
+                    results = []
+                    for doc in chunk:
+                        try:
+                            results.append(retriever.upsert(doc))
+                        except InvalidDocument as exc:
+                            counts["failed"] += 1
+                            failures.append(f"{path} ({doc.id}): {exc}")
+                for result in results:
+                    counts[result.status] += 1
     finally:
         retriever.close()
     for line in failures[:20]:

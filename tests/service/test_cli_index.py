@@ -85,3 +85,13 @@ def test_ask_in_process_cites_the_ingested_passage(
     assert out.exit_code == 0, out.output
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and lines[1].strip().startswith("[1] apt.md [")
+
+
+def test_ingest_adds_the_good_documents_of_a_batch_with_a_bad_one(tmp_path: Path) -> None:
+    f = tmp_path / "mixed.jsonl"
+    f.write_text(
+        '{"id": "a", "text": "alpha"}\n{"id": "b", "text": "   "}\n{"id": "c", "text": "gamma"}\n'
+    )
+    out = CliRunner().invoke(main, ["ingest", str(f)])
+    assert "added=2 updated=0 unchanged=0 failed=1" in out.stdout
+    assert "(b): document text is empty" in out.stderr
