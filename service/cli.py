@@ -351,8 +351,6 @@ def search(query: str, k: int, mode: str, as_json: bool) -> None:
 @click.option("--rollback", is_flag=True, help="Switch back to the previous embedder.")
 def reindex(embedder: str | None, rollback: bool) -> None:
     """Re-embed the index with another embedder, then switch to it atomically."""
-    import json as _json
-
     from tqdm import tqdm
 
     from retriever.embedder import load_embedder
@@ -378,7 +376,7 @@ def reindex(embedder: str | None, rollback: bool) -> None:
             if not previous:
                 retriever.close()
                 raise click.ClickException("no previous embedder to roll back to")
-            target = str(_json.loads(previous)["name"])
+            target = str(json.loads(previous)["name"])
         else:
             target = embedder or settings.embedder
         new = load_embedder(target, offline=settings.offline)
