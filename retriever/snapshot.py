@@ -96,8 +96,4 @@ def _replay(index: FlatIndex | HNSWIndex, store: Store, space: str, after: int) 
 
 def _consistent(index: FlatIndex | HNSWIndex, store: Store) -> bool:
     live = store.live_ids()
-    if len(index) != len(live):
-        return False
-    if isinstance(index, FlatIndex):
-        return bool(np.array_equal(np.sort(index.ids()), live))
-    return True
+    return len(index) == len(live) and bool(np.array_equal(np.sort(index.ids()), live))

@@ -159,8 +159,7 @@ class HNSWIndex:
             self._rebuild()
 
     def _rebuild(self) -> None:
-        all_ids = self.ids()
-        live = np.array([i for i in all_ids if int(i) not in self._tombstones], dtype=np.int64)
+        live = self.ids()
         vectors = np.vstack([self._index.reconstruct(int(i)) for i in live]) if len(live) else None
         self._index = self._empty()
         self._tombstones = set()
@@ -181,7 +180,9 @@ class HNSWIndex:
         return hits[:k]
 
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+        """Live ids: the graph's id map without tombstones (as ``FlatIndex.ids``)."""
+        held = faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+        return np.array([i for i in held if int(i) not in self._tombstones], dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self._index.ntotal) - len(self._tombstones)

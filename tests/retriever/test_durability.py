@@ -44,8 +44,7 @@ def test_snapshot_plus_change_log_restores_after_a_crash(tmp_path: Path, kind: s
         h.doc_id != "d3" for h in again.search("token3", k=20, mode="dense")
     )
     assert again.search("tokennew", k=1, mode="dense")[0].doc_id == "new"
-    if kind == "flat":
-        _consistent(again)
+    _consistent(again)
 
 
 def test_a_corrupt_snapshot_is_rebuilt_from_sqlite(tmp_path: Path) -> None:

@@ -80,3 +80,10 @@ def test_flat_compacts_tombstones_in_one_pass() -> None:
     assert index._index.ntotal == len(index) == 600 - FlatIndex.compact_at
     assert index.search(vecs[400], 1)[0][0] == 410
     assert sorted(index.ids().tolist()) == [i for i in range(10, 610) if i >= 10 + 255 and i != 600]
+
+
+def test_ids_never_include_removed_ones(kind: str) -> None:
+    index = make_index(kind, DIM)
+    index.add(np.arange(5, dtype=np.int64), _unit(np.random.default_rng(4), 5))
+    index.remove(np.array([1, 3], dtype=np.int64))
+    assert sorted(index.ids().tolist()) == [0, 2, 4] and len(index) == 3
