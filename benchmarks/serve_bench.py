@@ -64,6 +64,17 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not become ready")
 
 
+def batch_counts(url: str) -> tuple[float, float]:
+    """(requests decoded, batches) so far, from the server's batch-size histogram."""
+    total = count = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("ragtune_generation_batch_size_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("ragtune_generation_batch_size_count"):
+            count = float(line.split()[-1])
+    return total, count
+
+
 def run_clients(url: str, clients: int, per_client: int, max_new: int) -> dict:
     latencies: list[float] = []
     tokens = [0]
@@ -84,12 +95,14 @@ def run_clients(url: str, clients: int, per_client: int, max_new: int) -> dict:
                     tokens[0] += r.json()["usage"]["completion_tokens"]
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    decoded, batches = batch_counts(url)
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    decoded_after, batches_after = batch_counts(url)
     lat = sorted(latencies)
     return {
         "clients": clients,
@@ -100,6 +113,7 @@ def run_clients(url: str, clients: int, per_client: int, max_new: int) -> dict:
         "tokens_per_s": tokens[0] / wall,
         "p50_s": lat[len(lat) // 2],
         "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+        "mean_batch": (decoded_after - decoded) / max(1.0, batches_after - batches),
     }
 
 
@@ -164,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an already running server (else one is started)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=16, help="answers per concurrency level")
+    parser.add_argument("--requests", type=int, default=32, help="answers per concurrency level")
     parser.add_argument("--pairs", type=int, default=6, help="single-stream vs raw pairs")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "serve_bench.json"
@@ -200,11 +214,14 @@ def main() -> None:
             "single_stream_vs_raw_generate": baseline["tokens_per_s"] / single,
         },
     }
-    print(f"\n{'clients':>8} {'answers/s':>10} {'tokens/s':>10} {'p50 s':>8} {'p95 s':>8}")
+    print(
+        f"\n{'clients':>8} {'answers/s':>10} {'tokens/s':>10} {'p50 s':>8} {'p95 s':>8}"
+        f" {'batch':>6}"
+    )
     for lv in levels:
         print(
             f"{lv['clients']:>8} {lv['answers_per_s']:10.2f} {lv['tokens_per_s']:10.1f} "
-            f"{lv['p50_s']:8.2f} {lv['p95_s']:8.2f}"
+            f"{lv['p50_s']:8.2f} {lv['p95_s']:8.2f} {lv.get('mean_batch', 1.0):6.1f}"
         )
     print(
         f"{'naive':>8} {baseline['answers_per_s']:10.2f} {baseline['tokens_per_s']:10.1f} "

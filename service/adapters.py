@@ -32,6 +32,28 @@ class AdapterSet:
         self.registry = registry
         self.lock = threading.RLock()  # held by the engine for a whole batch
         self._loaded: dict[str, Path] = {}
+        self._waiting = 0  # loads/unloads waiting for the lock: the engine stops taking joins
+        self._count = threading.Lock()
+        self.generation = 0  # bumped on every load and unload: cached keys/values go stale
+
+    @property
+    def change_waiting(self) -> bool:
+        """True while a load or unload waits for the running batch to drain."""
+        return self._waiting > 0
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        with self._count:
+            self._waiting += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._count:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def folder(self, name: str) -> Path:
         if not NAME.match(name):
@@ -59,7 +81,7 @@ class AdapterSet:
         from peft import PeftModel
 
         path = self.folder(name)
-        with self.lock:
+        with self._changing():
             if name in self._loaded:
                 return
             model = self.generator.model
@@ -71,14 +93,16 @@ class AdapterSet:
                 )
             self.generator.model.eval()
             self._loaded[name] = path
+            self.generation += 1
             log.info("adapter %s loaded from %s", name, path)
 
     def unload(self, name: str) -> None:
-        with self.lock:
+        with self._changing():
             if name not in self._loaded:
                 raise AdapterNotFound(name, "not loaded")
             self.generator.model.delete_adapter(name)
             del self._loaded[name]
+            self.generation += 1
 
     @contextmanager
     def active(self, name: str | None) -> Iterator[None]:

@@ -28,6 +28,12 @@ class Metrics:
         self.queue = Gauge(
             "ragtune_generation_queue_depth", "requests waiting to generate", registry=r
         )
+        self.batch_size = Histogram(
+            "ragtune_generation_batch_size",
+            "requests decoded together in one batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.adapters = Gauge(
             "ragtune_active_adapters", "adapters loaded on the generator", registry=r
         )

@@ -100,3 +100,145 @@ def test_bad_budget_is_refused(engine: Engine) -> None:
     with pytest.raises(ValueError):
         engine.submit(_msgs("x"), 0)
     assert torch.get_num_threads() >= 1
+
+
+def test_column_major_layout_keeps_values_ties_and_outputs(tiny_llama: Path, tmp_path: Path):
+    from service.engine import prefer_column_major
+
+    gen = load_generator(str(tiny_llama), cache_dir=tmp_path)
+    model = gen.model
+    ids = torch.tensor([gen.tokenizer(PROMPTS[0])["input_ids"]])
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    moved = prefer_column_major(model)
+    assert moved > 0
+    for name, p in model.named_parameters():
+        assert torch.equal(p, weights[name]), name
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.t().is_contiguous() for m in linears)
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    with torch.inference_mode():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert prefer_column_major(model) == 0  # already laid out: nothing moves twice
+
+
+def test_requests_join_a_running_batch_and_leave_it_with_the_same_text(gen, engine: Engine) -> None:
+    """Continuous batching: B and C arrive while A decodes, board at the next step (their
+    prompts are shorter, so the merged cache is left-padded), finish first, and every text is
+    what the request alone would have given."""
+    long_q, short_qs = PROMPTS[0], PROMPTS[1:3]
+    expected_a = complete(gen, _msgs(long_q), 120).text
+    expected_short = [complete(gen, _msgs(q), 6).text for q in short_qs]
+    a = engine.submit(_msgs(long_q), 120)
+    while len(a.tokens) < 3:
+        assert not a.done.wait(0.001), "A finished before anything could join it"
+    late = [engine.submit(_msgs(q), 6) for q in short_qs]
+    got_short = [j.wait(60).text.strip() for j in late]
+    assert not a.done.is_set(), "the late requests waited for A's batch instead of joining it"
+    assert got_short == expected_short
+    assert a.wait(60).text.strip() == expected_a and a.finish_reason == "length"
+
+
+def test_rows_of_different_budgets_leave_as_they_finish(gen, engine: Engine) -> None:
+    budgets = [2, 9, 4, 15, 1]
+    qs = [PROMPTS[i % len(PROMPTS)] for i in range(len(budgets))]
+    expected = [complete(gen, _msgs(q), n).text for q, n in zip(qs, budgets, strict=True)]
+    jobs = [engine.submit(_msgs(q), n) for q, n in zip(qs, budgets, strict=True)]
+    assert [j.wait(60).text.strip() for j in jobs] == expected
+    assert [len(j.tokens) for j in jobs] == budgets
+
+
+SYSTEM = "you are the assistant of the system and the user asks about the file and the package"
+
+
+def test_a_shared_prompt_head_is_prefilled_once_and_texts_do_not_change(gen, engine: Engine):
+    def msgs(q: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+
+    expected = [complete(gen, msgs(q), 10).text for q in PROMPTS]
+    first = engine.submit(msgs(PROMPTS[0]), 10).wait(60)
+    assert engine.prefixes.hits == 0
+    rest = [engine.submit(msgs(q), 10) for q in PROMPTS[1:]]  # one batch, all on the cached head
+    assert [first.text.strip()] + [j.wait(60).text.strip() for j in rest] == expected
+    assert engine.prefixes.hits >= 1
+    head = len(engine.encode_chat([{"role": "system", "content": SYSTEM}]))
+    assert engine.prefixes.reused_tokens >= head * len(rest)
+
+
+def test_prefix_entries_are_per_adapter_generation() -> None:
+    from service.engine import PrefixCache
+
+    built = []
+
+    class Layer:
+        def __init__(self, n: int) -> None:
+            self.keys = torch.arange(n, dtype=torch.float).reshape(1, 1, n, 1)
+            self.values = self.keys * 2
+
+    class Cache:
+        def __init__(self, n: int) -> None:
+            self.layers = [Layer(n)]
+            built.append(self)
+
+    Layer.__name__ = "DynamicLayer"
+    prefixes = PrefixCache(min_tokens=3)
+    prompt = list(range(10))
+    prefixes.store(("a", 1), prompt, Cache(10), torch.ones(10, dtype=torch.long))
+    n, cache = prefixes.lookup(("a", 1), [prompt[:6] + [99], prompt[:8]], rows=2)
+    assert n == 6 and cache.layers[0].keys.shape == (2, 1, 6, 1)
+    assert torch.equal(cache.layers[0].values[1, 0, :, 0], torch.arange(6.0) * 2)
+    assert prefixes.lookup(("a", 2), [prompt], rows=1) == (0, None)  # reloaded: stale
+    assert prefixes.lookup(("b", 1), [prompt], rows=1) == (0, None)  # another adapter
+    assert prefixes.lookup(("a", 1), [[0, 1, 7, 7]], rows=1) == (0, None)  # too short a match
+    n, _ = prefixes.lookup(("a", 1), [prompt], rows=1)
+    assert n == 9  # the last token always runs, for its logits
+
+
+def test_slack_cache_layers_hold_what_concatenation_would() -> None:
+    from transformers import DynamicCache
+
+    from service.engine import _layers, _with_slack
+
+    torch.manual_seed(0)
+    plain, slack = DynamicCache(), DynamicCache()
+    first = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    plain.update(*first, 0)
+    slack.update(*first, 0)
+    _with_slack(slack)
+    for step in range(100):  # past the first buffer's spare room
+        kv = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        want, got = plain.update(*kv, 0), slack.update(*kv, 0)
+        assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1]), step
+    layer = _layers(slack)[0]
+    layer.keys, layer.values = layer.keys[[1]], layer.values[[1]]  # a row left: a new buffer
+    kv = torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4)
+    keys, _ = slack.update(*kv, 0)
+    assert torch.equal(keys, torch.cat([plain.layers[0].keys[[1]], kv[0]], dim=-2))
+    assert slack.get_seq_length() == 106
+
+
+def test_prefix_cache_keeps_a_few_heads_per_adapter_and_picks_the_longest() -> None:
+    from service.engine import PrefixCache
+
+    class Layer:
+        def __init__(self, n: int) -> None:
+            self.keys = torch.arange(n, dtype=torch.float).reshape(1, 1, n, 1)
+            self.values = self.keys.clone()
+
+    class Cache:
+        def __init__(self, n: int) -> None:
+            self.layers = [Layer(n)]
+
+    Layer.__name__ = "DynamicLayer"
+    prefixes = PrefixCache(min_tokens=3, per_key=2)
+    ones = torch.ones(12, dtype=torch.long)
+    a, b, c = list(range(12)), list(range(5)) + [50] * 7, [70] * 12
+    prefixes.store("k", a, Cache(12), ones)
+    prefixes.store("k", b, Cache(12), ones)  # shares 5 tokens with a; both kept
+    assert prefixes.lookup("k", [a[:10] + [1]], rows=1)[0] == 10  # a, the longer match
+    prefixes.store("k", c, Cache(12), ones)  # b, the least recently used, goes
+    assert prefixes.lookup("k", [b], rows=1)[0] == 5  # still served by a
+    assert prefixes.lookup("k", [c], rows=1)[0] == 11
