@@ -4,6 +4,7 @@ strings, token budgets and cancellation."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,34 @@ def test_prefix_cache_keeps_a_few_heads_per_adapter_and_picks_the_longest() -> N
     prefixes.store("k", c, Cache(12), ones)  # b, the least recently used, goes
     assert prefixes.lookup("k", [b], rows=1)[0] == 5  # still served by a
     assert prefixes.lookup("k", [c], rows=1)[0] == 11
+
+
+def test_a_request_for_another_adapter_closes_the_running_batch_to_joins(gen) -> None:
+    """No starvation: once a request for another adapter waits, later requests for the running
+    adapter stop boarding; the waiting one goes as soon as the batch drains, then the rest."""
+    import contextlib
+
+    class Adapters:  # the scheduling side of AdapterSet; "x" runs on the base weights here
+        change_waiting = False
+        generation = 0
+
+        def loaded(self) -> list[str]:
+            return ["x"]
+
+        def active(self, name: str | None) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
+
+    engine = Engine(gen, max_batch=8, adapters=Adapters())
+    try:
+        a = engine.submit(_msgs(PROMPTS[0]), 150)
+        while len(a.tokens) < 3:
+            assert not a.done.wait(0.001)
+        x = engine.submit(_msgs(PROMPTS[1]), 4, adapter="x")
+        while engine.queue_depth():  # the engine has seen x and holds it back
+            time.sleep(0.001)
+        b = engine.submit(_msgs(PROMPTS[2]), 4)
+        b.wait(60)
+        assert a.done.is_set() and len(a.tokens) == 150  # b did not board a's batch
+        assert x.done.is_set() and x.finish_reason == "length"  # x went before b
+    finally:
+        engine.close()
