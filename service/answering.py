@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 
 from service.errors import ServiceError
-from service.prompting import rag_messages
+from tuner.prompts import rag_messages
 
 
 def hit_dict(h: Any, with_metadata: bool = True) -> dict[str, Any]:

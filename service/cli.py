@@ -136,7 +136,7 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
     from retriever.sources import ModelNotAvailable
     from service.engine import Engine
     from service.models import generator_from_settings
-    from service.prompting import base_messages, rag_messages
+    from tuner.prompts import base_messages, rag_messages
     from service.runtime import configure_logging, configure_torch
 
     settings = _settings()

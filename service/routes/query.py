@@ -14,7 +14,7 @@ from service.answering import hit_dict, pick_adapter, retrieve
 from service.auth import Reader
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
-from service.prompting import base_messages, rag_messages
+from tuner.prompts import base_messages, rag_messages
 from service.streaming import deltas, sse, wait
 
 router = APIRouter(prefix="/v1", tags=["query"])

@@ -1,0 +1,199 @@
+"""Tuning recipes: what to train (method, data) and how (hyperparameters), as dataclasses.
+
+A recipe is YAML under ``configs/`` (or a dict from the jobs API), read by ``load_recipe`` with
+optional ``a.b=value`` overrides. Every field has a default and a help note; ``__post_init__``
+raises ``ValueError`` naming the field and the bad value. Knows nothing of models or data files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning", "full", "qlora")
+FORMATS = ("auto", "alpaca", "chat", "prompt_completion")
+TEMPLATES = ("chat", "qa", "summarization", "translation", "classification")
+SYNTHETIC_KINDS = ("qa", "raft", "closed_book")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+def _check(ok: bool, name: str, value: Any, want: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: {want}, got {value!r}")
+
+
+@dataclass
+class Hyperparameters:
+    learning_rate: float = 2e-4  # peak learning rate
+    batch_size: int = 4  # examples per step per process
+    grad_accum: int = 1  # steps accumulated per optimizer update
+    epochs: float = 1.0  # passes over the training split (ignored when max_steps is set)
+    max_steps: int | None = None  # optimizer updates in all; overrides epochs
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0  # share of the updates spent warming up linearly
+    scheduler: str = "linear"  # linear | cosine | constant (after warmup)
+    rank: int = 8  # LoRA/DoRA rank
+    alpha: int = 16  # LoRA/DoRA alpha
+    dropout: float = 0.05  # LoRA/DoRA dropout
+    target_modules: list[str] | str | None = None  # None: the method's default for the model
+    num_virtual_tokens: int = 16  # prefix/prompt/p-tuning
+    max_length: int = 512  # tokens per example; longer ones are refused at validation
+    seed: int = 42
+    val_fraction: float = 0.1  # share of examples held out for validation loss
+    test_fraction: float = 0.0  # share held out for a test split (written, never trained on)
+    eval_every: int = 20  # optimizer updates between validation passes
+    early_stopping_patience: int | None = None  # validation passes without improvement
+    checkpoint_every: int = 20  # optimizer updates between resumable checkpoints
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        for name in ("batch_size", "grad_accum", "rank", "alpha", "num_virtual_tokens"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
+        _check(self.epochs > 0, "epochs", self.epochs, "must be > 0")
+        _check(
+            self.max_steps is None or self.max_steps >= 1,
+            "max_steps",
+            self.max_steps,
+            "must be >= 1",
+        )
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        _check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        _check(self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"one of {SCHEDULERS}")
+        _check(self.max_length >= 8, "max_length", self.max_length, "must be >= 8")
+        _check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
+        _check(
+            0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+            "test_fraction",
+            self.test_fraction,
+            "must be in [0, 1) and leave examples to train on",
+        )
+        _check(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+            "early_stopping_patience",
+            self.early_stopping_patience,
+            "must be >= 1",
+        )
+
+
+@dataclass
+class SyntheticSpec:
+    """Training data made from the live index instead of a file."""
+
+    kind: str = "raft"  # qa (question -> answer, closed book) | raft (with passages) | closed_book
+    generator: str = "extractive"  # extractive | model (the generator writes the questions)
+    max_examples: int = 500
+    distractors: int = 3  # raft: retrieved passages that do not hold the answer
+    p_gold: float = 0.8  # raft: share of examples whose prompt holds the gold passage
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(
+            self.kind in SYNTHETIC_KINDS, "synthetic.kind", self.kind, f"one of {SYNTHETIC_KINDS}"
+        )
+        _check(
+            self.generator in ("extractive", "model"),
+            "synthetic.generator",
+            self.generator,
+            "extractive or model",
+        )
+        _check(self.max_examples >= 1, "synthetic.max_examples", self.max_examples, "must be >= 1")
+        _check(self.distractors >= 0, "synthetic.distractors", self.distractors, "must be >= 0")
+        _check(0 <= self.p_gold <= 1, "synthetic.p_gold", self.p_gold, "must be in [0, 1]")
+
+
+@dataclass
+class DataSpec:
+    """One training dataset: a JSONL file (a path, or an uploaded file id) or synthetic data."""
+
+    path: str | None = None
+    file_id: str | None = None  # a file uploaded with POST /v1/files
+    format: str = "auto"  # auto | alpaca | chat | prompt_completion
+    template: str = "chat"  # chat | qa | summarization | translation | classification
+    weight: float = 1.0  # share in a multi-task mix, relative to the other datasets
+    synthetic: SyntheticSpec | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.synthetic, dict):
+            self.synthetic = SyntheticSpec(**self.synthetic)
+        given = [x for x in (self.path, self.file_id, self.synthetic) if x is not None]
+        _check(len(given) == 1, "dataset", self, "needs exactly one of path, file_id, synthetic")
+        _check(self.format in FORMATS, "dataset.format", self.format, f"one of {FORMATS}")
+        _check(self.template in TEMPLATES, "dataset.template", self.template, f"one of {TEMPLATES}")
+        _check(self.weight > 0, "dataset.weight", self.weight, "must be > 0")
+
+
+@dataclass
+class Recipe:
+    name: str  # the adapter's registry name
+    method: str = "lora"
+    component: str = "generator"
+    base_model: str | None = None  # preset, hub id or folder; None: the service's generator
+    datasets: list[DataSpec] = field(default_factory=list)
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    parent: str | None = None  # an adapter to continue from (sequential fine-tuning)
+    probe: bool = True  # score the forgetting probe before and after training
+    min_examples: int = 8  # fewer valid examples than this refuses the job
+
+    def __post_init__(self) -> None:
+        self.datasets = [d if isinstance(d, DataSpec) else DataSpec(**d) for d in self.datasets]
+        if isinstance(self.hyperparameters, dict):
+            self.hyperparameters = Hyperparameters(**self.hyperparameters)
+        _check(self.method in METHODS, "method", self.method, f"one of {METHODS}")
+        _check(self.component == "generator", "component", self.component, "'generator'")
+        _check(bool(self.datasets), "datasets", self.datasets, "needs at least one dataset")
+        _check(
+            isinstance(self.name, str) and _valid_name(self.name),
+            "name",
+            self.name,
+            "1-64 letters, digits, '.', '_' or '-'",
+        )
+        if self.parent is not None and self.method not in ("lora", "dora", "ia3"):
+            raise ValueError(
+                f"parent: continuing an adapter needs lora, dora or ia3, not {self.method}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) is not None
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """A ``Recipe`` from plain data, with unknown keys refused by name."""
+    try:
+        return Recipe(**data)
+    except TypeError as exc:  # an unknown or missing key, from a dataclass constructor
+        raise ValueError(str(exc).replace("__init__() ", "")) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe and apply ``a.b=value`` overrides (values parsed as YAML)."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe is a mapping, got {type(data).__name__}")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: expected key.path=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return recipe_from_dict(data)
