@@ -136,8 +136,8 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
     from retriever.sources import ModelNotAvailable
     from service.engine import Engine
     from service.models import generator_from_settings
-    from tuner.prompts import base_messages, rag_messages
     from service.runtime import configure_logging, configure_torch
+    from tuner.prompts import base_messages, rag_messages
 
     settings = _settings()
     configure_logging("warning")
@@ -178,22 +178,6 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_warning()
-
-
-def _not_yet(name: str, what: str) -> None:
-    @main.command(
-        name=name,
-        help=f"{what} (not built yet).",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    )
-    def _cmd() -> None:
-        raise click.ClickException(
-            f"'ragtune {name}' is not built yet: {what.lower()} arrives "
-            "with its issue; see docs/roadmap.md"
-        )
-
-
-_not_yet("tune", "Fine-tune the generator or the retriever")
 
 
 def _forward_to_eval(name: str, help_text: str) -> None:
@@ -398,3 +382,6 @@ def reindex(embedder: str | None, rollback: bool) -> None:
         click.echo(f"switched {result['chunks']} chunks from {current} to {target}")
     else:
         click.echo(f"nothing to do: {result['reason']}")
+
+
+from service import cli_tune  # noqa: E402,F401  (registers ``tune`` and ``adapters``)

@@ -14,8 +14,8 @@ from service.answering import hit_dict, pick_adapter, retrieve
 from service.auth import Reader
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
-from tuner.prompts import base_messages, rag_messages
 from service.streaming import deltas, sse, wait
+from tuner.prompts import base_messages, rag_messages
 
 router = APIRouter(prefix="/v1", tags=["query"])
 

@@ -1,0 +1,196 @@
+"""``ragtune tune`` and ``ragtune adapters``: fine-tune the generator from a recipe, and manage
+the adapter registry. Thin: parse, call ``tuner`` functions, show progress, map errors to one
+line. Registered on the main command group by ``service.cli``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.cli import _one_line, _open_index, _quiet_transformers, _settings, main
+
+
+class _Bar:
+    """Training progress as a tqdm bar: update, loss, validation loss."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, desc="tune", unit="update")
+
+    def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None:
+        self.bar.total = total
+        self.bar.n = step
+        post = {"loss": f"{loss:.3f}"}
+        if val_loss is not None:
+            post["val"] = f"{val_loss:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def should_stop(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@main.command()
+@click.option(
+    "--recipe",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A YAML recipe (see configs/).",
+)
+@click.option("--set", "overrides", multiple=True, help="Override a recipe key: a.b=value.")
+@click.option("--fresh", is_flag=True, help="Ignore checkpoints of an earlier interrupted run.")
+def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
+    """Fine-tune the generator from a recipe; the adapter lands in the registry."""
+    from tuner.config import load_recipe
+    from tuner.data import DataError
+    from tuner.methods import MethodUnavailable
+    from tuner.prepare import prepare
+    from tuner.train import train
+
+    settings = _settings()
+    _quiet_transformers()
+    try:
+        plan = load_recipe(recipe, list(overrides))
+    except ValueError as exc:
+        raise click.ClickException(f"{recipe}: {_one_line(exc)}") from None
+    if plan.base_model is None:
+        plan.base_model = settings.generator
+    job_dir = settings.data_dir / "jobs" / f"cli-{plan.name}"
+    if fresh and job_dir.exists():
+        import shutil
+
+        shutil.rmtree(job_dir)
+    try:
+        _prepare_here(plan, job_dir, settings, prepare)
+        bar = _Bar()
+        try:
+            record = train(plan, job_dir, data_dir=settings.data_dir, hooks=bar, resume=not fresh)
+        finally:
+            bar.close()
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ValueError, MethodUnavailable) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    click.echo(_summary(record))
+
+
+def _prepare_here(plan: Any, job_dir: Path, settings: Any, prepare: Any) -> None:
+    """Validate and write the training data (opens the index only for synthetic data)."""
+    from tuner.models import load_generator
+
+    if (job_dir / "data" / "manifest.json").is_file() and (job_dir / "checkpoints").is_dir():
+        click.echo(f"resuming from {job_dir}")
+        return
+    synthetic = [d.synthetic for d in plan.datasets if d.synthetic is not None]
+    gen = load_generator(plan.base_model, cache_dir=settings.model_cache, offline=settings.offline)
+    retriever = _open_index(settings) if synthetic else None
+    try:
+        uses_model = any(s.generator == "model" for s in synthetic)
+        prepared = prepare(
+            plan,
+            job_dir,
+            files_dir=settings.data_dir / "files",
+            tokenizer=gen.tokenizer,
+            retriever=retriever,
+            generator=gen if uses_model else None,
+        )
+    finally:
+        if retriever is not None:
+            retriever.close()
+    click.echo(f"data: {prepared.train} train, {prepared.val} validation, {prepared.test} test")
+
+
+def _summary(record: Any) -> str:
+    m = record.metrics
+    lines = [f"adapter {record.id} ({record.method}) saved"]
+    if m.get("first_loss") is not None:
+        lines.append(
+            f"  loss {m['first_loss']:.3f} -> {m['train_loss']:.3f} in {m['updates']} updates"
+        )
+    if m.get("best_val_loss") is not None:
+        lines.append(f"  best validation loss {m['best_val_loss']:.3f}")
+    probe = m.get("probe")
+    if probe:
+        lines.append(
+            f"  forgetting probe: nll {probe['before']['probe_nll']:.3f} -> "
+            f"{probe['after']['probe_nll']:.3f}, accuracy {probe['before']['probe_accuracy']:.2f}"
+            f" -> {probe['after']['probe_accuracy']:.2f}"
+            + ("  (forgetting!)" if probe.get("forgetting") else "")
+        )
+    return "\n".join(lines)
+
+
+@main.group()
+def adapters() -> None:
+    """List, show, delete and promote fine-tuned adapters."""
+
+
+def _registry() -> Any:
+    from tuner.registry import Registry
+
+    return Registry(_settings().data_dir / "adapters")
+
+
+def _get(registry: Any, adapter_id: str) -> Any:
+    try:
+        return registry.get(adapter_id)
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+
+
+@adapters.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def adapters_list(as_json: bool) -> None:
+    """Adapters in the registry, newest last; stale and promoted ones marked."""
+    records = _registry().list()
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in records], indent=2, default=str))
+        return
+    if not records:
+        click.echo("no adapters yet: train one with 'ragtune tune --recipe configs/...'")
+    for r in records:
+        flags = [f for f, on in (("promoted", r.promoted), ("stale", r.stale)) if on]
+        val = (r.metrics or {}).get("best_val_loss")
+        val_text = f"val {val:.3f}" if isinstance(val, float) else ""
+        click.echo(f"{r.id:32} {r.method:14} {val_text:10} {' '.join(flags)}")
+
+
+@adapters.command("show")
+@click.argument("adapter_id")
+def adapters_show(adapter_id: str) -> None:
+    """One adapter: lineage, data, hyperparameters, metrics."""
+    from tuner.registry import describe
+
+    click.echo(describe(_get(_registry(), adapter_id)))
+
+
+@adapters.command("delete")
+@click.argument("adapter_id")
+@click.option("--force", is_flag=True, help="Delete even the promoted adapter.")
+def adapters_delete(adapter_id: str, force: bool) -> None:
+    """Delete an adapter from the registry."""
+    try:
+        _registry().delete(adapter_id, force=force)
+    except (LookupError, ValueError, PermissionError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    click.echo(f"deleted {adapter_id}")
+
+
+@adapters.command("promote")
+@click.argument("adapter_id")
+@click.option("--force", is_flag=True, help="Promote even if its eval gate failed.")
+def adapters_promote(adapter_id: str, force: bool) -> None:
+    """Make an adapter the default for ft and hybrid modes."""
+    try:
+        _registry().promote(adapter_id, force=force)
+    except (LookupError, ValueError, PermissionError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    click.echo(f"promoted {adapter_id}")
