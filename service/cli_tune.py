@@ -72,7 +72,14 @@ def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
         _prepare_here(plan, job_dir, settings, prepare)
         bar = _Bar()
         try:
-            record = train(plan, job_dir, data_dir=settings.data_dir, hooks=bar, resume=not fresh)
+            record = train(
+                plan,
+                job_dir,
+                data_dir=settings.data_dir,
+                models_dir=settings.model_cache,
+                hooks=bar,
+                resume=not fresh,
+            )
         finally:
             bar.close()
     except DataError as exc:

@@ -181,7 +181,8 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe and apply ``a.b=value`` overrides (values parsed as YAML)."""
+    """Read a YAML recipe and apply ``a.b=value`` overrides (values parsed as YAML). A relative
+    dataset path is taken from the working directory, else from the recipe's folder."""
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a mapping, got {type(data).__name__}")
@@ -196,4 +197,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part} is not a mapping")
         node[parts[-1]] = yaml.safe_load(raw)
+    for spec in data.get("datasets") or []:  # a relative path may be relative to the recipe
+        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            given = Path(spec["path"])
+            beside = Path(path).parent / given
+            if not given.is_absolute() and not given.exists() and beside.exists():
+                spec["path"] = str(beside)
     return recipe_from_dict(data)

@@ -64,8 +64,10 @@ def train(
     hooks: Hooks | None = None,
     resume: bool = True,
     device: str = "auto",
+    models_dir: Path | None = None,
 ) -> Any:
-    """Train ``recipe`` on the data prepared in ``job_dir``; return the registry record."""
+    """Train ``recipe`` on the data prepared in ``job_dir``; return the registry record.
+    ``models_dir`` holds converted base weights (default ``data_dir/models``)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -77,7 +79,7 @@ def train(
     set_seed(hp.seed)
     gen = methods.load_base(
         recipe.base_model or DEFAULT_GENERATOR,
-        cache_dir=data_dir / "models",
+        cache_dir=models_dir or data_dir / "models",
         device=accelerator.device.type,
         method=recipe.method,
     )
