@@ -214,7 +214,7 @@ def train(
 def _encoded(path: Path, tok: Any, max_length: int) -> list[dict[str, list[int]]]:
     from tuner import data as tdata
 
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:  # an empty split (no validation)
         return []
     return [tdata.encode(e, tok, max_length) for e in tdata.read_jsonl(path, format="chat")]
 

@@ -142,6 +142,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(
 
 
 class _StopAt(_Crash):
+    def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None:
+        self.steps.append(step)
+
     def should_stop(self) -> bool:
         return bool(self.steps) and self.steps[-1] >= self.at
 
