@@ -29,8 +29,9 @@ def hit_dict(h: Any, with_metadata: bool = True) -> dict[str, Any]:
 
 
 def pick_adapter(state: Any, mode: str, adapter: str | None) -> str | None:
-    """The adapter a request runs with: ft and hybrid need one (named, or the only one loaded);
-    base and rag run on the base model unless one is named."""
+    """The adapter a request runs with: ft and hybrid need one (named; else the promoted one,
+    loaded on first use; else the only one loaded); base and rag run on the base model unless
+    one is named."""
     loaded = state.adapters.loaded() if state.adapters is not None else []
     if adapter is not None:
         if adapter not in loaded:
@@ -43,6 +44,12 @@ def pick_adapter(state: Any, mode: str, adapter: str | None) -> str | None:
         return adapter
     if mode not in ("ft", "hybrid"):
         return None
+    promoted = _promoted(state)
+    if promoted is not None:
+        if promoted not in loaded:
+            state.adapters.load(promoted)
+            state.metrics.adapters.set(len(state.adapters.loaded()))
+        return promoted
     if len(loaded) == 1:
         return str(loaded[0])
     if not loaded:
@@ -50,12 +57,28 @@ def pick_adapter(state: Any, mode: str, adapter: str | None) -> str | None:
             409,
             "no_adapter",
             f"mode {mode!r} needs a fine-tuned adapter and "
-            "none is loaded: train one with 'ragtune tune', load it with "
-            "POST /v1/adapters/{name}/load, or use mode rag or base",
+            "none is loaded or promoted: train one with 'ragtune tune' (or POST /v1/tune/jobs), "
+            "then promote it (POST /v1/adapters/{id}/promote) or load it "
+            "(POST /v1/adapters/{id}/load), or use mode rag or base",
         )
     raise ServiceError(
-        409, "adapter_required", f"several adapters are loaded ({loaded}); name one with 'adapter'"
+        409,
+        "adapter_required",
+        f"several adapters are loaded ({loaded}) and none is promoted; name one with 'adapter'",
     )
+
+
+def registry_of(state: Any) -> Any:
+    from tuner.registry import Registry
+
+    return Registry(state.settings.data_dir / "adapters")
+
+
+def _promoted(state: Any) -> str | None:
+    if state.adapters is None:
+        return None
+    record = registry_of(state).promoted()
+    return None if record is None or not record.servable else str(record.id)
 
 
 async def retrieve(

@@ -157,7 +157,9 @@ def _get(registry: Any, adapter_id: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def adapters_list(as_json: bool) -> None:
     """Adapters in the registry, newest last; stale and promoted ones marked."""
-    records = _registry().list()
+    registry = _registry()
+    _mark_stale(registry)
+    records = registry.list()
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in records], indent=2, default=str))
         return
@@ -168,6 +170,33 @@ def adapters_list(as_json: bool) -> None:
         val = (r.metrics or {}).get("best_val_loss")
         val_text = f"val {val:.3f}" if isinstance(val, float) else ""
         click.echo(f"{r.id:32} {r.method:14} {val_text:10} {' '.join(flags)}")
+
+
+def _mark_stale(registry: Any) -> None:
+    """Compare each adapter's training documents with the index, when it can be opened here
+    (a running server holds it; GET /v1/adapters does the same check there)."""
+    from retriever.errors import DocumentNotFound, RetrieverError
+
+    try:
+        retriever = _open_index(_settings())
+    except click.ClickException:
+        return
+    try:
+
+        def versions(ids: list[str]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for doc_id in ids:
+                try:
+                    out[doc_id] = retriever.get(doc_id).version
+                except DocumentNotFound:
+                    out[doc_id] = None
+            return out
+
+        registry.mark_stale(versions)
+    except RetrieverError:
+        return
+    finally:
+        retriever.close()
 
 
 @adapters.command("show")

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from service.adapters import AdapterNotFound
+from tuner.registry import RecordNotFound, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ def error(status: int, code: str, message: str, details: Any = None) -> JSONResp
 
 DOMAIN: dict[type[Exception], tuple[int, str]] = {
     AdapterNotFound: (404, "adapter_not_found"),
+    RecordNotFound: (404, "adapter_not_found"),
+    RegistryError: (409, "adapter_refused"),
     DocumentNotFound: (404, "document_not_found"),
     InvalidDocument: (422, "invalid_document"),
     EmbedderMismatch: (409, "embedder_mismatch"),

@@ -1,4 +1,5 @@
-"""/v1/adapters: list the registry's adapters, load and unload them at runtime (admin)."""
+"""/v1/adapters: the registry's adapters (lineage, metrics, stale and promoted flags), loading
+and unloading them at runtime, promotion and deletion (admin)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,77 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
 
+from retriever.errors import DocumentNotFound
+from service.answering import registry_of
 from service.auth import Admin, Reader
 from service.deps import State
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
 
+class Force(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    force: bool = False
+
+
+def _summary(record: Any, loaded: list[str]) -> dict[str, Any]:
+    metrics = {k: v for k, v in record.metrics.items() if k not in ("loss_curve", "val_curve")}
+    return {
+        "id": record.id,
+        "name": record.name,
+        "version": record.version,
+        "method": record.method,
+        "base_model": record.base_model,
+        "created": record.created,
+        "lineage": record.lineage,
+        "metrics": metrics,
+        "eval_gate": record.eval_gate,
+        "promoted": record.promoted,
+        "stale": record.stale,
+        "stale_reason": record.stale_reason,
+        "servable": record.servable,
+        "loaded": record.id in loaded,
+    }
+
+
+def _versions(state: Any, doc_ids: list[str]) -> dict[str, Any]:
+    """Current version of each document (None once deleted), for staleness."""
+    out: dict[str, Any] = {}
+    for doc_id in doc_ids:
+        try:
+            out[doc_id] = state.retriever.get(doc_id).version
+        except DocumentNotFound:
+            out[doc_id] = None
+    return out
+
+
 @router.get("")
 def list_adapters(state: State, _: Reader) -> dict[str, Any]:
-    return {"loaded": state.adapters.loaded(), "available": state.adapters.available()}
+    """Every adapter in the registry; those whose training documents changed or were deleted
+    since are marked stale here."""
+    registry = registry_of(state)
+    if state.retriever is not None:
+        registry.mark_stale(lambda ids: _versions(state, list(ids)))
+    loaded = state.adapters.loaded()
+    return {
+        "loaded": loaded,
+        "available": state.adapters.available(),
+        "adapters": [_summary(r, loaded) for r in registry.list()],
+    }
+
+
+@router.get("/{adapter_id}")
+def show(adapter_id: str, state: State, _: Reader) -> dict[str, Any]:
+    record = registry_of(state).get(adapter_id)
+    return {
+        **_summary(record, state.adapters.loaded()),
+        "parent": record.parent,
+        "dataset_hashes": record.dataset_hashes,
+        "hyperparameters": record.hyperparameters,
+        "source_documents": len(record.source_documents),
+    }
 
 
 @router.post("/{name}/load")
@@ -31,3 +93,21 @@ async def unload(name: str, state: State, _: Admin) -> dict[str, Any]:
     await anyio.to_thread.run_sync(state.adapters.unload, name)
     state.metrics.adapters.set(len(state.adapters.loaded()))
     return {"loaded": state.adapters.loaded()}
+
+
+@router.post("/{adapter_id}/promote")
+def promote(adapter_id: str, state: State, _: Admin, body: Force | None = None) -> dict[str, Any]:
+    """Make the adapter the default of ft and hybrid modes; refused (409) when its eval gate
+    failed or it is stale, unless forced."""
+    record = registry_of(state).promote(adapter_id, force=bool(body and body.force))
+    return _summary(record, state.adapters.loaded())
+
+
+@router.delete("/{adapter_id}")
+async def delete(adapter_id: str, state: State, _: Admin, force: bool = False) -> dict[str, Any]:
+    """Delete the adapter (the promoted one only with force) and unload it if loaded."""
+    registry_of(state).delete(adapter_id, force=force)
+    if adapter_id in state.adapters.loaded():
+        await anyio.to_thread.run_sync(state.adapters.unload, adapter_id)
+        state.metrics.adapters.set(len(state.adapters.loaded()))
+    return {"deleted": adapter_id}

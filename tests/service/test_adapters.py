@@ -54,7 +54,8 @@ def _ask(client: TestClient, **body: object) -> dict:
 
 def test_adapters_load_switch_and_unload_at_runtime(client: TestClient) -> None:
     listed = client.get("/v1/adapters").json()
-    assert listed == {"loaded": [], "available": ["alpha", "beta"]}  # no pickle adapters
+    assert listed["loaded"] == [] and listed["available"] == ["alpha", "beta"]  # no pickles
+    assert [a["id"] for a in listed["adapters"]] == ["alpha", "beta"]
     assert client.post("/v1/query", json={"question": "q", "mode": "ft"}).status_code == 409
     base = _ask(client, mode="base")["answer"]
     assert client.post("/v1/adapters/alpha/load").json() == {"loaded": ["alpha"]}
@@ -98,3 +99,38 @@ def test_chat_model_picks_the_adapter(client: TestClient) -> None:
     a = plain.json()["choices"][0]["message"]["content"]
     b = tuned.json()["choices"][0]["message"]["content"]
     assert a != b
+
+
+def test_promoted_adapter_serves_ft_and_stale_ones_are_marked(
+    client: TestClient, tiny_llama: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from tuner.registry import Registry
+
+    doc = client.post("/v1/documents", json={"id": "d1", "text": "debian is a linux system ."})
+    assert doc.status_code in (200, 201), doc.text
+    data = tmp_path / "data"
+    registry = Registry(data / "adapters")
+    lora = make_lora(tiny_llama, tmp_path / "gamma-src", seed=3)
+    record = registry.save(
+        lambda folder: shutil.copytree(lora, folder, dirs_exist_ok=True),
+        name="gamma",
+        base_model=str(tiny_llama),
+        source_documents={"d1": doc.json()["documents"][0]["version"]},
+    )
+    assert record.id == "gamma-v1"
+    r = client.post("/v1/adapters/gamma-v1/promote")
+    assert r.status_code == 200 and r.json()["promoted"]
+    ft = _ask(client, mode="ft")  # nothing loaded by hand: the promoted adapter is used
+    assert ft["adapter"] == "gamma-v1" and "gamma-v1" in client.get("/v1/adapters").json()["loaded"]
+    listed = {a["id"]: a for a in client.get("/v1/adapters").json()["adapters"]}
+    assert not listed["gamma-v1"]["stale"]
+    client.put("/v1/documents/d1", json={"text": "debian is a system of the user ."})
+    listed = {a["id"]: a for a in client.get("/v1/adapters").json()["adapters"]}
+    assert listed["gamma-v1"]["stale"] and "d1" in listed["gamma-v1"]["stale_reason"]
+    refused = client.delete("/v1/adapters/gamma-v1")
+    assert refused.status_code == 409, refused.text  # promoted: needs force
+    assert client.delete("/v1/adapters/gamma-v1?force=true").status_code == 200
+    assert "gamma-v1" not in client.get("/v1/adapters").json()["loaded"]
+    assert client.get("/v1/adapters/gamma-v1").status_code == 404
