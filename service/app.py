@@ -46,6 +46,7 @@ class AppState:
     adapters: Any = None
     limiter: Any = None
     metrics: Any = None
+    jobs: Any = None  # tuner.jobs.JobRunner; made in the lifespan unless the loader set one
     ready: bool = False
     loaded: dict[str, Any] = field(default_factory=dict)
 
@@ -89,10 +90,14 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
             "loading models (embedder %s, generator %s)", settings.embedder, settings.generator
         )
         await anyio.to_thread.run_sync(loader, state)
+        if state.jobs is None:
+            state.jobs = tune.make_job_runner(state)
+        state.jobs.start()
         state.ready = True
         log.info("ready on %s:%s", settings.host, settings.port)
         yield
         state.ready = False
+        await anyio.to_thread.run_sync(state.jobs.close)  # a running job resumes next start
         if state.engine is not None:
             state.engine.close()
         if state.retriever is not None:
@@ -103,12 +108,14 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     errors.install(app)
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
-    from service.routes import adapters, chat, documents, query
+    from service.routes import adapters, chat, documents, files, query, tune
 
     app.include_router(adapters.router)
     app.include_router(documents.router)
     app.include_router(query.router)
     app.include_router(chat.router)
+    app.include_router(files.router)
+    app.include_router(tune.router)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(_: Reader) -> Response:

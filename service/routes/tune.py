@@ -1,0 +1,171 @@
+"""/v1/tune/jobs: start, list, inspect and cancel fine-tuning jobs (tuner.jobs does the work).
+
+A job body names an uploaded file (``POST /v1/files``) or synthetic data from the live index;
+never a path on this machine or a model folder: the base model is the service's generator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.auth import Reader, Writer
+from service.deps import State
+from service.errors import ServiceError
+from service.routes.files import files_dir
+from tuner.config import Recipe
+from tuner.jobs import Job, JobFinished, JobNotFound, JobRunner
+
+router = APIRouter(prefix="/v1/tune/jobs", tags=["tuning"])
+FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class DatasetBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file_id: str | None = Field(None, description="an uploaded file's id")
+    synthetic: dict[str, Any] | None = Field(None, description="tuner.config.SyntheticSpec")
+    format: str = "auto"
+    template: str = "chat"
+    weight: float = 1.0
+
+
+class JobBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    component: str = "generator"
+    method: str = "lora"
+    dataset: str | DatasetBody = Field(description="a file id, or {synthetic: {...}}")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = Field(None, description="the adapter's name; default generator-<method>")
+    parent: str | None = Field(None, description="an adapter id to continue from")
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    step: int
+    total: int | None
+
+
+class JobCreated(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    state: str
+
+
+class JobSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    name: str
+    method: str
+    state: str
+    progress: Progress
+    eta_s: float | None
+    error: str | None
+    adapter: str | None
+    cancel_requested: bool
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class JobOut(JobSummary):
+    loss_curve: list[list[float]]
+    val_losses: list[list[float]]
+    problems: list[list[Any]]
+    attempts: int
+    heartbeat: float | None
+
+
+class JobsOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    jobs: list[JobSummary]
+
+
+def _out(job: Job, model: type[JobSummary] = JobOut) -> Any:
+    fields = {k: getattr(job, k) for k in model.model_fields if k != "progress"}
+    return model(**fields, progress=Progress(step=job.step, total=job.total))
+
+
+@contextmanager
+def _domain() -> Iterator[None]:
+    try:
+        yield
+    except JobNotFound as exc:
+        raise ServiceError(404, "job_not_found", f"no job {exc}") from None
+    except JobFinished as exc:
+        raise ServiceError(409, "job_finished", str(exc)) from None
+
+
+def recipe_dict(body: JobBody, state: Any) -> dict[str, Any]:
+    """The recipe a job body asks for; the base model is always the service's generator."""
+    settings = state.settings
+    ds = DatasetBody(file_id=body.dataset) if isinstance(body.dataset, str) else body.dataset
+    known = ds.file_id is None or (
+        FILE_ID.match(ds.file_id) is not None
+        and (files_dir(state) / f"{ds.file_id}.jsonl").is_file()
+    )
+    if not known:
+        raise ValueError(f"dataset: no uploaded file {ds.file_id!r} (POST /v1/files)")
+    return {
+        "name": body.name or f"generator-{body.method}",
+        "method": body.method,
+        "component": body.component,
+        "base_model": str(settings.generator_path or settings.generator),
+        "datasets": [ds.model_dump(exclude_none=True)],
+        "hyperparameters": body.hyperparameters,
+        "parent": body.parent,
+    }
+
+
+@router.post("", status_code=202)
+def create(body: JobBody, state: State, _: Writer) -> JobCreated:
+    """Start a job: the recipe is checked now (422), its data while the job is validating."""
+    try:
+        job_id = state.jobs.submit(recipe_dict(body, state))
+    except ValueError as exc:
+        raise ServiceError(422, "invalid_recipe", str(exc)) from None
+    return JobCreated(id=job_id, state=state.jobs.get(job_id).state)
+
+
+@router.get("")
+def list_jobs(state: State, _: Reader) -> JobsOut:
+    return JobsOut(jobs=[_out(j, JobSummary) for j in state.jobs.list()])
+
+
+@router.get("/{job_id}")
+def get(job_id: str, state: State, _: Reader) -> JobOut:
+    with _domain():
+        return _out(state.jobs.get(job_id))  # type: ignore[no-any-return]
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel(job_id: str, state: State, _: Writer) -> JobOut:
+    """Cancel a job: at once when it has not started, within seconds when it is training."""
+    with _domain():
+        return _out(state.jobs.cancel(job_id))  # type: ignore[no-any-return]
+
+
+def make_job_runner(state: Any) -> JobRunner:
+    """The app's runner: data prepared here (tokenizer, index, generator of this process)."""
+    settings = state.settings
+
+    def prepare(recipe: Recipe, job_dir: Path) -> Any:
+        from tuner.prepare import prepare as prepare_data
+
+        generator = state.generator
+        return prepare_data(
+            recipe,
+            job_dir,
+            files_dir=files_dir(state),
+            tokenizer=generator.tokenizer,
+            retriever=state.retriever,
+            generator=generator,
+        )
+
+    options = {"device": settings.device, "threads": settings.threads}
+    return JobRunner(settings.data_dir, prepare, options=options)

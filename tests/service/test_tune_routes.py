@@ -1,0 +1,170 @@
+"""/v1/files and /v1/tune/jobs through the real app, with the fake trainer as the worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ApiKey, Limits, Settings
+from tests.helpers import tiny_loader
+from tests.tuner.fake_trainer import make_runner
+
+CHAT = (
+    b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+)
+KEYS = {s: f"key-for-{s}-0123456789" for s in ("read", "write")}
+
+
+@pytest.fixture
+def make_client(tiny_llama: Path, tmp_path: Path):
+    clients: list[TestClient] = []
+
+    def make(**settings: object) -> TestClient:
+        base = tiny_loader(tiny_llama, tmp_path)
+
+        def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
+            base(state)
+            state.jobs = make_runner(state.settings.data_dir, step_s=0.1)
+
+        app = create_app(Settings(generator=str(tiny_llama), **settings), loader=loader)  # type: ignore[arg-type]
+        client = TestClient(app).__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def upload(client: TestClient, data: bytes, name: str = "train.jsonl", headers: dict | None = None):
+    files = {"file": (name, data, "application/jsonl")}
+    return client.post("/v1/files", files=files, headers=headers)
+
+
+def poll(client: TestClient, job_id: str, state: str, timeout: float = 8.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/tune/jobs/{job_id}").json()
+        if job["state"] == state:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job never {state}: {job}")
+
+
+def test_upload_list_and_bad_uploads(make_client) -> None:
+    client = make_client()
+    r = upload(client, CHAT * 3 + b"\n", name="../../etc/passwd.jsonl")
+    assert r.status_code == 201, r.text
+    meta = r.json()
+    assert meta["name"] == "passwd.jsonl" and meta["id"].startswith("file-")
+    assert (meta["bytes"], meta["lines"], meta["format"]) == (len(CHAT) * 3 + 1, 3, "chat")
+    stored = Path(client.app.state.ragtune.settings.data_dir) / "files" / f"{meta['id']}.jsonl"  # type: ignore[attr-defined]
+    assert stored.read_bytes() == CHAT * 3 + b"\n"
+    assert [f["id"] for f in client.get("/v1/files").json()["files"]] == [meta["id"]]
+    qa = upload(client, b'{"question": "q", "answer": "a"}\n').json()
+    assert qa["format"] == "qa"
+    for bad, where in (
+        (CHAT + b"{not json\n", "line 2: not JSON"),
+        (CHAT + CHAT + b"\xff\xfe\n", "line 3: not UTF-8"),
+        (CHAT + b"[1, 2]\n", "line 2: a JSON object"),
+        (CHAT + b'{"prompt": "p", "completion": "c"}\n', "line 2: prompt_completion"),
+        (b'{"foo": 1}\n', "line 1: no known format"),
+        (b"\n\n", "no records"),
+    ):
+        r = upload(client, bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_file", bad
+        assert where in r.json()["error"]["message"], r.json()
+    assert len(client.get("/v1/files").json()["files"]) == 2
+
+
+def test_upload_over_the_body_limit_is_413(make_client) -> None:
+    client = make_client(limits=Limits(max_body_bytes=500))
+    assert upload(client, CHAT * 10).status_code == 413
+
+
+def test_create_poll_and_cancel_jobs(make_client) -> None:
+    client = make_client()
+    file_id = upload(client, CHAT * 8).json()["id"]
+    hp = {"max_steps": 4, "eval_every": 2, "checkpoint_every": 2}
+    r = client.post(
+        "/v1/tune/jobs",
+        json={
+            "component": "generator",
+            "method": "lora",
+            "dataset": file_id,
+            "hyperparameters": hp,
+        },
+    )
+    assert r.status_code == 202, r.text
+    assert set(r.json()) == {"id", "state"} and r.json()["state"] in ("validating", "queued")
+    job = poll(client, r.json()["id"], "succeeded")
+    assert job["progress"] == {"step": 4, "total": 4} and job["adapter"] == "generator-lora-v1"
+    assert job["loss_curve"] == [[1, 2.0], [2, 1.0], [3, 2 / 3], [4, 0.5]]
+    assert job["val_losses"] == [[2, 0.5], [4, 0.25]] and job["error"] is None
+    assert client.post(f"/v1/tune/jobs/{job['id']}/cancel").status_code == 409
+
+    long = {"max_steps": 500}
+    body = {"method": "lora", "dataset": {"file_id": file_id}, "hyperparameters": long}
+    job_id = client.post("/v1/tune/jobs", json={**body, "name": "long"}).json()["id"]
+    poll(client, job_id, "running")
+    r = client.post(f"/v1/tune/jobs/{job_id}/cancel")
+    assert r.status_code == 202 and r.json()["cancel_requested"]
+    cancelled = poll(client, job_id, "cancelled", timeout=4)
+    assert cancelled["progress"]["step"] < 500
+    listed = client.get("/v1/tune/jobs").json()["jobs"]
+    assert [j["id"] for j in listed] == [job_id, job["id"]] and "loss_curve" not in listed[0]
+
+
+def test_invalid_jobs_are_422_and_unknown_ids_404(make_client) -> None:
+    client = make_client()
+    file_id = upload(client, CHAT).json()["id"]
+    for body, words in (
+        ({"dataset": file_id, "method": "magic"}, "method"),
+        ({"dataset": file_id, "hyperparameters": {"learning_rate": 0}}, "learning_rate"),
+        ({"dataset": file_id, "hyperparameters": {"nope": 1}}, "nope"),
+        ({"dataset": file_id, "component": "retriever"}, "component"),
+        ({"dataset": file_id, "name": "../x"}, "name"),
+        ({"dataset": "file-0000000000000000"}, "no uploaded file"),
+        ({"dataset": "../../secrets"}, "no uploaded file"),
+        ({"dataset": {"synthetic": {"kind": "poetry"}}}, "synthetic.kind"),
+        ({"dataset": {"file_id": file_id, "synthetic": {}}}, "exactly one"),
+    ):
+        r = client.post("/v1/tune/jobs", json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_recipe", body
+        assert words in r.json()["error"]["message"], r.json()
+    r = client.post("/v1/tune/jobs", json={"dataset": file_id, "base_model": "/etc"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert client.get("/v1/tune/jobs").json() == {"jobs": []}
+    for method, path in (("get", "/v1/tune/jobs/job-x"), ("post", "/v1/tune/jobs/job-x/cancel")):
+        r = client.request(method, path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+
+
+def test_bad_data_fails_the_job_with_its_problems(make_client) -> None:
+    client = make_client()
+    file_id = upload(client, CHAT).json()["id"]
+    r = client.post("/v1/tune/jobs", json={"dataset": file_id, "name": "baddata"})
+    job = poll(client, r.json()["id"], "failed")
+    assert job["problems"] == [[3, "empty answer"], [7, "not JSON"]] and "line 3" in job["error"]
+
+
+def test_scopes(make_client) -> None:
+    keys = [ApiKey(name=s, key=k, scopes=[s]) for s, k in KEYS.items()]  # type: ignore[arg-type]
+    client = make_client(auth_disabled=False, api_keys=keys)
+    read, write = ({"Authorization": f"Bearer {KEYS[s]}"} for s in ("read", "write"))
+    assert upload(client, CHAT).status_code == 401
+    assert upload(client, CHAT, headers=read).status_code == 403
+    file_id = upload(client, CHAT, headers=write).json()["id"]
+    job = {"dataset": file_id, "hyperparameters": {"max_steps": 1}}
+    assert client.post("/v1/tune/jobs", json=job, headers=read).status_code == 403
+    job_id = client.post("/v1/tune/jobs", json=job, headers=write).json()["id"]
+    for path in ("/v1/files", "/v1/tune/jobs", f"/v1/tune/jobs/{job_id}"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=read).status_code == 200
+    cancel = f"/v1/tune/jobs/{job_id}/cancel"
+    assert client.post(cancel, headers=read).status_code == 403
+    assert client.post(cancel, headers=write).status_code in (202, 409)

@@ -1,0 +1,201 @@
+"""Job store and runner with a fake trainer: lifecycle, progress, cancel, crash and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.tuner import fake_trainer
+from tests.tuner.fake_trainer import make_runner
+from tuner.jobs import Job, JobFinished, JobNotFound, JobRunner, JobStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recipe(name: str, steps: int = 6, **hp: int) -> dict:
+    hyper = {"max_steps": steps, "checkpoint_every": 2, "eval_every": 3, **hp}
+    return {"name": name, "datasets": [{"file_id": "f1"}], "hyperparameters": hyper}
+
+
+def wait_for(
+    get: Callable[[], Job], ok: Callable[[Job], bool], timeout: float = 8.0
+) -> tuple[Job, list[Job]]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get()
+        seen.append(job)
+        if ok(job):
+            return job, seen
+        time.sleep(0.02)
+    raise AssertionError(f"timed out; last seen {seen[-1]}")
+
+
+def steps_run(runner: JobRunner, job_id: str) -> list[int]:
+    return [int(x) for x in (runner.job_dir(job_id) / "steps.txt").read_text().split()]
+
+
+def test_lifecycle_progress_and_queue(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    def gated(r, job_dir):  # noqa: ANN001
+        assert gate.wait(5)
+        return fake_trainer.prepare(r, job_dir)
+
+    with make_runner(tmp_path, step_s=0.1, prepare=gated) as runner:
+        first = runner.submit(recipe("first"))
+        second = runner.submit(recipe("second", steps=2))
+        assert runner.get(first).state == "validating"
+        gate.set()
+        running, _ = wait_for(lambda: runner.get(first), lambda j: j.state == "running")
+        wait_for(lambda: runner.get(second), lambda j: j.state == "queued")
+        assert running.pid and running.started
+        done, seen = wait_for(lambda: runner.get(first), lambda j: j.state == "succeeded")
+        assert any(j.eta_s is not None and j.eta_s > 0 for j in seen)  # from the step rate
+        assert (done.step, done.total, done.adapter, done.eta_s) == (6, 6, "first-v1", None)
+        assert done.loss_curve == [[s, 2.0 / s] for s in range(1, 7)]
+        assert done.val_losses == [[3, 1 / 3], [6, 1 / 6]]
+        assert done.finished and done.finished >= (done.started or 0) and done.error is None
+        after, _ = wait_for(lambda: runner.get(second), lambda j: j.state == "succeeded")
+        assert after.started and after.started >= done.finished  # one job at a time
+        assert [j.id for j in runner.list()] == [second, first]
+        job_dir = runner.job_dir(first)
+        assert json.loads((job_dir / "recipe.json").read_text())["name"] == "first"
+        assert "succeeded: adapter first-v1" in (job_dir / "log.txt").read_text()
+
+
+def test_cancel_takes_effect_within_seconds(tmp_path: Path) -> None:
+    with make_runner(tmp_path, step_s=0.1) as runner:
+        job_id = runner.submit(recipe("long", steps=200))
+        queued = runner.submit(recipe("waiting"))
+        wait_for(lambda: runner.get(job_id), lambda j: j.step >= 2)
+        asked = time.monotonic()
+        assert runner.cancel(job_id).cancel_requested
+        assert runner.cancel(queued).state == "cancelled"  # never started: at once
+        job, _ = wait_for(lambda: runner.get(job_id), lambda j: j.state == "cancelled", 3)
+        assert time.monotonic() - asked < 3 and job.step < 200 and job.adapter is None
+        with pytest.raises(JobFinished):
+            runner.cancel(job_id)
+        with pytest.raises(JobNotFound):
+            runner.cancel("job-nope")
+        assert not (runner.job_dir(queued) / "log.txt").exists()
+
+
+def test_a_worker_that_ignores_cancel_is_terminated(tmp_path: Path) -> None:
+    with make_runner(tmp_path, step_s=0.1, stop_grace_s=1.0) as runner:
+        job_id = runner.submit(recipe("stubborn", steps=200))
+        wait_for(lambda: runner.get(job_id), lambda j: j.step >= 1)
+        runner.cancel(job_id)
+        job, _ = wait_for(lambda: runner.get(job_id), lambda j: j.state == "cancelled", 5)
+        pid = job.pid
+        assert pid is not None
+        time.sleep(0.2)
+        assert (
+            not Path(f"/proc/{pid}/cmdline").exists()
+            or not Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+
+
+SERVICE = """
+import sys, time
+from pathlib import Path
+from tests.tuner.fake_trainer import make_runner
+runner = make_runner(Path(sys.argv[1]), step_s=0.15).start()
+print(runner.submit({recipe!r}), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("orphan", [False, True], ids=["worker-killed", "worker-orphaned"])
+def test_crash_then_a_new_runner_resumes_from_the_checkpoint(tmp_path: Path, orphan: bool) -> None:
+    """The service process dies (kill -9) mid-job; its worker dies too, or lives on orphaned."""
+    script = SERVICE.format(recipe=recipe("resumed", steps=12, checkpoint_every=3))
+    service = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert service.stdout is not None
+    job_id = service.stdout.readline().strip()
+    store = JobStore(tmp_path / "jobs" / "jobs.db")
+    job, _ = wait_for(lambda: store.get(job_id), lambda j: j.step >= 4)
+    service.kill()
+    service.wait()
+    if not orphan:
+        assert job.pid is not None
+        os.kill(job.pid, signal.SIGKILL)
+    assert store.get(job_id).state == "running"
+    with make_runner(tmp_path, step_s=0.05) as runner:
+        done, _ = wait_for(lambda: runner.get(job_id), lambda j: j.state == "succeeded")
+        ran = steps_run(runner, job_id)
+    restart = next(i for i in range(1, len(ran)) if ran[i] != ran[i - 1] + 1)
+    first, second = ran[:restart], ran[restart:]
+    saved = second[0] - 1  # the checkpoint the second run resumed from
+    assert first == list(range(1, len(first) + 1)) and second == list(range(saved + 1, 13))
+    assert saved in (3, 6, 9) and saved <= len(first)  # nothing before the checkpoint redone
+    assert done.attempts == 2 and done.adapter == "resumed-v1"
+    assert [s for s, _ in done.loss_curve] == list(range(1, 13))
+
+
+def test_bad_recipes_are_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    with make_runner(tmp_path) as runner:
+        for bad in (
+            {**recipe("x"), "method": "magic"},
+            {**recipe("x"), "bogus": 1},
+            {**recipe("x"), "hyperparameters": {"learning_rate": -1}},
+            {**recipe("../etc")},
+            {"name": "x", "datasets": []},
+        ):
+            with pytest.raises(ValueError):
+                runner.submit(bad)
+        assert runner.list() == []
+
+
+def test_bad_data_and_a_failing_worker_fail_the_job_with_their_errors(tmp_path: Path) -> None:
+    with make_runner(tmp_path) as runner:
+        bad = runner.submit(recipe("baddata"))
+        failing = runner.submit(recipe("fail"))
+        job, _ = wait_for(lambda: runner.get(bad), lambda j: j.state == "failed")
+        assert job.problems == [[3, "empty answer"], [7, "not JSON"]] and "line 3" in str(job.error)
+        assert job.started is None and not (runner.job_dir(bad) / "log.txt").exists()
+        job, _ = wait_for(lambda: runner.get(failing), lambda j: j.state == "failed")
+        assert str(job.error).startswith("RuntimeError: the fake trainer failed at step 2")
+        assert "Traceback" in str(job.error)  # the last lines of the worker's log
+        assert job.adapter is None and job.step == 1
+
+
+def test_a_killed_worker_fails_its_job_and_the_next_one_runs(tmp_path: Path) -> None:
+    with make_runner(tmp_path, step_s=0.1) as runner:
+        killed = runner.submit(recipe("killed", steps=200))
+        after = runner.submit(recipe("after", steps=2))
+        job, _ = wait_for(lambda: runner.get(killed), lambda j: j.step >= 1)
+        assert job.pid is not None
+        os.kill(job.pid, signal.SIGKILL)
+        job, _ = wait_for(lambda: runner.get(killed), lambda j: j.state == "failed")
+        assert str(job.error).startswith("worker exited with code -9")
+        assert wait_for(lambda: runner.get(after), lambda j: j.state == "succeeded")[0]
+
+
+def test_one_runner_per_data_dir_runs_workers_and_another_takes_over(tmp_path: Path) -> None:
+    first = make_runner(tmp_path).start()
+    deadline = time.monotonic() + 2
+    while not first.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with make_runner(tmp_path) as second:
+        job_id = second.submit(recipe("second", steps=2))
+        job, _ = wait_for(lambda: second.get(job_id), lambda j: j.state == "succeeded")
+        assert first.active and not second.active  # the first one ran it
+        first.close()
+        later = second.submit(recipe("later", steps=2))
+        assert wait_for(lambda: second.get(later), lambda j: j.state == "succeeded")[0]
+        assert second.active
