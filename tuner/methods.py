@@ -67,17 +67,19 @@ def peft_config(method: str, hp: Hyperparameters) -> Any:
     raise ValueError(f"method: unknown peft method {method!r}; one of {PEFT_METHODS} or full")
 
 
-def load_base(source: str, *, cache_dir: Path, device: str, method: str) -> Any:
+def load_base(
+    source: str, *, cache_dir: Path, device: str, method: str, local_path: str | None = None
+) -> Any:
     """The base generator for training: float32 on CPU; qlora loads 4-bit on the GPU."""
     from tuner.models import load_generator
 
     check_available(method)
     if method != "qlora":
-        return load_generator(source, cache_dir=cache_dir, device=device)
+        return load_generator(source, cache_dir=cache_dir, device=device, local_path=local_path)
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    gen = load_generator(source, cache_dir=cache_dir, device="cpu")  # resolves, converts GGUF
+    gen = load_generator(source, cache_dir=cache_dir, device="cpu", local_path=local_path)
     gen.model = AutoModelForCausalLM.from_pretrained(
         gen.weights_dir,
         quantization_config=BitsAndBytesConfig(

@@ -65,9 +65,12 @@ def train(
     resume: bool = True,
     device: str = "auto",
     models_dir: Path | None = None,
+    base_path: str | None = None,
 ) -> Any:
     """Train ``recipe`` on the data prepared in ``job_dir``; return the registry record.
-    ``models_dir`` holds converted base weights (default ``data_dir/models``)."""
+    ``models_dir`` holds converted base weights (default ``data_dir/models``); ``base_path`` is
+    an explicit local copy of the base model (a folder or .gguf file) to use instead of its
+    preset's sources."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -75,13 +78,19 @@ def train(
 
     hp = recipe.hyperparameters
     methods.check_available(recipe.method)
-    accelerator = Accelerator(gradient_accumulation_steps=hp.grad_accum, cpu=device == "cpu")
+    import torch
+
+    # Under ``accelerate launch`` without a GPU, accelerate only forms a (gloo) process group
+    # when told cpu=True; otherwise every process would train (and register) alone.
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    accelerator = Accelerator(gradient_accumulation_steps=hp.grad_accum, cpu=cpu)
     set_seed(hp.seed)
     gen = methods.load_base(
         recipe.base_model or DEFAULT_GENERATOR,
         cache_dir=models_dir or data_dir / "models",
         device=accelerator.device.type,
         method=recipe.method,
+        local_path=base_path,
     )
     tok = gen.tokenizer
     train_set = _encoded(job_dir / "data" / "train.jsonl", tok, hp.max_length)
@@ -102,8 +111,6 @@ def train(
     model.train()
     trainable, total_params = methods.count_trainable(model)
     log.info("%s: %d of %d weights trainable", recipe.method, trainable, total_params)
-
-    import torch
 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -147,6 +154,7 @@ def train(
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     window: list[float] = []
+    tokens = 0  # response tokens in this process since the last update
     for batch in batches():
         if state.step >= total:
             break
@@ -158,13 +166,18 @@ def train(
             optimizer.step()
             optimizer.zero_grad()
         window.append(float(loss.detach()))
-        state.tokens += int((batch["labels"] != -100).sum())
+        tokens += int((batch["labels"] != -100).sum())
         if not accelerator.sync_gradients:
             continue
         scheduler.step()
         state.step += 1
-        mean = float(accelerator.reduce(torch.tensor(sum(window) / len(window)), "mean"))
-        window = []
+        # One collective per update, on the device the backend wants (NCCL refuses CPU
+        # tensors): the mean loss over processes and the response tokens of all of them.
+        local = torch.tensor([sum(window) / len(window), float(tokens)], device=accelerator.device)
+        summed = accelerator.reduce(local, "sum").tolist()
+        mean = summed[0] / accelerator.num_processes
+        state.tokens += int(summed[1])
+        window, tokens = [], 0
         state.losses.append([state.step, mean])
         val = None
         if val_set and (state.step % hp.eval_every == 0 or state.step == total):
@@ -377,3 +390,62 @@ def _register(
         metrics=metrics,
         parent=parent.id if parent is not None else None,
     )
+
+
+# ---- command line -----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tuner.train --job-dir DIR --data-dir DIR``: train the job folder's
+    ``recipe.json`` on the data ``tuner.prepare`` wrote under ``DIR/data/``. Under
+    ``accelerate launch --multi_gpu --num_processes N -m tuner.train ...`` every process runs
+    this and together they train one adapter (gloo on CPU, NCCL on GPUs)."""
+    import argparse
+
+    from tuner.config import recipe_from_dict
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tuner.train", description="Train a prepared tuning job."
+    )
+    parser.add_argument(
+        "--job-dir", type=Path, required=True, help="holds recipe.json and data/ from prepare"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="the data dir whose adapters/ is the registry"
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=None, help="converted base weights (DATA_DIR/models)"
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    args = parser.parse_args(argv)
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [{rank}/{world}] %(levelname)s %(name)s: %(message)s",
+    )
+    path = args.job_dir / "recipe.json"
+    try:
+        recipe = recipe_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        parser.error(f"{path}: {exc}")
+    record = train(
+        recipe,
+        args.job_dir,
+        data_dir=args.data_dir,
+        resume=not args.no_resume,
+        device=args.device,
+        models_dir=args.models_dir,
+    )
+    from accelerate import PartialState
+
+    state = PartialState()
+    log.info(
+        "process %d of %d (%s) done%s",
+        state.process_index,
+        state.num_processes,
+        state.distributed_type.value,
+        f": registered {record.id}" if record is not None else "",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -155,17 +155,28 @@ def make_job_runner(state: Any) -> JobRunner:
     settings = state.settings
 
     def prepare(recipe: Recipe, job_dir: Path) -> Any:
+        import copy
+
+        from service.models import generator_from_settings
         from tuner.prepare import prepare as prepare_data
 
-        generator = state.generator
+        # This runs beside the engine: a tokenizer of its own (fast tokenizers are not
+        # shareable across threads), and for model-written data a generator of its own (the
+        # engine switches adapters on the shared one).
+        writes = any(d.synthetic and d.synthetic.generator == "model" for d in recipe.datasets)
         return prepare_data(
             recipe,
             job_dir,
             files_dir=files_dir(state),
-            tokenizer=generator.tokenizer,
+            tokenizer=copy.deepcopy(state.generator.tokenizer),
             retriever=state.retriever,
-            generator=generator,
+            generator=generator_from_settings(settings) if writes else None,
         )
 
-    options = {"device": settings.device, "threads": settings.threads}
+    options = {
+        "device": settings.device,
+        "threads": settings.threads,
+        "models_dir": str(settings.model_cache),
+        "base_path": str(settings.generator_path) if settings.generator_path else None,
+    }
     return JobRunner(settings.data_dir, prepare, options=options)
