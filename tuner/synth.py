@@ -19,6 +19,7 @@ The extractive patterns are English; a Chinese index yields few extractive pairs
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import Counter
@@ -29,6 +30,8 @@ from typing import Any
 from tuner.config import SyntheticSpec
 from tuner.data import Example
 from tuner.prompts import base_messages, rag_messages
+
+log = logging.getLogger(__name__)
 
 MIN_QUESTION_WORDS = 3
 MAX_QUESTION_WORDS = 25
@@ -59,7 +62,12 @@ QUESTION_START = re.compile(
     r"will|would|may|must|has|have)\b",
     re.IGNORECASE,
 )
-META_WORDS = re.compile(r"\b(passage|text|sentence|paragraph|excerpt|this document)\b", re.I)
+# questions about the exercise itself ("What's the question?", "What does the passage say?")
+META_WORDS = re.compile(
+    r"\b(passage|text|sentence|paragraph|excerpt|this document|questions?|answers?|topic|"
+    r"response)\b",
+    re.I,
+)
 WORD = re.compile(r"[a-z0-9]+")
 ABBREV = re.compile(r"\b(e\.g|i\.e|etc|vs|cf|viz|approx|no)\.$", re.IGNORECASE)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(“])")
@@ -198,13 +206,15 @@ def good_question(question: str, answer: str) -> bool:
     n = len(question.split())
     if not question.endswith("?") or not MIN_QUESTION_WORDS <= n <= MAX_QUESTION_WORDS:
         return False
-    if not QUESTION_START.match(question) or META_WORDS.search(question):
+    if not QUESTION_START.match(question) or META_WORDS.search(question) or "!" in question:
         return False
     asked = content_words(question) - {"use", "used", "mean", "stand"}
     if not asked:
         return False
     if normalize(question) in normalize(answer) or copy_share(question, answer) > MAX_COPY:
         return False
+    if not asked & content_words(answer):
+        return False  # shares no word with its answer: about something else
     return len(content_words(answer) - content_words(question)) >= 2  # the answer adds something
 
 
@@ -390,17 +400,20 @@ def model_pairs(
             todo.append((c, rng.choice(answers)))
     out: list[QAPair] = []
     seen: set[str] = set()
+    prompted = 0
     for i in range(0, len(todo), batch_size):
         if len(out) >= max_pairs:
             break
         batch = todo[i : i + batch_size]
         replies = _generate(generator, [_question_prompt(c, a) for c, a in batch], max_new_tokens)
+        prompted += len(batch)
         for (c, answer), reply in zip(batch, replies, strict=True):
             q = clean_question(reply)
             if q is None or not good_question(q, answer) or normalize(q) in seen:
                 continue
             seen.add(normalize(q))
             out.append(QAPair(q, answer, c.id, c.doc_id, "model", c.text))
+    log.info("model_pairs: %d of %d replies kept", len(out), prompted)
     return out[:max_pairs]
 
 

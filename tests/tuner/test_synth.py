@@ -84,6 +84,9 @@ def test_question_filters() -> None:
     assert not synth.good_question(answer.rstrip(".") + "?", answer)  # copies the answer
     assert not synth.good_question("What does the passage say about GRUB?", answer)
     assert not synth.good_question("What " + "very " * 30 + "GRUB?", answer)
+    assert not synth.good_question("What's the answer to that?", answer)  # seen from SmolLM2
+    assert not synth.good_question("What a great question! Can you say more?", answer)
+    assert not synth.good_question("What does Debian do?", answer)  # not about the answer
     assert synth.dedup(
         [
             synth.QAPair("What is GRUB?", answer, 1, "d", "x"),
