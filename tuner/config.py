@@ -94,6 +94,7 @@ class SyntheticSpec:
     max_examples: int = 500
     distractors: int = 3  # raft: retrieved passages that do not hold the answer
     p_gold: float = 0.8  # raft: share of examples whose prompt holds the gold passage
+    answer_words: int = 0  # raft: extend the answer with the passage's next sentences to ~N words
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -109,6 +110,7 @@ class SyntheticSpec:
         _check(self.max_examples >= 1, "synthetic.max_examples", self.max_examples, "must be >= 1")
         _check(self.distractors >= 0, "synthetic.distractors", self.distractors, "must be >= 0")
         _check(0 <= self.p_gold <= 1, "synthetic.p_gold", self.p_gold, "must be in [0, 1]")
+        _check(self.answer_words >= 0, "synthetic.answer_words", self.answer_words, "must be >= 0")
 
 
 @dataclass

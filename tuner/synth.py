@@ -453,6 +453,7 @@ def raft_examples(
     seed: int = 42,
     *,
     when_absent: str = "answer",
+    answer_words: int = 0,
 ) -> list[Example]:
     """RAFT examples: the serving prompt with distractors retrieved for the question and, with
     probability ``p_gold``, the gold chunk at a random position among them.
@@ -475,7 +476,8 @@ def raft_examples(
         if with_gold:
             gold_at = rng.randint(0, len(passages))
             passages.insert(gold_at, _Passage(pair.chunk_id, pair.doc_id, pair.context))
-        answer = pair.answer if with_gold or when_absent == "answer" else UNKNOWN
+        full = extend_answer(pair.answer, pair.context, answer_words)
+        answer = full if with_gold or when_absent == "answer" else UNKNOWN
         messages = rag_messages(pair.question, passages)
         messages.append({"role": "assistant", "content": answer})
         meta = _meta(pair, "raft")
@@ -487,6 +489,25 @@ def raft_examples(
         )
         out.append(Example(messages=messages, meta=meta))
     return out
+
+
+def extend_answer(answer: str, context: str, words: int) -> str:
+    """``answer`` and the sentences that follow it in ``context`` until the reply has about
+    ``words`` words (0: the answer sentence alone), so the model learns to give the passage's
+    explanation, not one line of it."""
+    if words <= 0:
+        return answer
+    parts = sentences(context)
+    key = " ".join(answer.split())
+    at = next((i for i, s in enumerate(parts) if " ".join(s.split()) == key), None)
+    if at is None:
+        return answer
+    reply = [parts[at]]
+    for s in parts[at + 1 :]:
+        if sum(len(r.split()) for r in reply) >= words:
+            break
+        reply.append(s)
+    return " ".join(reply)
 
 
 def _distractors(pair: QAPair, search: Callable[[str, int], Sequence[Any]], n: int) -> list[Any]:
@@ -567,6 +588,7 @@ def synthesize(retriever: Any, spec: SyntheticSpec, generator: Any = None) -> li
             spec.distractors,
             spec.p_gold,
             spec.seed,
+            answer_words=spec.answer_words,
         )
     return closed_book_examples(pairs)
 

@@ -194,3 +194,15 @@ class _Gen:
             return out
         ids = self.tokenizer(self.reply, add_special_tokens=False, return_tensors="pt").input_ids
         return torch.cat([input_ids, ids.repeat(input_ids.shape[0], 1)], dim=1)
+
+
+def test_extend_answer_adds_the_following_sentences_up_to_the_word_budget() -> None:
+    from tuner.synth import extend_answer
+
+    context = "Apt is a tool. It installs packages for you. It also removes them. Dpkg is lower."
+    assert extend_answer("Apt is a tool.", context, 0) == "Apt is a tool."
+    assert (
+        extend_answer("Apt is a tool.", context, 6)
+        == "Apt is a tool. It installs packages for you."
+    )
+    assert extend_answer("Not in there.", context, 6) == "Not in there."
