@@ -175,3 +175,53 @@ def test_early_stopping_keeps_the_best_validation_weights(tiny_llama: Path, tmp_
     vals = [v for _, v in m["val_curve"]]
     assert m["stopped_early"] and m["updates"] < 40
     assert m["best_val_loss"] == min(vals)
+
+
+def test_sequential_tuning_continues_the_parent_and_records_the_chain(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from tuner.registry import Registry
+
+    data = _toy_file(tmp_path)
+    first = _recipe(tiny_llama, data, "lora", max_steps=10)
+    parent = train(first, _prepared(first, tmp_path / "j1", tiny_llama), data_dir=tmp_path / "d")
+    child_recipe = _recipe(tiny_llama, data, "lora", max_steps=2)
+    child_recipe.name, child_recipe.parent = "toy-child", parent.id
+    child = train(
+        child_recipe, _prepared(child_recipe, tmp_path / "j2", tiny_llama), data_dir=tmp_path / "d"
+    )
+    fresh_recipe = _recipe(tiny_llama, data, "lora", max_steps=2)
+    fresh = train(
+        fresh_recipe, _prepared(fresh_recipe, tmp_path / "j3", tiny_llama), data_dir=tmp_path / "e"
+    )
+    assert child.parent == parent.id and child.lineage == [parent.id, child.id]
+    assert [r.id for r in Registry(tmp_path / "d" / "adapters").lineage(child.id)] == [
+        parent.id,
+        child.id,
+    ]
+    end = parent.metrics["train_loss"]  # the child starts where the parent ended
+    assert abs(child.metrics["first_loss"] - end) < abs(fresh.metrics["first_loss"] - end) / 5
+
+
+def test_datasets_mix_by_weight(tiny_llama: Path, tmp_path: Path) -> None:
+    from tuner.data import read_jsonl
+
+    data = _toy_file(tmp_path)
+    other = tmp_path / "other.jsonl"
+    other.write_text(
+        "".join(
+            json.dumps({"prompt": f"what is {w} ?", "completion": f"{w} is a file ."}) + "\n"
+            for w in ("apt", "linux", "kernel", "debian")
+        )
+    )
+    recipe = _recipe(tiny_llama, data, "lora")
+    recipe.datasets[0].weight = 1.0
+    from tuner.config import DataSpec
+
+    recipe.datasets.append(DataSpec(path=str(other), weight=3.0))
+    job = _prepared(recipe, tmp_path / "job", tiny_llama)
+    train_set = read_jsonl(job / "data" / "train.jsonl", format="chat")
+    from_other = sum("is a file ." in e.messages[-1]["content"] for e in train_set)
+    assert from_other / len(train_set) == pytest.approx(0.75, abs=0.1)
+    manifest = json.loads((job / "data" / "manifest.json").read_text())
+    assert len(manifest["dataset_hashes"]) == 2
