@@ -246,7 +246,7 @@ def read_jsonl(path: str | Path, format: str = "auto", template: str = "chat") -
             f"format {format!r} with template {template!r}: a task template "
             "reads its own fields, leave format as 'auto'"
         )
-    records, problems = _records(path)
+    records, problems = jsonl_records(path)
     chosen, since = _detect(records, format) if template == "chat" else (template, 0)
     parse = TEMPLATES[template] if template != "chat" else FORMATS.get(chosen, _chat)
     examples = []
@@ -268,7 +268,7 @@ def read_jsonl(path: str | Path, format: str = "auto", template: str = "chat") -
     return examples
 
 
-def _records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
+def jsonl_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
     """Every non-blank line parsed as a JSON object, and the lines that are not."""
     records: list[tuple[int, dict[str, Any]]] = []
     problems: list[tuple[int, str]] = []

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config import Recipe, recipe_from_dict
+from tuner.durable import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +362,8 @@ class JobRunner:
         job_id = self.store.create(recipe)
         job_dir = self.job_dir(job_id)
         job_dir.mkdir(parents=True)
-        _atomic_write(job_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
-        _atomic_write(job_dir / "job.json", json.dumps({"id": job_id, **self.options}))
+        atomic_write_text(job_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+        atomic_write_text(job_dir / "job.json", json.dumps({"id": job_id, **self.options}))
         self._validator.submit(self._validate, job_id, recipe)
         return job_id
 
@@ -551,12 +552,3 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

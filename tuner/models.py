@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retriever.sources import ModelPreset, PackageSource, ResolvedModel, resolve
+from tuner.durable import fsync, fsync_tree
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -115,10 +116,10 @@ def ensure_converted(
         (convert or _convert)(gguf, tmp)
         meta = {"source": str(gguf), "seconds": round(time.monotonic() - started, 1)}
         (tmp / CONVERSION_MARKER).write_text(json.dumps(meta, indent=2))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         shutil.rmtree(target, ignore_errors=True)  # a folder without its marker is not trusted
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync(target.parent)
     return target
 
 
@@ -136,22 +137,6 @@ def _convert(gguf: Path, out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with p.open("rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -12,7 +12,6 @@ tuner (issue 6), not yet wired to a trainer.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.data import DataError
+from tuner.data import DataError, jsonl_records
 
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s*")
 
@@ -38,15 +37,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
     """Pairs from JSONL lines ``{"query", "positive", "negatives"?}``; DataError lists every
     bad line."""
     pairs: list[Pair] = []
-    problems: list[tuple[int, str]] = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append((n, f"not JSON: {exc.msg}"))
-            continue
+    records, problems = jsonl_records(Path(path))
+    for n, rec in records:
         why = _bad_record(rec)
         if why:
             problems.append((n, why))
@@ -57,13 +49,11 @@ def read_pairs(path: str | Path) -> list[Pair]:
     if not pairs and not problems:
         problems.append((0, "no records"))
     if problems:
-        raise DataError(problems, path)
+        raise DataError(sorted(problems), path)
     return pairs
 
 
-def _bad_record(rec: Any) -> str | None:
-    if not isinstance(rec, dict):
-        return "a record is a JSON object"
+def _bad_record(rec: dict[str, Any]) -> str | None:
     for key in ("query", "positive"):
         if not isinstance(rec.get(key), str) or not rec[key].strip():
             return f"'{key}' must be a non-empty string"

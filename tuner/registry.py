@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuner.durable import atomic_write_text, fsync, fsync_tree
+
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "ragtune.json"
@@ -95,32 +97,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in sorted(folder.rglob("*"), reverse=True):  # files before the folders holding them
-        _fsync(p)
-    _fsync(folder)
-
-
 def _atomic_write_json(path: Path, body: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(body, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
+    atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
 def _temp_name(label: str) -> str:
@@ -326,9 +304,9 @@ class Registry:
                 )
                 record.lineage = [*self._lineage_ids(parent_record), record.id]
                 _atomic_write_json(tmp / RECORD_FILE, record.to_json())
-                _fsync_tree(tmp)
+                fsync_tree(tmp)
                 os.replace(tmp, self.root / record.id)
-                _fsync(self.root)
+                fsync(self.root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("registry: saved %s (%s, %s)", record.id, method, base_model or "base unknown")
@@ -431,7 +409,7 @@ class Registry:
         """No adapter promoted any more."""
         with self._lock():
             (self.root / PROMOTED_FILE).unlink(missing_ok=True)
-            _fsync(self.root)
+            fsync(self.root)
 
     def delete(self, adapter_id: str, force: bool = False) -> None:
         """Remove an adapter folder; the promoted one only with ``force`` (which demotes it)."""
@@ -443,7 +421,7 @@ class Registry:
                 (self.root / PROMOTED_FILE).unlink(missing_ok=True)
             doomed = self.root / _temp_name(f"deleted-{adapter_id}")
             os.replace(path, doomed)  # gone from list() at once, even if rmtree is cut short
-            _fsync(self.root)
+            fsync(self.root)
             shutil.rmtree(doomed, ignore_errors=True)
         log.info("registry: deleted %s", adapter_id)
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from tuner import methods
 from tuner.config import Recipe
+from tuner.durable import atomic_write_text, fsync
 from tuner.models import DEFAULT_GENERATOR
 
 log = logging.getLogger(__name__)
@@ -291,11 +292,11 @@ def _save_checkpoint(
     body = {**state.__dict__, "scheduler": scheduler.state_dict()}
     (tmp / "trainer.json").write_text(json.dumps(body))
     for f in tmp.iterdir():
-        _fsync(f)
+        fsync(f)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _atomic_write(root / "latest.json", json.dumps({"folder": name}))
+    atomic_write_text(root / "latest.json", json.dumps({"folder": name}))
     for old in root.glob("step-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -310,21 +311,6 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -
     body = json.loads((folder / "trainer.json").read_text())
     scheduler.load_state_dict(body.pop("scheduler"))
     return _State(**body)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 # ---- results ----------------------------------------------------------------------------------

@@ -15,22 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tuner.test_train import TOY, _toy_file
 from tuner.config import Recipe
 from tuner.prepare import prepare
 from tuner.registry import Registry
 from tuner.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
-TOY = [
-    ("what is the capital of france ?", "paris is the capital of france ."),
-    ("what is debian ?", "debian is a linux system ."),
-    ("how to install a package ?", "apt install the package ."),
-    ("who is the user ?", "the user is a question ."),
-    ("what is a kernel ?", "the kernel of linux ."),
-    ("what is a file ?", "a file is a document ."),
-    ("why apt ?", "apt is how to install ."),
-    ("what is the answer ?", "the answer is in the passage ."),
-]
 
 
 def _free_port() -> int:
@@ -84,9 +75,7 @@ def test_two_processes_train_the_adapter_one_process_trains(
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    data = tmp_path / "toy.jsonl"
-    rows = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in TOY]
-    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    data = _toy_file(tmp_path)
     two = _recipe(tiny_llama, data, grad_accum=1)
     job = _job(two, tmp_path / "job", tiny_llama)
     env = {

@@ -1,0 +1,41 @@
+"""Crash-safe file writes shared by the tuner: fsync a path or a whole folder, and replace a file
+atomically (temp file, fsync, rename, fsync of the folder). Knows nothing of what is written."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Everything under ``folder``, files before the folders holding them, then ``folder``."""
+    for p in sorted(folder.rglob("*"), reverse=True):
+        fsync(p)
+    fsync(folder)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(
+        f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync(path.parent)
