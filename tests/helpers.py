@@ -123,3 +123,31 @@ def serve_on_loopback(app) -> tuple[str, object]:  # noqa: ANN001 - a FastAPI ap
             pass
         time.sleep(0.1)
     raise RuntimeError("server did not become ready")
+
+
+def build_tiny_bert(folder: Path, words: list[str], head: str = "none", **config: int) -> Path:
+    """Save a random 1-layer BERT (hidden 16) with a word-level vocabulary to ``folder``;
+    ``head`` "classifier" adds a one-label sequence-classification head (a cross-encoder)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n"
+    )
+    # transformers 5 ignores vocab_file=: every token would be [UNK]
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    settings = {
+        "vocab_size": len(words) + 5,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        **config,
+    }
+    if head == "classifier":
+        BertForSequenceClassification(BertConfig(num_labels=1, **settings)).save_pretrained(folder)
+    else:
+        BertModel(BertConfig(**settings)).save_pretrained(folder)
+    return folder

@@ -9,32 +9,15 @@ import pytest
 from retriever.engine import DocumentIn, Hit, Retriever
 from retriever.rerank import CrossEncoderReranker
 from tests.fakes import FakeEmbedder
+from tests.helpers import build_tiny_bert
 
 WORDS = ["apt", "install", "package", "kernel", "boot", "network", "debian", "the", "a", "how"]
 
 
 @pytest.fixture(scope="module")
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
     folder = tmp_path_factory.mktemp("tiny-ce")
-    (folder / "vocab.txt").write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n"
-    )
-    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(WORDS) + 5,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=1,
-        max_position_embeddings=64,
-    )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
+    return build_tiny_bert(folder, WORDS, head="classifier", max_position_embeddings=64)
 
 
 class Reverse:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import build_tiny_bert
 from tuner.embed_train import ir_evaluator, train_embedder
 from tuner.pairs import Pair
 
@@ -30,27 +31,10 @@ WORDS = [
 
 
 def _tiny_st(folder: Path):
-    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    folder.mkdir(parents=True)
-    (folder / "vocab.txt").write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n"
-    )
-    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)  # v5: vocab=
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(WORDS) + 5,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    BertModel(config).save_pretrained(folder)
-    word = Transformer(str(folder))
+    word = Transformer(str(build_tiny_bert(folder, WORDS, max_position_embeddings=32)))
     return SentenceTransformer(
         modules=[word, Pooling(word.get_word_embedding_dimension())], device="cpu"
     )
