@@ -98,6 +98,7 @@ class Engine:
         self._held: list[Job] = []  # taken from the queue, waiting for their adapter's batch
         self._inflight: list[Job] = []  # the running batch's requests, failed together on error
         self._arg_for: tuple[Any, str] | None = None
+        self._eos = _eos_ids(generator.model, generator.tokenizer)  # fixed for the model's life
         self.prefixes = PrefixCache(min_tokens=prefix_min_tokens, max_tokens=prefix_max_tokens)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ragtune-engine", daemon=True)
@@ -317,11 +318,10 @@ class Engine:
         the rows that finished; None when none is left."""
         import torch
 
-        eos = _eos_ids(self.generator.model, self.generator.tokenizer)
         nxt = torch.stack(
             [_pick(logits[r], j.temperature, rows.generators[r]) for r, j in enumerate(rows.jobs)]
         )  # (rows,)
-        keep = [r for r, j in enumerate(rows.jobs) if self._advance(j, int(nxt[r]), eos)]
+        keep = [r for r, j in enumerate(rows.jobs) if self._advance(j, int(nxt[r]), self._eos)]
         rows.next_ids = nxt.unsqueeze(1)
         if not keep:
             return None
