@@ -86,8 +86,9 @@ class Embedder:
 
     model: SentenceTransformer
     resolved: ResolvedModel
-    adapter_hash: str | None = None
+    adapter: str | None = None  # the registry id of a fine-tuned embedder
     languages: tuple[str, ...] | None = None  # None: multilingual or unknown
+    adapter_weights: str | None = None  # fingerprint of the fine-tuned weights
 
     @property
     def dim(self) -> int:
@@ -102,14 +103,18 @@ class Embedder:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What an index records to know which weights made its vectors."""
-        return {
+        """What an index records to know which weights made its vectors (a fine-tuned one
+        also names its registry id, so the index can be reopened and rolled back with it)."""
+        identity = {
             "name": self.resolved.name,
             "hub_id": self.resolved.hub_id,
             "dim": self.dim,
             "weights": weights_fingerprint(self.resolved.path),
-            "adapter": self.adapter_hash,
+            "adapter": self.adapter,
         }
+        if self.adapter is not None:
+            identity["adapter_weights"] = self.adapter_weights
+        return identity
 
     def encode(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Unit-normalised float32 vectors, shape (len(texts), dim)."""
@@ -152,3 +157,58 @@ def load_embedder(
     model.float()
     preset = EMBEDDER_PRESETS.get(name)
     return Embedder(model=model, resolved=resolved, languages=preset.languages if preset else None)
+
+
+def load_tuned_embedder(
+    folder: Path,
+    adapter_id: str,
+    *,
+    method: str,
+    base: str,
+    device: str = "cpu",
+    base_path: str | Path | None = None,
+    offline: bool | None = None,
+    trained_languages: tuple[str, ...] = (),
+) -> Embedder:
+    """An embedder the retriever tuner wrote to ``folder``: a whole sentence-transformers model
+    (method ``full``) or a PEFT LoRA on ``base``, merged into it for plain-speed encoding. Its
+    languages are the base's plus those it was trained on (search weighs it by them)."""
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_embedder(base, local_path=base_path, offline=offline)
+    if method == "full":
+        model = SentenceTransformer(
+            str(folder), device=device, trust_remote_code=False, local_files_only=True
+        )
+    elif method == "lora":
+        from peft import PeftModel
+
+        model = SentenceTransformer(
+            str(resolved.path), device=device, trust_remote_code=False, local_files_only=True
+        )
+        module = model[0]
+        merged = PeftModel.from_pretrained(module.auto_model, str(folder)).merge_and_unload()
+        set_inner_model(module, merged)
+    else:
+        raise ValueError(f"embedder {adapter_id}: method {method!r} is not full or lora")
+    model.float()
+    model.eval()
+    preset = EMBEDDER_PRESETS.get(base)
+    languages = None  # unknown base: taken as multilingual
+    if preset is not None and preset.languages is not None:
+        languages = tuple(sorted({*preset.languages, *trained_languages}))
+    log.info("loaded fine-tuned embedder %s (%s on %s)", adapter_id, method, base)
+    return Embedder(
+        model=model,
+        resolved=resolved,
+        adapter=adapter_id,
+        languages=languages,
+        adapter_weights=weights_fingerprint(folder),
+    )
+
+
+def set_inner_model(module: Any, model: Any) -> None:
+    """Replace the transformer inside a sentence-transformers ``Transformer`` module (since
+    sentence-transformers 6 ``auto_model`` is a read-only alias of ``model``)."""
+    alias = isinstance(getattr(type(module), "auto_model", None), property)
+    setattr(module, "model" if alias else "auto_model", model)

@@ -90,14 +90,15 @@ def space_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def stored_identity(folder: Path) -> dict[str, Any] | None:
-    """The identity of the embedder an index at ``folder`` was built with, or None if new."""
+def stored_identity(folder: Path, which: str = "embedder") -> dict[str, Any] | None:
+    """The identity of the embedder an index at ``folder`` was built with (``which``
+    "previous_embedder": the one a rollback returns to), or None if new."""
     path = folder / DB_NAME
     if not path.exists():
         return None
     store = Store(path)
     try:
-        raw = store.get_meta("embedder")
+        raw = store.get_meta(which)
     finally:
         store.close()
     return json.loads(raw) if raw else None
@@ -276,9 +277,12 @@ class Retriever:
         embedder: EmbedderLike,
         batch: int = 256,
         progress: Callable[[int, int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Re-embed every chunk with ``embedder`` into a shadow space while searches and writes
-        go on, then switch to it atomically. The old space's vectors stay for rollback."""
+        go on, then switch to it atomically. The old space's vectors stay for rollback. When
+        ``stop`` is set it returns unswitched after the current batch; the shadow vectors
+        written so far are kept, so running it again continues where it stopped."""
         if embedder.dim <= 0:
             raise ValueError("embedder has no dimension")
         new_space = space_of(embedder.identity)
@@ -289,6 +293,8 @@ class Retriever:
         try:
             done, total = 0, self.chunk_count
             while True:
+                if stop is not None and stop.is_set():
+                    return {"switched": False, "reason": "stopped", "embedded": done}
                 ids, texts, hashes = self.store.missing_vectors(new_space, batch)
                 if not ids:
                     break

@@ -8,6 +8,7 @@ requests. Loading and unloading wait for the running batch (one lock with the en
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -63,6 +64,10 @@ class AdapterSet:
             raise AdapterNotFound(name, f"no adapter_config.json under {self.registry}")
         if not (path / "adapter_model.safetensors").is_file():
             raise AdapterNotFound(name, "only safetensors adapters are loaded")
+        if _embedder_adapter(path):
+            raise AdapterNotFound(
+                name, "an embedder (retriever) adapter: activate it with POST /v1/index/reindex"
+            )
         return path
 
     def available(self) -> list[str]:
@@ -71,7 +76,9 @@ class AdapterSet:
         return sorted(
             p.name
             for p in self.registry.iterdir()
-            if NAME.match(p.name) and (p / "adapter_model.safetensors").is_file()
+            if NAME.match(p.name)
+            and (p / "adapter_model.safetensors").is_file()
+            and not _embedder_adapter(p)
         )
 
     def loaded(self) -> list[str]:
@@ -122,3 +129,12 @@ class AdapterSet:
                 raise AdapterNotFound(name, "not loaded")
             model.set_adapter(name)
             yield
+
+
+def _embedder_adapter(folder: Path) -> bool:
+    """Whether an adapter folder was trained on the embedder (PEFT task FEATURE_EXTRACTION)."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("task_type") == "FEATURE_EXTRACTION"

@@ -22,11 +22,12 @@ from service.engine import Engine
 from service.limits import BodyLimit
 from service.metrics import Metrics
 from service.models import (
-    embedder_from_settings,
     generator_from_settings,
+    index_embedder,
     open_retriever,
     reranker_from_settings,
 )
+from service.reindexing import Reindexer
 from service.runtime import configure_torch
 from service.settings import Settings, get_settings
 
@@ -47,6 +48,7 @@ class AppState:
     limiter: Any = None
     metrics: Any = None
     jobs: Any = None  # tuner.jobs.JobRunner; made in the lifespan unless the loader set one
+    reindexer: Any = None  # service.reindexing.Reindexer, made with the state
     ready: bool = False
     loaded: dict[str, Any] = field(default_factory=dict)
 
@@ -56,7 +58,7 @@ Loader = Callable[[AppState], None]
 
 def load_models(state: AppState) -> None:
     configure_torch(state.settings)
-    state.embedder = embedder_from_settings(state.settings)
+    state.embedder = index_embedder(state.settings)  # a fine-tuned one if the index uses it
     state.loaded["embedder"] = state.embedder.identity
     state.generator = generator_from_settings(state.settings)
     state.loaded["generator"] = state.generator.identity
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         limiter=RateLimiter(settings.limits.rate_limit_per_minute),
         metrics=Metrics(),
     )
+    state.reindexer = Reindexer(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         yield
         state.ready = False
         await anyio.to_thread.run_sync(state.jobs.close)  # a running job resumes next start
+        await anyio.to_thread.run_sync(state.reindexer.close)  # stops after its current batch
         if state.engine is not None:
             state.engine.close()
         if state.retriever is not None:
@@ -108,13 +112,14 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     errors.install(app)
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
-    from service.routes import adapters, chat, documents, files, query, tune
+    from service.routes import adapters, chat, documents, files, index, query, tune
 
     app.include_router(adapters.router)
     app.include_router(documents.router)
     app.include_router(query.router)
     app.include_router(chat.router)
     app.include_router(files.router)
+    app.include_router(index.router)
     app.include_router(tune.router)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -332,56 +332,75 @@ def search(query: str, k: int, mode: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--embedder", default=None, help="Embedder to re-embed with (default: settings).")
+@click.option("--adapter", default=None, help="A fine-tuned embedder from the registry (its id).")
 @click.option("--rollback", is_flag=True, help="Switch back to the previous embedder.")
-def reindex(embedder: str | None, rollback: bool) -> None:
+def reindex(embedder: str | None, adapter: str | None, rollback: bool) -> None:
     """Re-embed the index with another embedder, then switch to it atomically."""
-    from tqdm import tqdm
-
-    from retriever.embedder import load_embedder
+    from retriever.engine import Retriever, stored_identity
     from retriever.errors import RetrieverError
     from retriever.sources import ModelNotAvailable
-    from service.models import index_embedder_name, retriever_config
+    from service.models import embedder_for, retriever_config, tuned_embedder
     from service.runtime import configure_logging, configure_torch
+    from tuner.registry import RecordNotFound, RegistryError
 
+    if sum([embedder is not None, adapter is not None, rollback]) > 1:
+        raise click.ClickException("give at most one of --embedder, --adapter, --rollback")
     settings = _settings()
     configure_logging("warning")
     _quiet_transformers()
     configure_torch(settings)
-    current = index_embedder_name(settings.index_dir)
+    current = stored_identity(settings.index_dir)
     if current is None:
         raise click.ClickException(f"no index at {settings.index_dir}; ingest documents first")
-    from retriever.engine import Retriever
-
     try:
-        old = load_embedder(current, offline=settings.offline)
-        retriever = Retriever(settings.index_dir, old, retriever_config(settings))
+        retriever = Retriever(
+            settings.index_dir, embedder_for(current, settings), retriever_config(settings)
+        )
+    except (RetrieverError, ModelNotAvailable, RecordNotFound, RegistryError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    try:
         if rollback:
             previous = retriever.store.get_meta("previous_embedder")
             if not previous:
-                retriever.close()
                 raise click.ClickException("no previous embedder to roll back to")
-            target = str(json.loads(previous)["name"])
+            new = embedder_for(json.loads(previous), settings)
+        elif adapter is not None:
+            new = tuned_embedder(adapter, settings)
         else:
-            target = embedder or settings.embedder
-        new = load_embedder(target, offline=settings.offline)
-    except (RetrieverError, ModelNotAvailable) as exc:
+            new = embedder_for({"name": embedder or settings.embedder}, settings)
+        result = reembed(retriever, new)
+    except (RetrieverError, ModelNotAvailable, RecordNotFound, RegistryError) as exc:
         raise click.ClickException(_one_line(exc)) from None
-    try:
-        bar = tqdm(total=retriever.chunk_count, desc="re-embed", unit="chunk")
-
-        def progress(done: int, total: int) -> None:
-            bar.total = max(total, done)
-            bar.n = done
-            bar.refresh()
-
-        result = retriever.reindex(new, progress=progress)
-        bar.close()
     finally:
         retriever.close()
     if result["switched"]:
-        click.echo(f"switched {result['chunks']} chunks from {current} to {target}")
+        click.echo(
+            f"switched {result['chunks']} chunks from {_label(current)} to {_label(new.identity)}"
+        )
     else:
         click.echo(f"nothing to do: {result['reason']}")
+
+
+def reembed(retriever: Any, new: Any) -> dict[str, Any]:
+    """``retriever.reindex(new)`` with a progress bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=retriever.chunk_count, desc="re-embed", unit="chunk")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = max(total, done)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return retriever.reindex(new, progress=progress)  # type: ignore[no-any-return]
+    finally:
+        bar.close()
+
+
+def _label(identity: dict[str, Any]) -> str:
+    name = str(identity.get("name"))
+    return f"{name} (fine-tuned: {identity['adapter']})" if identity.get("adapter") else name
 
 
 from service import cli_tune  # noqa: E402,F401  (registers ``tune`` and ``adapters``)

@@ -48,7 +48,8 @@ class _Bar:
 @click.option("--set", "overrides", multiple=True, help="Override a recipe key: a.b=value.")
 @click.option("--fresh", is_flag=True, help="Ignore checkpoints of an earlier interrupted run.")
 def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
-    """Fine-tune the generator from a recipe; the adapter lands in the registry."""
+    """Fine-tune the generator or the retriever from a recipe; the result lands in the registry
+    (a retriever's embedder then re-embeds the index, unless retriever.activate is false)."""
     from tuner.config import load_recipe
     from tuner.data import DataError
     from tuner.methods import MethodUnavailable
@@ -61,6 +62,9 @@ def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
         plan = load_recipe(recipe, list(overrides))
     except ValueError as exc:
         raise click.ClickException(f"{recipe}: {_one_line(exc)}") from None
+    if plan.component == "retriever":
+        _tune_retriever(plan, settings, fresh)
+        return
     if plan.base_model is None:
         plan.base_model = settings.generator
     job_dir = settings.data_dir / "jobs" / f"cli-{plan.name}"
@@ -87,6 +91,75 @@ def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
     except (ValueError, MethodUnavailable) as exc:
         raise click.ClickException(_one_line(exc)) from None
     click.echo(_summary(record))
+
+
+def _tune_retriever(plan: Any, settings: Any, fresh: bool) -> None:
+    """Pairs from the index (or a file), training, then re-embedding the index with it."""
+    import shutil
+
+    from retriever.errors import RetrieverError
+    from retriever.sources import ModelNotAvailable
+    from service.cli import reembed
+    from service.models import tuned_embedder
+    from tuner.data import DataError
+    from tuner.embed_train import train_retriever
+    from tuner.prepare import prepare_pairs
+    from tuner.registry import RecordNotFound, RegistryError
+
+    plan.base_model = plan.base_model or settings.embedder
+    job_dir = settings.data_dir / "jobs" / f"cli-{plan.name}"
+    if job_dir.exists():  # no checkpoints to resume from: a run starts over
+        shutil.rmtree(job_dir)
+    try:
+        needs_index = any(d.synthetic for d in plan.datasets) or plan.retriever.negatives > 0
+        retriever = _open_index(settings) if needs_index else None
+        try:
+            prepared = prepare_pairs(
+                plan, job_dir, files_dir=settings.data_dir / "files", retriever=retriever
+            )
+        finally:
+            if retriever is not None:
+                retriever.close()
+        click.echo(f"pairs: {prepared.train} train, {prepared.val} held out")
+        bar = _Bar()
+        try:
+            record = train_retriever(
+                plan,
+                job_dir,
+                data_dir=settings.data_dir,
+                hooks=bar,
+                device=settings.device,
+                embedder_path=str(settings.embedder_path) if settings.embedder_path else None,
+                offline=settings.offline,
+            )
+        finally:
+            bar.close()
+        m = record.metrics
+        click.echo(
+            f"embedder {record.id} ({record.method}) saved: held-out recall@10 "
+            f"{_num(m.get('recall@10_before'))} -> {_num(m.get('recall@10_after'))}, "
+            f"{m.get('updates')} updates in {m.get('seconds')} s"
+        )
+        if not plan.retriever.activate:
+            click.echo(
+                "not re-embedding (retriever.activate false); to switch: "
+                f"ragtune reindex --adapter {record.id}"
+            )
+            return
+        retriever = _open_index(settings)
+        try:
+            result = reembed(retriever, tuned_embedder(record.id, settings))
+        finally:
+            retriever.close()
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ValueError, RetrieverError, ModelNotAvailable, RecordNotFound, RegistryError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    click.echo(f"index re-embedded with {record.id}: {result.get('chunks', 0)} chunks switched")
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
 
 def _prepare_here(plan: Any, job_dir: Path, settings: Any, prepare: Any) -> None:

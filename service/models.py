@@ -1,7 +1,8 @@
 """Load the service's models from settings: the embedder and the generator.
 
 A thin mapping from ``Settings`` onto ``retriever.embedder`` and ``tuner.models``; the service's
-lifespan and the CLI share it so both find weights the same way.
+lifespan and the CLI share it so both find weights the same way. An index re-embedded with a
+fine-tuned embedder records its registry id; ``index_embedder`` loads that one back.
 """
 
 from __future__ import annotations
@@ -49,9 +50,65 @@ def reranker_from_settings(settings: Settings) -> Any:
 
 
 def open_retriever(settings: Settings, embedder: Embedder | None = None) -> Retriever:
-    """The index under the data dir, opened with the configured embedder."""
-    embedder = embedder or embedder_from_settings(settings)
+    """The index under the data dir, opened with the configured embedder (or the fine-tuned
+    version of it the index was switched to)."""
+    embedder = embedder or index_embedder(settings)
     return Retriever(settings.index_dir, embedder, retriever_config(settings))
+
+
+def tuned_embedder(adapter_id: str, settings: Settings) -> Embedder:
+    """A fine-tuned embedder from the adapter registry (``RecordNotFound``, ``RegistryError``)."""
+    from retriever.embedder import load_tuned_embedder
+    from tuner.registry import Registry, RegistryError
+
+    registry = Registry(settings.data_dir / "adapters")
+    record = registry.get(adapter_id)
+    if record.component != "retriever":
+        raise RegistryError(f"{adapter_id} is a {record.component} adapter, not an embedder")
+    languages = record.metrics.get("languages") or ()
+    return load_tuned_embedder(
+        registry.folder(adapter_id),
+        adapter_id,
+        method=record.method,
+        base=record.base_model,
+        device=pick_device(settings.device),
+        base_path=settings.embedder_path if record.base_model == settings.embedder else None,
+        offline=settings.offline,
+        trained_languages=tuple(languages),
+    )
+
+
+def embedder_for(identity: dict[str, Any], settings: Settings) -> Embedder:
+    """The embedder an index identity names: a fine-tuned one from the registry, or a preset,
+    hub id or folder (the configured local copy when it is the configured embedder)."""
+    if identity.get("adapter"):
+        return tuned_embedder(str(identity["adapter"]), settings)
+    name = str(identity["name"])
+    return load_embedder(
+        name,
+        device=pick_device(settings.device),
+        local_path=settings.embedder_path if name == settings.embedder else None,
+        offline=settings.offline,
+    )
+
+
+def index_embedder(settings: Settings) -> Embedder:
+    """The configured embedder, or, when the index was re-embedded with a fine-tuned version of
+    it, that version (so a restart serves what the last switch chose)."""
+    identity = stored_identity(settings.index_dir)
+    if identity and identity.get("adapter") and identity.get("name") == settings.embedder:
+        return embedder_for(identity, settings)
+    return embedder_from_settings(settings)
+
+
+def embedders_in_use(settings: Settings) -> dict[str, str]:
+    """Registry ids of the embedders the index uses now or would roll back to."""
+    found = {}
+    for key, role in (("previous_embedder", "the rollback target"), ("embedder", "in use")):
+        identity = stored_identity(settings.index_dir, key)
+        if identity and identity.get("adapter"):
+            found[str(identity["adapter"])] = role
+    return found
 
 
 def index_embedder_name(folder: Path) -> str | None:

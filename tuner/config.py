@@ -15,9 +15,11 @@ from typing import Any
 import yaml
 
 METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning", "full", "qlora")
+RETRIEVER_METHODS = ("full", "lora")
+COMPONENTS = ("generator", "retriever")
 FORMATS = ("auto", "alpaca", "chat", "prompt_completion")
 TEMPLATES = ("chat", "qa", "summarization", "translation", "classification")
-SYNTHETIC_KINDS = ("qa", "raft", "closed_book")
+SYNTHETIC_KINDS = ("qa", "raft", "closed_book", "pairs")
 SCHEDULERS = ("linear", "cosine", "constant")
 
 
@@ -28,8 +30,10 @@ def _check(ok: bool, name: str, value: Any, want: str) -> None:
 
 @dataclass
 class Hyperparameters:
-    learning_rate: float = 2e-4  # peak learning rate
-    batch_size: int = 4  # examples per step per process
+    # peak learning rate; None: 2e-4 (generator), 2e-5 (retriever full), 1e-4 (retriever lora)
+    learning_rate: float | None = None
+    batch_size: int | None = None  # examples per step per process; None: 4 (generator), 32
+    # (retriever: in-batch negatives want big batches)
     grad_accum: int = 1  # steps accumulated per optimizer update
     epochs: float = 1.0  # passes over the training split (ignored when max_steps is set)
     max_steps: int | None = None  # optimizer updates in all; overrides epochs
@@ -51,9 +55,16 @@ class Hyperparameters:
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        _check(
+            self.learning_rate is None or self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "must be > 0",
+        )
         for name in ("batch_size", "grad_accum", "rank", "alpha", "num_virtual_tokens"):
             value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
             _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
         for name in ("eval_every", "checkpoint_every"):
             value = getattr(self, name)
@@ -89,7 +100,9 @@ class Hyperparameters:
 class SyntheticSpec:
     """Training data made from the live index instead of a file."""
 
-    kind: str = "raft"  # qa (question -> answer, closed book) | raft (with passages) | closed_book
+    # qa (question -> answer, closed book) | raft (with passages) | closed_book | pairs (for the
+    # retriever: a sentence of a chunk as the query, the rest of the chunk as its positive)
+    kind: str = "raft"
     generator: str = "extractive"  # extractive | model (the generator writes the questions)
     max_examples: int = 500
     distractors: int = 3  # raft: retrieved passages that do not hold the answer
@@ -135,23 +148,74 @@ class DataSpec:
 
 
 @dataclass
+class RetrieverTuning:
+    """How the retriever tuner mines hard negatives and what it does after training."""
+
+    negatives: int = 3  # hard negatives per pair, mined from the live index
+    window: tuple[int, int] = (
+        3,
+        30,
+    )  # ranks searched for negatives (the top is often a paraphrase)
+    margin: float = 0.95  # a hit scoring >= margin * the positive's score is not a negative
+    mine_mode: str = "hybrid"  # dense | sparse | hybrid: the search that mines them
+    cached: bool = False  # CachedMultipleNegativesRankingLoss (big batches in little memory)
+    activate: bool = True  # re-embed the index with the result (shadow, then atomic switch)
+
+    def __post_init__(self) -> None:
+        self.window = tuple(self.window)  # type: ignore[assignment]  (YAML and JSON give lists)
+        _check(self.negatives >= 0, "retriever.negatives", self.negatives, "must be >= 0")
+        _check(
+            len(self.window) == 2 and 0 <= self.window[0] < self.window[1] <= 200,
+            "retriever.window",
+            self.window,
+            "[start, end] with 0 <= start < end <= 200",
+        )
+        _check(0 < self.margin <= 1, "retriever.margin", self.margin, "must be in (0, 1]")
+        _check(
+            self.mine_mode in ("dense", "sparse", "hybrid"),
+            "retriever.mine_mode",
+            self.mine_mode,
+            "dense, sparse or hybrid",
+        )
+
+
+@dataclass
 class Recipe:
     name: str  # the adapter's registry name
     method: str = "lora"
-    component: str = "generator"
-    base_model: str | None = None  # preset, hub id or folder; None: the service's generator
+    component: str = "generator"  # generator | retriever (the embedder)
+    base_model: str | None = None  # preset, hub id or folder; None: the service's model
     datasets: list[DataSpec] = field(default_factory=list)
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     parent: str | None = None  # an adapter to continue from (sequential fine-tuning)
     probe: bool = True  # score the forgetting probe before and after training
     min_examples: int = 8  # fewer valid examples than this refuses the job
+    retriever: RetrieverTuning = field(default_factory=RetrieverTuning)  # component retriever
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DataSpec) else DataSpec(**d) for d in self.datasets]
         if isinstance(self.hyperparameters, dict):
             self.hyperparameters = Hyperparameters(**self.hyperparameters)
-        _check(self.method in METHODS, "method", self.method, f"one of {METHODS}")
-        _check(self.component == "generator", "component", self.component, "'generator'")
+        if isinstance(self.retriever, dict):
+            self.retriever = RetrieverTuning(**self.retriever)
+        _check(self.component in COMPONENTS, "component", self.component, f"one of {COMPONENTS}")
+        if self.component == "retriever":
+            self._check_retriever()
+        else:
+            _check(self.method in METHODS, "method", self.method, f"one of {METHODS}")
+            for spec in self.datasets:
+                if spec.synthetic is not None:
+                    _check(
+                        spec.synthetic.kind != "pairs",
+                        "synthetic.kind",
+                        "pairs",
+                        "qa, raft or closed_book for the generator (pairs train the retriever)",
+                    )
+        hp = self.hyperparameters
+        if hp.learning_rate is None:
+            hp.learning_rate = _default_lr(self.component, self.method)
+        if hp.batch_size is None:
+            hp.batch_size = 32 if self.component == "retriever" else 4
         _check(bool(self.datasets), "datasets", self.datasets, "needs at least one dataset")
         _check(
             isinstance(self.name, str) and _valid_name(self.name),
@@ -159,13 +223,51 @@ class Recipe:
             self.name,
             "1-64 letters, digits, '.', '_' or '-'",
         )
-        if self.parent is not None and self.method not in ("lora", "dora", "ia3"):
+        generator = self.component == "generator"
+        if generator and self.parent is not None and self.method not in ("lora", "dora", "ia3"):
             raise ValueError(
                 f"parent: continuing an adapter needs lora, dora or ia3, not {self.method}"
             )
 
+    def _check_retriever(self) -> None:
+        _check(
+            self.method in RETRIEVER_METHODS,
+            "method",
+            self.method,
+            f"one of {RETRIEVER_METHODS} for the retriever",
+        )
+        for spec in self.datasets:
+            if spec.synthetic is None:
+                continue
+            if spec.synthetic.kind == "raft":  # the default kind: for the retriever, pairs
+                spec.synthetic.kind = "pairs"
+            _check(
+                spec.synthetic.kind == "pairs",
+                "synthetic.kind",
+                spec.synthetic.kind,
+                "'pairs' for the retriever",
+            )
+            _check(
+                spec.synthetic.generator == "extractive",
+                "synthetic.generator",
+                spec.synthetic.generator,
+                "'extractive' for retriever pairs (sentences cut from each chunk)",
+            )
+        _check(
+            self.parent is None or self.method == "full",
+            "parent",
+            self.parent,
+            "a retriever continues from a parent with method full (its whole embedder is saved)",
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _default_lr(component: str, method: str) -> float:
+    if component == "retriever":
+        return 2e-5 if method == "full" else 1e-4
+    return 2e-4
 
 
 def _valid_name(name: str) -> bool:

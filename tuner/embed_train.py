@@ -2,18 +2,24 @@
 
 MultipleNegativesRankingLoss (in-batch negatives plus mined hard negatives; the cached variant
 for large batches), full fine-tuning or a PEFT LoRA adapter on the embedder, and an
-InformationRetrievalEvaluator on a held-out split scored before and after. Knows nothing of
-the live index, re-embedding or jobs (issue 6 groundwork, not wired to them yet).
+InformationRetrievalEvaluator on a held-out split scored before and after.
+``train_retriever(recipe, job_dir, data_dir=...)`` is the retriever tuner's training step: it
+reads the pairs ``tuner.prepare.prepare_pairs`` wrote, trains, and saves the embedder into the
+adapter registry (component ``retriever``, with lineage). Knows nothing of the live index,
+re-embedding or HTTP: the caller re-embeds the index with the result.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.pairs import Pair
+from tuner.config import Recipe
+from tuner.pairs import Pair, read_pairs
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +79,11 @@ def train_embedder(
     rank: int = 8,
     cached: bool = False,
     seed: int = 42,
+    hooks: Any = None,
 ) -> dict[str, Any]:
     """Train ``model`` (a SentenceTransformer) in place; returns the evaluator's scores before
-    and after, and recall@10 of each."""
+    and after, and recall@10 of each. ``hooks`` (``progress``, ``should_stop``) are called
+    every update; a stop request raises ``tuner.train.Cancelled``."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformerTrainer,
@@ -91,9 +99,14 @@ def train_embedder(
     if method == "lora":  # peft directly: transformers' add_adapter wants a newer peft
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model[0].auto_model = get_peft_model(
-            model[0].auto_model,
-            LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=rank, lora_alpha=2 * rank),
+        from retriever.embedder import set_inner_model
+
+        set_inner_model(
+            model[0],
+            get_peft_model(
+                model[0].auto_model,
+                LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=rank, lora_alpha=2 * rank),
+            ),
         )
     hardest = min(len(p.negatives) for p in train)
     columns: dict[str, list[str]] = {
@@ -121,13 +134,20 @@ def train_embedder(
         disable_tqdm=True,
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a repeated text is a false negative
     )
+    watch = _Watch(hooks)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_dict(columns),
         loss=loss_cls(model),
+        callbacks=[watch.callback()],
     )
+    started = time.perf_counter()
     trainer.train()
+    if watch.stopped:
+        from tuner.train import Cancelled
+
+        raise Cancelled("stopped on request")
     after = dict(evaluator(model)) if evaluator else {}
     return {
         "before": before,
@@ -136,4 +156,147 @@ def train_embedder(
         "recall@10_after": _recall(after),
         "pairs": len(train),
         "hard_negatives_per_pair": hardest,
+        "updates": watch.step,
+        "first_loss": watch.first_loss,
+        "train_loss": watch.loss,
+        "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+class _Watch:
+    """Relays the trainer's steps and losses to the job hooks and stops it when asked."""
+
+    def __init__(self, hooks: Any) -> None:
+        self.hooks = hooks
+        self.step = 0
+        self.loss: float | None = None
+        self.first_loss: float | None = None
+        self.stopped = False
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        watch = self
+
+        class Relay(TrainerCallback):  # type: ignore[misc]
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any
+            ) -> None:
+                if logs and "loss" in logs:
+                    watch.loss = float(logs["loss"])
+                    if watch.first_loss is None:
+                        watch.first_loss = watch.loss
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+                watch.step = state.global_step
+                if watch.hooks is None:
+                    return
+                loss = watch.loss if watch.loss is not None else float("nan")
+                watch.hooks.progress(state.global_step, state.max_steps, loss, None)
+                if watch.hooks.should_stop():
+                    watch.stopped = True
+                    control.should_training_stop = True
+
+        return Relay()
+
+
+def trained_languages(pairs: Sequence[Pair], share: float = 0.2) -> list[str]:
+    """The languages of the training queries: zh when at least ``share`` of them hold Chinese
+    characters, en when at least ``share`` are mostly Latin letters."""
+    from retriever.sparse import CJK
+
+    if not pairs:
+        return []
+    zh = sum(1 for p in pairs if CJK.search(p.query)) / len(pairs)
+    latin = sum(
+        1 for p in pairs if sum(c.isascii() and c.isalpha() for c in p.query) > len(p.query) / 2
+    ) / len(pairs)
+    return [lang for lang, s in (("en", latin), ("zh", zh)) if s >= share]
+
+
+def train_retriever(
+    recipe: Recipe,
+    job_dir: Path,
+    *,
+    data_dir: Path,
+    hooks: Any = None,
+    device: str = "auto",
+    embedder_path: str | None = None,
+    offline: bool | None = None,
+    **_: Any,
+) -> Any:
+    """Train the embedder named by ``recipe.base_model`` (or continue its ``parent``) on
+    ``job_dir/data/{train,val}.jsonl`` and save it in the registry; returns the record. A job
+    that is started again trains from the start (minutes on a CPU; no checkpoints)."""
+    from retriever.embedder import DEFAULT_EMBEDDER, load_embedder, load_tuned_embedder
+    from tuner.models import pick_device
+    from tuner.registry import Registry
+
+    hp, rt = recipe.hyperparameters, recipe.retriever
+    base = recipe.base_model or DEFAULT_EMBEDDER
+    train = read_pairs(job_dir / "data" / "train.jsonl")
+    val_file = job_dir / "data" / "val.jsonl"
+    held_out = read_pairs(val_file) if val_file.is_file() and val_file.stat().st_size else []
+    registry = Registry(data_dir / "adapters")
+    parent = registry.get(recipe.parent) if recipe.parent else None
+    device = pick_device(device)
+    if parent is not None:
+        if parent.component != "retriever":
+            raise ValueError(f"parent {parent.id} is a {parent.component} adapter, not an embedder")
+        embedder = load_tuned_embedder(
+            registry.folder(parent.id),
+            parent.id,
+            method=parent.method,
+            base=parent.base_model,
+            device=device,
+            base_path=embedder_path,
+            offline=offline,
+        )
+    else:
+        embedder = load_embedder(base, device=device, local_path=embedder_path, offline=offline)
+    model = embedder.model
+    assert hp.learning_rate is not None and hp.batch_size is not None  # set by Recipe
+    metrics = train_embedder(
+        model,
+        train,
+        held_out,
+        out_dir=job_dir / "trainer",
+        method=recipe.method,
+        learning_rate=hp.learning_rate,
+        batch_size=hp.batch_size,
+        epochs=hp.epochs,
+        max_steps=hp.max_steps or -1,
+        rank=hp.rank,
+        cached=rt.cached,
+        seed=hp.seed,
+        hooks=hooks,
+    )
+    metrics["languages"] = sorted({*(embedder.languages or ()), *trained_languages(train)})
+    manifest_path = job_dir / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+
+    def save(folder: Path) -> None:
+        if recipe.method == "lora":
+            model[0].auto_model.save_pretrained(folder, safe_serialization=True)
+        else:
+            model.save(str(folder), safe_serialization=True, create_model_card=False)
+
+    record = registry.save(
+        save,
+        name=recipe.name,
+        method=recipe.method,
+        component="retriever",
+        base_model=parent.base_model if parent is not None else base,
+        dataset_hashes=manifest.get("dataset_hashes", {}),
+        source_documents=manifest.get("source_documents", {}),
+        hyperparameters=recipe.to_dict()["hyperparameters"],
+        metrics=metrics,
+        parent=parent.id if parent is not None else None,
+    )
+    log.info(
+        "embedder %s saved: held-out recall@10 %s -> %s",
+        record.id,
+        metrics["recall@10_before"],
+        metrics["recall@10_after"],
+    )
+    return record

@@ -311,7 +311,8 @@ class JobRunner:
     ``prepare(recipe, job_dir)`` writes the job's data (raises ``ValueError`` for bad data, with
     ``.problems`` when it has them); ``command`` is the worker's argv before the job folder
     (default ``python -m tuner.worker``); ``env`` adds to the worker's environment; ``options``
-    are written to ``job.json`` for the worker (e.g. ``device``, ``threads``).
+    are written to ``job.json`` for the worker (e.g. ``device``, ``threads``); ``on_success(job)``
+    is called in the supervisor thread when a job succeeds (it should return quickly).
     """
 
     def __init__(
@@ -324,6 +325,7 @@ class JobRunner:
         options: Mapping[str, Any] | None = None,
         poll_s: float = 0.2,
         stop_grace_s: float = STOP_GRACE_S,
+        on_success: Callable[[Job], None] | None = None,
     ) -> None:
         self.root = Path(data_dir) / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -334,6 +336,7 @@ class JobRunner:
         self.options = dict(options or {})
         self.poll_s = poll_s
         self.stop_grace_s = stop_grace_s
+        self.on_success = on_success
         self._validator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-validate")
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -494,6 +497,12 @@ class JobRunner:
                 return
         else:
             self._finished(job_id, code)
+            job = self.store.get(job_id)
+            if job.state == "succeeded" and self.on_success is not None:
+                try:
+                    self.on_success(job)
+                except Exception:  # noqa: BLE001 - a follow-up failing does not fail the job
+                    log.exception("job %s: after-success step failed", job_id)
         self._proc = self._current = None
 
     def _finished(self, job_id: str, code: int) -> None:

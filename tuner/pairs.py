@@ -6,12 +6,13 @@ sentence of a chunk becomes the pseudo-query and the rest of the chunk its posit
 English and Chinese, whose sentences end with 。！？). Hard negatives are mined from the live
 index: hits ranked inside a window (not the very top, which is often a paraphrase of the
 positive), scoring below ``margin`` times the positive's own score, never the positive's chunk
-or a near-duplicate of its text. Knows nothing of training; the first step of the retriever
-tuner (issue 6), not yet wired to a trainer.
+or a near-duplicate of its text. ``tuner.prepare.prepare_pairs`` drives it; knows nothing of
+training.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -51,6 +52,32 @@ def read_pairs(path: str | Path) -> list[Pair]:
     if problems:
         raise DataError(sorted(problems), path)
     return pairs
+
+
+def write_pairs(pairs: Iterable[Pair], path: Path) -> int:
+    """One JSON object per line, in the shape ``read_pairs`` reads; returns the count."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for p in pairs:
+            body: dict[str, Any] = {"query": p.query, "positive": p.positive}
+            body["negatives"] = p.negatives
+            if p.doc_id is not None:
+                body["doc_id"] = p.doc_id
+            f.write(json.dumps(body, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def dedup_queries(pairs: Iterable[Pair]) -> list[Pair]:
+    """The first pair of each query text (a repeated query with another positive is noise)."""
+    seen: set[str] = set()
+    out = []
+    for p in pairs:
+        key = " ".join(p.query.split()).lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def _bad_record(rec: dict[str, Any]) -> str | None:

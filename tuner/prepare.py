@@ -7,7 +7,9 @@ recipe's seed, mixes the training splits by weight (multi-task), and writes
 ``job_dir/data/{train,val,test}.jsonl`` and ``manifest.json`` (dataset hashes, counts, and the
 documents synthetic examples came from with their versions, for staleness). Runs where the
 index is open (the service process, or the CLI); the training process only reads its output.
-Knows nothing of models beyond a tokenizer, nor of HTTP.
+``prepare_pairs`` does the same for the retriever: (query, positive, hard negatives) pairs from
+pair files or cut from the indexed chunks, negatives mined from the live index, written to
+``job_dir/data/{train,val}.jsonl``. Knows nothing of models beyond a tokenizer, nor of HTTP.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ def prepare(
     for name, split in (("train", train), ("val", vals), ("test", tests)):
         tdata.write_jsonl(split, out / f"{name}.jsonl")
     prepared = Prepared(
-        len(train), len(vals), len(tests), hashes, _source_documents(train + vals, retriever)
+        len(train),
+        len(vals),
+        len(tests),
+        hashes,
+        _document_versions({d for e in train + vals for d in e.meta.get("doc_ids", [])}, retriever),
     )
     (out / "manifest.json").write_text(json.dumps(prepared.to_dict(), indent=2))
     log.info(
@@ -76,17 +82,112 @@ def prepare(
     return prepared
 
 
+def prepare_pairs(
+    recipe: Recipe, job_dir: Path, *, files_dir: Path, retriever: Any = None
+) -> Prepared:
+    """The retriever tuner's data: pairs from each dataset (a pair file, or pseudo-queries cut
+    from the indexed chunks), hard negatives mined from the live index for pairs that bring
+    none, repeated queries dropped, a held-out split for the IR evaluator."""
+    import random
+
+    from tuner import pairs as tpairs
+    from tuner.data import DataError
+
+    hp, rt = recipe.hyperparameters, recipe.retriever
+    found: list[tpairs.Pair] = []
+    hashes: dict[str, str] = {}
+    for i, spec in enumerate(recipe.datasets):
+        label, got = _read_pairs(spec, files_dir, retriever)
+        hashes[f"{i}:{label}"] = _pairs_hash(got)
+        found += got
+    found = tpairs.dedup_queries(found)
+    if len(found) < recipe.min_examples:
+        raise DataError(
+            [(0, f"{len(found)} usable pairs; the recipe needs at least {recipe.min_examples}")]
+        )
+    bare = [p for p in found if not p.negatives]
+    if rt.negatives and bare and retriever is not None:
+        log.info(
+            "mining %d hard negatives for %d pairs (%s)", rt.negatives, len(bare), rt.mine_mode
+        )
+        mined = iter(
+            tpairs.mine_negatives(
+                bare,
+                lambda q, k: retriever.search(q, k=k, mode=rt.mine_mode),
+                n=rt.negatives,
+                window=rt.window,
+                margin=rt.margin,
+            )
+        )
+        found = [next(mined) if not p.negatives else p for p in found]
+    order = list(range(len(found)))
+    random.Random(hp.seed).shuffle(order)
+    n_val = int(len(found) * hp.val_fraction)
+    val = [found[i] for i in sorted(order[:n_val])]
+    train = [found[i] for i in sorted(order[n_val:])]
+    out = job_dir / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    tpairs.write_pairs(train, out / "train.jsonl")
+    tpairs.write_pairs(val, out / "val.jsonl")
+    (out / "test.jsonl").write_text("")
+    prepared = Prepared(
+        len(train),
+        len(val),
+        0,
+        hashes,
+        _document_versions({p.doc_id for p in train + val if p.doc_id}, retriever),
+    )
+    body = {
+        **prepared.to_dict(),
+        "negatives_mean": round(sum(len(p.negatives) for p in found) / len(found), 2),
+    }
+    (out / "manifest.json").write_text(json.dumps(body, indent=2))
+    log.info("prepared %s: %d train pairs, %d held out", recipe.name, len(train), len(val))
+    return prepared
+
+
+def _read_pairs(spec: DataSpec, files_dir: Path, retriever: Any) -> tuple[str, list[Any]]:
+    from tuner import pairs as tpairs
+    from tuner import synth
+
+    if spec.path is not None:
+        return Path(spec.path).name, tpairs.read_pairs(spec.path)
+    if spec.file_id is not None:
+        return spec.file_id, tpairs.read_pairs(_uploaded(spec.file_id, files_dir))
+    assert spec.synthetic is not None
+    if retriever is None:
+        raise ValueError("dataset.synthetic: needs the document index, which is not open here")
+    chunks = synth.index_chunks(retriever)
+    got = tpairs.pseudo_pairs(chunks, spec.synthetic.max_examples, seed=spec.synthetic.seed)
+    log.info("synthesised %d pseudo-query pairs from %d chunks", len(got), len(chunks))
+    return "synthetic-pairs", got
+
+
+def _pairs_hash(pairs: list[Any]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p.query, p.positive, p.negatives], ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def _uploaded(file_id: str, files_dir: Path) -> Path:
+    if not FILE_ID.match(file_id):
+        raise ValueError(f"dataset.file_id: not a file id: {file_id!r}")
+    path = files_dir / f"{file_id}.jsonl"
+    if not path.is_file():
+        raise ValueError(f"dataset.file_id: no uploaded file {file_id!r} (POST /v1/files)")
+    return path
+
+
 def _read(spec: DataSpec, files_dir: Path, retriever: Any, generator: Any) -> tuple[str, list[Any]]:
     from tuner import data as tdata
 
     if spec.path is not None:
         return Path(spec.path).name, tdata.read_jsonl(Path(spec.path), spec.format, spec.template)
     if spec.file_id is not None:
-        if not FILE_ID.match(spec.file_id):
-            raise ValueError(f"dataset.file_id: not a file id: {spec.file_id!r}")
-        path = files_dir / f"{spec.file_id}.jsonl"
-        if not path.is_file():
-            raise ValueError(f"dataset.file_id: no uploaded file {spec.file_id!r} (POST /v1/files)")
+        path = _uploaded(spec.file_id, files_dir)
         return spec.file_id, tdata.read_jsonl(path, spec.format, spec.template)
     assert spec.synthetic is not None
     if retriever is None:
@@ -97,13 +198,12 @@ def _read(spec: DataSpec, files_dir: Path, retriever: Any, generator: Any) -> tu
     return f"synthetic-{spec.synthetic.kind}", examples
 
 
-def _source_documents(examples: list[Any], retriever: Any) -> dict[str, int]:
-    """Each document an example came from, with the version it had (for staleness)."""
-    ids = sorted({d for e in examples for d in e.meta.get("doc_ids", [])})
-    if not ids or retriever is None:
+def _document_versions(doc_ids: set[str], retriever: Any) -> dict[str, int]:
+    """Each document the training data came from, with the version it had (for staleness)."""
+    if not doc_ids or retriever is None:
         return {}
     versions = {}
-    for doc_id in ids:
+    for doc_id in sorted(doc_ids):
         try:
             versions[doc_id] = int(retriever.get(doc_id).version)
         except DocumentNotFound:

@@ -68,6 +68,7 @@ class Record:
     name: str
     version: int
     method: str = "lora"
+    component: str = "generator"  # generator | retriever (an embedder: never loaded for answers)
     base_model: str = ""
     dataset_hashes: dict[str, str] = field(default_factory=dict)
     source_documents: dict[str, Any] = field(default_factory=dict)  # doc_id -> version trained on
@@ -80,7 +81,7 @@ class Record:
     promoted: bool = False  # derived from promoted.json on load; never trusted from the file
     stale: bool = False  # a source document changed or was deleted since training
     stale_reason: str | None = None
-    servable: bool = True  # False for method full (a whole model, not an adapter)
+    servable: bool = True  # False for method full and for embedders (not a generator adapter)
     tracked: bool = True  # False for a hand-copied folder without ragtune.json
 
     def to_json(self) -> dict[str, Any]:
@@ -265,6 +266,7 @@ class Registry:
         *,
         name: str,
         method: str = "lora",
+        component: str = "generator",
         base_model: str = "",
         dataset_hashes: Mapping[str, str] | None = None,
         source_documents: Mapping[str, Any] | None = None,
@@ -284,7 +286,7 @@ class Registry:
         tmp.mkdir()
         try:
             save_fn(tmp)
-            servable = self._check_weights(tmp, method)
+            servable = self._check_weights(tmp, method) and component == "generator"
             with self._lock():
                 version = self._next_version(name)
                 record = Record(
@@ -292,6 +294,7 @@ class Registry:
                     name=name,
                     version=version,
                     method=method,
+                    component=component,
                     base_model=base_model,
                     dataset_hashes=dict(dataset_hashes or {}),
                     source_documents=dict(source_documents or {}),
@@ -390,6 +393,11 @@ class Registry:
         is stale (unless ``force``), and always for a non-servable (full) model."""
         with self._lock():
             record = self.get(adapter_id)
+            if record.component == "retriever":
+                raise RegistryError(
+                    f"{adapter_id}: an embedder is activated by re-embedding the index "
+                    f"('ragtune reindex --adapter {adapter_id}' or POST /v1/index/reindex)"
+                )
             if not record.servable:
                 raise RegistryError(f"{adapter_id}: a {record.method} model is not servable")
             gate = record.eval_gate
@@ -493,7 +501,7 @@ def describe(record: Record) -> str:
     lines = [
         f"{record.id}" + (f"  [{', '.join(flags)}]" if flags else ""),
         f"  name/version   {record.name} v{record.version}",
-        f"  method         {record.method}",
+        f"  method         {record.method} ({record.component})",
         f"  base model     {record.base_model or '-'}",
         f"  created        {record.created or '-'}",
         f"  lineage        {' -> '.join(record.lineage) if record.lineage else record.id}",

@@ -67,11 +67,24 @@ def train(
     device: str = "auto",
     models_dir: Path | None = None,
     base_path: str | None = None,
+    embedder_path: str | None = None,
 ) -> Any:
     """Train ``recipe`` on the data prepared in ``job_dir``; return the registry record.
     ``models_dir`` holds converted base weights (default ``data_dir/models``); ``base_path`` is
     an explicit local copy of the base model (a folder or .gguf file) to use instead of its
-    preset's sources."""
+    preset's sources. A retriever recipe goes to ``tuner.embed_train.train_retriever`` (with
+    ``embedder_path`` as its base's local copy)."""
+    if recipe.component == "retriever":
+        from tuner.embed_train import train_retriever
+
+        return train_retriever(
+            recipe,
+            job_dir,
+            data_dir=data_dir,
+            hooks=hooks,
+            device=device,
+            embedder_path=embedder_path,
+        )
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 

@@ -57,7 +57,7 @@ def run(job_dir: Path, train: Train) -> int:
         import torch
 
         torch.set_num_threads(int(options["threads"]))
-    kwargs = {k: options[k] for k in ("device", "base_path") if options.get(k)}
+    kwargs = {k: options[k] for k in ("device", "base_path", "embedder_path") if options.get(k)}
     if options.get("models_dir"):
         kwargs["models_dir"] = Path(options["models_dir"])
     cancelled = _cancelled_type()

@@ -13,6 +13,7 @@ from retriever.errors import DocumentNotFound
 from service.answering import registry_of
 from service.auth import Admin, Reader
 from service.deps import State
+from service.errors import ServiceError
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -105,7 +106,14 @@ def promote(adapter_id: str, state: State, _: Admin, body: Force | None = None) 
 
 @router.delete("/{adapter_id}")
 async def delete(adapter_id: str, state: State, _: Admin, force: bool = False) -> dict[str, Any]:
-    """Delete the adapter (the promoted one only with force) and unload it if loaded."""
+    """Delete the adapter (the promoted one only with force) and unload it if loaded. The
+    embedder the index uses is never deleted; its rollback target only with force."""
+    from service.models import embedders_in_use
+
+    role = embedders_in_use(state.settings).get(adapter_id)
+    if role == "in use" or (role and not force):
+        hint = "" if role == "in use" else "; use force to delete it anyway"
+        raise ServiceError(409, "adapter_in_use", f"{adapter_id} is the index's {role}{hint}")
     registry_of(state).delete(adapter_id, force=force)
     if adapter_id in state.adapters.loaded():
         await anyio.to_thread.run_sync(state.adapters.unload, adapter_id)

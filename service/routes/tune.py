@@ -1,11 +1,15 @@
 """/v1/tune/jobs: start, list, inspect and cancel fine-tuning jobs (tuner.jobs does the work).
 
 A job body names an uploaded file (``POST /v1/files``) or synthetic data from the live index;
-never a path on this machine or a model folder: the base model is the service's generator.
+never a path on this machine or a model folder: the base model is the service's generator
+(``component: "generator"``) or its embedder (``component: "retriever"``). A retriever job that
+succeeds re-embeds the index with its result in the background and switches to it (unless
+``retriever.activate`` is false), which needs the admin scope like promoting an adapter.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +26,7 @@ from service.routes.files import files_dir
 from tuner.config import Recipe
 from tuner.jobs import Job, JobFinished, JobNotFound, JobRunner
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tune/jobs", tags=["tuning"])
 FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -37,11 +42,14 @@ class DatasetBody(BaseModel):
 
 class JobBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    component: str = "generator"
+    component: str = Field("generator", description="generator or retriever")
     method: str = "lora"
     dataset: str | DatasetBody = Field(description="a file id, or {synthetic: {...}}")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = Field(None, description="the adapter's name; default generator-<method>")
+    retriever: dict[str, Any] = Field(
+        default_factory=dict, description="tuner.config.RetrieverTuning (component retriever)"
+    )
+    name: str | None = Field(None, description="the adapter's name; default <component>-<method>")
     parent: str | None = Field(None, description="an adapter id to continue from")
 
 
@@ -61,6 +69,7 @@ class JobSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
     name: str
+    component: str
     method: str
     state: str
     progress: Progress
@@ -87,8 +96,9 @@ class JobsOut(BaseModel):
 
 
 def _out(job: Job, model: type[JobSummary] = JobOut) -> Any:
-    fields = {k: getattr(job, k) for k in model.model_fields if k != "progress"}
-    return model(**fields, progress=Progress(step=job.step, total=job.total))
+    fields = {k: getattr(job, k) for k in model.model_fields if k not in ("progress", "component")}
+    component = job.recipe.get("component", "generator")
+    return model(**fields, component=component, progress=Progress(step=job.step, total=job.total))
 
 
 @contextmanager
@@ -111,22 +121,40 @@ def recipe_dict(body: JobBody, state: Any) -> dict[str, Any]:
     )
     if not known:
         raise ValueError(f"dataset: no uploaded file {ds.file_id!r} (POST /v1/files)")
-    return {
-        "name": body.name or f"generator-{body.method}",
+    retriever = body.component == "retriever"
+    if retriever and ds.synthetic is not None:
+        ds.synthetic = {"kind": "pairs", **ds.synthetic}
+    if body.retriever and not retriever:
+        raise ValueError("retriever: settings for component retriever only")
+    base = settings.embedder if retriever else str(settings.generator_path or settings.generator)
+    recipe: dict[str, Any] = {
+        "name": body.name or f"{body.component}-{body.method}",
         "method": body.method,
         "component": body.component,
-        "base_model": str(settings.generator_path or settings.generator),
+        "base_model": base,
         "datasets": [ds.model_dump(exclude_none=True)],
         "hyperparameters": body.hyperparameters,
         "parent": body.parent,
     }
+    if retriever:
+        recipe["retriever"] = body.retriever
+    return recipe
 
 
 @router.post("", status_code=202)
-def create(body: JobBody, state: State, _: Writer) -> JobCreated:
+def create(body: JobBody, state: State, who: Writer) -> JobCreated:
     """Start a job: the recipe is checked now (422), its data while the job is validating."""
+    activates = body.component == "retriever" and body.retriever.get("activate", True)
+    if activates and not who.allows("admin"):
+        raise ServiceError(
+            403,
+            "forbidden",
+            "a retriever job switches the index to its embedder, which needs the admin scope; "
+            "set retriever.activate to false to only train it",
+        )
     try:
-        job_id = state.jobs.submit(recipe_dict(body, state))
+        recipe = recipe_dict(body, state)
+        job_id = state.jobs.submit(recipe)
     except ValueError as exc:
         raise ServiceError(422, "invalid_recipe", str(exc)) from None
     return JobCreated(id=job_id, state=state.jobs.get(job_id).state)
@@ -159,6 +187,12 @@ def make_job_runner(state: Any) -> JobRunner:
 
         from service.models import generator_from_settings
         from tuner.prepare import prepare as prepare_data
+        from tuner.prepare import prepare_pairs
+
+        if recipe.component == "retriever":  # pairs and hard negatives from the live index
+            return prepare_pairs(
+                recipe, job_dir, files_dir=files_dir(state), retriever=state.retriever
+            )
 
         # This runs beside the engine: a tokenizer of its own (fast tokenizers are not
         # shareable across threads), and for model-written data a generator of its own (the
@@ -173,10 +207,23 @@ def make_job_runner(state: Any) -> JobRunner:
             generator=generator_from_settings(settings) if writes else None,
         )
 
+    def activate(job: Job) -> None:
+        """A retriever job's embedder replaces the index's, re-embedded in the background."""
+        recipe = job.recipe
+        if recipe.get("component") != "retriever" or not job.adapter:
+            return
+        if not (recipe.get("retriever") or {}).get("activate", True):
+            return
+        try:
+            state.reindexer.start({"adapter": job.adapter}, reason=f"job {job.id}")
+        except Exception as exc:  # noqa: BLE001 - e.g. another re-embedding runs; say so
+            log.warning("job %s: not re-embedding with %s: %s", job.id, job.adapter, exc)
+
     options = {
         "device": settings.device,
         "threads": settings.threads,
         "models_dir": str(settings.model_cache),
         "base_path": str(settings.generator_path) if settings.generator_path else None,
+        "embedder_path": str(settings.embedder_path) if settings.embedder_path else None,
     }
-    return JobRunner(settings.data_dir, prepare, options=options)
+    return JobRunner(settings.data_dir, prepare, options=options, on_success=activate)

@@ -32,11 +32,11 @@ WORDS = [
 
 def _tiny_st(folder: Path):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     word = Transformer(str(build_tiny_bert(folder, WORDS, max_position_embeddings=32)))
     return SentenceTransformer(
-        modules=[word, Pooling(word.get_word_embedding_dimension())], device="cpu"
+        modules=[word, Pooling(word.get_embedding_dimension())], device="cpu"
     )
 
 

@@ -1,0 +1,64 @@
+"""/v1/index: the live index's embedder, and re-embedding it (to a fine-tuned embedder, another
+model, or back to the previous one) in the background with an atomic switch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.auth import Admin, Reader
+from service.deps import State
+from service.errors import ServiceError
+from service.reindexing import NoRollback, ReindexBusy
+
+router = APIRouter(prefix="/v1/index", tags=["index"])
+
+
+class ReindexBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    adapter: str | None = Field(None, description="a fine-tuned embedder's registry id")
+    embedder: str | None = Field(None, description="a preset, hub id or local folder")
+    rollback: bool = Field(False, description="back to the embedder before the last switch")
+
+    @model_validator(mode="after")
+    def _one(self) -> ReindexBody:
+        given = [self.adapter is not None, self.embedder is not None, self.rollback]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of adapter, embedder, rollback")
+        return self
+
+
+@router.get("")
+def show(state: State, _: Reader) -> dict[str, Any]:
+    """Documents, chunks, the embedder in use, the rollback target and the re-embedding."""
+    import json
+
+    retriever = state.retriever
+    previous = retriever.store.get_meta("previous_embedder")
+    return {
+        "documents": len(retriever),
+        "chunks": retriever.chunk_count,
+        "embedder": retriever.embedder.identity,
+        "previous_embedder": json.loads(previous) if previous else None,
+        "reindex": state.reindexer.status().to_dict(),
+    }
+
+
+@router.get("/reindex")
+def reindex_status(state: State, _: Reader) -> dict[str, Any]:
+    return state.reindexer.status().to_dict()  # type: ignore[no-any-return]
+
+
+@router.post("/reindex", status_code=202)
+def reindex(body: ReindexBody, state: State, _: Admin) -> dict[str, Any]:
+    """Start re-embedding; searches and writes go on and the switch is atomic (409 while
+    another one runs)."""
+    try:
+        status = state.reindexer.start(body.model_dump(exclude_none=True), reason="api")
+    except ReindexBusy as exc:
+        raise ServiceError(409, "reindex_running", str(exc)) from None
+    except NoRollback as exc:
+        raise ServiceError(409, "no_rollback", str(exc)) from None
+    return status.to_dict()  # type: ignore[no-any-return]
