@@ -280,7 +280,8 @@ class Retriever:
         stop: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Re-embed every chunk with ``embedder`` into a shadow space while searches and writes
-        go on, then switch to it atomically. The old space's vectors stay for rollback. When
+        go on, then switch to it atomically. The old space's vectors stay for rollback (those
+        of any space before it are dropped, so the store holds at most two). When
         ``stop`` is set it returns unswitched after the current batch; the shadow vectors
         written so far are kept, so running it again continues where it stopped."""
         if embedder.dim <= 0:
@@ -321,6 +322,9 @@ class Retriever:
             self.store.set_meta("embedder", json.dumps(embedder.identity, sort_keys=True))
             self.store.set_meta("space", new_space)
             self.embedder, self.space, self._index = embedder, new_space, index
+        dropped = self.store.drop_spaces([new_space, previous])  # older ones: no way back to them
+        if dropped:
+            log.info("re-embedding: dropped %d vectors of spaces before the previous one", dropped)
         self.snapshot()
         return {"switched": True, "from": previous, "to": new_space, "chunks": len(index)}
 

@@ -287,6 +287,18 @@ class Store:
                 [(space, cid, h, _blob(v), cid) for cid, h, v in rows],
             )
 
+    def drop_spaces(self, keep: Sequence[str]) -> int:
+        """Delete the vectors of every space not in ``keep``; returns how many rows went."""
+        marks = ", ".join("?" for _ in keep)
+        with self._lock, self._transaction():
+            cur = self._db.execute(f"DELETE FROM vectors WHERE space NOT IN ({marks})", list(keep))
+            return int(cur.rowcount)
+
+    def spaces(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT space FROM vectors ORDER BY space").fetchall()
+        return [r[0] for r in rows]
+
     def last_change(self) -> int:
         """The sequence number of the newest change (kept in memory; one writer per file)."""
         with self._lock:

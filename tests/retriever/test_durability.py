@@ -108,6 +108,22 @@ def test_reindex_switches_atomically_while_searches_and_writes_continue(tmp_path
     assert reopened.search("written during reindex late5", k=1, mode="dense")[0].doc_id == "late5"
 
 
+def test_switches_keep_only_the_current_and_the_previous_space(tmp_path: Path) -> None:
+    r = Retriever(tmp_path, FakeEmbedder(dim=32, name="a"))
+    r.upsert_many([DocumentIn(f"doc {i}", id=f"d{i}") for i in range(5)])
+    first = r.space
+    r.reindex(FakeEmbedder(dim=48, name="b"))
+    assert len(r.store.spaces()) == 2 and first in r.store.spaces()
+    second = r.space
+    r.reindex(FakeEmbedder(dim=40, name="c"))
+    assert sorted(r.store.spaces()) == sorted([second, r.space])  # a's vectors are gone
+    back = FakeEmbedder(dim=48, name="b")
+    r.reindex(back)  # the rollback: b's vectors were kept, nothing to re-embed
+    assert r.embedder is back and back.texts_embedded == 0
+    assert r.search("doc 3", k=1, mode="dense")[0].doc_id == "d3"
+    r.close()
+
+
 @pytest.mark.parametrize("durability,level", [("process", 1), ("power", 2)])
 def test_durability_sets_sqlite_synchronous(tmp_path: Path, durability: str, level: int) -> None:
     r = Retriever(tmp_path, FakeEmbedder(), RetrieverConfig(durability=durability))
