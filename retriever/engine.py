@@ -31,6 +31,7 @@ from retriever.store import DocumentRow, NewChunk, Store, now
 
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
+FITTED_KEY = "dense_weights"  # meta: hybrid dense shares fitted per language for one space
 
 
 class EmbedderLike(Protocol):
@@ -130,6 +131,7 @@ class Retriever:
         self._sparse = LiveSparse(self.store.chunk_texts)
         self._sparse_lock = threading.Lock()
         self._shadow: tuple[EmbedderLike, str] | None = None  # a re-embedding in progress
+        self._fitted: tuple[str, dict[str, float]] | None = None  # (space, weight per language)
         self.space = self._check_identity()
         self._index, self._snap_seq = snapshot.load(
             folder, self.store, self.space, self.config.vector_index, embedder.dim
@@ -387,12 +389,70 @@ class Retriever:
             return self._sparse.search(query, depth)
 
     def dense_weight_for(self, query: str) -> float:
-        """The dense share for ``query``: lower when it is written in a script (CJK) that an
+        """The dense share for ``query``: the one fitted for its language on this vector space
+        (``fit_dense_weights``), else lower when it is written in a script (CJK) that an
         English-only embedder was not trained on."""
+        fitted = self._fitted_weights()
+        lang = "zh" if CJK.search(query) else "en"
+        if lang in fitted:
+            return float(fitted[lang])
         languages = getattr(self.embedder, "languages", None)
-        if languages is not None and "zh" not in languages and CJK.search(query):
+        if languages is not None and "zh" not in languages and lang == "zh":
             return self.config.foreign_dense_weight
         return self.config.dense_weight
+
+    def _fitted_weights(self) -> dict[str, float]:
+        cached = self._fitted
+        if cached is None or cached[0] != self.space:
+            raw = self.store.get_meta(FITTED_KEY)
+            body = json.loads(raw) if raw else {}
+            weights = body.get("weights", {}) if body.get("space") == self.space else {}
+            cached = self._fitted = (self.space, weights)
+        return cached[1]
+
+    def fit_dense_weights(
+        self,
+        labelled: Sequence[tuple[str, str]],
+        k: int = 10,
+        grid: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+        min_queries: int = 20,
+    ) -> dict[str, Any]:
+        """Fit the hybrid dense share per query language (zh, en) on labelled ``(query,
+        doc_id)`` pairs (e.g. a tuner's held-out pseudo-queries): the share whose fused top
+        ``k`` holds the document most often, ties going to the configured default. Stored for
+        the current vector space (a switch leaves it behind); languages with fewer than
+        ``min_queries`` keep the defaults. Returns what was fitted, with the recall per share."""
+        depth = max(self.config.candidates, k)
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for query, doc_id in labelled:
+            groups.setdefault("zh" if CJK.search(query) else "en", []).append((query, doc_id))
+        report: dict[str, Any] = {"space": self.space, "k": k, "weights": {}, "recall": {}}
+        for lang, items in sorted(groups.items()):
+            if len(items) < min_queries:
+                continue
+            default = self.dense_weight_for(items[0][0])
+            lists = []
+            with self._lock.read():
+                vectors = self.embedder.encode([q for q, _ in items])  # (n, dim)
+                for (query, doc_id), qvec in zip(items, vectors, strict=True):
+                    lists.append(
+                        (doc_id, self._index.search(qvec, depth), self._sparse_search(query, depth))
+                    )
+                owners = self.store.chunks(sorted({cid for _, d, s in lists for cid, _ in d + s}))
+            recall = {}
+            for w in grid:
+                found = 0
+                for doc_id, dense, sparse in lists:
+                    top = self._fuse(dense, sparse, w)[:k]
+                    found += any(owners[c].doc_id == doc_id for c, _ in top if c in owners)
+                recall[w] = found / len(lists)
+            best = max(grid, key=lambda w: (recall[w], -abs(w - default)))
+            report["weights"][lang] = best
+            report["recall"][lang] = {str(w): round(r, 4) for w, r in recall.items()}
+            log.info("hybrid dense share for %s fitted on %d queries: %.1f", lang, len(items), best)
+        self.store.set_meta(FITTED_KEY, json.dumps(report))
+        self._fitted = None
+        return report
 
     def _fuse(
         self, dense: list[tuple[int, float]], sparse: list[tuple[int, float]], w: float

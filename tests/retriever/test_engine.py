@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retriever.config import RetrieverConfig
@@ -124,3 +125,31 @@ def test_searches_during_updates_never_see_half_a_document(r: Retriever) -> None
     for t in threads:
         t.join()
     assert bad == []
+
+
+class _Noise(FakeEmbedder):
+    """Vectors that ignore the text: dense search is useless with it."""
+
+    def encode(self, texts: list[str], **_: object) -> np.ndarray:
+        rng = np.random.default_rng(len(texts) + self.calls)
+        self.calls += 1
+        out = rng.normal(size=(len(texts), self.dim)).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_fitted_dense_weights_follow_the_labels_and_stay_with_their_space(tmp_path: Path) -> None:
+    r = Retriever(tmp_path, _Noise(dim=32, name="noise"))
+    words = [f"term{i}" for i in range(600)]
+    r.upsert_many(
+        [DocumentIn(" ".join(words[i : i + 3]) + " 文档", id=f"d{i}") for i in range(0, 600, 3)]
+    )
+    labelled = [(f"{words[i]} {words[i + 1]}", f"d{i}") for i in range(0, 600, 3)]
+    assert r.dense_weight_for("term0 term1") == 0.5
+    report = r.fit_dense_weights(labelled, k=1, min_queries=5)
+    fitted, recall = report["weights"]["en"], report["recall"]["en"]
+    assert fitted < 0.5 and recall[str(fitted)] == 1.0 and recall["0.8"] < 1.0, report
+    assert r.dense_weight_for("term3 term4") == fitted
+    assert r.dense_weight_for("中文 问题") == 0.5  # too few zh labels: the default stays
+    r.reindex(FakeEmbedder(dim=16, name="other"))
+    assert r.dense_weight_for("term3 term4") == 0.5  # fitted for the old space only
+    r.close()
