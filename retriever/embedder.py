@@ -168,11 +168,12 @@ def load_tuned_embedder(
     device: str = "cpu",
     base_path: str | Path | None = None,
     offline: bool | None = None,
-    trained_languages: tuple[str, ...] = (),
 ) -> Embedder:
     """An embedder the retriever tuner wrote to ``folder``: a whole sentence-transformers model
-    (method ``full``) or a PEFT LoRA on ``base``, merged into it for plain-speed encoding. Its
-    languages are the base's plus those it was trained on (search weighs it by them)."""
+    (method ``full``) or a PEFT LoRA on ``base``, merged into it for plain-speed encoding. It
+    keeps its base's languages: hybrid search still gives it the foreign share on a script the
+    base was not trained on (measured on the Debian FAQ zh: tuned MiniLM dense recall@10 0.40
+    against BM25 0.73; fused at the full share 0.71, at the foreign share 0.74)."""
     from sentence_transformers import SentenceTransformer
 
     resolved = resolve_embedder(base, local_path=base_path, offline=offline)
@@ -194,15 +195,12 @@ def load_tuned_embedder(
     model.float()
     model.eval()
     preset = EMBEDDER_PRESETS.get(base)
-    languages = None  # unknown base: taken as multilingual
-    if preset is not None and preset.languages is not None:
-        languages = tuple(sorted({*preset.languages, *trained_languages}))
     log.info("loaded fine-tuned embedder %s (%s on %s)", adapter_id, method, base)
     return Embedder(
         model=model,
         resolved=resolved,
         adapter=adapter_id,
-        languages=languages,
+        languages=preset.languages if preset else None,
         adapter_weights=weights_fingerprint(folder),
     )
 

@@ -65,7 +65,6 @@ def tuned_embedder(adapter_id: str, settings: Settings) -> Embedder:
     record = registry.get(adapter_id)
     if record.component != "retriever":
         raise RegistryError(f"{adapter_id} is a {record.component} adapter, not an embedder")
-    languages = record.metrics.get("languages") or ()
     return load_tuned_embedder(
         registry.folder(adapter_id),
         adapter_id,
@@ -74,7 +73,6 @@ def tuned_embedder(adapter_id: str, settings: Settings) -> Embedder:
         device=pick_device(settings.device),
         base_path=settings.embedder_path if record.base_model == settings.embedder else None,
         offline=settings.offline,
-        trained_languages=tuple(languages),
     )
 
 

@@ -271,7 +271,7 @@ def train_retriever(
         seed=hp.seed,
         hooks=hooks,
     )
-    metrics["languages"] = sorted({*(embedder.languages or ()), *trained_languages(train)})
+    metrics["trained_languages"] = trained_languages(train)
     manifest_path = job_dir / "data" / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
 

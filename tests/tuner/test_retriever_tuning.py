@@ -123,7 +123,7 @@ def test_job_trains_registers_and_reloads_the_embedder(
     registry = Registry(tmp_path / "adapters")
     assert registry.get(record.id).component == "retriever" and not record.servable
     assert record.metrics["updates"] == 3 and record.metrics["recall@10_after"] is not None
-    assert record.metrics["languages"] == ["en"]
+    assert record.metrics["trained_languages"] == ["en"]
     with pytest.raises(RegistryError, match="re-embedding"):
         registry.promote(record.id)
     tuned = load_tuned_embedder(
