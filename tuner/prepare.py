@@ -101,25 +101,31 @@ def prepare_pairs(
         hashes[f"{i}:{label}"] = _pairs_hash(got)
         found += got
     found = tpairs.dedup_queries(found)
-    if len(found) < recipe.min_examples:
-        raise DataError(
-            [(0, f"{len(found)} usable pairs; the recipe needs at least {recipe.min_examples}")]
-        )
     bare = [p for p in found if not p.negatives]
     if rt.negatives and bare and retriever is not None:
         log.info(
             "mining %d hard negatives for %d pairs (%s)", rt.negatives, len(bare), rt.mine_mode
         )
-        mined = iter(
-            tpairs.mine_negatives(
-                bare,
-                lambda q, k: retriever.search(q, k=k, mode=rt.mine_mode),
-                n=rt.negatives,
-                window=rt.window,
-                margin=rt.margin,
-            )
+        mined = tpairs.mine_negatives(
+            bare,
+            lambda q, k: retriever.search(q, k=k, mode=rt.mine_mode),
+            n=rt.negatives,
+            window=rt.window,
+            margin=rt.margin,
         )
-        found = [next(mined) if not p.negatives else p for p in found]
+        # training uses as many negatives as its poorest pair has: drop those mined short
+        kept = [p for p in mined if len(p.negatives) >= rt.negatives]
+        if len(kept) < len(mined):
+            log.info(
+                "dropped %d pairs with fewer than %d hard negatives",
+                len(mined) - len(kept),
+                rt.negatives,
+            )
+        found = [p for p in found if p.negatives] + kept
+    if len(found) < recipe.min_examples:
+        raise DataError(
+            [(0, f"{len(found)} usable pairs; the recipe needs at least {recipe.min_examples}")]
+        )
     order = list(range(len(found)))
     random.Random(hp.seed).shuffle(order)
     n_val = int(len(found) * hp.val_fraction)
