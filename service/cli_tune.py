@@ -238,11 +238,21 @@ def adapters_list(as_json: bool) -> None:
         return
     if not records:
         click.echo("no adapters yet: train one with 'ragtune tune --recipe configs/...'")
+    from service.models import embedders_in_use
+
+    in_use = embedders_in_use(_settings())
     for r in records:
         flags = [f for f, on in (("promoted", r.promoted), ("stale", r.stale)) if on]
-        val = (r.metrics or {}).get("best_val_loss")
-        val_text = f"val {val:.3f}" if isinstance(val, float) else ""
-        click.echo(f"{r.id:32} {r.method:14} {val_text:10} {' '.join(flags)}")
+        if r.id in in_use:
+            flags.append(f"(the index's {in_use[r.id]})")
+        m = r.metrics or {}
+        if r.component == "retriever":
+            score = m.get("recall@10_after")
+            text = f"held-out R@10 {score:.3f}" if isinstance(score, float) else ""
+        else:
+            val = m.get("best_val_loss")
+            text = f"val {val:.3f}" if isinstance(val, float) else ""
+        click.echo(f"{r.id:32} {r.component:9} {r.method:14} {text:18} {' '.join(flags)}")
 
 
 def _mark_stale(registry: Any) -> None:
@@ -285,7 +295,13 @@ def adapters_show(adapter_id: str) -> None:
 @click.argument("adapter_id")
 @click.option("--force", is_flag=True, help="Delete even the promoted adapter.")
 def adapters_delete(adapter_id: str, force: bool) -> None:
-    """Delete an adapter from the registry."""
+    """Delete an adapter from the registry (never the embedder the index uses)."""
+    from service.models import embedders_in_use
+
+    role = embedders_in_use(_settings()).get(adapter_id)
+    if role == "embedder" or (role and not force):
+        hint = "" if role == "embedder" else "; use --force to delete it anyway"
+        raise click.ClickException(f"{adapter_id} is the index's {role}{hint}")
     try:
         _registry().delete(adapter_id, force=force)
     except (LookupError, ValueError, PermissionError) as exc:

@@ -102,7 +102,7 @@ def index_embedder(settings: Settings) -> Embedder:
 def embedders_in_use(settings: Settings) -> dict[str, str]:
     """Registry ids of the embedders the index uses now or would roll back to."""
     found = {}
-    for key, role in (("previous_embedder", "the rollback target"), ("embedder", "in use")):
+    for key, role in (("previous_embedder", "rollback target"), ("embedder", "embedder")):
         identity = stored_identity(settings.index_dir, key)
         if identity and identity.get("adapter"):
             found[str(identity["adapter"])] = role

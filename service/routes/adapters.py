@@ -30,6 +30,7 @@ def _summary(record: Any, loaded: list[str]) -> dict[str, Any]:
         "name": record.name,
         "version": record.version,
         "method": record.method,
+        "component": record.component,
         "base_model": record.base_model,
         "created": record.created,
         "lineage": record.lineage,
@@ -111,8 +112,8 @@ async def delete(adapter_id: str, state: State, _: Admin, force: bool = False) -
     from service.models import embedders_in_use
 
     role = embedders_in_use(state.settings).get(adapter_id)
-    if role == "in use" or (role and not force):
-        hint = "" if role == "in use" else "; use force to delete it anyway"
+    if role == "embedder" or (role and not force):
+        hint = "" if role == "embedder" else "; use force to delete it anyway"
         raise ServiceError(409, "adapter_in_use", f"{adapter_id} is the index's {role}{hint}")
     registry_of(state).delete(adapter_id, force=force)
     if adapter_id in state.adapters.loaded():

@@ -46,7 +46,11 @@ def test_tune_retriever_reembeds_then_rollback_and_adapter(
     assert stored_identity(index_dir)["adapter"] is None
     again = CliRunner().invoke(main, ["reindex", "--adapter", "emb-v1"])
     assert "to " in again.stdout and "(fine-tuned: emb-v1)" in again.stdout, again.output
+    listed = CliRunner().invoke(main, ["adapters", "list"])
+    assert "emb-v1" in listed.stdout and "retriever" in listed.stdout, listed.output
+    assert "(the index's embedder)" in listed.stdout
     for args, words in (
+        (["adapters", "delete", "emb-v1"], "is the index's embedder"),
         (["reindex", "--adapter", "nope-v1"], "not in the registry"),
         (["reindex", "--adapter", "emb-v1", "--rollback"], "at most one"),
         (["tune", "--recipe", str(recipe), "--set", "method=dora"], "for the retriever"),
