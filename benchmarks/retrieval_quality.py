@@ -46,7 +46,8 @@ def load_dataset(lang: str, data_root: Path) -> Path:
     return out
 
 
-def evaluate(folder: Path, embedder, index_dir: Path, k: int = 10) -> dict[str, dict[str, float]]:
+def read_beir(folder: Path) -> tuple[list[dict], list[dict], dict[str, set[str]]]:
+    """Documents, queries and qrels of a dataset written by ``ragtune data debian-faq``."""
     queries = [json.loads(line) for line in (folder / "queries.jsonl").open()]
     qrels: dict[str, set[str]] = {}
     for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:
@@ -57,6 +58,11 @@ def evaluate(folder: Path, embedder, index_dir: Path, k: int = 10) -> dict[str, 
         for f in sorted((folder / "documents").glob("*.jsonl"))
         for line in f.open()
     ]
+    return docs, queries, qrels
+
+
+def evaluate(folder: Path, embedder, index_dir: Path, k: int = 10) -> dict[str, dict[str, float]]:
+    docs, queries, qrels = read_beir(folder)
     results = {}
     defaults = RetrieverConfig()
     r = Retriever(index_dir, embedder)  # kept between runs: unchanged documents are not re-embedded

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.retrieval_quality import load_dataset  # noqa: E402
+from benchmarks.retrieval_quality import load_dataset, read_beir  # noqa: E402
 from eval.metrics import dedupe, retrieval_report  # noqa: E402
 from retriever.embedder import Embedder, load_embedder, load_tuned_embedder  # noqa: E402
 from retriever.engine import DocumentIn, Retriever  # noqa: E402
@@ -45,21 +45,6 @@ EN_MODES = ("dense", "hybrid")
 SWEEP_KEY = "zh_hybrid_minus_bm25_at_fixed_weight"
 MIN_DENSE_GAIN = 0.15
 MAX_EN_LOSS = 0.02
-
-
-def read_beir(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict]:
-    """Documents, queries and qrels of a dataset written by ``ragtune data debian-faq``."""
-    queries = [json.loads(line) for line in (folder / "queries.jsonl").open()]
-    qrels: dict[str, set[str]] = {}
-    for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:
-        q, d, _ = line.split("\t")
-        qrels.setdefault(q, set()).add(d)
-    docs = [
-        json.loads(line)
-        for f in sorted((folder / "documents").glob("*.jsonl"))
-        for line in f.open()
-    ]
-    return docs, queries, qrels
 
 
 def fresh_index(folder: Path, work: Path, run: Path, embedder: Embedder) -> Retriever:
