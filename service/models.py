@@ -59,14 +59,10 @@ def open_retriever(settings: Settings, embedder: Embedder | None = None) -> Retr
 def tuned_embedder(adapter_id: str, settings: Settings) -> Embedder:
     """A fine-tuned embedder from the adapter registry (``RecordNotFound``, ``RegistryError``)."""
     from retriever.embedder import load_tuned_embedder
-    from tuner.registry import Registry, RegistryError
 
-    registry = Registry(settings.data_dir / "adapters")
-    record = registry.get(adapter_id)
-    if record.component != "retriever":
-        raise RegistryError(f"{adapter_id} is a {record.component} adapter, not an embedder")
+    record, folder = embedder_record(adapter_id, settings)
     return load_tuned_embedder(
-        registry.folder(adapter_id),
+        folder,
         adapter_id,
         method=record.method,
         base=record.base_model,
@@ -74,6 +70,18 @@ def tuned_embedder(adapter_id: str, settings: Settings) -> Embedder:
         base_path=settings.embedder_path if record.base_model == settings.embedder else None,
         offline=settings.offline,
     )
+
+
+def embedder_record(adapter_id: str, settings: Settings) -> tuple[Any, Path]:
+    """The registry record and folder of a fine-tuned embedder (``RecordNotFound``, or
+    ``RegistryError`` when the id names a generator adapter)."""
+    from tuner.registry import Registry, RegistryError
+
+    registry = Registry(settings.data_dir / "adapters")
+    record = registry.get(adapter_id)
+    if record.component != "retriever":
+        raise RegistryError(f"{adapter_id} is a {record.component} adapter, not an embedder")
+    return record, registry.folder(adapter_id)
 
 
 def embedder_for(identity: dict[str, Any], settings: Settings) -> Embedder:

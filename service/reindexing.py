@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service.models import embedder_for, tuned_embedder
+from service.models import embedder_for, embedder_record, tuned_embedder
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,7 @@ class Reindexer:
         raise ValueError("target: one of adapter, embedder or rollback")
 
     def _check_adapter(self, adapter_id: str) -> None:
-        from tuner.registry import Registry, RegistryError
-
-        record = Registry(self._state.settings.data_dir / "adapters").get(adapter_id)
-        if record.component != "retriever":
-            raise RegistryError(f"{adapter_id} is a {record.component} adapter, not an embedder")
+        embedder_record(adapter_id, self._state.settings)
 
     def _run(self, load: Any) -> None:
         def progress(done: int, total: int) -> None:
