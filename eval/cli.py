@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,10 +65,151 @@ def debian_faq_cmd(
     click.echo(json.dumps(manifest["packages"]))
 
 
-@main.command("eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def eval_cmd() -> None:
-    """Run evaluations (not built yet)."""
-    raise click.ClickException(
-        "'ragtune eval' is not built yet: the evaluation harness arrives "
-        "with its issue; see docs/roadmap.md"
-    )
+@main.command("eval")
+@click.option(
+    "--dataset",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="BEIR folder, SQuAD-style JSONL, or (with --live) a question/answer JSONL.",
+)
+@click.option("--modes", default="base,rag,ft,hybrid", show_default=True, help="Comma-separated.")
+@click.option("--live", is_flag=True, help="Ask the questions against the live index.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder to write (default: DATA_DIR/evals/<run id>).",
+)
+@click.option("--k", default=3, show_default=True, help="Passages in the prompt.")
+@click.option("--depth", default=20, show_default=True, help="Passages retrieved for recall@k.")
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--limit", type=int, help="Only the first N questions.")
+@click.option("--seed", default=0, show_default=True, help="Bootstrap and probe seed.")
+@click.option("--resamples", default=10_000, show_default=True, help="Bootstrap resamples.")
+@click.option("--ft-adapter", help="Adapter for ft mode (default: the promoted one).")
+@click.option("--hybrid-adapter", help="Adapter for hybrid mode (default: the ft adapter).")
+@click.option("--embedder-adapter", help="Fine-tuned embedder for the fresh index.")
+@click.option("--batch", default=16, show_default=True, help="Answers generated together.")
+@click.option("--no-probes", is_flag=True, help="Skip the forgetting and injection probes.")
+@click.option("--judge", help="Your LLM judge, module:function (off by default).")
+@click.option(
+    "--fix", is_flag=True, help="Tune the weak component, re-evaluate, promote if better."
+)
+def eval_cmd(**kw: Any) -> None:
+    """Compare base, rag, ft and hybrid on the same questions; write a report folder."""
+    from eval.config import EvalOptions
+    from eval.datasets.formats import DatasetError
+    from eval.harness import EvalError
+
+    settings = _settings()
+    _quiet_transformers()
+    try:
+        options = EvalOptions(
+            dataset=kw["dataset"],
+            live=kw["live"],
+            modes=tuple(_modes(kw["modes"])),
+            k=kw["k"],
+            depth=kw["depth"],
+            max_new_tokens=kw["max_new_tokens"],
+            limit=kw["limit"],
+            seed=kw["seed"],
+            resamples=kw["resamples"],
+            ft_adapter=kw["ft_adapter"],
+            hybrid_adapter=kw["hybrid_adapter"],
+            embedder_adapter=kw["embedder_adapter"],
+            batch=kw["batch"],
+            probes=not kw["no_probes"],
+            judge=kw["judge"],
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    out = kw["out"] or settings.data_dir / "evals" / time.strftime("eval-%Y%m%d-%H%M%S")
+    try:
+        metrics = _run(options, out, settings)
+        click.echo(summary(metrics, out))
+        if kw["fix"]:
+            from eval.fix import fix
+
+            outcome = fix(options, out, settings, metrics, run=_run)
+            click.echo(outcome["message"])
+    except (EvalError, DatasetError, ValueError) as exc:
+        raise click.ClickException(" ".join(str(exc).split())[:400]) from None
+
+
+def _modes(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _settings() -> Any:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        return Settings()
+    except (ValidationError, ValueError) as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_warning()
+
+
+def _run(options: Any, out: Path, settings: Any) -> dict[str, Any]:
+    """One evaluation with a progress bar; the live index is opened here when asked for."""
+    from tqdm import tqdm
+
+    from eval.harness import run_eval
+
+    bar = tqdm(total=0, desc="eval", unit="answer")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    live = _open_live(settings) if options.live else None
+    try:
+        return run_eval(options, out, settings, progress=progress, retriever=live)
+    finally:
+        bar.close()
+        if live is not None:
+            live.close()
+
+
+def _open_live(settings: Any) -> Any:
+    from retriever.errors import RetrieverError
+    from service.models import open_retriever
+
+    try:
+        return open_retriever(settings)
+    except RetrieverError as exc:
+        raise click.ClickException(
+            f"cannot open the live index: {exc}; a running server holds it: stop it, or start "
+            "the run with POST /v1/eval/runs"
+        ) from None
+
+
+def summary(metrics: dict[str, Any], out: Path) -> str:
+    """The headline table: token F1 (or recall) per mode with its interval, then where to look."""
+    lines = [f"{metrics['run']['questions']} questions, wall {metrics['run']['wall_s']:.0f} s"]
+    for mode, by_metric in metrics["metrics"].items():
+        cells = [
+            f"{name} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+            for name, v in by_metric.items()
+            if name in ("token_f1", "rouge_l", "groundedness")
+        ]
+        perf = metrics["performance"][mode]
+        cells.append(f"p50 {perf['latency_p50_s']:.2f} s")
+        lines.append(f"  {mode:<7} " + "  ".join(cells))
+    for metric, best in (metrics.get("best") or {}).items():
+        if metric == "token_f1":
+            over = ", ".join(best["significant_over"]) or "no other mode (not significant)"
+            lines.append(f"best token F1: {best['mode']}, significantly better than {over}")
+    diagnosis = metrics.get("diagnosis")
+    if diagnosis:
+        lines.append(f"weak component: {diagnosis['weak']} -> {diagnosis['action']}")
+    lines.append(f"report: {out / 'report.html'}")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -37,3 +38,12 @@ def retrieval_report(
     }
     report["mrr@10"] = sum(reciprocal_rank(runs.get(q, []), rel) for q, rel in qrels.items()) / n
     return report
+
+
+def ndcg_at(ranked: Sequence[str], relevant: set[str], k: int = 10) -> float:
+    """Binary-relevance nDCG@k."""
+    if not relevant:
+        raise ValueError("relevant set is empty")
+    dcg = sum(1.0 / math.log2(rank + 1) for rank, d in enumerate(ranked[:k], 1) if d in relevant)
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(relevant), k) + 1))
+    return dcg / ideal

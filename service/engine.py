@@ -47,6 +47,8 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None  # when its prompt was prefilled (it boarded a batch)
+    finished_at: float | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -238,6 +240,7 @@ class Engine:
                     return
 
     def _finish(self, job: Job, reason: str) -> None:
+        job.finished_at = time.perf_counter()
         job.finish_reason = reason
         job.deltas.put(None)
         job.done.set()
@@ -258,6 +261,9 @@ class Engine:
         import torch
 
         model, cache_arg = self._model()
+        now = time.perf_counter()
+        for j in jobs:
+            j.started_at = now
         prompts = [j.prompt_ids for j in jobs]
         shared, cache = self.prefixes.lookup(self._prefix_key(adapter), prompts, len(jobs))
         log.debug("prefilling %d requests, %d shared tokens cached", len(jobs), shared)

@@ -15,8 +15,10 @@ from typing import Protocol
 class Passage(Protocol):
     """What a prompt needs of a passage (a retriever ``Hit`` is one)."""
 
-    doc_id: str
-    text: str
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def text(self) -> str: ...
 
 
 SYSTEM = (

@@ -1,0 +1,98 @@
+"""What an evaluation run is asked to do: one dataclass, checked when it is made.
+
+``ragtune eval`` builds it from its options, the eval worker from the run's ``spec.json``; each
+run folder keeps it as ``metrics.json["run"]["options"]``. Knows nothing of models or HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODES = ("base", "rag", "ft", "hybrid")
+RETRIEVAL_MODES = ("rag", "hybrid")  # modes that put passages in the prompt
+ADAPTER_MODES = ("ft", "hybrid")  # modes that run a fine-tuned adapter
+
+
+@dataclass
+class EvalOptions:
+    dataset: Path | None = None
+    """BEIR folder, SQuAD-style JSONL, or a plain question/answer JSONL (with ``live``)."""
+    live: bool = False
+    """Ask the questions against the live index instead of a fresh index of the dataset."""
+    modes: tuple[str, ...] = MODES
+    """Systems to compare, all on the same questions with the same decoding."""
+    k: int = 3
+    """Passages put in the prompt (and cited) in rag and hybrid modes."""
+    depth: int = 20
+    """Passages retrieved per question for the recall@k curve (at least ``k``)."""
+    max_new_tokens: int = 64
+    """Greedy decoding budget per answer, the same in every mode."""
+    limit: int | None = None
+    """Only the first N questions."""
+    seed: int = 0
+    """Seed of the bootstrap resampling (and of the injection probe's sample)."""
+    resamples: int = 10_000
+    """Bootstrap resamples for every interval."""
+    ft_adapter: str | None = None
+    """Registry id of the adapter for ft mode (default: the promoted generator adapter)."""
+    hybrid_adapter: str | None = None
+    """Registry id of the adapter for hybrid mode (default: the ft adapter, else promoted)."""
+    embedder_adapter: str | None = None
+    """A fine-tuned embedder (registry id) for the fresh index (default: the index's own)."""
+    probes: bool = True
+    """Run the forgetting probe (adapters) and the prompt-injection probe."""
+    injection_n: int = 30
+    """Questions sampled for the injection probe."""
+    batch: int = 16
+    """Answers generated together (the engine's batch)."""
+    correct_f1: float = 0.5
+    """An answer counts as right when its token F1 reaches this (or it matches exactly)."""
+    judge: str | None = None
+    """Optional LLM judge, ``module:function`` (off by default); see ``eval.judge``."""
+    retrieved: Path | None = None
+    """Precomputed live retrieval (``retrieved.jsonl``) from the process that holds the index."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form labels stored with the run."""
+
+    def __post_init__(self) -> None:
+        self.modes = tuple(self.modes)
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes: choose from {', '.join(MODES)}; got {list(self.modes)}")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"modes: each mode once; got {list(self.modes)}")
+        for name in ("k", "depth", "max_new_tokens", "batch", "injection_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.depth < self.k:
+            raise ValueError(f"depth: must be >= k ({self.k}), got {self.depth}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be >= 1, got {self.limit}")
+        if self.resamples < 100:
+            raise ValueError(f"resamples: must be >= 100, got {self.resamples}")
+        if not 0.0 < self.correct_f1 <= 1.0:
+            raise ValueError(f"correct_f1: must be in (0, 1], got {self.correct_f1}")
+        if self.dataset is None and self.retrieved is None:
+            raise ValueError("dataset: a BEIR folder or a JSONL file is needed")
+        if self.dataset is not None:
+            self.dataset = Path(self.dataset)
+        if self.retrieved is not None:
+            self.retrieved = Path(self.retrieved)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["modes"] = list(self.modes)
+        for key in ("dataset", "retrieved"):
+            out[key] = None if out[key] is None else str(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EvalOptions:
+        """From ``to_dict`` output; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown eval options: {', '.join(unknown)}")
+        return cls(**raw)
