@@ -420,9 +420,9 @@ def _row(
     options: EvalOptions,
 ) -> dict[str, Any]:
     wrong = diagnose.is_wrong(metrics, options.correct_f1)
+    gold = gold_in(shown, q) if mode in RETRIEVAL_MODES else None
     failure = None
-    if wrong and mode in RETRIEVAL_MODES:
-        gold = bool(gold_in(shown, q))
+    if wrong and gold is not None:
         failure = diagnose.failure(gold, metrics.get("groundedness"), diagnose.refused(answer.text))
     return {
         "query_id": q.id,
@@ -437,6 +437,7 @@ def _row(
         "latency_s": answer.latency_s,
         "tokens": answer.tokens,
         "correct": None if wrong is None else not wrong,
+        "gold_in_prompt": gold,
         "failure": failure,
     }
 

@@ -1,0 +1,281 @@
+"""``ragtune eval --fix``: tune the component the diagnosis named, evaluate again on the same
+questions, and keep the result only when the gain is significant.
+
+- retriever weak: the embedder is tuned on pseudo-queries mined from the evaluated corpus
+  (``configs/retriever-pairs.yaml``), the questions are asked again through a fresh index built
+  with it, and the gate is the paired share of questions with a gold passage in the prompt. A
+  passing embedder is reported with the command that switches the live index to it (the live
+  index may hold more than this corpus, so it is never re-embedded behind the user's back).
+- generator weak: a RAFT adapter is tuned on questions synthesised from the same documents
+  (``configs/raft-hybrid.yaml``) and answers in hybrid mode; the gate is its token F1 against
+  the better of the run's rag and hybrid answers. The registry records the gate either way,
+  and a passing adapter is promoted (so ft and hybrid requests use it); a failing one cannot
+  be promoted without force.
+- both: the retriever first, then the generator over the new index.
+
+"Significant" means the paired bootstrap interval of the difference lies above zero. Writes
+``fix.json`` into the run folder, and each re-evaluation into a sub-folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from eval import stats
+from eval.config import EvalOptions
+from eval.datasets.formats import load
+from tuner.durable import atomic_write_text
+
+log = logging.getLogger(__name__)
+Run = Callable[[EvalOptions, Path, Any], dict[str, Any]]
+RECIPES = {"retriever": "retriever-pairs.yaml", "generator": "raft-hybrid.yaml"}
+
+
+def recipe_path(component: str, folder: Path | None = None) -> Path:
+    """The shipped recipe: ``configs/`` under the working directory, else beside the package."""
+    name = RECIPES[component]
+    for base in [folder] if folder else [Path("configs"), Path(__file__).parents[1] / "configs"]:
+        if (base / name).is_file():
+            return base / name
+    raise FileNotFoundError(f"recipe {name} not found (looked in ./configs and the checkout)")
+
+
+def fix(
+    options: EvalOptions,
+    out: Path,
+    settings: Any,
+    metrics: dict[str, Any],
+    run: Run,
+    recipes: dict[str, Path] | None = None,
+    overrides: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Act on ``metrics["diagnosis"]``; return what was trained, measured and promoted."""
+    diagnosis = metrics.get("diagnosis") or {}
+    weak = diagnosis.get("weak")
+    if weak in (None, "none"):
+        return _done(
+            out,
+            {
+                "weak": weak,
+                "steps": [],
+                "message": "nothing to fix: "
+                + (
+                    "no wrong answers"
+                    if weak == "none"
+                    else "no diagnosis (no rag/hybrid mode or no gold answers)"
+                ),
+            },
+        )
+    recipes = recipes or {c: recipe_path(c) for c in RECIPES}
+    overrides = overrides or {}
+    before = read_rows(out)
+    steps = []
+    current = options
+    if weak in ("retriever", "both"):
+        step, current = _retriever(current, out, settings, run, before, recipes, overrides)
+        steps.append(step)
+    if weak in ("generator", "both"):
+        baseline = read_rows(out / "fix-retriever") if steps and steps[0]["passed"] else before
+        steps.append(_generator(current, out, settings, run, baseline, recipes, overrides))
+    message = "; ".join(s["message"] for s in steps)
+    return _done(out, {"weak": weak, "steps": steps, "message": message})
+
+
+def _done(out: Path, outcome: dict[str, Any]) -> dict[str, Any]:
+    atomic_write_text(out / "fix.json", json.dumps(outcome, indent=2))
+    return outcome
+
+
+def _retriever(
+    options: EvalOptions,
+    out: Path,
+    settings: Any,
+    run: Run,
+    before: list[dict],
+    recipes: dict[str, Path],
+    overrides: dict[str, list[str]],
+) -> tuple[dict[str, Any], EvalOptions]:
+    if options.live:
+        message = (
+            "retriever fix skipped: a live run has no corpus of its own to re-index; "
+            f"run 'ragtune tune --recipe {recipes['retriever']}'"
+        )
+        return {"component": "retriever", "passed": False, "message": message}, options
+    record = train_on(options, settings, recipes["retriever"], overrides.get("retriever", []))
+    mode = _diagnosed_mode(options)
+    again = replace(options, embedder_adapter=record.id, modes=(mode,), probes=False)
+    run(again, out / "fix-retriever", settings)
+    after = read_rows(out / "fix-retriever")
+    result = gate(before, after, mode, mode, "gold_in_prompt", options)
+    passed = result is not None and result["better"] == "b"
+    message = f"embedder {record.id}: gold passage in the prompt {_change(result)}; " + (
+        f"significant: switch the live index with 'ragtune reindex --adapter {record.id}'"
+        if passed
+        else "not significant: the index keeps its embedder"
+    )
+    step = {
+        "component": "retriever",
+        "adapter": record.id,
+        "gate": result,
+        "passed": passed,
+        "message": message,
+    }
+    return step, (again if passed else options)
+
+
+def _generator(
+    options: EvalOptions,
+    out: Path,
+    settings: Any,
+    run: Run,
+    before: list[dict],
+    recipes: dict[str, Path],
+    overrides: dict[str, list[str]],
+) -> dict[str, Any]:
+    from tuner.registry import Registry
+
+    record = train_on(options, settings, recipes["generator"], overrides.get("generator", []))
+    again = replace(options, hybrid_adapter=record.id, modes=("hybrid",), probes=False)
+    run(again, out / "fix-generator", settings)
+    after = read_rows(out / "fix-generator")
+    baseline = _best_mode(before)
+    result = gate(before, after, baseline, "hybrid", "token_f1", options)
+    passed = result is not None and result["better"] == "b"
+    registry = Registry(settings.data_dir / "adapters")
+    registry.set_eval_gate(
+        record.id, passed, {"metric": "token_f1", "against": baseline, **(result or {})}
+    )
+    if passed:
+        registry.promote(record.id)
+    message = f"adapter {record.id}: token F1 vs {baseline} {_change(result)}; " + (
+        "significant: promoted" if passed else "not significant: not promoted"
+    )
+    return {
+        "component": "generator",
+        "adapter": record.id,
+        "against": baseline,
+        "gate": result,
+        "passed": passed,
+        "promoted": passed,
+        "message": message,
+    }
+
+
+def _change(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "could not be compared"
+    return f"{result['mean_diff']:+.3f} [{result['ci_low']:+.3f}, {result['ci_high']:+.3f}]"
+
+
+def _diagnosed_mode(options: EvalOptions) -> str:
+    return next(m for m in ("rag", "hybrid") if m in options.modes)
+
+
+def _best_mode(rows: list[dict]) -> str:
+    """The retrieval mode with the higher mean token F1 in a run."""
+    means = {}
+    for mode in ("rag", "hybrid"):
+        scores = [r["metrics"].get("token_f1") for r in rows if r["mode"] == mode]
+        scores = [s for s in scores if s is not None]
+        if scores:
+            means[mode] = sum(scores) / len(scores)
+    return max(means, key=lambda m: means[m])
+
+
+def read_rows(folder: Path) -> list[dict]:
+    text = (folder / "results.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def gate(
+    before: list[dict],
+    after: list[dict],
+    mode_before: str,
+    mode_after: str,
+    metric: str,
+    options: EvalOptions,
+) -> dict[str, Any] | None:
+    """Paired difference (after - before) of ``metric`` over the questions both runs asked."""
+    a = {r["query_id"]: _value(r, metric) for r in before if r["mode"] == mode_before}
+    b = {r["query_id"]: _value(r, metric) for r in after if r["mode"] == mode_after}
+    shared = [q for q in a if q in b]
+    if not shared:
+        return None
+    idx = stats.resample_indices(len(shared), options.resamples, options.seed)
+    return stats.paired([a[q] for q in shared], [b[q] for q in shared], idx)
+
+
+def _value(row: dict, metric: str) -> float | None:
+    value = row.get(metric) if metric in row else row["metrics"].get(metric)
+    return None if value is None else float(value)
+
+
+def train_on(options: EvalOptions, settings: Any, recipe: Path, overrides: list[str]) -> Any:
+    """Train ``recipe`` on data mined from the evaluated documents; return its registry record."""
+    from tuner.config import load_recipe
+    from tuner.train import train
+
+    plan = load_recipe(recipe, overrides)
+    job_dir = settings.data_dir / "jobs" / f"eval-fix-{plan.name}"
+    if job_dir.exists():
+        import shutil
+
+        shutil.rmtree(job_dir)
+    with _documents(options, settings) as index:
+        _prepare(plan, job_dir, settings, index)
+    log.info("fix: training %s (%s)", plan.name, plan.component)
+    return train(
+        plan,
+        job_dir,
+        data_dir=settings.data_dir,
+        resume=False,
+        device=settings.device,
+        models_dir=settings.model_cache,
+        base_path=str(settings.generator_path) if settings.generator_path else None,
+        embedder_path=str(settings.embedder_path) if settings.embedder_path else None,
+    )
+
+
+def _prepare(plan: Any, job_dir: Path, settings: Any, index: Any) -> None:
+    from tuner.prepare import prepare, prepare_pairs
+
+    files = settings.data_dir / "files"
+    if plan.component == "retriever":
+        plan.base_model = plan.base_model or settings.embedder
+        plan.retriever.activate = False
+        prepare_pairs(plan, job_dir, files_dir=files, retriever=index)
+        return
+    from tuner.models import load_generator
+
+    plan.base_model = plan.base_model or str(settings.generator_path or settings.generator)
+    gen = load_generator(
+        str(settings.generator_path or settings.generator),
+        cache_dir=settings.model_cache,
+        offline=settings.offline,
+    )
+    prepare(plan, job_dir, files_dir=files, tokenizer=gen.tokenizer, retriever=index)
+
+
+@contextmanager
+def _documents(options: EvalOptions, settings: Any) -> Iterator[Any]:
+    """The evaluated documents: a fresh index of the dataset's corpus, or the live index."""
+    from eval.harness import fresh_index
+
+    if options.live:
+        from service.models import open_retriever
+
+        live = open_retriever(settings)
+        try:
+            yield live
+        finally:
+            live.close()
+        return
+    assert options.dataset is not None
+    with fresh_index(load(options.dataset), settings, options.embedder_adapter, {}) as index:
+        yield index
