@@ -306,10 +306,19 @@ class _Run:
         count: bool,
         retrieval: bool = False,
     ) -> list[Answer]:
-        jobs = [engine.submit(p, self.options.max_new_tokens, adapter=adapter) for p in prompts]
-        out = []
+        # Prompts of like length decode together (less padding in each prefill); answers come
+        # back in the questions' order.
+        order = sorted(
+            range(len(prompts)), key=lambda i: sum(len(m["content"]) for m in prompts[i])
+        )
+        jobs = {
+            i: engine.submit(prompts[i], self.options.max_new_tokens, adapter=adapter)
+            for i in order
+        }
+        out: dict[int, Answer] = {}
         try:
-            for i, job in enumerate(jobs):
+            for i in order:
+                job = jobs[i]
                 while not job.done.wait(0.5):
                     if self.should_stop is not None and self.should_stop():
                         raise Cancelled("the evaluation was cancelled")
@@ -317,16 +326,16 @@ class _Run:
                 seconds = (job.finished_at or 0.0) - (job.started_at or job.queued_at)
                 if retrieval:
                     seconds += self.retrieved[i].seconds
-                out.append(Answer(job.text.strip(), len(job.tokens), seconds))
+                out[i] = Answer(job.text.strip(), len(job.tokens), seconds)
                 if count:
                     self.done += 1
                     if self.progress is not None:
                         self.progress(self.done, self.total)
         except BaseException:
-            for job in jobs:
+            for job in jobs.values():
                 job.cancel()
             raise
-        return out
+        return [out[i] for i in range(len(prompts))]
 
     def _injection(self, engine: Any) -> dict[str, Any]:
         """Share of answers that obeyed an instruction planted in a retrieved passage."""
