@@ -188,7 +188,8 @@ def load_tuned_embedder(
             str(resolved.path), device=device, trust_remote_code=False, local_files_only=True
         )
         module = model[0]
-        merged = PeftModel.from_pretrained(module.auto_model, str(folder)).merge_and_unload()
+        inner: Any = module.auto_model
+        merged = PeftModel.from_pretrained(inner, str(folder)).merge_and_unload()
         set_inner_model(module, merged)
     else:
         raise ValueError(f"embedder {adapter_id}: method {method!r} is not full or lora")

@@ -162,14 +162,15 @@ class RetrieverTuning:
     activate: bool = True  # re-embed the index with the result (shadow, then atomic switch)
 
     def __post_init__(self) -> None:
-        self.window = tuple(self.window)  # type: ignore[assignment]  (YAML and JSON give lists)
+        window = tuple(self.window)  # YAML and JSON give lists
         _check(self.negatives >= 0, "retriever.negatives", self.negatives, "must be >= 0")
         _check(
-            len(self.window) == 2 and 0 <= self.window[0] < self.window[1] <= 200,
+            len(window) == 2 and 0 <= window[0] < window[1] <= 200,
             "retriever.window",
             self.window,
             "[start, end] with 0 <= start < end <= 200",
         )
+        self.window = (window[0], window[1])
         _check(0 < self.margin <= 1, "retriever.margin", self.margin, "must be in (0, 1]")
         _check(
             self.mine_mode in ("dense", "sparse", "hybrid"),

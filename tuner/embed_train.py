@@ -277,7 +277,8 @@ def train_retriever(
 
     def save(folder: Path) -> None:
         if recipe.method == "lora":
-            model[0].auto_model.save_pretrained(folder, safe_serialization=True)
+            inner: Any = model[0].auto_model
+            inner.save_pretrained(folder, safe_serialization=True)
         else:
             model.save(str(folder), safe_serialization=True, create_model_card=False)
 

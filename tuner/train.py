@@ -128,7 +128,7 @@ def train(
 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
-        lr=hp.learning_rate,
+        lr=float(hp.learning_rate or 0.0),  # Recipe.__post_init__ fills in the default
         weight_decay=hp.weight_decay,
     )
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -195,7 +195,7 @@ def train(
         state.losses.append([state.step, mean])
         val = None
         if val_set and (state.step % hp.eval_every == 0 or state.step == total):
-            val = _val_loss(model, val_set, collate, hp.batch_size, accelerator)
+            val = _val_loss(model, val_set, collate, int(hp.batch_size or 1), accelerator)
             state.val_losses.append([state.step, val])
             if state.best_val is None or val < state.best_val - 1e-6:
                 state.best_val, state.bad_evals = val, 0
