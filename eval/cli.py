@@ -20,6 +20,8 @@ import click
 def main() -> None:
     """ragtune datasets and evaluations."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss.loader", "sentence_transformers", "bm25s", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.group()

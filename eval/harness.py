@@ -182,8 +182,8 @@ def fresh_index(
         index = Retriever(Path(tmp) / "index", embedder, retriever_config(settings))
         try:
             docs = [DocumentIn(d.text, d.id, d.metadata) for d in evalset.corpus]
-            for i in range(0, len(docs), 64):
-                index.upsert_many(docs[i : i + 64])
+            for i in range(0, len(docs), 256):
+                index.upsert_many(docs[i : i + 256])
             stage["index"] = time.perf_counter() - t0
             log.info(
                 "indexed %d documents (%d chunks) in %.1f s",
