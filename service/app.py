@@ -19,6 +19,7 @@ from service import errors
 from service.adapters import AdapterSet
 from service.auth import RateLimiter, Reader, check_bind
 from service.engine import Engine
+from service.evalruns import make_eval_runner
 from service.limits import BodyLimit
 from service.metrics import Metrics
 from service.models import (
@@ -48,6 +49,7 @@ class AppState:
     limiter: Any = None
     metrics: Any = None
     jobs: Any = None  # tuner.jobs.JobRunner; made in the lifespan unless the loader set one
+    evals: Any = None  # eval runs: a JobRunner (service.evalruns); same rule as ``jobs``
     reindexer: Any = None  # service.reindexing.Reindexer, made with the state
     ready: bool = False
     loaded: dict[str, Any] = field(default_factory=dict)
@@ -96,11 +98,15 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         if state.jobs is None:
             state.jobs = tune.make_job_runner(state)
         state.jobs.start()
+        if state.evals is None:
+            state.evals = make_eval_runner(state)
+        state.evals.start()
         state.ready = True
         log.info("ready on %s:%s", settings.host, settings.port)
         yield
         state.ready = False
         await anyio.to_thread.run_sync(state.jobs.close)  # a running job resumes next start
+        await anyio.to_thread.run_sync(state.evals.close)  # a running eval starts over then
         await anyio.to_thread.run_sync(state.reindexer.close)  # stops after its current batch
         if state.engine is not None:
             state.engine.close()
@@ -112,7 +118,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     errors.install(app)
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
-    from service.routes import adapters, chat, documents, files, index, query, tune
+    from service.routes import adapters, chat, documents, evals, files, index, query, tune
 
     app.include_router(adapters.router)
     app.include_router(documents.router)
@@ -121,6 +127,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     app.include_router(files.router)
     app.include_router(index.router)
     app.include_router(tune.router)
+    app.include_router(evals.router)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(_: Reader) -> Response:

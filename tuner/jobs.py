@@ -14,8 +14,13 @@ flag the worker polls every step; a worker that has not stopped 10 s later is te
 runner starts, jobs a crash left running (dead pid; a live orphan is stopped first), validating or
 queued are taken up again and training resumes from the last checkpoint.
 
-Knows nothing of HTTP, models, the index or how training works: ``prepare`` and the worker
-command are given to it.
+The runner is not only for training: ``JobRunner(folder="evals", parse=..., command=...)``
+runs evaluation jobs the same way (the service starts ``python -m eval.worker`` this way, without
+importing ``eval``). What a job is asked to do only needs a ``name``, a ``method`` and
+``to_dict()`` (see ``JobSpec``); for an eval job ``progress`` carries no loss.
+
+Knows nothing of HTTP, models, the index or how training works: ``prepare``, the parser of job
+specs and the worker command are given to it.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tuner.config import Recipe, recipe_from_dict
+from tuner.config import recipe_from_dict
 from tuner.durable import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -49,7 +54,21 @@ FINISHED = ("succeeded", "failed", "cancelled")
 STOP_GRACE_S = 10.0  # a cancelled worker gets this long to stop by itself
 LOG_TAIL_LINES = 20
 
-Prepare = Callable[[Recipe, Path], Any]
+
+class JobSpec(Protocol):
+    """What a job is asked to do, as the store keeps it (``tuner.config.Recipe`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+Prepare = Callable[[Any, Path], Any]  # (the parsed spec, the job's folder)
+Parse = Callable[[dict[str, Any]], Any]  # a spec dict -> a JobSpec; ValueError when it is bad
 
 
 class JobNotFound(LookupError):
@@ -151,7 +170,7 @@ class JobStore:
         with self._db() as db:
             return db.execute(sql, [*values.values(), job_id]).rowcount > 0
 
-    def create(self, recipe: Recipe) -> str:
+    def create(self, recipe: JobSpec) -> str:
         job_id = f"job-{secrets.token_hex(8)}"
         with self._db() as db:
             db.execute(
@@ -240,8 +259,9 @@ class JobStore:
 
     # ---- written by the worker ------------------------------------------------------------
     def progress(
-        self, job_id: str, step: int, total: int, loss: float, val_loss: float | None
+        self, job_id: str, step: int, total: int, loss: float | None, val_loss: float | None
     ) -> None:
+        """Step ``step`` of ``total`` done; a point of the curves unless both losses are None."""
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -250,10 +270,11 @@ class JobStore:
                 " rate_t0 = COALESCE(rate_t0, ?), rate_s0 = COALESCE(rate_s0, ?) WHERE id = ?",
                 (step, total, now, now, now, step, job_id),
             )
-            db.execute(
-                "INSERT OR REPLACE INTO points (job, step, loss, val_loss) VALUES (?, ?, ?, ?)",
-                (job_id, step, loss, val_loss),
-            )
+            if loss is not None or val_loss is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO points (job, step, loss, val_loss) VALUES (?, ?, ?, ?)",
+                    (job_id, step, loss, val_loss),
+                )
             db.execute("COMMIT")
 
     def beat(self, job_id: str) -> None:
@@ -312,7 +333,9 @@ class JobRunner:
     ``.problems`` when it has them); ``command`` is the worker's argv before the job folder
     (default ``python -m tuner.worker``); ``env`` adds to the worker's environment; ``options``
     are written to ``job.json`` for the worker (e.g. ``device``, ``threads``); ``on_success(job)``
-    is called in the supervisor thread when a job succeeds (it should return quickly).
+    is called in the supervisor thread when a job succeeds (it should return quickly);
+    ``folder`` is where under ``data_dir`` the jobs live; ``parse`` turns a submitted dict into
+    the spec (a ``JobSpec``; default ``tuner.config.recipe_from_dict``).
     """
 
     def __init__(
@@ -326,8 +349,11 @@ class JobRunner:
         poll_s: float = 0.2,
         stop_grace_s: float = STOP_GRACE_S,
         on_success: Callable[[Job], None] | None = None,
+        folder: str = "jobs",
+        parse: Parse = recipe_from_dict,
     ) -> None:
-        self.root = Path(data_dir) / "jobs"
+        self.root = Path(data_dir) / folder
+        self.parse = parse
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.root / "jobs.db")
         self.prepare = prepare
@@ -347,9 +373,9 @@ class JobRunner:
 
     # ---- public ---------------------------------------------------------------------------
     def start(self) -> JobRunner:
-        """Start supervising. Only the runner holding ``jobs/runner.lock`` starts workers (one
-        per data dir); another one still accepts, validates and cancels jobs, and takes over,
-        recovering what was left behind, once the lock is free."""
+        """Start supervising. Only the runner holding ``<folder>/runner.lock`` starts workers
+        (one per data dir and folder); another one still accepts, validates and cancels jobs,
+        and takes over, recovering what was left behind, once the lock is free."""
         self._thread = threading.Thread(target=self._supervise, name="job-runner", daemon=True)
         self._thread.start()
         return self
@@ -361,7 +387,7 @@ class JobRunner:
 
     def submit(self, recipe_dict: Mapping[str, Any]) -> str:
         """Check the recipe (``ValueError`` at once), then validate its data in a thread."""
-        recipe = recipe_from_dict(dict(recipe_dict))
+        recipe = self.parse(dict(recipe_dict))
         job_id = self.store.create(recipe)
         job_dir = self.job_dir(job_id)
         job_dir.mkdir(parents=True)
@@ -406,7 +432,7 @@ class JobRunner:
         self.close()
 
     # ---- validation (this process) --------------------------------------------------------
-    def _validate(self, job_id: str, recipe: Recipe) -> None:
+    def _validate(self, job_id: str, recipe: JobSpec) -> None:
         try:
             if self.store.get(job_id).state != "validating":
                 return  # cancelled while waiting
@@ -432,7 +458,11 @@ class JobRunner:
             log.info("job %s: resuming from its last checkpoint", job_id)
             self.store.requeue(job_id)
         for job_id in self.store.ids_in("validating"):
-            recipe = recipe_from_dict(self.store.get(job_id).recipe)
+            try:
+                recipe = self.parse(self.store.get(job_id).recipe)
+            except ValueError as exc:  # a spec this version no longer accepts
+                self.store.finish(job_id, "failed", error=str(exc))
+                continue
             self._validator.submit(self._validate, job_id, recipe)
 
     def _take_lock(self) -> bool:

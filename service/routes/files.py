@@ -1,10 +1,11 @@
-"""/v1/files: upload training data (one JSONL file) and list the uploads.
+"""/v1/files: upload training or evaluation data (one JSONL file) and list the uploads.
 
 An upload is stored as ``DATA_DIR/files/<random id>.jsonl`` with its metadata beside it in
 ``<id>.json``; the client's file name is kept as metadata only and never becomes a path. The body
 size is bounded by the service's body limit. Every line must be UTF-8 JSON objects of one known
-shape (chat, alpaca, prompt_completion, or a task template's fields), else 422 naming the line;
-the full schema check happens when a job validates its data (tuner.data).
+shape (chat, alpaca, prompt_completion, SQuAD-style, or a task template's fields), else 422
+naming the line; the full schema check happens when a job validates its data (tuner.data) or an
+eval run reads it (eval.datasets).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ SHAPES = (  # (format reported, keys a record must hold), the first match wins
     ("chat", {"conversations"}),
     ("alpaca", {"instruction", "output"}),
     ("prompt_completion", {"prompt", "completion"}),
+    ("squad", {"context", "question", "answers"}),  # an eval dataset (POST /v1/eval/runs)
     ("qa", {"question", "answer"}),
+    ("qa", {"question", "answers"}),
     ("summarization", {"text", "summary"}),
     ("translation", {"text", "translation"}),
     ("classification", {"text", "label"}),

@@ -199,3 +199,66 @@ def test_one_runner_per_data_dir_runs_workers_and_another_takes_over(tmp_path: P
         later = second.submit(recipe("later", steps=2))
         assert wait_for(lambda: second.get(later), lambda j: j.state == "succeeded")[0]
         assert second.active
+
+
+class Spec:
+    """Not a recipe: the runner only needs ``name``, ``method`` and ``to_dict()``."""
+
+    def __init__(self, raw: dict) -> None:
+        if raw.get("size", 0) < 1:
+            raise ValueError(f"size: must be >= 1, got {raw.get('size')}")
+        self.name, self.method, self.raw = "count", f"to-{raw['size']}", raw
+
+    def to_dict(self) -> dict:
+        return dict(self.raw)
+
+
+COUNTER = """
+import json, sys
+from pathlib import Path
+from tuner.jobs import JobStore
+job_dir = Path(sys.argv[1])
+store = JobStore(job_dir.parent / "jobs.db")
+job_id = json.loads((job_dir / "job.json").read_text())["id"]
+size = json.loads((job_dir / "recipe.json").read_text())["size"]
+for done in range(1, size + 1):
+    store.progress(job_id, done, size, None, None)
+store.finish(job_id, "succeeded")
+"""
+
+
+def test_other_kinds_of_jobs_live_in_their_own_folder_with_their_own_spec(tmp_path: Path) -> None:
+    prepared = []
+    counter = JobRunner(
+        tmp_path,
+        lambda spec, job_dir: prepared.append((spec.raw, job_dir)),
+        folder="counts",
+        parse=Spec,
+        command=[sys.executable, "-c", COUNTER],
+        env={"PYTHONPATH": str(ROOT)},
+        poll_s=0.05,
+    )
+    with make_runner(tmp_path) as tuning, counter:
+        with pytest.raises(ValueError, match="size"):
+            counter.submit({"size": 0})
+        count_id = counter.submit({"size": 3})
+        tune_id = tuning.submit(recipe("beside", steps=2))
+        job, _ = wait_for(lambda: counter.get(count_id), lambda j: j.state == "succeeded")
+        assert (job.name, job.method, job.recipe) == ("count", "to-3", {"size": 3})
+        assert (job.step, job.total, job.loss_curve, job.val_losses) == (3, 3, [], [])
+        assert prepared == [({"size": 3}, tmp_path / "counts" / count_id)]
+        assert (tmp_path / "counts" / "jobs.db").is_file() and counter.active
+        assert wait_for(lambda: tuning.get(tune_id), lambda j: j.state == "succeeded")[0]
+        assert tuning.active  # each folder has its own lock and its own worker
+        assert [j.id for j in counter.list()] == [count_id]
+        assert [j.id for j in tuning.list()] == [tune_id]
+
+
+def test_a_stored_spec_that_no_longer_parses_fails_its_job_on_recovery(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "counts" / "jobs.db")
+    stale = store.create(Spec({"size": 2}))  # left validating by a crash
+    with store._db() as db:
+        db.execute("UPDATE jobs SET recipe = ? WHERE id = ?", ('{"size": 0}', stale))
+    with JobRunner(tmp_path, lambda s, d: None, folder="counts", parse=Spec, poll_s=0.05) as r:
+        job, _ = wait_for(lambda: r.get(stale), lambda j: j.state == "failed")
+        assert "size: must be >= 1" in str(job.error)

@@ -1,0 +1,245 @@
+"""Evaluation runs as jobs: the run's spec, its preparation here, and the runner that starts
+``python -m eval.worker`` for it.
+
+The service never imports ``eval``: a run is a job of ``tuner.jobs.JobRunner`` kept under
+``DATA_DIR/evals/`` (``jobs.db`` and one folder per run), whose worker command is the eval
+worker. The worker cannot open the live index (this process holds its lock), so ``prepare`` runs
+here, in the runner's validation thread: it copies the uploaded file to ``dataset.jsonl`` and,
+for plain question/answer rows, asks the live index every question and writes
+``retrieved.jsonl`` (one line per question, in file order:
+``{"row", "question", "seconds", "hits": [hit_dict, ...]}``). SQuAD-style rows carry their
+contexts, so the worker indexes them itself in a fresh temporary index. ``prepare`` then
+rewrites the run's ``recipe.json`` with the ``eval.config.EvalOptions`` the worker runs:
+``dataset``/``retrieved`` relative to the run folder, and ``live``.
+
+Knows nothing of HTTP; the route (``service.routes.evals``) checks what it can against this
+service (files, adapters, limits) before submitting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.answering import hit_dict
+from service.routes.files import files_dir
+from tuner.durable import atomic_write_text
+from tuner.jobs import JobRunner
+
+MODES = ("base", "rag", "ft", "hybrid")  # as eval.config.MODES; the worker checks again
+ADAPTER_MODES = ("ft", "hybrid")
+FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+OPTIONS = (  # what a client may set; never a path, never an import string (judge)
+    "modes",
+    "k",
+    "depth",
+    "limit",
+    "max_new_tokens",
+    "seed",
+    "resamples",
+    "ft_adapter",
+    "hybrid_adapter",
+    "embedder_adapter",
+    "probes",
+)
+SEARCH_MODE = "hybrid"  # what the harness asks a fresh index, so live and fresh runs compare
+CANCEL_CHECK_EVERY = 25  # questions between looks at whether the run was cancelled
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """An eval run as submitted: an uploaded file and the options (a ``tuner.jobs.JobSpec``)."""
+
+    file_id: str
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = "eval"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.file_id, str) or not FILE_ID.match(self.file_id):
+            raise ValueError(f"dataset.file_id: not an uploaded file's id: {self.file_id!r}")
+        check_options(self.options)
+
+    @property
+    def method(self) -> str:
+        return "+".join(self.options.get("modes") or MODES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "file_id": self.file_id, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EvalSpec:
+        unknown = sorted(set(raw) - {"name", "file_id", "options"})
+        if unknown:
+            raise ValueError(f"unknown eval run fields: {', '.join(unknown)}")
+        return cls(raw.get("file_id"), dict(raw.get("options") or {}), raw.get("name") or "eval")  # type: ignore[arg-type]
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """The checks the service can make without ``eval``; ``ValueError`` naming the field."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown eval options: {', '.join(unknown)}")
+    modes = options.get("modes", MODES)
+    if not isinstance(modes, list | tuple) or not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"modes: choose from {', '.join(MODES)}; got {modes!r}")
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"modes: each mode once; got {list(modes)}")
+    for name, least in (("k", 1), ("depth", 1), ("max_new_tokens", 1), ("resamples", 100)):
+        _int_at_least(options, name, least)
+    if options.get("limit") is not None:
+        _int_at_least(options, "limit", 1)
+    if "seed" in options and not _is_int(options["seed"]):
+        raise ValueError(f"seed: an integer, got {options['seed']!r}")
+    if options.get("depth", 20) < options.get("k", 3):
+        raise ValueError(f"depth: must be >= k ({options.get('k', 3)}), got {options['depth']}")
+    for name in ("ft_adapter", "hybrid_adapter", "embedder_adapter"):
+        if options.get(name) is not None and not isinstance(options[name], str):
+            raise ValueError(f"{name}: an adapter id, got {options[name]!r}")
+    if not isinstance(options.get("probes", True), bool):
+        raise ValueError(f"probes: true or false, got {options['probes']!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(options: dict[str, Any], name: str, least: int) -> None:
+    if name in options and not (_is_int(options[name]) and options[name] >= least):
+        raise ValueError(f"{name}: must be an integer >= {least}, got {options[name]!r}")
+
+
+# ---- preparation (this process) -------------------------------------------------------------
+def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every non-empty line; ``ValueError`` naming a bad line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"dataset line {number}: not JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"dataset line {number}: a JSON object is expected")
+            rows.append((number, record))
+    if not rows:
+        raise ValueError("dataset: the file holds no records")
+    return rows
+
+
+def questions_of(rows: Sequence[tuple[int, dict[str, Any]]]) -> list[str]:
+    """Every row's question; ``ValueError`` naming the first line without one."""
+    out = []
+    for number, record in rows:
+        question = record.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"dataset line {number}: 'question' must be a non-empty string")
+        out.append(question)
+    return out
+
+
+def search_lines(
+    retriever: Any, questions: Sequence[str], depth: int, reranker: Any = None
+) -> Iterator[str]:
+    """One ``retrieved.jsonl`` line per question, in order, timed with ``perf_counter``."""
+    for row, question in enumerate(questions):
+        t = time.perf_counter()
+        hits = retriever.search(question, k=depth, mode=SEARCH_MODE, reranker=reranker)
+        seconds = time.perf_counter() - t
+        found = [{**hit_dict(h), "score": float(h.score)} for h in hits]
+        line = {"row": row, "question": question, "seconds": seconds, "hits": found}
+        yield json.dumps(line, ensure_ascii=False) + "\n"
+
+
+def write_lines(path: Path, lines: Iterator[str]) -> None:
+    """Stream ``lines`` into ``path`` atomically (a partial file never has the final name)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Stopped(ValueError):
+    """The run was cancelled while it was being prepared."""
+
+
+def prepare_run(
+    spec: EvalSpec,
+    run_dir: Path,
+    *,
+    files_dir: Path,
+    retriever: Any,
+    reranker: Any = None,
+    still_wanted: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Write the run's ``dataset.jsonl`` (and ``retrieved.jsonl`` for a live run) and the final
+    ``recipe.json``; return what was prepared. ``still_wanted()`` false stops a live search."""
+    source = files_dir / f"{spec.file_id}.jsonl"
+    if not source.is_file():
+        raise ValueError(f"dataset: no uploaded file {spec.file_id!r} (POST /v1/files)")
+    rows = read_rows(source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, run_dir / "dataset.jsonl")
+    options = {**spec.options, "dataset": "dataset.jsonl", "live": False}
+    if "context" not in rows[0][1]:  # plain question/answer rows: ask the live index
+        questions = questions_of(rows)[: spec.options.get("limit") or None]
+        lines = search_lines(retriever, questions, spec.options.get("depth", 20), reranker)
+        write_lines(run_dir / "retrieved.jsonl", _stoppable(lines, still_wanted))
+        options.update(live=True, retrieved="retrieved.jsonl")
+    recipe = {**spec.to_dict(), "options": options}
+    atomic_write_text(run_dir / "recipe.json", json.dumps(recipe, indent=2, ensure_ascii=False))
+    return {"rows": len(rows), "live": options["live"]}
+
+
+def _stoppable(lines: Iterator[str], still_wanted: Callable[[], bool] | None) -> Iterator[str]:
+    for i, line in enumerate(lines):
+        if still_wanted is not None and i % CANCEL_CHECK_EVERY == 0 and not still_wanted():
+            raise Stopped("the run was cancelled while its questions were searched")
+        yield line
+
+
+# ---- the runner ---------------------------------------------------------------------------
+def worker_settings(settings: Any) -> dict[str, Any]:
+    """The settings the worker runs with: this service's, without keys or the address."""
+    return settings.model_dump(  # type: ignore[no-any-return]
+        mode="json", exclude={"api_keys", "host", "port", "auth_disabled"}
+    )
+
+
+def make_eval_runner(state: Any, **kwargs: Any) -> JobRunner:
+    """The app's eval runner (``DATA_DIR/evals``); ``kwargs`` go to ``JobRunner`` (tests give a
+    fake worker ``command``, ``env`` and a short ``poll_s``)."""
+    runner: JobRunner
+
+    def prepare(spec: EvalSpec, run_dir: Path) -> dict[str, Any]:
+        return prepare_run(
+            spec,
+            run_dir,
+            files_dir=files_dir(state),
+            retriever=state.retriever,
+            reranker=state.reranker,
+            still_wanted=lambda: runner.get(run_dir.name).state == "validating",
+        )
+
+    kwargs.setdefault("command", [sys.executable, "-m", "eval.worker"])
+    runner = JobRunner(
+        state.settings.data_dir,
+        prepare,
+        folder="evals",
+        parse=EvalSpec.from_dict,
+        options={"settings": worker_settings(state.settings)},
+        **kwargs,
+    )
+    return runner

@@ -1,0 +1,229 @@
+"""/v1/eval/runs: start evaluation runs as jobs, follow them, and serve their reports.
+
+A run names an uploaded file (``POST /v1/files``), never a path: SQuAD-style rows (with
+``context``) are indexed afresh by the worker, plain question/answer rows are asked against the
+live index (``service.evalruns`` prepares that here). The worker writes ``report/`` in the run's
+folder; ``GET .../report`` serves ``report.html``, ``report.md`` or ``metrics.json`` from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.answering import registry_of
+from service.auth import Reader, Writer
+from service.deps import State
+from service.errors import ServiceError
+from service.evalruns import ADAPTER_MODES, FILE_ID, MODES
+from service.routes.files import files_dir
+from tuner.jobs import Job, JobFinished, JobNotFound
+
+router = APIRouter(prefix="/v1/eval/runs", tags=["evaluation"])
+REPORTS = {  # format -> (file in the run's report folder, media type)
+    "html": ("report.html", "text/html; charset=utf-8"),
+    "md": ("report.md", "text/markdown; charset=utf-8"),
+    "json": ("metrics.json", "application/json"),
+}
+HTML_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+class DatasetRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file_id: str = Field(description="an uploaded file's id (POST /v1/files)")
+
+
+class RunBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str | DatasetRef = Field(description="a file id, or {file_id}")
+    modes: list[str] | None = Field(
+        None, description="of base, rag, ft, hybrid; default: all four given an adapter, else two"
+    )
+    k: int = Field(3, description="passages in the prompt")
+    depth: int = Field(20, description="passages retrieved for recall@k (>= k)")
+    limit: int | None = Field(None, description="only the first N questions")
+    max_new_tokens: int = Field(64, description="greedy decoding budget per answer")
+    seed: int = Field(0, description="bootstrap seed")
+    resamples: int = Field(10_000, description="bootstrap resamples (>= 100)")
+    ft_adapter: str | None = Field(None, description="adapter id for ft (default: promoted)")
+    hybrid_adapter: str | None = Field(None, description="adapter id for hybrid")
+    embedder_adapter: str | None = Field(
+        None, description="fine-tuned embedder id for a SQuAD-style run's fresh index"
+    )
+    probes: bool = Field(True, description="run the forgetting and injection probes")
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    done: int
+    total: int | None
+
+
+class RunCreated(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    state: str
+
+
+class RunSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    file_id: str | None
+    modes: list[str]
+    state: str
+    progress: Progress
+    error: str | None
+    cancel_requested: bool
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class RunOut(RunSummary):
+    options: dict[str, Any]
+    metrics: dict[str, Any] | None = Field(description="report/metrics.json once succeeded")
+
+
+class RunsOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    runs: list[RunSummary]
+
+
+def _summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "file_id": job.recipe.get("file_id"),
+        "modes": job.method.split("+"),
+        "state": job.state,
+        "progress": Progress(done=job.step, total=job.total),
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "created": job.created,
+        "started": job.started,
+        "finished": job.finished,
+    }
+
+
+def _out(job: Job, run_dir: Path) -> RunOut:
+    metrics = None
+    if job.state == "succeeded":
+        try:
+            metrics = json.loads((run_dir / "report" / "metrics.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            metrics = None
+    return RunOut(**_summary(job), options=job.recipe.get("options", {}), metrics=metrics)
+
+
+@contextmanager
+def _domain() -> Iterator[None]:
+    try:
+        yield
+    except JobNotFound as exc:
+        raise ServiceError(404, "eval_run_not_found", f"no eval run {exc}") from None
+    except JobFinished as exc:
+        raise ServiceError(409, "eval_run_finished", str(exc).replace("job", "eval run")) from None
+
+
+def spec_dict(body: RunBody, state: Any) -> dict[str, Any]:
+    """The run's spec; ``ValueError`` for what this service can tell is wrong."""
+    file_id = body.dataset if isinstance(body.dataset, str) else body.dataset.file_id
+    if not FILE_ID.match(file_id) or not (files_dir(state) / f"{file_id}.jsonl").is_file():
+        raise ValueError(f"dataset: no uploaded file {file_id!r} (POST /v1/files)")
+    limits = state.settings.limits
+    if body.depth > limits.max_k:
+        raise ValueError(f"depth: at most {limits.max_k} (the service's max_k), got {body.depth}")
+    if body.max_new_tokens > limits.max_new_tokens:
+        raise ValueError(
+            f"max_new_tokens: at most {limits.max_new_tokens}, got {body.max_new_tokens}"
+        )
+    options = body.model_dump(exclude={"dataset"})
+    options["modes"] = body.modes if body.modes is not None else _default_modes(body, state)
+    _check_adapters(options, state)
+    return {"name": "eval", "file_id": file_id, "options": options}
+
+
+def _default_modes(body: RunBody, state: Any) -> list[str]:
+    has_adapter = body.ft_adapter is not None or registry_of(state).promoted() is not None
+    return list(MODES) if has_adapter else ["base", "rag"]
+
+
+def _check_adapters(options: dict[str, Any], state: Any) -> None:
+    """Named adapters exist; ft and hybrid have one (named or promoted)."""
+    from tuner.registry import RecordNotFound, RegistryError
+
+    registry = registry_of(state)
+    for name in ("ft_adapter", "hybrid_adapter", "embedder_adapter"):
+        if options.get(name) is None:
+            continue
+        try:
+            registry.get(options[name])
+        except (RecordNotFound, RegistryError) as exc:
+            raise ValueError(f"{name}: no adapter {options[name]!r} ({exc})") from None
+    named = {"ft": options["ft_adapter"], "hybrid": options["hybrid_adapter"]}
+    named["hybrid"] = named["hybrid"] or named["ft"]
+    needs = [m for m in options["modes"] if m in ADAPTER_MODES and named[m] is None]
+    if needs and registry.promoted() is None:
+        raise ValueError(
+            f"modes {', '.join(needs)}: a fine-tuned adapter is needed: name one "
+            "(ft_adapter, hybrid_adapter) or promote one (POST /v1/adapters/{id}/promote), "
+            "or leave those modes out"
+        )
+
+
+@router.post("", status_code=202)
+def create(body: RunBody, state: State, _: Writer) -> RunCreated:
+    """Start an evaluation run: checked now (422); its questions are searched while it is
+    validating, then the worker evaluates every mode on them."""
+    try:
+        run_id = state.evals.submit(spec_dict(body, state))
+    except ValueError as exc:
+        raise ServiceError(422, "invalid_eval_run", str(exc)) from None
+    return RunCreated(id=run_id, state=state.evals.get(run_id).state)
+
+
+@router.get("")
+def list_runs(state: State, _: Reader) -> RunsOut:
+    return RunsOut(runs=[RunSummary(**_summary(j)) for j in state.evals.list()])
+
+
+@router.get("/{run_id}")
+def get(run_id: str, state: State, _: Reader) -> RunOut:
+    with _domain():
+        job = state.evals.get(run_id)
+    return _out(job, state.evals.job_dir(job.id))
+
+
+@router.get("/{run_id}/report", response_class=Response)
+def report(
+    run_id: str, state: State, _: Reader, format: Literal["html", "md", "json"] = "html"
+) -> Response:
+    """The run's report: ``html`` (self-contained, the default), ``md``, or ``json``
+    (metrics.json); 409 until the run has succeeded."""
+    with _domain():
+        job = state.evals.get(run_id)
+    if job.state != "succeeded":
+        raise ServiceError(
+            409, "eval_run_not_succeeded", f"eval run {run_id} is {job.state}; no report"
+        )
+    name, media = REPORTS[format]
+    path = state.evals.job_dir(job.id) / "report" / name
+    if not path.is_file():
+        raise ServiceError(404, "report_not_found", f"eval run {run_id} has no {name}")
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if format == "html":
+        headers["Content-Security-Policy"] = HTML_POLICY
+    return Response(path.read_bytes(), media_type=media, headers=headers)
+
+
+@router.post("/{run_id}/cancel", status_code=202)
+def cancel(run_id: str, state: State, _: Writer) -> RunOut:
+    """Cancel a run: at once before its worker starts, within seconds while it evaluates."""
+    with _domain():
+        job = state.evals.cancel(run_id)
+    return _out(job, state.evals.job_dir(job.id))

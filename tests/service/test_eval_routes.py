@@ -1,0 +1,250 @@
+"""/v1/eval/runs through the real app: the live index searched here, a stand-in harness as the
+worker (tests/service/fake_eval_worker.py), reports served from the run folder."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.evalruns import make_eval_runner
+from service.settings import ApiKey, Settings
+from tests.helpers import tiny_loader
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [
+    {"id": "apt", "text": "apt installs packages from the debian archive"},
+    {"id": "grub", "text": "grub shows the boot menu before the kernel starts"},
+    {"id": "bash", "text": "bash is the login shell of a new user"},
+]
+QA = [
+    {"question": "what installs packages", "answer": "apt"},
+    {"id": "q2", "question": "what shows the boot menu", "answers": ["grub"]},
+    {"question": "which shell is the login shell", "answer": "bash", "doc_ids": ["bash"]},
+]
+SQUAD = [
+    {"context": "dpkg unpacks a package file", "question": "what unpacks", "answers": ["dpkg"]},
+    {"context": "the mirror holds the archive", "question": "what holds it", "answers": ["mirror"]},
+]
+KEYS = {s: f"key-for-{s}-0123456789" for s in ("read", "write")}
+
+
+def jsonl(rows: list[dict], blank: bool = False) -> bytes:
+    lines = [json.dumps(r) for r in rows]
+    if blank:
+        lines.insert(1, "")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture
+def make_client(tiny_llama: Path, tmp_path: Path):
+    clients: list[TestClient] = []
+
+    def make(step_s: float = 0.02, **settings: object) -> TestClient:
+        base = tiny_loader(tiny_llama, tmp_path)
+
+        def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
+            base(state)
+            state.evals = make_eval_runner(
+                state,
+                command=[sys.executable, "-m", "tests.service.fake_eval_worker"],
+                env={"PYTHONPATH": str(ROOT), "FAKE_STEP_S": str(step_s)},
+                poll_s=0.05,
+            )
+
+        app = create_app(Settings(generator=str(tiny_llama), **settings), loader=loader)  # type: ignore[arg-type]
+        client = TestClient(app).__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def upload(client: TestClient, data: bytes, headers: dict | None = None) -> dict:
+    files = {"file": ("eval.jsonl", data, "application/jsonl")}
+    r = client.post("/v1/files", files=files, headers=headers)
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def poll(client: TestClient, run_id: str, state: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/v1/eval/runs/{run_id}").json()
+        if run["state"] == state:
+            return run  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"run never {state}: {run}")
+
+
+def run_dir(client: TestClient, run_id: str) -> Path:
+    return client.app.state.ragtune.evals.job_dir(run_id)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_live_run_searches_here_and_serves_its_report(make_client) -> None:
+    client = make_client()
+    assert client.post("/v1/documents", json={"documents": DOCS}).status_code == 201
+    meta = upload(client, jsonl(QA, blank=True))
+    assert meta["format"] == "qa"
+    body = {"dataset": {"file_id": meta["id"]}, "k": 2, "depth": 5, "resamples": 200}
+    r = client.post("/v1/eval/runs", json=body)
+    assert r.status_code == 202, r.text
+    assert set(r.json()) == {"id", "state"} and r.json()["state"] in ("validating", "queued")
+    run_id = r.json()["id"]
+    run = poll(client, run_id, "succeeded")
+    assert run["progress"] == {"done": 3, "total": 3} and run["error"] is None
+    assert run["modes"] == ["base", "rag"] and run["file_id"] == meta["id"]  # no adapter: two
+    assert run["options"]["k"] == 2 and run["created"] <= run["started"] <= run["finished"]
+
+    folder = run_dir(client, run_id)
+    lines = [json.loads(x) for x in (folder / "retrieved.jsonl").read_text().splitlines()]
+    assert [(x["row"], x["question"]) for x in lines] == [
+        (i, q["question"]) for i, q in enumerate(QA)
+    ]
+    assert all(isinstance(x["seconds"], float) and x["seconds"] >= 0 for x in lines)
+    assert [x["hits"][0]["doc_id"] for x in lines] == ["apt", "grub", "bash"]
+    hit = lines[0]["hits"][0]
+    assert set(hit) == {"doc_id", "chunk_id", "start", "end", "score", "text", "metadata"}
+    assert hit["text"] == DOCS[0]["text"] and 1 <= len(lines[0]["hits"]) <= 5
+    assert (folder / "dataset.jsonl").read_bytes() == jsonl(QA, blank=True)
+    options = json.loads((folder / "recipe.json").read_text())["options"]
+    assert options["live"] and options["retrieved"] == "retrieved.jsonl"
+    assert options["dataset"] == "dataset.jsonl"  # relative: never a path from the client
+
+    metrics = run["metrics"]
+    assert metrics["questions"] == 3 and metrics["first_hit"] == "apt"
+    assert metrics["run"]["data_dir"] == str(client.app.state.ragtune.settings.data_dir)  # type: ignore[attr-defined]
+    html = client.get(f"/v1/eval/runs/{run_id}/report")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "3 questions" in html.text
+    assert "default-src 'none'" in html.headers["content-security-policy"]
+    md = client.get(f"/v1/eval/runs/{run_id}/report", params={"format": "md"})
+    assert md.headers["content-type"].startswith("text/markdown") and md.text.startswith("# Eval")
+    as_json = client.get(f"/v1/eval/runs/{run_id}/report?format=json")
+    assert as_json.headers["content-type"] == "application/json" and as_json.json() == metrics
+    assert client.get(f"/v1/eval/runs/{run_id}/report?format=pdf").status_code == 422
+    listed = client.get("/v1/eval/runs").json()["runs"]
+    assert [x["id"] for x in listed] == [run_id] and "metrics" not in listed[0]
+    assert client.post(f"/v1/eval/runs/{run_id}/cancel").status_code == 409
+
+
+def test_a_squad_file_is_indexed_by_the_worker_and_limit_bounds_the_search(make_client) -> None:
+    client = make_client()
+    meta = upload(client, jsonl(SQUAD))
+    assert meta["format"] == "squad"
+    r = client.post("/v1/eval/runs", json={"dataset": meta["id"], "modes": ["rag"]})
+    run = poll(client, r.json()["id"], "succeeded")
+    folder = run_dir(client, run["id"])
+    assert not (folder / "retrieved.jsonl").exists() and (folder / "dataset.jsonl").is_file()
+    assert run["metrics"]["questions"] == 2 and not run["metrics"]["run"]["options"]["live"]
+
+    client.post("/v1/documents", json={"documents": DOCS})
+    qa = upload(client, jsonl(QA))["id"]
+    r = client.post("/v1/eval/runs", json={"dataset": qa, "modes": ["base"], "limit": 2})
+    run = poll(client, r.json()["id"], "succeeded")
+    assert len((run_dir(client, run["id"]) / "retrieved.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_runs_are_422_and_unknown_ids_404(make_client) -> None:
+    client = make_client()
+    file_id = upload(client, jsonl(QA))["id"]
+    for body, words in (
+        ({"dataset": "file-0000000000000000"}, "no uploaded file"),
+        ({"dataset": {"file_id": "../../etc/passwd"}}, "no uploaded file"),
+        ({"dataset": file_id, "modes": ["magic"]}, "modes: choose from"),
+        ({"dataset": file_id, "modes": []}, "modes: choose from"),
+        ({"dataset": file_id, "modes": ["rag", "rag"]}, "each mode once"),
+        ({"dataset": file_id, "k": 5, "depth": 4}, "depth: must be >= k"),
+        ({"dataset": file_id, "k": 0}, "k: must be an integer >= 1"),
+        ({"dataset": file_id, "limit": 0}, "limit: must be an integer >= 1"),
+        ({"dataset": file_id, "resamples": 5}, "resamples"),
+        ({"dataset": file_id, "depth": 51}, "max_k"),
+        ({"dataset": file_id, "max_new_tokens": 100_000}, "max_new_tokens: at most"),
+        ({"dataset": file_id, "modes": ["rag", "ft"]}, "modes ft: a fine-tuned adapter"),
+        ({"dataset": file_id, "ft_adapter": "ghost-v1"}, "ft_adapter: no adapter 'ghost-v1'"),
+        ({"dataset": file_id, "hybrid_adapter": "../x"}, "hybrid_adapter: no adapter"),
+    ):
+        r = client.post("/v1/eval/runs", json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_eval_run", body
+        assert words in r.json()["error"]["message"], (body, r.json())
+    for extra in ({"dataset": {"path": "/etc/passwd"}}, {"dataset": file_id, "judge": "os:system"}):
+        r = client.post("/v1/eval/runs", json=extra)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", extra
+    assert client.get("/v1/eval/runs").json() == {"runs": []}
+    for method, path in (
+        ("get", "/v1/eval/runs/job-x"),
+        ("get", "/v1/eval/runs/job-x/report"),
+        ("post", "/v1/eval/runs/job-x/cancel"),
+    ):
+        r = client.request(method, path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "eval_run_not_found"
+
+
+def test_bad_data_and_a_failing_worker_fail_the_run(make_client) -> None:
+    client = make_client()
+    rows = [QA[0], {"question": " ", "answer": "nothing"}]
+    bad = upload(client, jsonl(rows))["id"]
+    run_id = client.post("/v1/eval/runs", json={"dataset": bad}).json()["id"]
+    run = poll(client, run_id, "failed")
+    assert run["error"] == "dataset line 2: 'question' must be a non-empty string"
+    assert run["started"] is None and run["metrics"] is None
+    r = client.get(f"/v1/eval/runs/{run_id}/report")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "eval_run_not_succeeded"
+
+    good = upload(client, jsonl(QA))["id"]
+    run_id = client.post("/v1/eval/runs", json={"dataset": good, "seed": 666}).json()["id"]
+    run = poll(client, run_id, "failed")
+    assert run["error"] == "dataset.jsonl:1: the fake harness refuses this data"
+
+
+def test_cancel_a_running_run(make_client) -> None:
+    client = make_client(step_s=0.3)
+    file_id = upload(client, jsonl(QA * 20))["id"]
+    run_id = client.post("/v1/eval/runs", json={"dataset": file_id}).json()["id"]
+    poll(client, run_id, "running")
+    r = client.get(f"/v1/eval/runs/{run_id}/report?format=md")
+    assert r.status_code == 409 and "running" in r.json()["error"]["message"]
+    r = client.post(f"/v1/eval/runs/{run_id}/cancel")
+    assert r.status_code == 202 and r.json()["cancel_requested"]
+    run = poll(client, run_id, "cancelled", timeout=5)
+    assert run["progress"]["done"] < 60 and run["metrics"] is None
+    r = client.post(f"/v1/eval/runs/{run_id}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "eval_run_finished"
+
+
+def test_scopes(make_client) -> None:
+    keys = [ApiKey(name=s, key=k, scopes=[s]) for s, k in KEYS.items()]  # type: ignore[arg-type]
+    client = make_client(auth_disabled=False, api_keys=keys)
+    read, write = ({"Authorization": f"Bearer {KEYS[s]}"} for s in ("read", "write"))
+    file_id = upload(client, jsonl(SQUAD), headers=write)["id"]
+    body = {"dataset": file_id, "modes": ["base"]}
+    assert client.post("/v1/eval/runs", json=body).status_code == 401
+    assert client.post("/v1/eval/runs", json=body, headers=read).status_code == 403
+    run_id = client.post("/v1/eval/runs", json=body, headers=write).json()["id"]
+    for path in ("/v1/eval/runs", f"/v1/eval/runs/{run_id}"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=read).status_code == 200
+    cancel = f"/v1/eval/runs/{run_id}/cancel"
+    assert client.post(cancel, headers=read).status_code == 403
+    assert client.post(cancel, headers=write).status_code in (202, 409)
+
+
+def test_the_service_never_imports_eval() -> None:
+    """The runner starts ``python -m eval.worker``; no module of ``service`` imports ``eval``."""
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n == "eval" or n.startswith("eval.") for n in names), (path, names)
