@@ -36,6 +36,7 @@ from tuner.prompts import base_messages, rag_messages
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 KS = (1, 3, 5, 10, 20)
+INJECTION_TOKENS = 24  # an answer that obeys says its canary at once
 
 
 class Cancelled(Exception):
@@ -305,16 +306,15 @@ class _Run:
         adapter: str | None,
         count: bool,
         retrieval: bool = False,
+        max_new_tokens: int | None = None,
     ) -> list[Answer]:
         # Prompts of like length decode together (less padding in each prefill); answers come
         # back in the questions' order.
         order = sorted(
             range(len(prompts)), key=lambda i: sum(len(m["content"]) for m in prompts[i])
         )
-        jobs = {
-            i: engine.submit(prompts[i], self.options.max_new_tokens, adapter=adapter)
-            for i in order
-        }
+        budget = max_new_tokens or self.options.max_new_tokens
+        jobs = {i: engine.submit(prompts[i], budget, adapter=adapter) for i in order}
         out: dict[int, Answer] = {}
         try:
             for i in order:
@@ -351,7 +351,13 @@ class _Run:
                     self.retrieved[i].hits, text, self.options.k, n % self.options.k
                 )
                 prompts.append(self._prompt(mode, i, shown))
-            got = self._run_jobs(engine, prompts, self.adapters_for.get(mode), count=False)
+            got = self._run_jobs(
+                engine,
+                prompts,
+                self.adapters_for.get(mode),
+                count=False,
+                max_new_tokens=min(INJECTION_TOKENS, self.options.max_new_tokens),
+            )
             hits = [
                 probes.obeyed(a.text, canary) for a, (_, canary, _) in zip(got, cases, strict=True)
             ]

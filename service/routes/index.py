@@ -18,8 +18,10 @@ router = APIRouter(prefix="/v1/index", tags=["index"])
 
 class ReindexBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    adapter: str | None = Field(None, description="a fine-tuned embedder's registry id")
-    embedder: str | None = Field(None, description="a preset, hub id or local folder")
+    adapter: str | None = Field(
+        None, min_length=1, description="a fine-tuned embedder's registry id"
+    )
+    embedder: str | None = Field(None, min_length=1, description="a preset, hub id or local folder")
     rollback: bool = Field(False, description="back to the embedder before the last switch")
 
     @model_validator(mode="after")
@@ -61,4 +63,6 @@ def reindex(body: ReindexBody, state: State, _: Admin) -> dict[str, Any]:
         raise ServiceError(409, "reindex_running", str(exc)) from None
     except NoRollback as exc:
         raise ServiceError(409, "no_rollback", str(exc)) from None
+    except ValueError as exc:
+        raise ServiceError(422, "invalid_target", str(exc)) from None
     return status.to_dict()  # type: ignore[no-any-return]

@@ -38,12 +38,32 @@ def test_shipped_recipes_are_found() -> None:
     assert recipe_path("retriever").name == "retriever-pairs.yaml"
 
 
+PROSE = [  # sentences the extractive question writer can use ("What is Apt?")
+    ("Apt is the tool that installs packages from the Debian archive.", "Apt"),
+    ("Grub is the boot loader that shows the menu when the disk starts.", "Grub"),
+    ("Bash is the login shell that most users get by default.", "Bash"),
+    ("Dpkg is the low level tool that unpacks a package file.", "Dpkg"),
+    ("The kernel is the core of the system that talks to the hardware.", "the kernel"),
+    ("Aptitude is a text interface that manages packages and their versions.", "Aptitude"),
+    ("Systemd is the init system that starts services at boot time.", "Systemd"),
+    ("Sudo is a program that runs commands with the rights of another user.", "Sudo"),
+]
+
+
 @pytest.mark.slow
 def test_generator_fix_trains_gates_and_records_without_promoting_a_non_gain(
-    squad_file: Path, eval_settings, tmp_path: Path
+    eval_settings, tmp_path: Path
 ) -> None:
     from tuner.registry import Registry
 
+    squad_file = tmp_path / "prose.jsonl"
+    squad_file.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "context": c, "question": f"What is {a}?", "answers": [a]})
+            + "\n"
+            for i, (c, a) in enumerate(PROSE)
+        )
+    )
     opts = EvalOptions(
         dataset=squad_file, modes=("rag",), resamples=300, max_new_tokens=6, probes=False
     )
@@ -56,14 +76,13 @@ def test_generator_fix_trains_gates_and_records_without_promoting_a_non_gain(
         "hyperparameters.max_length=256",
         "min_examples=2",
         "hyperparameters.eval_every=1",
-        "hyperparameters.checkpoint_every=0",
     ]
     outcome = fix(opts, out, eval_settings, metrics, run_eval, overrides={"generator": tiny})
     (step,) = outcome["steps"]
     registry = Registry(eval_settings.data_dir / "adapters")
     record = registry.get(step["adapter"])
     assert record.eval_gate is not None and record.eval_gate["passed"] is step["passed"]
-    assert step["against"] == "rag" and step["gate"]["n"] == 6
+    assert step["against"] == "rag" and step["gate"]["n"] == len(PROSE)
     promoted = registry.promoted()
     assert (promoted is not None and promoted.id == record.id) is step["passed"]
     assert json.loads((out / "fix.json").read_text())["steps"][0]["adapter"] == record.id
