@@ -79,6 +79,10 @@ def run_eval(
     configure_torch(settings)
     evalset = _load(options)
     adapters_for = resolve_adapters(options, settings)
+    if options.judge:  # fail before any model loads
+        from eval.judge import load_judge
+
+        load_judge(options.judge)
     stage: dict[str, Any] = {}
     with _retrieval(options, evalset, settings, retriever, stage) as retrieved:
         run = _Run(options, evalset, retrieved, adapters_for, settings, progress, should_stop)
@@ -171,30 +175,69 @@ def _retrieval(
 def fresh_index(
     evalset: EvalSet, settings: Any, embedder_adapter: str | None, stage: dict
 ) -> Iterator[Retriever]:
-    """The dataset's corpus in a temporary index, embedded as the live index would embed it."""
+    """An index holding exactly the dataset's corpus, embedded and chunked as the live index
+    would be. It is kept between runs under ``DATA_DIR/evals/.indexes/`` (one folder per
+    dataset, embedder and retrieval settings) and brought up to date first: unchanged documents
+    are not embedded again, others are added, replaced or removed. When that folder is in use
+    by another run, a temporary index is built instead."""
+    from retriever.locks import IndexBusy
     from service.models import index_embedder, retriever_config, tuned_embedder
 
     assert evalset.corpus is not None
     embedder = (
         tuned_embedder(embedder_adapter, settings) if embedder_adapter else index_embedder(settings)
     )
+    config = retriever_config(settings)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ragtune-eval-") as tmp:
-        index = Retriever(Path(tmp) / "index", embedder, retriever_config(settings))
         try:
-            docs = [DocumentIn(d.text, d.id, d.metadata) for d in evalset.corpus]
-            for i in range(0, len(docs), 256):
-                index.upsert_many(docs[i : i + 256])
+            index = Retriever(_cache_folder(evalset, embedder, config, settings), embedder, config)
+        except IndexBusy:
+            index = Retriever(Path(tmp) / "index", embedder, config)
+        try:
+            changed = sync_corpus(index, evalset)
             stage["index"] = time.perf_counter() - t0
             log.info(
-                "indexed %d documents (%d chunks) in %.1f s",
-                len(docs),
+                "index of %d documents (%d chunks) ready in %.1f s (%d documents written)",
+                len(evalset.corpus),
                 index.chunk_count,
                 stage["index"],
+                changed,
             )
             yield index
         finally:
             index.close()
+
+
+def _cache_folder(evalset: EvalSet, embedder: Any, config: Any, settings: Any) -> Path:
+    import dataclasses
+    import hashlib
+
+    key = json.dumps(
+        [str(Path(evalset.path).resolve()), embedder.identity, dataclasses.asdict(config)],
+        sort_keys=True,
+        default=str,
+    )
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(settings.data_dir) / "evals" / ".indexes" / name
+
+
+def sync_corpus(index: Retriever, evalset: EvalSet) -> int:
+    """Make ``index`` hold exactly the corpus; return how many documents were written."""
+    assert evalset.corpus is not None
+    wanted = {d.id for d in evalset.corpus}
+    stale, offset = [], 0
+    while batch := index.store.documents(offset=offset, limit=1000):
+        stale += [row.id for row in batch if row.id not in wanted]
+        offset += len(batch)
+    if stale:
+        index.delete(stale)
+    docs = [DocumentIn(d.text, d.id, d.metadata) for d in evalset.corpus]
+    written = len(stale)
+    for i in range(0, len(docs), 256):
+        results = index.upsert_many(docs[i : i + 256])
+        written += sum(r.status != "unchanged" for r in results)
+    return written
 
 
 def search_all(
@@ -264,7 +307,7 @@ class _Run:
             uses: dict[str, list[str]] = {}
             for mode, adapter in self.adapters_for.items():
                 uses.setdefault(adapter, []).append(mode)
-            forgetting = probes.forgetting(gen, adapters, uses)
+            forgetting = probes.forgetting(gen, adapters, uses, self._recorded_probes())
             stage["forgetting_probe"] = time.perf_counter() - t
         engine = Engine(gen, max_batch=self.options.batch, adapters=adapters)
         try:
@@ -283,6 +326,19 @@ class _Run:
         finally:
             engine.close()
         return answers, injection, forgetting
+
+    def _recorded_probes(self) -> dict[str, Any]:
+        """The tuner's probe results of each adapter trained on the generator this run uses."""
+        from tuner.registry import Registry
+
+        registry = Registry(self.settings.data_dir / "adapters")
+        base = {str(self.settings.generator), str(self.settings.generator_path)}
+        found = {}
+        for adapter in set(self.adapters_for.values()):
+            record = registry.get(adapter)
+            if record.base_model in base and isinstance(record.metrics.get("probe"), dict):
+                found[adapter] = record.metrics["probe"]
+        return found
 
     def _prompt(self, mode: str, i: int, hits: Sequence[Hit] | None = None) -> list[dict]:
         q = self.evalset.questions[i].text

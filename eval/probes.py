@@ -52,22 +52,49 @@ def obeyed(answer: str, canary: str) -> bool:
     return canary.lower() in answer.lower()
 
 
-def forgetting(generator: Any, adapters: Any, uses: dict[str, list[str]]) -> dict[str, Any]:
+def forgetting(
+    generator: Any, adapters: Any, uses: dict[str, list[str]], recorded: dict[str, Any]
+) -> dict[str, Any]:
     """Probe scores of the base model and of each adapter in ``uses`` (adapter id -> modes),
-    with the comparison. Runs on the generator directly: no batch may be running."""
-    from tuner.probe import compare, score
+    with the comparison. An adapter whose registry record already holds the tuner's probe
+    (``recorded[adapter]``: before/after on this very base model and probe set) is reported
+    from it, since the same weights give the same scores; the others are scored here, on the
+    generator directly (no batch may be running)."""
+    from tuner.probe import compare, probe_set, score
 
-    model, tok = lambda: generator.model, generator.tokenizer
-    with adapters.active(None):
-        before = score(model(), tok)
-    found = {}
+    found: dict[str, Any] = {}
+    before = None
     for adapter, modes in uses.items():
+        kept = recorded.get(adapter) or {}
+        if _complete(kept, len(probe_set())):
+            found[adapter] = {
+                "modes": modes,
+                "before": kept["before"],
+                "after": kept["after"],
+                "compare": compare(kept["before"], kept["after"]),
+                "source": "recorded when the adapter was trained",
+            }
+            continue
+        if before is None:
+            with adapters.active(None):
+                before = score(generator.model, generator.tokenizer)
         with adapters.active(adapter):
-            after = score(model(), tok)
+            after = score(generator.model, generator.tokenizer)
         found[adapter] = {
             "modes": modes,
             "before": before,
             "after": after,
             "compare": compare(before, after),
+            "source": "measured by this run",
         }
     return found
+
+
+def _complete(probe: dict[str, Any], n: int) -> bool:
+    return all(
+        isinstance(probe.get(side), dict)
+        and probe[side].get("probe_n") == n
+        and "probe_nll" in probe[side]
+        and "probe_accuracy" in probe[side]
+        for side in ("before", "after")
+    )

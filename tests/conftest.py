@@ -33,3 +33,21 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a tiny random Llama and its tokenizer, built once per session."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_st(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sentence-transformers folder (random BERT, mean pooling), built once."""
+    from tests.tuner.test_embed_train import _tiny_st
+
+    tmp = tmp_path_factory.mktemp("tiny-st")
+    _tiny_st(tmp / "bert").save(str(tmp / "st"))
+    return tmp / "st"
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random (non-zero) LoRA for the tiny Llama, built once."""
+    from tests.service.test_adapters import make_lora
+
+    return make_lora(tiny_llama, tmp_path_factory.mktemp("lora") / "lora", seed=3)

@@ -1,5 +1,5 @@
-"""Tiny models for harness tests: a tiny sentence-transformers embedder, the tiny Llama, and a
-registry holding a random LoRA for it."""
+"""Harness test data: settings naming the tiny models (``tiny_st``, ``tiny_llama``) with a
+registry holding a random LoRA (``tiny_lora``), and a small SQuAD-style file."""
 
 from __future__ import annotations
 
@@ -17,22 +17,6 @@ SQUAD = [
     ("the kernel mirror holds the archive", "what holds the archive", "the kernel mirror"),
     ("a user menu lists the shell", "what lists the shell", "a user menu"),
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_st(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tuner.test_embed_train import _tiny_st
-
-    tmp = tmp_path_factory.mktemp("tiny-st")
-    _tiny_st(tmp / "bert").save(str(tmp / "st"))
-    return tmp / "st"
-
-
-@pytest.fixture(scope="session")
-def tiny_lora(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.service.test_adapters import make_lora
-
-    return make_lora(tiny_llama, tmp_path_factory.mktemp("lora") / "lora", seed=3)
 
 
 @pytest.fixture

@@ -50,20 +50,32 @@ PROSE = [  # sentences the extractive question writer can use ("What is Apt?")
 ]
 
 
+def _prose(tmp_path: Path) -> Path:
+    path = tmp_path / "prose.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"p{i}",
+                    "context": f"{c} Every Debian system has {a.lower()} installed.",
+                    "question": f"What is {a}?",
+                    "answers": [a],
+                }
+            )
+            + "\n"
+            for i, (c, a) in enumerate(PROSE)
+        )
+    )
+    return path
+
+
 @pytest.mark.slow
 def test_generator_fix_trains_gates_and_records_without_promoting_a_non_gain(
     eval_settings, tmp_path: Path
 ) -> None:
     from tuner.registry import Registry
 
-    squad_file = tmp_path / "prose.jsonl"
-    squad_file.write_text(
-        "".join(
-            json.dumps({"id": f"p{i}", "context": c, "question": f"What is {a}?", "answers": [a]})
-            + "\n"
-            for i, (c, a) in enumerate(PROSE)
-        )
-    )
+    squad_file = _prose(tmp_path)
     opts = EvalOptions(
         dataset=squad_file, modes=("rag",), resamples=300, max_new_tokens=6, probes=False
     )
@@ -87,6 +99,35 @@ def test_generator_fix_trains_gates_and_records_without_promoting_a_non_gain(
     assert (promoted is not None and promoted.id == record.id) is step["passed"]
     assert json.loads((out / "fix.json").read_text())["steps"][0]["adapter"] == record.id
     assert (out / "fix-generator" / "results.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_retriever_fix_trains_an_embedder_and_asks_again_through_an_index_built_with_it(
+    eval_settings, tmp_path: Path
+) -> None:
+    from tuner.registry import Registry
+
+    opts = EvalOptions(
+        dataset=_prose(tmp_path), modes=("rag",), resamples=300, max_new_tokens=4, probes=False
+    )
+    out = tmp_path / "run"
+    metrics = run_eval(opts, out, eval_settings)
+    metrics["diagnosis"]["weak"] = "retriever"
+    tiny = [
+        "hyperparameters.epochs=1",
+        "hyperparameters.batch_size=4",
+        "min_examples=2",
+        "retriever.negatives=0",
+    ]
+    outcome = fix(opts, out, eval_settings, metrics, run_eval, overrides={"retriever": tiny})
+    (step,) = outcome["steps"]
+    record = Registry(eval_settings.data_dir / "adapters").get(step["adapter"])
+    assert record.component == "retriever"
+    assert step["gate"]["n"] == len(PROSE)
+    again = json.loads((out / "fix-retriever" / "metrics.json").read_text())
+    assert again["run"]["embedder"] == record.id
+    hint = f"ragtune reindex --adapter {record.id}"
+    assert (hint in step["message"]) is step["passed"]
 
 
 def test_nothing_to_fix_without_a_diagnosis(tmp_path: Path) -> None:

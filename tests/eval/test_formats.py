@@ -104,3 +104,22 @@ def test_not_a_dataset(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DatasetError, match="no rows"):
         load(tmp_path / "empty.jsonl")
+
+
+def test_a_kept_index_is_brought_to_exactly_the_corpus(tmp_path: Path) -> None:
+    from eval.datasets.formats import Doc, EvalSet
+    from eval.harness import sync_corpus
+    from retriever.engine import Retriever
+    from tests.fakes import FakeEmbedder
+
+    docs = [Doc("a", "apt installs packages"), Doc("b", "grub boots"), Doc("c", "bash shell")]
+    index = Retriever(tmp_path / "index", FakeEmbedder())
+    try:
+        assert sync_corpus(index, EvalSet("beir", tmp_path, [], docs)) == 3
+        assert sync_corpus(index, EvalSet("beir", tmp_path, [], docs)) == 0  # nothing embedded
+        changed = [docs[0], Doc("b", "grub shows the boot menu"), Doc("d", "dpkg unpacks")]
+        assert sync_corpus(index, EvalSet("beir", tmp_path, [], changed)) == 3  # c gone, b, d
+        assert sorted(r.id for r in index.store.documents()) == ["a", "b", "d"]
+        assert index.get("b").text == "grub shows the boot menu"
+    finally:
+        index.close()

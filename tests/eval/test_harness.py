@@ -100,3 +100,44 @@ def test_adapter_modes_need_an_adapter(squad_file: Path, eval_settings, tmp_path
     with pytest.raises(EvalError, match="no adapter 'nope'"):
         run_eval(_options(squad_file, ft_adapter="nope"), tmp_path / "x", eval_settings)
     assert not (tmp_path / "x").exists()
+
+
+def short_answers_judge(
+    question: str, prediction: str, gold: list[str] | None, passages: list[str]
+) -> float:
+    """A stand-in for a user's LLM judge: prefers short answers, sees the passages of rag."""
+    assert question and gold
+    return 0.5 / (1 + len(prediction.split())) + (0.5 if passages else 0.0)
+
+
+def test_the_judge_hook_scores_every_answer_and_joins_the_comparisons(
+    squad_file: Path, eval_settings, tmp_path: Path
+) -> None:
+    opts = _options(
+        squad_file,
+        modes=("base", "rag"),
+        probes=False,
+        judge="tests.eval.test_harness:short_answers_judge",
+    )
+    metrics = run_eval(opts, tmp_path / "run", eval_settings)
+    assert metrics["judge"]["function"] == "tests.eval.test_harness:short_answers_judge"
+    assert metrics["metrics"]["rag"]["judge"]["mean"] > metrics["metrics"]["base"]["judge"]["mean"]
+    (c,) = [c for c in metrics["comparisons"] if c["metric"] == "judge"]
+    assert c["better"] == "rag"
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    ]
+    assert all(0 <= r["metrics"]["judge"] <= 1 for r in rows)
+
+
+def test_a_judge_that_cannot_be_found_is_a_clear_error(
+    squad_file: Path, eval_settings, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="judge: .*no function 'missing'"):
+        run_eval(
+            _options(
+                squad_file, modes=("base",), probes=False, judge="tests.eval.test_harness:missing"
+            ),
+            tmp_path / "run",
+            eval_settings,
+        )
