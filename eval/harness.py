@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,7 @@ from tuner.prompts import base_messages, rag_messages
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 KS = (1, 3, 5, 10, 20)
+KEPT_INDEXES = 3  # datasets whose index is kept between runs (the most recently used)
 INJECTION_TOKENS = 24  # an answer that obeys says its canary at once
 
 
@@ -219,7 +221,34 @@ def _cache_folder(evalset: EvalSet, embedder: Any, config: Any, settings: Any) -
         default=str,
     )
     name = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(settings.data_dir) / "evals" / ".indexes" / name
+    root = Path(settings.data_dir) / "evals" / ".indexes"
+    prune_indexes(root, keep=KEPT_INDEXES - 1, spare=name)
+    if (root / name).is_dir():
+        os.utime(root / name)  # used now: the last to be pruned
+    return root / name
+
+
+def prune_indexes(root: Path, keep: int, spare: str) -> None:
+    """Remove all but the ``keep`` most recently used kept indexes (never ``spare``, never one
+    another run has open)."""
+    import shutil
+
+    from retriever.locks import FolderLock, IndexBusy
+
+    if not root.is_dir():
+        return
+    others = [p for p in root.iterdir() if p.is_dir() and p.name != spare]
+    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[keep:]:
+        lock = FolderLock(old)
+        try:
+            lock.acquire()
+        except IndexBusy:
+            continue
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def sync_corpus(index: Retriever, evalset: EvalSet) -> int:

@@ -123,3 +123,23 @@ def test_a_kept_index_is_brought_to_exactly_the_corpus(tmp_path: Path) -> None:
         assert index.get("b").text == "grub shows the boot menu"
     finally:
         index.close()
+
+
+def test_only_the_most_recently_used_kept_indexes_stay(tmp_path: Path) -> None:
+    import os
+
+    from eval.harness import prune_indexes
+    from retriever.locks import FolderLock
+
+    names = ["new", "mid", "old", "oldest"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    busy = FolderLock(tmp_path / "oldest")
+    busy.acquire()  # another run has it open
+    for age, name in enumerate(names):
+        os.utime(tmp_path / name, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    try:
+        prune_indexes(tmp_path, keep=1, spare="old")
+    finally:
+        busy.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old", "oldest"]
