@@ -19,17 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from eval.config import EvalOptions
-from tuner.jobs import JobStore, tail
+from tuner.jobs import JobStore, record_failure, start_heartbeat
 
 log = logging.getLogger("eval.worker")
-HEARTBEAT_S = 5.0
 Run = Callable[..., dict[str, Any]]  # eval.harness.run_eval's signature
 
 
@@ -48,9 +45,7 @@ def run_job(run_dir: Path, run_eval: Run, cancelled: type[BaseException]) -> int
     store = JobStore(run_dir.parent / "jobs.db")
     job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
     job_id = job["id"]
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
-    beat.start()
+    stop = start_heartbeat(store, job_id)
     try:
         spec = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
         options = read_options(run_dir, spec)
@@ -70,11 +65,7 @@ def run_job(run_dir: Path, run_eval: Run, cancelled: type[BaseException]) -> int
         store.finish(job_id, "failed", error=str(exc))
         return 1
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
-        traceback.print_exc()
-        sys.stderr.flush()
-        last = tail(run_dir / "log.txt")  # where the runner sends stdout and stderr
-        error = f"{type(exc).__name__}: {exc}" + (f"\n--- log.txt ---\n{last}" if last else "")
-        store.finish(job_id, "failed", error=error)
+        record_failure(store, job_id, run_dir, exc)
         return 1
     finally:
         stop.set()
@@ -88,14 +79,6 @@ def _settings(values: dict[str, Any] | None) -> Any:
     from service.settings import Settings
 
     return Settings(**(values or {}))
-
-
-def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
-        try:
-            store.beat(job_id)
-        except Exception:  # noqa: BLE001 - a busy database must not stop the run
-            log.warning("heartbeat for %s failed", job_id, exc_info=True)
 
 
 def main(

@@ -119,18 +119,12 @@ def _int_at_least(options: dict[str, Any], name: str, least: int) -> None:
 # ---- preparation (this process) -------------------------------------------------------------
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) of every non-empty line; ``ValueError`` naming a bad line."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"dataset line {number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"dataset line {number}: a JSON object is expected")
-            rows.append((number, record))
+    from tuner.data import jsonl_records
+
+    rows, problems = jsonl_records(path)
+    if problems:
+        line, why = problems[0]
+        raise ValueError(f"dataset line {line}: {why}")
     if not rows:
         raise ValueError("dataset: the file holds no records")
     return rows

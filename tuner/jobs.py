@@ -591,3 +591,35 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+# ---- shared by the worker processes (tuner.worker, eval.worker) ----------------------------
+HEARTBEAT_S = 5.0
+
+
+def start_heartbeat(store: JobStore, job_id: str) -> threading.Event:
+    """Beat the job's heartbeat every ``HEARTBEAT_S`` in a daemon thread until the returned
+    event is set."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                store.beat(job_id)
+            except Exception:  # noqa: BLE001 - a busy database must not stop the work
+                log.warning("heartbeat for %s failed", job_id, exc_info=True)
+
+    threading.Thread(target=beat, name="job-heartbeat", daemon=True).start()
+    return stop
+
+
+def record_failure(store: JobStore, job_id: str, job_dir: Path, exc: BaseException) -> None:
+    """Fail the job with the error and the tail of its log (the traceback goes to stderr,
+    which the runner sends to ``job_dir/log.txt``)."""
+    import traceback
+
+    traceback.print_exc()
+    sys.stderr.flush()
+    last = tail(job_dir / "log.txt")
+    error = f"{type(exc).__name__}: {exc}" + (f"\n--- log.txt ---\n{last}" if last else "")
+    store.finish(job_id, "failed", error=error)

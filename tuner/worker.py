@@ -16,17 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuner.config import recipe_from_dict
-from tuner.jobs import JobStore, tail
+from tuner.jobs import JobStore, record_failure, start_heartbeat
 
 log = logging.getLogger("tuner.worker")
-HEARTBEAT_S = 5.0
 Train = Callable[..., Any]
 
 
@@ -50,9 +47,7 @@ def run(job_dir: Path, train: Train) -> int:
     options = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
     job_id = options.pop("id")
     recipe = recipe_from_dict(json.loads((job_dir / "recipe.json").read_text(encoding="utf-8")))
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
-    beat.start()
+    stop = start_heartbeat(store, job_id)
     if options.get("threads"):
         import torch
 
@@ -75,11 +70,7 @@ def run(job_dir: Path, train: Train) -> int:
         store.finish(job_id, "cancelled")
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
-        traceback.print_exc()
-        sys.stderr.flush()
-        last = tail(job_dir / "log.txt")  # where the runner sends stdout and stderr
-        error = f"{type(exc).__name__}: {exc}" + (f"\n--- log.txt ---\n{last}" if last else "")
-        store.finish(job_id, "failed", error=error)
+        record_failure(store, job_id, job_dir, exc)
         return 1
     finally:
         stop.set()
@@ -87,14 +78,6 @@ def run(job_dir: Path, train: Train) -> int:
     store.finish(job_id, "succeeded", adapter=adapter)
     log.info("job %s succeeded: adapter %s", job_id, adapter)
     return 0
-
-
-def _heartbeat(store: JobStore, job_id: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
-        try:
-            store.beat(job_id)
-        except Exception:  # noqa: BLE001 - a busy database must not kill training
-            log.warning("heartbeat for %s failed", job_id, exc_info=True)
 
 
 def _cancelled_type() -> type[BaseException]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +63,7 @@ def load(path: Path, live: bool = False) -> EvalSet:
         return load_beir(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file or folder")
-    rows = list(_jsonl(path))
+    rows = _jsonl(path)
     if not rows:
         raise DatasetError(f"{path}: no rows")
     if "context" in rows[0][1]:
@@ -80,18 +78,15 @@ def load(path: Path, live: bool = False) -> EvalSet:
     return load_qa(path, rows)
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{n}: each line must be a JSON object")
-            yield n, row
+def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every non-blank line; the first bad line is an error."""
+    from tuner.data import jsonl_records
+
+    records, problems = jsonl_records(path)
+    if problems:
+        line, why = problems[0]
+        raise DatasetError(f"{path}:{line}: {why}")
+    return records
 
 
 def _text(row: dict[str, Any], key: str, where: str) -> str:
