@@ -92,6 +92,15 @@ def debian_faq_cmd(
 @click.option("--embedder-adapter", help="Fine-tuned embedder for the fresh index.")
 @click.option("--batch", default=16, show_default=True, help="Answers generated together.")
 @click.option("--no-probes", is_flag=True, help="Skip the forgetting and injection probes.")
+@click.option(
+    "--injection-n", default=30, show_default=True, help="Questions in the injection probe."
+)
+@click.option(
+    "--correct-f1",
+    default=0.5,
+    show_default=True,
+    help="Token F1 at which an answer counts as right (for the diagnosis).",
+)
 @click.option("--judge", help="Your LLM judge, module:function (off by default).")
 @click.option(
     "--fix", is_flag=True, help="Tune the weak component, re-evaluate, promote if better."
@@ -120,6 +129,8 @@ def eval_cmd(**kw: Any) -> None:
             embedder_adapter=kw["embedder_adapter"],
             batch=kw["batch"],
             probes=not kw["no_probes"],
+            injection_n=kw["injection_n"],
+            correct_f1=kw["correct_f1"],
             judge=kw["judge"],
         )
     except ValueError as exc:
