@@ -110,6 +110,7 @@ def eval_cmd(**kw: Any) -> None:
     from eval.config import EvalOptions
     from eval.datasets.formats import DatasetError
     from eval.harness import EvalError
+    from service.cli import _quiet_transformers, _settings  # the same set-up as every command
 
     settings = _settings()
     _quiet_transformers()
@@ -150,24 +151,6 @@ def eval_cmd(**kw: Any) -> None:
 
 def _modes(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
-
-
-def _settings() -> Any:
-    from pydantic import ValidationError
-
-    from service.settings import Settings
-
-    try:
-        return Settings()
-    except (ValidationError, ValueError) as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_warning()
 
 
 def _run(options: Any, out: Path, settings: Any) -> dict[str, Any]:

@@ -86,16 +86,16 @@ def run_eval(
 
         load_judge(options.judge)
     stage: dict[str, Any] = {}
-    with _retrieval(options, evalset, settings, retriever, stage) as retrieved:
-        run = _Run(options, evalset, retrieved, adapters_for, settings, progress, should_stop)
-        answers, injection, forgetting = run.generate(stage)
+    retrieved = _retrieval(options, evalset, settings, retriever, stage)
+    run = _Run(options, evalset, retrieved, adapters_for, settings, progress, should_stop)
+    answers, injection, forgetting = run.generate(stage)
     t1 = time.perf_counter()
     rows, per_mode = score_rows(options, evalset, retrieved, answers)
     if options.judge:
         add_judge(options, retrieved, rows, per_mode)
     summary = stats.summarize(per_mode, options.resamples, options.seed)
     metrics = {
-        "run": _run_info(options, evalset, settings, adapters_for, started, stage, run),
+        "run": _run_info(options, evalset, settings, adapters_for, started, stage),
         **summary,
         "performance": performance(answers, stage["generate"]),
         "retrieval": retrieval_section(options, evalset, retrieved),
@@ -152,25 +152,22 @@ def resolve_adapters(options: EvalOptions, settings: Any) -> dict[str, str]:
     return found
 
 
-@contextmanager
 def _retrieval(
     options: EvalOptions, evalset: EvalSet, settings: Any, live: Retriever | None, stage: dict
-) -> Iterator[list[Retrieved]]:
-    """One retrieval per question: precomputed, from the live index, or from a fresh one."""
+) -> list[Retrieved]:
+    """One retrieval per question: precomputed, from the live index, or from the dataset's own
+    index (closed again before generation starts)."""
     needs = any(m in RETRIEVAL_MODES for m in options.modes) or evalset.has_qrels
     if options.retrieved is not None:
-        yield read_retrieved(options.retrieved, len(evalset.questions))
-        return
+        return read_retrieved(options.retrieved, len(evalset.questions))
     if not needs:
-        yield [Retrieved([], 0.0) for _ in evalset.questions]
-        return
+        return [Retrieved([], 0.0) for _ in evalset.questions]
     if evalset.corpus is None:
         if live is None:
             raise EvalError(f"{evalset.path}: no corpus to index; ask the live index (--live)")
-        yield search_all(live, evalset.questions, options, settings, stage)
-        return
+        return search_all(live, evalset.questions, options, settings, stage)
     with fresh_index(evalset, settings, options.embedder_adapter, stage) as index:
-        yield search_all(index, evalset.questions, options, settings, stage)
+        return search_all(index, evalset.questions, options, settings, stage)
 
 
 @contextmanager
@@ -318,8 +315,6 @@ class _Run:
         self.progress, self.should_stop = progress, should_stop
         self.done = 0
         self.total = len(evalset.questions) * len(options.modes)
-        self.generator_name = str(settings.generator)
-        self.embedder_name = str(settings.embedder)
 
     def generate(self, stage: dict) -> tuple[dict[str, list[Answer]], dict | None, dict | None]:
         from service.adapters import AdapterSet
@@ -642,7 +637,6 @@ def _run_info(
     adapters_for: dict,
     started: datetime,
     stage: dict,
-    run: _Run,
 ) -> dict[str, Any]:
     cjk = sum(any("\u4e00" <= c <= "\u9fff" for c in q.text) for q in evalset.questions)
     return {
@@ -657,8 +651,8 @@ def _run_info(
         "max_new_tokens": options.max_new_tokens,
         "seed": options.seed,
         "resamples": options.resamples,
-        "generator": run.generator_name,
-        "embedder": options.embedder_adapter or run.embedder_name,
+        "generator": str(settings.generator),
+        "embedder": options.embedder_adapter or str(settings.embedder),
         "adapters": adapters_for,
         "live": evalset.corpus is None,
         "concurrency": options.batch,
