@@ -96,7 +96,9 @@ def test_reindex_switches_atomically_while_searches_and_writes_continue(tmp_path
     threads[0].join()
     assert errors == [] and served[0] > 0
     assert result["switched"] and r.embedder is new
-    assert r.search("written during reindex late39 marker39", k=1, mode="dense")[0].doc_id == "late39"
+    assert (
+        r.search("written during reindex late39 marker39", k=1, mode="dense")[0].doc_id == "late39"
+    )
     assert all(h.doc_id != "d0" for h in r.search("word0", k=10, mode="dense"))
     _consistent(r)
     r.close()
@@ -105,7 +107,10 @@ def test_reindex_switches_atomically_while_searches_and_writes_continue(tmp_path
         Retriever(tmp_path, FakeEmbedder(dim=128, name="old"))
     reopened = Retriever(tmp_path, FakeEmbedder(dim=256, name="new"))
     assert reopened.store.get_meta("previous_space")  # old vectors kept for rollback
-    assert reopened.search("written during reindex late5 marker5", k=1, mode="dense")[0].doc_id == "late5"
+    assert (
+        reopened.search("written during reindex late5 marker5", k=1, mode="dense")[0].doc_id
+        == "late5"
+    )
 
 
 def test_switches_keep_only_the_current_and_the_previous_space(tmp_path: Path) -> None:
