@@ -13,6 +13,11 @@ questions, and keep the result only when the gain is significant.
   be promoted without force.
 - both: the retriever first, then the generator over the new index.
 
+When the component already runs with an adapter the recipe can go on training (the hybrid
+LoRA/DoRA/IA3 adapter, a fully tuned embedder, on the same base model), the fix continues it as
+its child, on examples drawn with a new seed; trained again from the base, the same recipe, data
+and seed would only rebuild the same weights.
+
 "Significant" means the paired bootstrap interval of the difference lies above zero. Writes
 ``fix.json`` into the run folder, and each re-evaluation into a sub-folder.
 """
@@ -109,12 +114,13 @@ def _retriever(
         return {"component": "retriever", "passed": False, "message": message}, options
     record = train_on(options, settings, recipes["retriever"], overrides.get("retriever", []))
     mode = _diagnosed_mode(options)
+    continued = f" (continued from {record.parent})" if record.parent else ""
     again = replace(options, embedder_adapter=record.id, modes=(mode,), probes=False)
     run(again, out / "fix-retriever", settings)
     after = read_rows(out / "fix-retriever")
     result = gate(before, after, mode, mode, "gold_in_prompt", options)
     passed = result is not None and result["better"] == "b"
-    message = f"embedder {record.id}: gold passage in the prompt {_change(result)}; " + (
+    message = f"embedder {record.id}{continued}: gold passage in the prompt {_change(result)}; " + (
         f"significant: switch the live index with 'ragtune reindex --adapter {record.id}'"
         if passed
         else "not significant: the index keeps its embedder"
@@ -122,6 +128,7 @@ def _retriever(
     step = {
         "component": "retriever",
         "adapter": record.id,
+        "parent": record.parent,
         "gate": result,
         "passed": passed,
         "message": message,
@@ -153,12 +160,14 @@ def _generator(
     )
     if passed:
         registry.promote(record.id)
-    message = f"adapter {record.id}: token F1 vs {baseline} {_change(result)}; " + (
+    continued = f" (continued from {record.parent})" if record.parent else ""
+    message = f"adapter {record.id}{continued}: token F1 vs {baseline} {_change(result)}; " + (
         "significant: promoted" if passed else "not significant: not promoted"
     )
     return {
         "component": "generator",
         "adapter": record.id,
+        "parent": record.parent,
         "against": baseline,
         "gate": result,
         "passed": passed,
@@ -222,6 +231,11 @@ def train_on(options: EvalOptions, settings: Any, recipe: Path, overrides: list[
     from tuner.train import train
 
     plan = load_recipe(recipe, overrides)
+    default = settings.embedder if plan.component == "retriever" else settings.generator
+    plan.base_model = plan.base_model or default
+    parent = continuation(options, settings, plan)
+    if parent is not None:
+        _continue(plan, parent, settings)
     job_dir = settings.data_dir / "jobs" / f"eval-fix-{plan.name}"
     if job_dir.exists():
         import shutil
@@ -247,19 +261,81 @@ def _prepare(plan: Any, job_dir: Path, settings: Any, index: Any) -> None:
 
     files = settings.data_dir / "files"
     if plan.component == "retriever":
-        plan.base_model = plan.base_model or settings.embedder
         plan.retriever.activate = False
         prepare_pairs(plan, job_dir, files_dir=files, retriever=index)
         return
     from tuner.models import load_generator
 
-    plan.base_model = plan.base_model or str(settings.generator_path or settings.generator)
     gen = load_generator(
         str(settings.generator_path or settings.generator),
         cache_dir=settings.model_cache,
         offline=settings.offline,
     )
     prepare(plan, job_dir, files_dir=files, tokenizer=gen.tokenizer, retriever=index)
+
+
+CONTINUABLE = {"generator": ("lora", "dora", "ia3"), "retriever": ("full",)}
+
+
+def continuation(options: EvalOptions, settings: Any, plan: Any) -> Any | None:
+    """The registry record of the adapter the component ran with in this evaluation, when
+    ``plan`` can go on training it (see the module's docstring); else None."""
+    from tuner.registry import RecordNotFound, Registry, RegistryError
+
+    current = _current_adapter(options, settings, plan.component)
+    if current is None:
+        return None
+    try:
+        record = Registry(settings.data_dir / "adapters").get(current)
+    except (RecordNotFound, RegistryError):
+        return None
+    if (
+        record.component != plan.component
+        or record.method not in CONTINUABLE[plan.component]
+        or record.base_model != plan.base_model
+    ):
+        log.info(
+            "fix: %s (%s %s on %s) cannot be continued by %s; training from %s",
+            record.id,
+            record.component,
+            record.method,
+            record.base_model,
+            plan.name,
+            plan.base_model,
+        )
+        return None
+    return record
+
+
+def _current_adapter(options: EvalOptions, settings: Any, component: str) -> str | None:
+    if component == "retriever":
+        if options.embedder_adapter:
+            return options.embedder_adapter
+        from retriever.engine import stored_identity
+
+        identity = stored_identity(settings.index_dir) or {}  # what the live index switched to
+        same = identity.get("name") == settings.embedder
+        return str(identity["adapter"]) if same and identity.get("adapter") else None
+    from eval.harness import EvalError, resolve_adapters
+
+    try:
+        return resolve_adapters(replace(options, modes=("hybrid",)), settings).get("hybrid")
+    except EvalError:  # no adapter named or promoted: nothing to continue
+        return None
+
+
+def _continue(plan: Any, parent: Any, settings: Any) -> None:
+    """Make ``plan`` a child of ``parent``: its method, and seeds moved on by the depth of the
+    lineage, so each round draws other synthetic examples and another data order."""
+    from tuner.registry import Registry
+
+    depth = len(Registry(settings.data_dir / "adapters").lineage(parent.id))
+    plan.parent, plan.method = parent.id, parent.method
+    plan.hyperparameters.seed += depth
+    for spec in plan.datasets:
+        if spec.synthetic is not None:
+            spec.synthetic.seed += depth
+    log.info("fix: %s continues %s (seed +%d)", plan.name, parent.id, depth)
 
 
 @contextmanager

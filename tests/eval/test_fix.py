@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval.config import EvalOptions
-from eval.fix import fix, gate, recipe_path
+from eval.fix import _continue, continuation, fix, gate, recipe_path
 from eval.harness import run_eval
 
 
@@ -77,7 +77,12 @@ def test_generator_fix_trains_gates_and_records_without_promoting_a_non_gain(
 
     squad_file = _prose(tmp_path)
     opts = EvalOptions(
-        dataset=squad_file, modes=("rag",), resamples=300, max_new_tokens=6, probes=False
+        dataset=squad_file,
+        modes=("rag",),
+        resamples=300,
+        max_new_tokens=6,
+        probes=False,
+        hybrid_adapter="gamma-v1",  # the adapter hybrid answers with now: the fix continues it
     )
     out = tmp_path / "run"
     metrics = run_eval(opts, out, eval_settings)
@@ -94,6 +99,9 @@ def test_generator_fix_trains_gates_and_records_without_promoting_a_non_gain(
     registry = Registry(eval_settings.data_dir / "adapters")
     record = registry.get(step["adapter"])
     assert record.eval_gate is not None and record.eval_gate["passed"] is step["passed"]
+    assert record.parent == "gamma-v1" and step["parent"] == "gamma-v1"
+    assert record.hyperparameters["seed"] == 43  # one generation on: other examples, other order
+    assert "continued from gamma-v1" in step["message"]
     assert step["against"] == "rag" and step["gate"]["n"] == len(PROSE)
     promoted = registry.promoted()
     assert (promoted is not None and promoted.id == record.id) is step["passed"]
@@ -134,3 +142,55 @@ def test_nothing_to_fix_without_a_diagnosis(tmp_path: Path) -> None:
     opts = EvalOptions(dataset=tmp_path)
     outcome = fix(opts, tmp_path, None, {"diagnosis": None}, run_eval)
     assert outcome["steps"] == [] and "nothing to fix" in outcome["message"]
+
+
+def test_the_fix_continues_the_adapter_in_use_only_when_its_recipe_can(
+    eval_settings, tiny_lora: Path, tiny_st: Path
+) -> None:
+    import shutil
+
+    from tuner.config import load_recipe
+    from tuner.registry import Registry
+
+    def plan(component: str) -> object:
+        recipe = load_recipe(recipe_path(component))
+        recipe.base_model = (
+            eval_settings.generator if component == "generator" else eval_settings.embedder
+        )
+        return recipe
+
+    def weights(folder: Path) -> None:
+        shutil.copytree(tiny_lora, folder, dirs_exist_ok=True)
+
+    registry = Registry(eval_settings.data_dir / "adapters")
+    registry.save(weights, name="ia", method="ia3", base_model="other-model")
+    registry.save(
+        weights,
+        name="emb",
+        method="lora",
+        component="retriever",
+        base_model=eval_settings.embedder,
+    )
+    plain = EvalOptions(dataset=Path("x"))
+    assert continuation(plain, eval_settings, plan("generator")) is None  # none named or promoted
+    registry.promote("gamma-v1")
+    assert continuation(plain, eval_settings, plan("generator")).id == "gamma-v1"
+    named = EvalOptions(dataset=Path("x"), hybrid_adapter="ia-v1")  # another base model
+    assert continuation(named, eval_settings, plan("generator")) is None
+    embedder = EvalOptions(dataset=Path("x"), embedder_adapter="emb-v1")
+    assert continuation(embedder, eval_settings, plan("retriever")) is None  # lora: not continued
+    registry.save(
+        lambda folder: shutil.copytree(tiny_st, folder, dirs_exist_ok=True),
+        name="emb",
+        method="full",
+        component="retriever",
+        base_model=eval_settings.embedder,
+    )
+    full = EvalOptions(dataset=Path("x"), embedder_adapter="emb-v2")
+    assert continuation(full, eval_settings, plan("retriever")).id == "emb-v2"
+    assert continuation(embedder, eval_settings, plan("generator")).id == "gamma-v1"
+
+    child = plan("generator")
+    _continue(child, registry.get("gamma-v1"), eval_settings)
+    assert child.parent == "gamma-v1" and child.method == "lora"
+    assert child.hyperparameters.seed == 43 and child.datasets[0].synthetic.seed == 43
