@@ -105,6 +105,13 @@ def debian_faq_cmd(
 @click.option(
     "--fix", is_flag=True, help="Tune the weak component, re-evaluate, promote if better."
 )
+@click.option(
+    "--fix-set",
+    multiple=True,
+    metavar="COMPONENT:KEY=VALUE",
+    help="Override the --fix recipe of generator or retriever, e.g. "
+    "generator:hyperparameters.max_steps=120 (repeatable).",
+)
 def eval_cmd(**kw: Any) -> None:
     """Compare base, rag, ft and hybrid on the same questions; write a report folder."""
     from eval.config import EvalOptions
@@ -134,8 +141,11 @@ def eval_cmd(**kw: Any) -> None:
             correct_f1=kw["correct_f1"],
             judge=kw["judge"],
         )
+        overrides = fix_overrides(kw["fix_set"]) if kw["fix"] else {}
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if kw["fix_set"] and not kw["fix"]:
+        raise click.ClickException("--fix-set needs --fix")
     out = kw["out"] or settings.data_dir / "evals" / time.strftime("eval-%Y%m%d-%H%M%S")
     try:
         metrics = _run(options, out, settings)
@@ -143,10 +153,33 @@ def eval_cmd(**kw: Any) -> None:
         if kw["fix"]:
             from eval.fix import fix
 
-            outcome = fix(options, out, settings, metrics, run=_run)
+            outcome = fix(options, out, settings, metrics, run=_run, overrides=overrides)
             click.echo(outcome["message"])
     except (EvalError, DatasetError, ValueError) as exc:
         raise click.ClickException(" ".join(str(exc).split())[:400]) from None
+
+
+def fix_overrides(items: tuple[str, ...]) -> dict[str, list[str]]:
+    """``COMPONENT:KEY=VALUE`` items grouped by component, each recipe loaded with its overrides
+    now, so a bad key or value stops the command before the evaluation, not after it."""
+    from eval.fix import RECIPES, recipe_path
+    from tuner.config import load_recipe
+
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        component, sep, override = item.partition(":")
+        if not sep or component not in RECIPES or "=" not in override:
+            raise ValueError(
+                f"--fix-set {item!r}: expected generator:KEY=VALUE or retriever:KEY=VALUE"
+            )
+        grouped.setdefault(component, []).append(override)
+    for component, overrides in grouped.items():
+        path = recipe_path(component)
+        try:
+            load_recipe(path, overrides)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"--fix-set: {path.name}: {' '.join(str(exc).split())}") from None
+    return grouped
 
 
 def _modes(text: str) -> list[str]:

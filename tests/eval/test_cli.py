@@ -22,6 +22,10 @@ def _env(tiny_llama: Path, tiny_st: Path) -> dict[str, str]:
         (["--modes", "rag,chat"], "modes: choose from base, rag, ft, hybrid"),
         (["--k", "30"], "depth: must be >= k"),
         (["--modes", "ft"], "needs a fine-tuned adapter"),
+        (["--fix", "--fix-set", "max_steps=3"], "expected generator:KEY=VALUE"),
+        (["--fix", "--fix-set", "generator:hyperparameters.max_steps=-1"], "raft-hybrid.yaml"),
+        (["--fix", "--fix-set", "retriever:method=ia3"], "retriever-pairs.yaml: method"),
+        (["--fix-set", "generator:hyperparameters.max_steps=9"], "--fix-set needs --fix"),
     ],
 )
 def test_bad_requests_exit_with_one_line(
@@ -102,3 +106,22 @@ def test_live_run_asks_the_index_under_the_data_dir(
     assert rag["a"]["gold_docs"] == ["apt-doc"] and rag["b"]["gold_docs"] is None
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["live"] is True and metrics["retrieval"]["n"] == 1
+
+
+def test_fix_overrides_are_grouped_by_component() -> None:
+    from eval.cli import fix_overrides
+
+    got = fix_overrides(
+        (
+            "generator:hyperparameters.max_steps=120",
+            "retriever:hyperparameters.epochs=2",
+            "generator:datasets=[{synthetic: {kind: raft, generator: model}}]",
+        )
+    )
+    assert got == {
+        "generator": [
+            "hyperparameters.max_steps=120",
+            "datasets=[{synthetic: {kind: raft, generator: model}}]",
+        ],
+        "retriever": ["hyperparameters.epochs=2"],
+    }
