@@ -19,7 +19,6 @@ service (files, adapters, limits) before submitting.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 
 from service.answering import hit_dict
 from service.routes.files import files_dir
-from tuner.durable import atomic_write_text
+from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
 
 MODES = ("base", "rag", "ft", "hybrid")  # as eval.config.MODES; the worker checks again
@@ -154,17 +153,6 @@ def search_lines(
         yield json.dumps(line, ensure_ascii=False) + "\n"
 
 
-def write_lines(path: Path, lines: Iterator[str]) -> None:
-    """Stream ``lines`` into ``path`` atomically (a partial file never has the final name)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Stopped(ValueError):
     """The run was cancelled while it was being prepared."""
 
@@ -190,7 +178,7 @@ def prepare_run(
     if "context" not in rows[0][1]:  # plain question/answer rows: ask the live index
         questions = questions_of(rows)[: spec.options.get("limit") or None]
         lines = search_lines(retriever, questions, spec.options.get("depth", 20), reranker)
-        write_lines(run_dir / "retrieved.jsonl", _stoppable(lines, still_wanted))
+        atomic_write_lines(run_dir / "retrieved.jsonl", _stoppable(lines, still_wanted))
         options.update(live=True, retrieved="retrieved.jsonl")
     recipe = {**spec.to_dict(), "options": options}
     atomic_write_text(run_dir / "recipe.json", json.dumps(recipe, indent=2, ensure_ascii=False))

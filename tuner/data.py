@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tuner.durable import atomic_write_lines
 
 IGNORE = -100  # the label of tokens that carry no loss
 ROLES = ("system", "user", "assistant")
@@ -320,23 +320,14 @@ def write_jsonl(examples: Sequence[Example], path: str | Path) -> None:
     """Write examples in chat format with their meta, atomically (temp + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for e in examples:
-                record = {"messages": e.messages, "meta": e.meta}
-                fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_lines(
+        path,
+        (
+            json.dumps({"messages": e.messages, "meta": e.meta}, ensure_ascii=False, default=str)
+            + "\n"
+            for e in examples
+        ),
+    )
 
 
 # ---- checking ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -27,12 +28,20 @@ def fsync_tree(folder: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so a crash leaves the old file or the new one, never half."""
+    atomic_write_lines(path, (text,))
+
+
+def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+    """Replace ``path`` with ``lines`` written one after another (streamed, never all in
+    memory). A crash, or an exception raised while ``lines`` is read, leaves the old file or
+    none; the temp file is removed."""
     tmp = path.with_name(
         f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
     )
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
+            for line in lines:
+                f.write(line)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

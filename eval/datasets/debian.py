@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuner.durable import atomic_write_lines
+
 log = logging.getLogger(__name__)
 
 LANGS = ("en", "zh")
@@ -223,11 +225,7 @@ def build(faq_text: str, reference_text: str, lang: str, min_question_chars: int
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write_lines(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def write(ds: Dataset, out: Path, manifest: dict) -> None:
