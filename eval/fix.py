@@ -311,11 +311,10 @@ def _current_adapter(options: EvalOptions, settings: Any, component: str) -> str
     if component == "retriever":
         if options.embedder_adapter:
             return options.embedder_adapter
-        from retriever.engine import stored_identity
+        from service.models import tuned_index_identity
 
-        identity = stored_identity(settings.index_dir) or {}  # what the live index switched to
-        same = identity.get("name") == settings.embedder
-        return str(identity["adapter"]) if same and identity.get("adapter") else None
+        identity = tuned_index_identity(settings)  # what the live index switched to
+        return str(identity["adapter"]) if identity else None
     from eval.harness import EvalError, resolve_adapters
 
     try:

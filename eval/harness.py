@@ -31,6 +31,7 @@ from eval.config import ADAPTER_MODES, RETRIEVAL_MODES, EvalOptions
 from eval.datasets.formats import DatasetError, EvalSet, Question, load
 from eval.metrics import dedupe, ndcg_at, recall_at, reciprocal_rank
 from retriever.engine import DocumentIn, Hit, Retriever
+from retriever.sparse import CJK
 from tuner.durable import atomic_write_text
 from tuner.prompts import base_messages, rag_messages
 
@@ -638,7 +639,7 @@ def _run_info(
     started: datetime,
     stage: dict,
 ) -> dict[str, Any]:
-    cjk = sum(any("\u4e00" <= c <= "\u9fff" for c in q.text) for q in evalset.questions)
+    cjk = sum(bool(CJK.search(q.text)) for q in evalset.questions)
     return {
         "id": f"eval-{started:%Y%m%d-%H%M%S}",
         "dataset": str(evalset.path),

@@ -101,10 +101,17 @@ def embedder_for(identity: dict[str, Any], settings: Settings) -> Embedder:
 def index_embedder(settings: Settings) -> Embedder:
     """The configured embedder, or, when the index was re-embedded with a fine-tuned version of
     it, that version (so a restart serves what the last switch chose)."""
+    identity = tuned_index_identity(settings)
+    return embedder_for(identity, settings) if identity else embedder_from_settings(settings)
+
+
+def tuned_index_identity(settings: Settings) -> dict[str, Any] | None:
+    """The index's stored embedder identity when it is a fine-tuned version (``adapter``) of
+    the configured embedder; else None."""
     identity = stored_identity(settings.index_dir)
     if identity and identity.get("adapter") and identity.get("name") == settings.embedder:
-        return embedder_for(identity, settings)
-    return embedder_from_settings(settings)
+        return identity
+    return None
 
 
 def embedders_in_use(settings: Settings) -> dict[str, str]:
