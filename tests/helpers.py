@@ -151,3 +151,17 @@ def build_tiny_bert(folder: Path, words: list[str], head: str = "none", **config
     else:
         BertModel(BertConfig(**settings)).save_pretrained(folder)
     return folder
+
+
+def poll_state(client, url: str, state: str, timeout: float) -> dict:  # noqa: ANN001 - TestClient
+    """GET ``url`` until the body's ``state`` is ``state``; after ``timeout`` seconds fail with
+    the last body."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(url).json()
+        if body["state"] == state:
+            return body  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"{url} never {state}: {body}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.evalruns import make_eval_runner
 from service.settings import ApiKey, Settings
-from tests.helpers import tiny_loader
+from tests.helpers import poll_state, tiny_loader
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [
@@ -76,13 +75,7 @@ def upload(client: TestClient, data: bytes, headers: dict | None = None) -> dict
 
 
 def poll(client: TestClient, run_id: str, state: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/v1/eval/runs/{run_id}").json()
-        if run["state"] == state:
-            return run  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"run never {state}: {run}")
+    return poll_state(client, f"/v1/eval/runs/{run_id}", state, timeout)
 
 
 def run_dir(client: TestClient, run_id: str) -> Path:

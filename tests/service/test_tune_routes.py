@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ApiKey, Limits, Settings
-from tests.helpers import tiny_loader
+from tests.helpers import poll_state, tiny_loader
 from tests.tuner.fake_trainer import make_runner
 
 CHAT = (
@@ -46,13 +45,7 @@ def upload(client: TestClient, data: bytes, name: str = "train.jsonl", headers: 
 
 
 def poll(client: TestClient, job_id: str, state: str, timeout: float = 8.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/tune/jobs/{job_id}").json()
-        if job["state"] == state:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job never {state}: {job}")
+    return poll_state(client, f"/v1/tune/jobs/{job_id}", state, timeout)
 
 
 def test_upload_list_and_bad_uploads(make_client) -> None:
