@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from service.generate import complete  # noqa: E402
+from service.generation.reference import complete  # noqa: E402
 from tests.helpers import build_tiny_llama  # noqa: E402
 from tuner.models import load_generator, pick_device  # noqa: E402
 

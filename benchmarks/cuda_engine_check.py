@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from service.engine import Engine  # noqa: E402
-from service.generate import complete  # noqa: E402
+from service.generation.engine import GenerationEngine  # noqa: E402
+from service.generation.reference import complete  # noqa: E402
 from tests.helpers import build_tiny_llama  # noqa: E402
 from tuner.models import load_generator  # noqa: E402
 
@@ -38,7 +38,7 @@ def main() -> None:
         )
         msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
         expected = [complete(gen, m, 12).text for m in msgs]
-        engine = Engine(gen, max_batch=16)
+        engine = GenerationEngine(gen, max_batch=16)
         got = [j.wait(120).text.strip() for j in [engine.submit(m, 12) for m in msgs]]
         print("batched == generate on cuda:", got == expected)
         ok = got == expected

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.answers import rouge_l, token_f1  # noqa: E402
 from eval.stats import paired, resample_indices  # noqa: E402
 from service.adapters import AdapterSet  # noqa: E402
-from service.engine import Engine  # noqa: E402
-from service.models import generator_from_settings, open_retriever  # noqa: E402
+from service.generation.engine import GenerationEngine  # noqa: E402
+from service.loading import generator_from_settings, open_retriever  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tuner.prompts import rag_messages  # noqa: E402
 
@@ -55,7 +55,7 @@ def main() -> None:
     gen = generator_from_settings(settings)
     adapters = AdapterSet(gen, settings.data_dir / "adapters")
     adapters.load(args.adapter)
-    engine = Engine(gen, max_batch=16, adapters=adapters)
+    engine = GenerationEngine(gen, max_batch=16, adapters=adapters)
     answers: dict[str, list[str]] = {}
     seconds: dict[str, float] = {}
     try:

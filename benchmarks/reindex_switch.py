@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from retriever.embedder import Embedder, load_embedder
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 
 log = logging.getLogger("reindex_switch")
 PHASES = ("before", "during", "after")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from eval.metrics import dedupe, retrieval_report
 from retriever.config import RetrieverConfig
 from retriever.embedder import load_embedder
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 
 SETTINGS = [  # (label, mode, fusion, fixed dense weight or None for the defaults)
     ("dense", "dense", "weighted", None),

@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from retriever.config import RetrieverConfig
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 
 warnings.filterwarnings("ignore", message=".*langchain-community.*")
 

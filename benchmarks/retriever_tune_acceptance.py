@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.retrieval_quality import load_dataset, read_beir  # noqa: E402
 from eval.metrics import dedupe, retrieval_report  # noqa: E402
 from retriever.embedder import Embedder, load_embedder, load_tuned_embedder  # noqa: E402
-from retriever.engine import DocumentIn, Retriever  # noqa: E402
+from retriever.index import DocumentIn, Retriever  # noqa: E402
 from tuner.config import load_recipe  # noqa: E402
 from tuner.embed_train import train_retriever  # noqa: E402
 from tuner.prepare import prepare_pairs  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 from statistics import mean
 
 from retriever.embedder import load_embedder
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 from service.settings import get_settings
 from tuner import synth
 from tuner.models import load_generator

@@ -210,7 +210,7 @@ def _run(options: Any, out: Path, settings: Any) -> dict[str, Any]:
 
 def _open_live(settings: Any) -> Any:
     from retriever.errors import RetrieverError
-    from service.models import open_retriever
+    from service.loading import open_retriever
 
     try:
         return open_retriever(settings)

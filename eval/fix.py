@@ -311,7 +311,7 @@ def _current_adapter(options: EvalOptions, settings: Any, component: str) -> str
     if component == "retriever":
         if options.embedder_adapter:
             return options.embedder_adapter
-        from service.models import tuned_index_identity
+        from service.loading import tuned_index_identity
 
         identity = tuned_index_identity(settings)  # what the live index switched to
         return str(identity["adapter"]) if identity else None
@@ -343,7 +343,7 @@ def _documents(options: EvalOptions, settings: Any) -> Iterator[Any]:
     from eval.harness import fresh_index
 
     if options.live:
-        from service.models import open_retriever
+        from service.loading import open_retriever
 
         live = open_retriever(settings)
         try:

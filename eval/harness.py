@@ -30,7 +30,7 @@ from eval import diagnose, probes, stats
 from eval.config import ADAPTER_MODES, RETRIEVAL_MODES, EvalOptions
 from eval.datasets.formats import DatasetError, EvalSet, Question, load
 from eval.metrics import dedupe, ndcg_at, recall_at, reciprocal_rank
-from retriever.engine import DocumentIn, Hit, Retriever
+from retriever.index import DocumentIn, Hit, Retriever
 from retriever.sparse import CJK
 from tuner.durable import atomic_write_text
 from tuner.prompts import base_messages, rag_messages
@@ -181,7 +181,7 @@ def fresh_index(
     are not embedded again, others are added, replaced or removed. When that folder is in use
     by another run, a temporary index is built instead."""
     from retriever.locks import IndexBusy
-    from service.models import index_embedder, retriever_config, tuned_embedder
+    from service.loading import index_embedder, retriever_config, tuned_embedder
 
     assert evalset.corpus is not None
     embedder = (
@@ -274,7 +274,7 @@ def search_all(
     settings: Any,
     stage: dict,
 ) -> list[Retrieved]:
-    from service.models import reranker_from_settings
+    from service.loading import reranker_from_settings
 
     reranker = reranker_from_settings(settings)
     t0 = time.perf_counter()
@@ -319,8 +319,8 @@ class _Run:
 
     def generate(self, stage: dict) -> tuple[dict[str, list[Answer]], dict | None, dict | None]:
         from service.adapters import AdapterSet
-        from service.engine import Engine
-        from service.models import generator_from_settings
+        from service.generation.engine import GenerationEngine
+        from service.loading import generator_from_settings
 
         gen = generator_from_settings(self.settings)
         adapters = AdapterSet(gen, self.settings.data_dir / "adapters")
@@ -334,7 +334,7 @@ class _Run:
                 uses.setdefault(adapter, []).append(mode)
             forgetting = probes.forgetting(gen, adapters, uses, self._recorded_probes())
             stage["forgetting_probe"] = time.perf_counter() - t
-        engine = Engine(gen, max_batch=self.options.batch, adapters=adapters)
+        engine = GenerationEngine(gen, max_batch=self.options.batch, adapters=adapters)
         try:
             stage["generate"] = {}
             answers = {}

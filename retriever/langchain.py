@@ -28,12 +28,12 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import Field, field_validator
 
 from retriever.config import MODES, RetrieverConfig
-from retriever.engine import DocumentIn, EmbedderLike, Hit, Retriever
 from retriever.errors import DocumentNotFound
+from retriever.index import DocumentIn, EmbedderLike, Hit, Retriever
 
 _NO_VECTOR_SEARCH = (
     "RagtuneVectorStore searches by query text only: sparse and hybrid modes need the words, "
-    "and retriever.engine.Retriever has no search-by-vector entry point; "
+    "and retriever.index.Retriever has no search-by-vector entry point; "
     "use similarity_search(query, mode='dense') instead"
 )
 

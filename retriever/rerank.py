@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from retriever.engine import Hit
+from retriever.index import Hit
 
 
 class Reranker(Protocol):

@@ -18,16 +18,16 @@ from fastapi.responses import JSONResponse
 from service import errors
 from service.adapters import AdapterSet
 from service.auth import RateLimiter, Reader, check_bind
-from service.engine import Engine
 from service.evalruns import make_eval_runner
+from service.generation.engine import GenerationEngine
 from service.limits import BodyLimit
-from service.metrics import Metrics
-from service.models import (
+from service.loading import (
     generator_from_settings,
     index_embedder,
     open_retriever,
     reranker_from_settings,
 )
+from service.metrics import Metrics
 from service.reindexing import Reindexer
 from service.runtime import configure_torch
 from service.settings import Settings, get_settings
@@ -65,7 +65,7 @@ def load_models(state: AppState) -> None:
     state.generator = generator_from_settings(state.settings)
     state.loaded["generator"] = state.generator.identity
     state.adapters = AdapterSet(state.generator, state.settings.data_dir / "adapters")
-    state.engine = Engine(
+    state.engine = GenerationEngine(
         state.generator,
         max_batch=state.settings.limits.max_batch_generation,
         metrics=state.metrics,

@@ -134,8 +134,8 @@ def _ask_server(server: str, api_key: str | None, body: dict[str, Any]) -> dict[
 def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
     from retriever.errors import RetrieverError
     from retriever.sources import ModelNotAvailable
-    from service.engine import Engine
-    from service.models import generator_from_settings
+    from service.generation.engine import GenerationEngine
+    from service.loading import generator_from_settings
     from service.runtime import configure_logging, configure_torch
     from tuner.prompts import base_messages, rag_messages
 
@@ -158,7 +158,7 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
         generator = generator_from_settings(settings)
     except ModelNotAvailable as exc:
         raise click.ClickException(str(exc)) from None
-    engine = Engine(generator, max_batch=1)
+    engine = GenerationEngine(generator, max_batch=1)
     try:
         messages = (
             rag_messages(body["question"], hits)
@@ -227,7 +227,7 @@ def models(load: bool) -> None:
     if failed:
         raise SystemExit(1)
     if load:
-        from service.models import embedder_from_settings, generator_from_settings
+        from service.loading import embedder_from_settings, generator_from_settings
 
         emb = embedder_from_settings(settings)
         gen = generator_from_settings(settings)
@@ -238,7 +238,7 @@ def _open_index(settings: Settings) -> Any:
     """Open the index with the configured embedder; domain errors become one-line exits."""
     from retriever.errors import RetrieverError
     from retriever.sources import ModelNotAvailable
-    from service.models import open_retriever
+    from service.loading import open_retriever
 
     try:
         return open_retriever(settings)
@@ -336,10 +336,10 @@ def search(query: str, k: int, mode: str, as_json: bool) -> None:
 @click.option("--rollback", is_flag=True, help="Switch back to the previous embedder.")
 def reindex(embedder: str | None, adapter: str | None, rollback: bool) -> None:
     """Re-embed the index with another embedder, then switch to it atomically."""
-    from retriever.engine import Retriever, stored_identity
     from retriever.errors import RetrieverError
+    from retriever.index import Retriever, stored_identity
     from retriever.sources import ModelNotAvailable
-    from service.models import embedder_for, retriever_config, tuned_embedder
+    from service.loading import embedder_for, retriever_config, tuned_embedder
     from service.runtime import configure_logging, configure_torch
     from tuner.registry import RecordNotFound, RegistryError
 

@@ -100,7 +100,7 @@ def _tune_retriever(plan: Any, settings: Any, fresh: bool) -> None:
     from retriever.errors import RetrieverError
     from retriever.sources import ModelNotAvailable
     from service.cli import reembed
-    from service.models import tuned_embedder
+    from service.loading import tuned_embedder
     from tuner.data import DataError
     from tuner.embed_train import train_retriever
     from tuner.prepare import prepare_pairs
@@ -238,7 +238,7 @@ def adapters_list(as_json: bool) -> None:
         return
     if not records:
         click.echo("no adapters yet: train one with 'ragtune tune --recipe configs/...'")
-    from service.models import embedders_in_use
+    from service.loading import embedders_in_use
 
     in_use = embedders_in_use(_settings())
     for r in records:
@@ -296,7 +296,7 @@ def adapters_show(adapter_id: str) -> None:
 @click.option("--force", is_flag=True, help="Delete even the promoted adapter.")
 def adapters_delete(adapter_id: str, force: bool) -> None:
     """Delete an adapter from the registry (never the embedder the index uses)."""
-    from service.models import embedders_in_use
+    from service.loading import embedders_in_use
 
     role = embedders_in_use(_settings()).get(adapter_id)
     if role == "embedder" or (role and not force):

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from retriever.engine import Retriever
+from retriever.index import Retriever
 from service.errors import ServiceError
 
 

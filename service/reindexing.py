@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service.models import embedder_for, embedder_record, tuned_embedder
+from service.loading import embedder_for, embedder_record, tuned_embedder
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from typing import Any
 import anyio
 from fastapi import Request
 
-from service.engine import Job
+from service.generation.engine import GenerationRequest
 
 CHECK_S = 0.5
 _EMPTY = object()
 
 
-async def wait(job: Job, request: Request) -> Job:
+async def wait(job: GenerationRequest, request: Request) -> GenerationRequest:
     """Wait for ``job``; if the client disconnects first, cancel it (freeing its batch slot)."""
     while not await anyio.to_thread.run_sync(job.done.wait, CHECK_S):
         if await request.is_disconnected():
@@ -33,14 +33,14 @@ async def wait(job: Job, request: Request) -> Job:
     return job
 
 
-def _next(job: Job) -> Any:
+def _next(job: GenerationRequest) -> Any:
     try:
         return job.deltas.get(timeout=CHECK_S)
     except queue.Empty:
         return _EMPTY
 
 
-async def deltas(job: Job) -> AsyncIterator[str]:
+async def deltas(job: GenerationRequest) -> AsyncIterator[str]:
     """Text deltas of ``job`` as they come; cancelling the consumer cancels the job."""
     try:
         while True:

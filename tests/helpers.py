@@ -83,9 +83,9 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
 
 def tiny_loader(tiny_llama: Path, tmp: Path, index: str = "index", adapters: Path | None = None):
     """An app loader with the fake embedder, the tiny Llama, its engine and a fresh index."""
-    from retriever.engine import Retriever
+    from retriever.index import Retriever
     from service.adapters import AdapterSet
-    from service.engine import Engine
+    from service.generation.engine import GenerationEngine
     from tests.fakes import FakeEmbedder
     from tuner.models import load_generator
 
@@ -94,7 +94,9 @@ def tiny_loader(tiny_llama: Path, tmp: Path, index: str = "index", adapters: Pat
         state.generator = load_generator(str(tiny_llama), cache_dir=tmp / "m")
         if adapters is not None:
             state.adapters = AdapterSet(state.generator, adapters)
-        state.engine = Engine(state.generator, metrics=state.metrics, adapters=state.adapters)
+        state.engine = GenerationEngine(
+            state.generator, metrics=state.metrics, adapters=state.adapters
+        )
         state.retriever = Retriever(tmp / index, state.embedder)
 
     return loader

@@ -109,7 +109,7 @@ def promote(adapter_id: str, state: State, _: Admin, body: Force | None = None) 
 async def delete(adapter_id: str, state: State, _: Admin, force: bool = False) -> dict[str, Any]:
     """Delete the adapter (the promoted one only with force) and unload it if loaded. The
     embedder the index uses is never deleted; its rollback target only with force."""
-    from service.models import embedders_in_use
+    from service.loading import embedders_in_use
 
     role = embedders_in_use(state.settings).get(adapter_id)
     if role == "embedder" or (role and not force):

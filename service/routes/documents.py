@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from retriever.engine import DocumentIn
+from retriever.index import DocumentIn
 from retriever.loaders import LoadError, load_bytes, safe_name
 from service.auth import Reader, Writer
 from service.deps import RetrieverDep, State

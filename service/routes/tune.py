@@ -185,7 +185,7 @@ def make_job_runner(state: Any) -> JobRunner:
     def prepare(recipe: Recipe, job_dir: Path) -> Any:
         import copy
 
-        from service.models import generator_from_settings
+        from service.loading import generator_from_settings
         from tuner.prepare import prepare as prepare_data
         from tuner.prepare import prepare_pairs
 

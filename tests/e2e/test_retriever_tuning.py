@@ -20,9 +20,9 @@ from tests.tuner.test_retriever_tuning import DOCS
 
 def _loader(tiny_llama: Path, base: Path):
     from retriever.embedder import load_embedder
-    from retriever.engine import Retriever
+    from retriever.index import Retriever
     from service.adapters import AdapterSet
-    from service.engine import Engine
+    from service.generation.engine import GenerationEngine
     from tuner.models import load_generator
 
     def load(state) -> None:  # noqa: ANN001 - service.app.AppState
@@ -30,7 +30,9 @@ def _loader(tiny_llama: Path, base: Path):
         state.embedder = load_embedder(str(base))
         state.generator = load_generator(str(tiny_llama), cache_dir=settings.data_dir / "m")
         state.adapters = AdapterSet(state.generator, settings.data_dir / "adapters")
-        state.engine = Engine(state.generator, metrics=state.metrics, adapters=state.adapters)
+        state.engine = GenerationEngine(
+            state.generator, metrics=state.metrics, adapters=state.adapters
+        )
         state.retriever = Retriever(settings.index_dir, state.embedder)
 
     return load
@@ -136,7 +138,7 @@ def test_retriever_job_switches_the_index_under_load_and_rolls_back(
             both = {"adapter": adapter, "rollback": True}
             assert c.post("/v1/index/reindex", json=both).status_code == 422
 
-            from service.models import index_embedder
+            from service.loading import index_embedder
 
             assert index_embedder(settings).identity == retriever.embedder.identity  # a restart
 

@@ -51,7 +51,7 @@ def test_live_run_asks_the_index_under_the_data_dir(
     tmp_path: Path, tiny_llama: Path, tiny_st: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from retriever.embedder import load_embedder
-    from retriever.engine import DocumentIn, Retriever
+    from retriever.index import DocumentIn, Retriever
     from service.settings import Settings
 
     for k, v in _env(tiny_llama, tiny_st).items():

@@ -109,7 +109,7 @@ def test_not_a_dataset(tmp_path: Path) -> None:
 def test_a_kept_index_is_brought_to_exactly_the_corpus(tmp_path: Path) -> None:
     from eval.datasets.formats import Doc, EvalSet
     from eval.harness import sync_corpus
-    from retriever.engine import Retriever
+    from retriever.index import Retriever
     from tests.fakes import FakeEmbedder
 
     docs = [Doc("a", "apt installs packages"), Doc("b", "grub boots"), Doc("c", "bash shell")]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from eval.probes import injected, injection_cases, obeyed
-from retriever.engine import Hit
+from retriever.index import Hit
 
 
 def _hit(doc: str) -> Hit:

@@ -10,7 +10,7 @@ import pytest
 
 from eval import worker
 from eval.config import EvalOptions
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 from service.evalruns import EvalSpec, prepare_run, worker_settings
 from tests.eval.conftest import SQUAD
 from tests.fakes import FakeEmbedder

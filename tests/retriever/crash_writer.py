@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from retriever.config import RetrieverConfig  # noqa: E402
-from retriever.engine import DocumentIn, Retriever  # noqa: E402
+from retriever.index import DocumentIn, Retriever  # noqa: E402
 from tests.fakes import FakeEmbedder  # noqa: E402
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from retriever.config import RetrieverConfig
-from retriever.engine import Retriever
+from retriever.index import Retriever
 from tests.fakes import FakeEmbedder
 
 WRITER = Path(__file__).with_name("crash_writer.py")

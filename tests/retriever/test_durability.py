@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retriever.config import RetrieverConfig
-from retriever.engine import DocumentIn, Retriever, stored_identity
+from retriever.index import DocumentIn, Retriever, stored_identity
 from retriever.locks import IndexBusy
 from tests.fakes import FakeEmbedder
 

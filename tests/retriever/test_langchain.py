@@ -15,7 +15,7 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from pydantic import ValidationError
 
 from retriever.config import RetrieverConfig
-from retriever.engine import Retriever
+from retriever.index import Retriever
 from retriever.langchain import RagtuneEmbeddings, RagtuneRetriever, RagtuneVectorStore
 from tests.fakes import FakeEmbedder
 

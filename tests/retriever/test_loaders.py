@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retriever.engine import DocumentIn
+from retriever.index import DocumentIn
 from retriever.loaders import LoadError, html_to_text, iter_files, load_file
 
 

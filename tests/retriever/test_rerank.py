@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever.engine import DocumentIn, Hit, Retriever
+from retriever.index import DocumentIn, Hit, Retriever
 from retriever.rerank import CrossEncoderReranker
 from tests.fakes import FakeEmbedder
 from tests.helpers import build_tiny_bert

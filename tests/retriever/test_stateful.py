@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from retriever.config import RetrieverConfig
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
 
 WORDS = st.lists(

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from retriever.engine import Retriever
+from retriever.index import Retriever
 from service.app import AppState, create_app
 from service.auth import RateLimiter
-from service.engine import Engine
+from service.generation.engine import GenerationEngine
 from service.settings import ApiKey, Limits, Settings
 from tests.fakes import FakeEmbedder
 from tuner.models import load_generator
@@ -31,7 +31,7 @@ def make_client(tiny_llama: Path, tmp_path: Path):
         def loader(state: AppState) -> None:
             state.embedder = FakeEmbedder()
             state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
-            state.engine = Engine(state.generator, metrics=state.metrics)
+            state.engine = GenerationEngine(state.generator, metrics=state.metrics)
             state.retriever = Retriever(tmp_path / f"index{len(clients)}", state.embedder)
 
         client = TestClient(create_app(_settings(**limits), loader=loader))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import service.models
+import service.loading
 from service.cli import main
 from tests.fakes import FakeEmbedder
 
@@ -21,7 +21,7 @@ def fake_embedders(monkeypatch: pytest.MonkeyPatch) -> None:
         return FakeEmbedder(dim=128 if name.endswith("a") else 96, name=name)
 
     monkeypatch.setenv("RAGTUNE_EMBEDDER", "fake-a")
-    monkeypatch.setattr(service.models, "load_embedder", load)
+    monkeypatch.setattr(service.loading, "load_embedder", load)
     monkeypatch.setattr("retriever.embedder.load_embedder", load)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from retriever.engine import stored_identity
+from retriever.index import stored_identity
 from service.cli import main
 from service.settings import get_settings
 from tests.tuner.test_embed_train import _tiny_st

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.generate import complete
+from service.generation.reference import complete
 from tuner.models import (
     CONVERSION_MARKER,
     converted_dir,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
 from tuner.data import DataError
 from tuner.pairs import Pair, mine_negatives, pseudo_pairs, read_pairs, sentences

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from retriever.embedder import load_embedder, load_tuned_embedder
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
 from tests.tuner.test_embed_train import WORDS, _tiny_st
 from tuner.config import recipe_from_dict

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from retriever.engine import DocumentIn, Retriever
+from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
 from tuner import synth
 from tuner.config import SyntheticSpec

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Job:
+class GenerationRequest:
     """One request: its prompt, limits, and the stream of text it produces."""
 
     prompt_ids: list[int]
@@ -63,7 +63,7 @@ class Job:
                 return
             yield delta
 
-    def wait(self, timeout: float | None = None) -> Job:
+    def wait(self, timeout: float | None = None) -> GenerationRequest:
         if not self.done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if self.error is not None:
@@ -71,7 +71,7 @@ class Job:
         return self
 
 
-class Engine:
+class GenerationEngine:
     """A worker thread batching the jobs submitted to it."""
 
     def __init__(
@@ -97,12 +97,16 @@ class Engine:
         # gather_s, and never longer than max_gather_s. One request alone waits gather_s.
         self.gather_s = gather_s
         self.max_gather_s = max_gather_s
-        self._held: list[Job] = []  # taken from the queue, waiting for their adapter's batch
-        self._inflight: list[Job] = []  # the running batch's requests, failed together on error
+        self._held: list[
+            GenerationRequest
+        ] = []  # taken from the queue, waiting for their adapter's batch
+        self._inflight: list[
+            GenerationRequest
+        ] = []  # the running batch's requests, failed together on error
         self._arg_for: tuple[Any, str] | None = None
         self._eos = _eos_ids(generator.model, generator.tokenizer)  # fixed for the model's life
         self.prefixes = PrefixCache(min_tokens=prefix_min_tokens, max_tokens=prefix_max_tokens)
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue: queue.Queue[GenerationRequest | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ragtune-engine", daemon=True)
         self._stopping = False
         self._thread.start()
@@ -123,13 +127,15 @@ class Engine:
         temperature: float = 0.0,
         seed: int | None = None,
         adapter: str | None = None,
-    ) -> Job:
+    ) -> GenerationRequest:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if adapter is not None and (self.adapters is None or adapter not in self.adapters.loaded()):
             raise LookupError(f"adapter {adapter!r} is not loaded")
         prompt = self.encode_chat(messages)
-        job = Job(prompt, max_new_tokens, list(stop or []), temperature, seed, adapter)
+        job = GenerationRequest(
+            prompt, max_new_tokens, list(stop or []), temperature, seed, adapter
+        )
         self._queue.put(job)
         self._gauge()
         return job
@@ -168,7 +174,7 @@ class Engine:
                         self._finish(j, "error")
             self._inflight = []
 
-    def _take(self, adapter: str | None, room: int, gap: float | None) -> list[Job]:
+    def _take(self, adapter: str | None, room: int, gap: float | None) -> list[GenerationRequest]:
         """Up to ``room`` waiting jobs for ``adapter``, held-back ones first, then from the queue.
         With a ``gap``, waits for more until none has come for ``gap`` seconds (at most
         ``max_gather_s`` in all); without, takes only what is already queued. Other adapters'
@@ -176,8 +182,8 @@ class Engine:
         now = time.monotonic()
         cap = now + self.max_gather_s
         deadline = now + gap if gap is not None else None
-        taken: list[Job] = []
-        later: list[Job] = []
+        taken: list[GenerationRequest] = []
+        later: list[GenerationRequest] = []
         for job in self._held:
             (taken if job.adapter == adapter and len(taken) < room else later).append(job)
         self._held = later
@@ -208,7 +214,7 @@ class Engine:
             return False
         return rows is None or _mergeable(rows.cache)
 
-    def _serve(self, adapter: str | None, jobs: list[Job]) -> None:
+    def _serve(self, adapter: str | None, jobs: list[GenerationRequest]) -> None:
         """Decode ``jobs`` and every request that joins them (continuous batching): each step,
         waiting requests for the same adapter are prefilled and merged into the running batch,
         and finished ones leave it, until nothing is left."""
@@ -239,7 +245,7 @@ class Engine:
                 if rows is None and not jobs:
                     return
 
-    def _finish(self, job: Job, reason: str) -> None:
+    def _finish(self, job: GenerationRequest, reason: str) -> None:
         job.finished_at = time.perf_counter()
         job.finish_reason = reason
         job.deltas.put(None)
@@ -253,7 +259,7 @@ class Engine:
             self._arg_for = (model, _cache_arg(base))
         return model, self._arg_for[1]
 
-    def _prefill(self, jobs: list[Job], adapter: str | None) -> _Rows | None:
+    def _prefill(self, jobs: list[GenerationRequest], adapter: str | None) -> _Rows | None:
         """Run the prompts of ``jobs`` and give each its first token. The part every prompt
         shares with the last prompt prefilled for ``adapter`` (the chat template's system turn,
         the grounding instructions) comes from the prefix cache; the rest is left-padded to one
@@ -335,7 +341,7 @@ class Engine:
             rows.select(keep)
         return rows
 
-    def _advance(self, job: Job, token: int, eos: set[int]) -> bool:
+    def _advance(self, job: GenerationRequest, token: int, eos: set[int]) -> bool:
         """Give ``job`` its next token; False when the job has finished."""
         if job.cancelled.is_set():
             self._finish(job, "cancelled")
@@ -361,7 +367,7 @@ class Engine:
             return self._end(job, "length")
         return True
 
-    def _end(self, job: Job, reason: str) -> bool:
+    def _end(self, job: GenerationRequest, reason: str) -> bool:
         self._finish(job, reason)
         return False
 
@@ -394,7 +400,7 @@ def prefer_column_major(model: Any) -> int:
 class _Rows:
     """The requests decoding together, one row each, over one left-padded KV cache."""
 
-    jobs: list[Job]
+    jobs: list[GenerationRequest]
     cache: Any  # transformers' DynamicCache: keys and values (rows, heads, width, head_dim)
     mask: Any  # (rows, width): 1 where the cache holds one of the row's tokens, 0 for padding
     positions: Any  # (rows, 1): position of each row's next input token

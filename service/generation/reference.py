@@ -1,8 +1,8 @@
 """Answer one chat with the generator: chat template in, greedy decoding, text out.
 
-The simplest path through the generator: one plain ``generate`` call. The service answers through
-the batching engine (``service.engine``); this is the reference that the model tests and the GPU
-checks compare against. It knows nothing of retrieval, batching or adapters.
+The simplest path through the generator: one plain ``generate`` call. The service answers
+through the batching engine (``service.generation.engine``); this is the reference that the
+model tests and the GPU checks compare against. It knows nothing of retrieval, batching or adapters.
 """
 
 from __future__ import annotations

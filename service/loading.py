@@ -12,7 +12,7 @@ from typing import Any
 
 from retriever.config import RetrieverConfig
 from retriever.embedder import Embedder, load_embedder
-from retriever.engine import Retriever, stored_identity
+from retriever.index import Retriever, stored_identity
 from service.settings import Settings
 from tuner.models import Generator, load_generator, pick_device
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.engine import Engine
-from service.generate import complete
+from service.generation.engine import GenerationEngine
+from service.generation.reference import complete
 from tuner.models import load_generator
 
 PROMPTS = [
@@ -29,7 +29,7 @@ def gen(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def engine(gen):
-    e = Engine(gen, max_batch=8)
+    e = GenerationEngine(gen, max_batch=8)
     yield e
     e.close()
 
@@ -38,7 +38,7 @@ def _msgs(q: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": q}]
 
 
-def test_batched_greedy_equals_generate_one_at_a_time(gen, engine: Engine) -> None:
+def test_batched_greedy_equals_generate_one_at_a_time(gen, engine: GenerationEngine) -> None:
     expected = [complete(gen, _msgs(q), 12).text for q in PROMPTS]
     jobs = [engine.submit(_msgs(q), 12) for q in PROMPTS]  # queued together: one batch
     got = [j.wait(60).text.strip() for j in jobs]
@@ -46,13 +46,13 @@ def test_batched_greedy_equals_generate_one_at_a_time(gen, engine: Engine) -> No
     assert all(j.finish_reason in ("length", "stop") for j in jobs)
 
 
-def test_stream_deltas_add_up_to_the_text(engine: Engine) -> None:
+def test_stream_deltas_add_up_to_the_text(engine: GenerationEngine) -> None:
     job = engine.submit(_msgs(PROMPTS[1]), 10)
     deltas = list(job.stream(timeout=60))
     assert len(deltas) >= 2 and "".join(deltas) == job.text and len(job.tokens) == 10
 
 
-def test_stop_string_ends_early_and_is_cut(engine: Engine) -> None:
+def test_stop_string_ends_early_and_is_cut(engine: GenerationEngine) -> None:
     free = engine.submit(_msgs(PROMPTS[0]), 16).wait(60).text
     words = free.split()
     assert len(words) >= 3
@@ -62,7 +62,7 @@ def test_stop_string_ends_early_and_is_cut(engine: Engine) -> None:
 
 
 def test_cancel_stops_a_running_job(gen) -> None:
-    engine = Engine(gen, max_batch=2)
+    engine = GenerationEngine(gen, max_batch=2)
     try:
         job = engine.submit(_msgs(PROMPTS[2]), 10_000)
         first = next(job.stream(timeout=60))
@@ -74,13 +74,13 @@ def test_cancel_stops_a_running_job(gen) -> None:
         engine.close()
 
 
-def test_sampling_with_a_seed_is_reproducible(engine: Engine) -> None:
+def test_sampling_with_a_seed_is_reproducible(engine: GenerationEngine) -> None:
     a = engine.submit(_msgs(PROMPTS[0]), 12, temperature=1.5, seed=3).wait(60).text
     b = engine.submit(_msgs(PROMPTS[0]), 12, temperature=1.5, seed=3).wait(60).text
     assert a == b
 
 
-def test_concurrent_submitters_all_finish(engine: Engine) -> None:
+def test_concurrent_submitters_all_finish(engine: GenerationEngine) -> None:
     results: list[str] = []
     lock = threading.Lock()
 
@@ -97,14 +97,14 @@ def test_concurrent_submitters_all_finish(engine: Engine) -> None:
     assert len(results) == 12
 
 
-def test_bad_budget_is_refused(engine: Engine) -> None:
+def test_bad_budget_is_refused(engine: GenerationEngine) -> None:
     with pytest.raises(ValueError):
         engine.submit(_msgs("x"), 0)
     assert torch.get_num_threads() >= 1
 
 
 def test_column_major_layout_keeps_values_ties_and_outputs(tiny_llama: Path, tmp_path: Path):
-    from service.engine import prefer_column_major
+    from service.generation.engine import prefer_column_major
 
     gen = load_generator(str(tiny_llama), cache_dir=tmp_path)
     model = gen.model
@@ -126,7 +126,9 @@ def test_column_major_layout_keeps_values_ties_and_outputs(tiny_llama: Path, tmp
     assert prefer_column_major(model) == 0  # already laid out: nothing moves twice
 
 
-def test_requests_join_a_running_batch_and_leave_it_with_the_same_text(gen, engine: Engine) -> None:
+def test_requests_join_a_running_batch_and_leave_it_with_the_same_text(
+    gen, engine: GenerationEngine
+) -> None:
     """Continuous batching: B and C arrive while A decodes, board at the next step (their
     prompts are shorter, so the merged cache is left-padded), finish first, and every text is
     what the request alone would have given."""
@@ -143,7 +145,7 @@ def test_requests_join_a_running_batch_and_leave_it_with_the_same_text(gen, engi
     assert a.wait(60).text.strip() == expected_a and a.finish_reason == "length"
 
 
-def test_rows_of_different_budgets_leave_as_they_finish(gen, engine: Engine) -> None:
+def test_rows_of_different_budgets_leave_as_they_finish(gen, engine: GenerationEngine) -> None:
     budgets = [2, 9, 4, 15, 1]
     qs = [PROMPTS[i % len(PROMPTS)] for i in range(len(budgets))]
     expected = [complete(gen, _msgs(q), n).text for q, n in zip(qs, budgets, strict=True)]
@@ -155,7 +157,9 @@ def test_rows_of_different_budgets_leave_as_they_finish(gen, engine: Engine) -> 
 SYSTEM = "you are the assistant of the system and the user asks about the file and the package"
 
 
-def test_a_shared_prompt_head_is_prefilled_once_and_texts_do_not_change(gen, engine: Engine):
+def test_a_shared_prompt_head_is_prefilled_once_and_texts_do_not_change(
+    gen, engine: GenerationEngine
+):
     def msgs(q: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
 
@@ -170,7 +174,7 @@ def test_a_shared_prompt_head_is_prefilled_once_and_texts_do_not_change(gen, eng
 
 
 def test_prefix_entries_are_per_adapter_generation() -> None:
-    from service.engine import PrefixCache
+    from service.generation.engine import PrefixCache
 
     built = []
 
@@ -201,7 +205,7 @@ def test_prefix_entries_are_per_adapter_generation() -> None:
 def test_slack_cache_layers_hold_what_concatenation_would() -> None:
     from transformers import DynamicCache
 
-    from service.engine import _layers, _with_slack
+    from service.generation.engine import _layers, _with_slack
 
     torch.manual_seed(0)
     plain, slack = DynamicCache(), DynamicCache()
@@ -222,7 +226,7 @@ def test_slack_cache_layers_hold_what_concatenation_would() -> None:
 
 
 def test_prefix_cache_keeps_a_few_heads_per_adapter_and_picks_the_longest() -> None:
-    from service.engine import PrefixCache
+    from service.generation.engine import PrefixCache
 
     class Layer:
         def __init__(self, n: int) -> None:
@@ -260,7 +264,7 @@ def test_a_request_for_another_adapter_closes_the_running_batch_to_joins(gen) ->
         def active(self, name: str | None) -> contextlib.AbstractContextManager[None]:
             return contextlib.nullcontext()
 
-    engine = Engine(gen, max_batch=8, adapters=Adapters())
+    engine = GenerationEngine(gen, max_batch=8, adapters=Adapters())
     try:
         a = engine.submit(_msgs(PROMPTS[0]), 150)
         while len(a.tokens) < 3:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from retriever.config import RetrieverConfig
-from retriever.engine import DocumentIn, Retriever
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
 
 MODES = ["dense", "sparse", "hybrid"]

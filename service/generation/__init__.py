@@ -1,0 +1,1 @@
+"""Generation: the batching engine that serves every answer, and the plain reference path."""
