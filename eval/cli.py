@@ -146,7 +146,7 @@ def eval_cmd(**kw: Any) -> None:
         raise click.ClickException(str(exc)) from None
     if kw["fix_set"] and not kw["fix"]:
         raise click.ClickException("--fix-set needs --fix")
-    out = kw["out"] or settings.data_dir / "evals" / time.strftime("eval-%Y%m%d-%H%M%S")
+    out = kw["out"] or settings.layout.evals / time.strftime("eval-%Y%m%d-%H%M%S")
     try:
         metrics = _run(options, out, settings)
         click.echo(summary(metrics, out))

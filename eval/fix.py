@@ -154,7 +154,7 @@ def _generator(
     baseline = _best_mode(before)
     result = gate(before, after, baseline, "hybrid", "token_f1", options)
     passed = result is not None and result["better"] == "b"
-    registry = Registry(settings.data_dir / "adapters")
+    registry = Registry(settings.layout.adapters)
     registry.set_eval_gate(
         record.id, passed, {"metric": "token_f1", "against": baseline, **(result or {})}
     )
@@ -236,7 +236,7 @@ def train_on(options: EvalOptions, settings: Any, recipe: Path, overrides: list[
     parent = continuation(options, settings, plan)
     if parent is not None:
         _continue(plan, parent, settings)
-    job_dir = settings.data_dir / "jobs" / f"eval-fix-{plan.name}"
+    job_dir = settings.layout.job(f"eval-fix-{plan.name}")
     if job_dir.exists():
         import shutil
 
@@ -259,7 +259,7 @@ def train_on(options: EvalOptions, settings: Any, recipe: Path, overrides: list[
 def _prepare(plan: Any, job_dir: Path, settings: Any, index: Any) -> None:
     from tuner.prepare import prepare, prepare_pairs
 
-    files = settings.data_dir / "files"
+    files = settings.layout.files
     if plan.component == "retriever":
         plan.retriever.activate = False
         prepare_pairs(plan, job_dir, files_dir=files, retriever=index)
@@ -286,7 +286,7 @@ def continuation(options: EvalOptions, settings: Any, plan: Any) -> Any | None:
     if current is None:
         return None
     try:
-        record = Registry(settings.data_dir / "adapters").get(current)
+        record = Registry(settings.layout.adapters).get(current)
     except (RecordNotFound, RegistryError):
         return None
     if (
@@ -328,7 +328,7 @@ def _continue(plan: Any, parent: Any, settings: Any) -> None:
     lineage, so each round draws other synthetic examples and another data order."""
     from tuner.registry import Registry
 
-    depth = len(Registry(settings.data_dir / "adapters").lineage(parent.id))
+    depth = len(Registry(settings.layout.adapters).lineage(parent.id))
     plan.parent, plan.method = parent.id, parent.method
     plan.hyperparameters.seed += depth
     for spec in plan.datasets:

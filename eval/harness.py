@@ -128,7 +128,7 @@ def resolve_adapters(options: EvalOptions, settings: Any) -> dict[str, str]:
     needed = [m for m in options.modes if m in ADAPTER_MODES]
     if not needed:
         return {}
-    registry = Registry(settings.data_dir / "adapters")
+    registry = Registry(settings.layout.adapters)
     promoted = registry.promoted()
     default = promoted.id if promoted is not None else None
     named = {
@@ -219,7 +219,7 @@ def _cache_folder(evalset: EvalSet, embedder: Any, config: Any, settings: Any) -
         default=str,
     )
     name = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = Path(settings.data_dir) / "evals" / ".indexes"
+    root = settings.layout.eval_indexes
     prune_indexes(root, keep=KEPT_INDEXES - 1, spare=name)
     if (root / name).is_dir():
         os.utime(root / name)  # used now: the last to be pruned
@@ -323,7 +323,7 @@ class _Run:
         from service.loading import generator_from_settings
 
         gen = generator_from_settings(self.settings)
-        adapters = AdapterSet(gen, self.settings.data_dir / "adapters")
+        adapters = AdapterSet(gen, self.settings.layout.adapters)
         for adapter in dict.fromkeys(self.adapters_for.values()):
             adapters.load(adapter)
         forgetting = None
@@ -356,7 +356,7 @@ class _Run:
         """The tuner's probe results of each adapter trained on the generator this run uses."""
         from tuner.registry import Registry
 
-        registry = Registry(self.settings.data_dir / "adapters")
+        registry = Registry(self.settings.layout.adapters)
         base = {str(self.settings.generator), str(self.settings.generator_path)}
         found = {}
         for adapter in set(self.adapters_for.values()):

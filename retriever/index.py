@@ -482,7 +482,8 @@ def _matches(metadata: dict[str, Any], filters: dict[str, Any] | None) -> bool:
     for key, want in filters.items():
         have = metadata.get(key)
         if isinstance(want, list):
-            if have not in want and not (isinstance(have, list) and set(have) & set(want)):
+            # by equality, not sets: values may be unhashable (lists, objects)
+            if have not in want and not (isinstance(have, list) and any(h in want for h in have)):
                 return False
         elif have != want and not (isinstance(have, list) and want in have):
             return False

@@ -71,7 +71,7 @@ def pick_adapter(state: Any, mode: str, adapter: str | None) -> str | None:
 def registry_of(state: Any) -> Any:
     from tuner.registry import Registry
 
-    return Registry(state.settings.data_dir / "adapters")
+    return Registry(state.settings.layout.adapters)
 
 
 def _promoted(state: Any) -> str | None:

@@ -67,7 +67,7 @@ def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
         return
     if plan.base_model is None:
         plan.base_model = settings.generator
-    job_dir = settings.data_dir / "jobs" / f"cli-{plan.name}"
+    job_dir = settings.layout.job(f"cli-{plan.name}")
     if fresh and job_dir.exists():
         import shutil
 
@@ -107,7 +107,7 @@ def _tune_retriever(plan: Any, settings: Any, fresh: bool) -> None:
     from tuner.registry import RecordNotFound, RegistryError
 
     plan.base_model = plan.base_model or settings.embedder
-    job_dir = settings.data_dir / "jobs" / f"cli-{plan.name}"
+    job_dir = settings.layout.job(f"cli-{plan.name}")
     if job_dir.exists():  # no checkpoints to resume from: a run starts over
         shutil.rmtree(job_dir)
     try:
@@ -115,7 +115,7 @@ def _tune_retriever(plan: Any, settings: Any, fresh: bool) -> None:
         retriever = _open_index(settings) if needs_index else None
         try:
             prepared = prepare_pairs(
-                plan, job_dir, files_dir=settings.data_dir / "files", retriever=retriever
+                plan, job_dir, files_dir=settings.layout.files, retriever=retriever
             )
         finally:
             if retriever is not None:
@@ -177,7 +177,7 @@ def _prepare_here(plan: Any, job_dir: Path, settings: Any, prepare: Any) -> None
         prepared = prepare(
             plan,
             job_dir,
-            files_dir=settings.data_dir / "files",
+            files_dir=settings.layout.files,
             tokenizer=gen.tokenizer,
             retriever=retriever,
             generator=gen if uses_model else None,
@@ -216,7 +216,7 @@ def adapters() -> None:
 def _registry() -> Any:
     from tuner.registry import Registry
 
-    return Registry(_settings().data_dir / "adapters")
+    return Registry(_settings().layout.adapters)
 
 
 def _get(registry: Any, adapter_id: str) -> Any:

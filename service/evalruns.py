@@ -32,6 +32,7 @@ from service.answering import hit_dict
 from service.routes.files import files_dir
 from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
+from tuner.layout import EVALS
 
 MODES = ("base", "rag", "ft", "hybrid")  # as eval.config.MODES; the worker checks again
 ADAPTER_MODES = ("ft", "hybrid")
@@ -219,7 +220,7 @@ def make_eval_runner(state: Any, **kwargs: Any) -> JobRunner:
     runner = JobRunner(
         state.settings.data_dir,
         prepare,
-        folder="evals",
+        folder=EVALS,
         parse=EvalSpec.from_dict,
         options={"settings": worker_settings(state.settings)},
         **kwargs,

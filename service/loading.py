@@ -77,7 +77,7 @@ def embedder_record(adapter_id: str, settings: Settings) -> tuple[Any, Path]:
     ``RegistryError`` when the id names a generator adapter)."""
     from tuner.registry import Registry, RegistryError
 
-    registry = Registry(settings.data_dir / "adapters")
+    registry = Registry(settings.layout.adapters)
     record = registry.get(adapter_id)
     if record.component != "retriever":
         raise RegistryError(f"{adapter_id} is a {record.component} adapter, not an embedder")

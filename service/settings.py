@@ -23,6 +23,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tuner.layout import DataLayout
+
 CONFIG_ENV = "RAGTUNE_CONFIG"
 Scope = Literal["read", "write", "admin"]
 
@@ -143,14 +145,19 @@ class Settings(BaseSettings):
         return v.expanduser() if v is not None else None
 
     @property
+    def layout(self) -> DataLayout:
+        """What lives where under the data dir (adapters, files, jobs, evals, index)."""
+        return DataLayout(self.data_dir)
+
+    @property
     def index_dir(self) -> Path:
         """The document index: SQLite store and vector snapshots."""
-        return self.data_dir / "index"
+        return self.layout.index
 
     @property
     def model_cache(self) -> Path:
         """Where converted model weights live (GGUF dequantised to safetensors)."""
-        return self.models_dir or self.data_dir / "models"
+        return self.models_dir or self.layout.models
 
     @classmethod
     def settings_customise_sources(

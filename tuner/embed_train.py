@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config import Recipe
+from tuner.layout import DataLayout
 from tuner.pairs import Pair, read_pairs
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def train_retriever(
     train = read_pairs(job_dir / "data" / "train.jsonl")
     val_file = job_dir / "data" / "val.jsonl"
     held_out = read_pairs(val_file) if val_file.is_file() and val_file.stat().st_size else []
-    registry = Registry(data_dir / "adapters")
+    registry = Registry(DataLayout(data_dir).adapters)
     parent = registry.get(recipe.parent) if recipe.parent else None
     device = pick_device(device)
     if parent is not None:

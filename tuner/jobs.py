@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from tuner.config import recipe_from_dict
 from tuner.durable import atomic_write_text
+from tuner.layout import JOBS
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ class JobRunner:
         poll_s: float = 0.2,
         stop_grace_s: float = STOP_GRACE_S,
         on_success: Callable[[Job], None] | None = None,
-        folder: str = "jobs",
+        folder: str = JOBS,
         parse: Parse = recipe_from_dict,
     ) -> None:
         self.root = Path(data_dir) / folder

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from tuner import methods
 from tuner.config import Recipe
 from tuner.durable import atomic_write_text, fsync
+from tuner.layout import DataLayout
 from tuner.models import DEFAULT_GENERATOR
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def train(
     set_seed(hp.seed)
     gen = methods.load_base(
         recipe.base_model or DEFAULT_GENERATOR,
-        cache_dir=models_dir or data_dir / "models",
+        cache_dir=models_dir or DataLayout(data_dir).models,
         device=accelerator.device.type,
         method=recipe.method,
         local_path=base_path,
@@ -358,7 +359,7 @@ def _metrics(state: _State, stopped_early: bool, trainable: int, total: int) -> 
 def _registry(data_dir: Path) -> Any:
     from tuner.registry import Registry
 
-    return Registry(data_dir / "adapters")
+    return Registry(DataLayout(data_dir).adapters)
 
 
 def _register(

@@ -58,7 +58,7 @@ class FilesOut(BaseModel):
 
 
 def files_dir(state: Any) -> Path:
-    return state.settings.data_dir / "files"  # type: ignore[no-any-return]
+    return state.settings.layout.files  # type: ignore[no-any-return]
 
 
 def sniff(raw: bytes) -> tuple[int, str]:

@@ -153,3 +153,10 @@ def test_fitted_dense_weights_follow_the_labels_and_stay_with_their_space(tmp_pa
     r.reindex(FakeEmbedder(dim=16, name="other"))
     assert r.dense_weight_for("term3 term4") == 0.5  # fitted for the old space only
     r.close()
+
+
+def test_filters_with_unhashable_values_match_by_equality(r: Retriever) -> None:
+    r.upsert(DocumentIn("apt installs packages", "a", {"tags": [["apt"]], "kind": "faq"}))
+    r.upsert(DocumentIn("dpkg unpacks packages", "b", {"tags": ["dpkg"]}))
+    assert [h.doc_id for h in r.search("packages", 5, filters={"tags": [["apt"]]})] == ["a"]
+    assert r.search("packages", 5, filters={"tags": [{"x": 1}]}) == []
