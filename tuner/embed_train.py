@@ -11,7 +11,6 @@ re-embedding or HTTP: the caller re-embeds the index with the result.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config import Recipe
+from tuner.hooks import Cancelled, register_adapter
 from tuner.layout import DataLayout
 from tuner.pairs import Pair, read_pairs
 
@@ -84,7 +84,7 @@ def train_embedder(
 ) -> dict[str, Any]:
     """Train ``model`` (a SentenceTransformer) in place; returns the evaluator's scores before
     and after, and recall@10 of each. ``hooks`` (``progress``, ``should_stop``) are called
-    every update; a stop request raises ``tuner.train.Cancelled``."""
+    every update; a stop request raises ``tuner.hooks.Cancelled``."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformerTrainer,
@@ -146,8 +146,6 @@ def train_embedder(
     started = time.perf_counter()
     trainer.train()
     if watch.stopped:
-        from tuner.train import Cancelled
-
         raise Cancelled("stopped on request")
     after = dict(evaluator(model)) if evaluator else {}
     return {
@@ -273,8 +271,6 @@ def train_retriever(
         hooks=hooks,
     )
     metrics["trained_languages"] = trained_languages(train)
-    manifest_path = job_dir / "data" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
 
     def save(folder: Path) -> None:
         if recipe.method == "lora":
@@ -283,17 +279,15 @@ def train_retriever(
         else:
             model.save(str(folder), safe_serialization=True, create_model_card=False)
 
-    record = registry.save(
+    record = register_adapter(
+        registry,
+        recipe,
+        job_dir,
         save,
-        name=recipe.name,
-        method=recipe.method,
         component="retriever",
         base_model=parent.base_model if parent is not None else base,
-        dataset_hashes=manifest.get("dataset_hashes", {}),
-        source_documents=manifest.get("source_documents", {}),
-        hyperparameters=recipe.to_dict()["hyperparameters"],
         metrics=metrics,
-        parent=parent.id if parent is not None else None,
+        parent=parent,
     )
     log.info(
         "embedder %s saved: held-out recall@10 %s -> %s",

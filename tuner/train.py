@@ -22,25 +22,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tuner import methods
 from tuner.config import Recipe
 from tuner.durable import atomic_write_text, fsync
+from tuner.hooks import Cancelled, Hooks, register_adapter
 from tuner.layout import DataLayout
 from tuner.models import DEFAULT_GENERATOR
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """The job was asked to stop; nothing was saved to the registry."""
-
-
-class Hooks(Protocol):
-    def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None: ...
-
-    def should_stop(self) -> bool: ...
 
 
 @dataclass
@@ -371,24 +362,19 @@ def _register(
     metrics: dict[str, Any],
     parent: Any,
 ) -> Any:
-    manifest_path = job_dir / "data" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-
     def save(folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         if recipe.method == "full":
             tok.save_pretrained(folder)
 
-    return registry.save(
+    return register_adapter(
+        registry,
+        recipe,
+        job_dir,
         save,
-        name=recipe.name,
-        method=recipe.method,
         base_model=recipe.base_model or DEFAULT_GENERATOR,
-        dataset_hashes=manifest.get("dataset_hashes", {}),
-        source_documents=manifest.get("source_documents", {}),
-        hyperparameters=recipe.to_dict()["hyperparameters"],
         metrics=metrics,
-        parent=parent.id if parent is not None else None,
+        parent=parent,
     )
 
 

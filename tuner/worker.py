@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config import recipe_from_dict
+from tuner.hooks import Cancelled
 from tuner.jobs import JobStore, record_failure, start_heartbeat
+from tuner.layout import DataLayout
 
 log = logging.getLogger("tuner.worker")
 Train = Callable[..., Any]
@@ -55,17 +57,16 @@ def run(job_dir: Path, train: Train) -> int:
     kwargs = {k: options[k] for k in ("device", "base_path", "embedder_path") if options.get(k)}
     if options.get("models_dir"):
         kwargs["models_dir"] = Path(options["models_dir"])
-    cancelled = _cancelled_type()
     try:
         record = train(
             recipe,
             job_dir,
-            data_dir=job_dir.parent.parent,
+            data_dir=DataLayout.of_job(job_dir).root,
             hooks=Hooks(store, job_id),
             resume=True,
             **kwargs,
         )
-    except cancelled:
+    except Cancelled:
         log.info("job %s cancelled", job_id)
         store.finish(job_id, "cancelled")
         return 0
@@ -78,18 +79,6 @@ def run(job_dir: Path, train: Train) -> int:
     store.finish(job_id, "succeeded", adapter=adapter)
     log.info("job %s succeeded: adapter %s", job_id, adapter)
     return 0
-
-
-def _cancelled_type() -> type[BaseException]:
-    """``tuner.train.Cancelled``, or a local stand-in when the trainer is not importable."""
-    try:
-        from tuner.train import Cancelled
-    except ImportError:  # pragma: no cover - an install without the training extras
-
-        class Cancelled(Exception):  # type: ignore[no-redef]
-            pass
-
-    return Cancelled
 
 
 def main(argv: list[str] | None = None, train: Train | None = None) -> int:

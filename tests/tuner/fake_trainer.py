@@ -38,7 +38,7 @@ def prepare(recipe: Recipe, job_dir: Path) -> dict[str, int]:
 def train(
     recipe: Recipe, job_dir: Path, *, data_dir: Path, hooks: Any = None, resume: bool = True
 ) -> SimpleNamespace:
-    from tuner.train import Cancelled
+    from tuner.hooks import Cancelled
 
     assert (job_dir / "data" / "train.jsonl").is_file(), "prepare did not run"
     hp = recipe.hyperparameters

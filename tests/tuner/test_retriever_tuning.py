@@ -17,9 +17,10 @@ from tests.fakes import FakeEmbedder
 from tests.tuner.test_embed_train import WORDS, _tiny_st
 from tuner.config import recipe_from_dict
 from tuner.data import DataError
+from tuner.hooks import Cancelled
 from tuner.prepare import prepare_pairs
 from tuner.registry import Registry, RegistryError
-from tuner.train import Cancelled, train
+from tuner.train import train
 
 # Every sentence is made of the tiny model's words, so its tokenizer sees no [UNK].
 DOCS = {

@@ -150,7 +150,7 @@ class _StopAt(_Crash):
 
 
 def test_should_stop_cancels_and_nothing_is_registered(tiny_llama: Path, tmp_path: Path) -> None:
-    from tuner.train import Cancelled
+    from tuner.hooks import Cancelled
 
     recipe = _recipe(tiny_llama, _toy_file(tmp_path), "lora")
     job = _prepared(recipe, tmp_path / "job", tiny_llama)
