@@ -1,8 +1,9 @@
 """Charts of an evaluation run, each drawn onto a matplotlib ``Figure`` it is given.
 
 A drawer returns False, drawing nothing, when the run lacks its data. ``eval.report.charts``
-imports this module lazily (with matplotlib) and turns the figures into PNG bytes; this module
-knows nothing of files, HTML or how the numbers were made: it only reads the metrics dict.
+makes the figures (importing matplotlib only then) and turns them into PNG bytes; this module
+knows nothing of files, HTML or how the numbers were made: it only reads the metrics dict,
+through ``eval.report_format`` (never ``eval.report``, which imports this module).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from eval.report import (
+from eval.report_format import (
     ANSWER_METRICS,
     DASH,
     FAILURES,

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from eval import report
+from eval.report_format import fmt, fmt_ci
+from eval.report_sections import verdict, worst_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SCRIPT = "<script>alert(1)</script>"
@@ -225,7 +227,7 @@ def test_headline_without_significance() -> None:
 
 
 def test_worst_answers_lowest_f1_with_gold_truncated() -> None:
-    worst = report.worst_rows(fake_rows(), "rag")
+    worst = worst_rows(fake_rows(), "rag")
     assert [r["query_id"] for r in worst] == ["q0", "q1", "q2"]  # q3 has no gold
     md = report.render_markdown(fake_metrics(), fake_rows())
     section = md.split("## Worst answers")[1]
@@ -279,8 +281,8 @@ def test_empty_metrics_render_without_charts() -> None:
 
 
 def test_format_helpers() -> None:
-    assert report.fmt(None) == "–" and report.fmt(0.41234) == "0.412" and report.fmt(7) == "7"
-    assert report.fmt_ci({"mean": 0.5}) == "0.500"
-    assert report.fmt_ci(None) == "–"
-    assert report.verdict({"a": "x", "b": "y", "better": "x"}) == "x better"
-    assert report.verdict({"a": "x", "b": "y", "better": None}) == "no significant difference"
+    assert fmt(None) == "–" and fmt(0.41234) == "0.412" and fmt(7) == "7"
+    assert fmt_ci({"mean": 0.5}) == "0.500"
+    assert fmt_ci(None) == "–"
+    assert verdict({"a": "x", "b": "y", "better": "x"}) == "x better"
+    assert verdict({"a": "x", "b": "y", "better": None}) == "no significant difference"
