@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-MODES = ("dense", "sparse", "hybrid")
+# Retrieval modes: dense vectors, sparse BM25, or "hybrid", their fusion. Not the answering
+# modes (base, rag, ft, hybrid: service.pipeline), whose "hybrid" means RAG plus an adapter.
+SearchMode = Literal["dense", "sparse", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
 FUSIONS = ("rrf", "weighted")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from retriever import fusion, snapshot
 from retriever.chunking import Chunk, split
-from retriever.config import MODES, RetrieverConfig
+from retriever.config import SEARCH_MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from retriever.locks import FolderLock, RWLock
 from retriever.sparse import CJK, LiveSparse
@@ -331,6 +331,15 @@ class Retriever:
         return {"switched": True, "from": previous, "to": new_space, "chunks": len(index)}
 
     # ---- reads --------------------------------------------------------------------------
+    def documents(self, offset: int = 0, limit: int = 100) -> list[DocumentRow]:
+        """One page of the stored documents, in id order."""
+        return self.store.documents(offset, limit)
+
+    def previous_embedder(self) -> dict[str, Any] | None:
+        """The identity of the embedder before the last switch (a rollback's target)."""
+        raw = self.store.get_meta("previous_embedder")
+        return json.loads(raw) if raw else None
+
     def get(self, doc_id: str) -> DocumentRow:
         row = self.store.document(doc_id)
         if row is None:
@@ -350,8 +359,8 @@ class Retriever:
         if reranker is not None:
             pool = self.search(query, max(k, self.config.candidates), mode, filters)
             return list(reranker.rerank(query, pool, k))
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if filters:

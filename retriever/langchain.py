@@ -27,7 +27,7 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.vectorstores import VectorStore
 from pydantic import Field, field_validator
 
-from retriever.config import MODES, RetrieverConfig
+from retriever.config import SEARCH_MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound
 from retriever.index import DocumentIn, EmbedderLike, Hit, Retriever
 
@@ -107,8 +107,8 @@ def hit_to_document(hit: Hit) -> Document:
 
 
 def _check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
     return mode
 
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
 from service import errors
 from service.adapters import AdapterSet
-from service.auth import RateLimiter, Reader, check_bind
+from service.auth import Reader, check_bind
 from service.evalruns import make_eval_runner
 from service.generation.engine import GenerationEngine
 from service.limits import BodyLimit
@@ -27,32 +25,11 @@ from service.loading import (
     open_retriever,
     reranker_from_settings,
 )
-from service.metrics import Metrics
-from service.reindexing import Reindexer
 from service.runtime import configure_torch
 from service.settings import Settings, get_settings
+from service.state import AppState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AppState:
-    """What the lifespan loaded; ``ready`` turns true only when everything is in place."""
-
-    settings: Settings
-    embedder: Any = None
-    generator: Any = None
-    retriever: Any = None
-    reranker: Any = None
-    engine: Any = None
-    adapters: Any = None
-    limiter: Any = None
-    metrics: Any = None
-    jobs: Any = None  # tuner.jobs.JobRunner; made in the lifespan unless the loader set one
-    evals: Any = None  # eval runs: a JobRunner (service.evalruns); same rule as ``jobs``
-    reindexer: Any = None  # service.reindexing.Reindexer, made with the state
-    ready: bool = False
-    loaded: dict[str, Any] = field(default_factory=dict)
 
 
 Loader = Callable[[AppState], None]
@@ -80,12 +57,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     """Build the app; ``loader`` fills the state at startup (tests pass a tiny one)."""
     settings = settings or get_settings()
     check_bind(settings)  # fail before loading anything: auth off only on loopback
-    state = AppState(
-        settings=settings,
-        limiter=RateLimiter(settings.limits.rate_limit_per_minute),
-        metrics=Metrics(),
-    )
-    state.reindexer = Reindexer(state)
+    state = AppState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

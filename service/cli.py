@@ -360,10 +360,10 @@ def reindex(embedder: str | None, adapter: str | None, rollback: bool) -> None:
         raise click.ClickException(_one_line(exc)) from None
     try:
         if rollback:
-            previous = retriever.store.get_meta("previous_embedder")
+            previous = retriever.previous_embedder()
             if not previous:
                 raise click.ClickException("no previous embedder to roll back to")
-            new = embedder_for(json.loads(previous), settings)
+            new = embedder_for(previous, settings)
         elif adapter is not None:
             new = tuned_embedder(adapter, settings)
         else:

@@ -7,7 +7,7 @@ worker. The worker cannot open the live index (this process holds its lock), so 
 here, in the runner's validation thread: it copies the uploaded file to ``dataset.jsonl`` and,
 for plain question/answer rows, asks the live index every question and writes
 ``retrieved.jsonl`` (one line per question, in file order:
-``{"row", "question", "seconds", "hits": [hit_dict, ...]}``). SQuAD-style rows carry their
+``{"row", "question", "seconds", "hits": [citation, ...]}``). SQuAD-style rows carry their
 contexts, so the worker indexes them itself in a fresh temporary index. ``prepare`` then
 rewrites the run's ``recipe.json`` with the ``eval.config.EvalOptions`` the worker runs:
 ``dataset``/``retrieved`` relative to the run folder, and ``live``.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.answering import hit_dict
+from service.pipeline import citation
 from service.routes.files import files_dir
 from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
@@ -149,7 +149,7 @@ def search_lines(
         t = time.perf_counter()
         hits = retriever.search(question, k=depth, mode=SEARCH_MODE, reranker=reranker)
         seconds = time.perf_counter() - t
-        found = [{**hit_dict(h), "score": float(h.score)} for h in hits]
+        found = [{**citation(h), "score": float(h.score)} for h in hits]
         line = {"row": row, "question": question, "seconds": seconds, "hits": found}
         yield json.dumps(line, ensure_ascii=False) + "\n"
 

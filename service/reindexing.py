@@ -13,7 +13,6 @@ Knows nothing of HTTP; the app's job runner calls ``start`` when a retriever job
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -94,10 +93,9 @@ class Reindexer:
         """A function loading the target's embedder; what can be checked now is checked now."""
         settings = self._state.settings
         if target.get("rollback"):
-            raw = self._state.retriever.store.get_meta("previous_embedder")
-            if not raw:
+            identity = self._state.index().previous_embedder()
+            if not identity:
                 raise NoRollback("the index has no previous embedder to roll back to")
-            identity = json.loads(raw)
             if identity.get("adapter"):
                 self._check_adapter(str(identity["adapter"]))
             return lambda: embedder_for(identity, settings)

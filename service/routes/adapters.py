@@ -10,7 +10,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from retriever.errors import DocumentNotFound
-from service.answering import registry_of
 from service.auth import Admin, Reader
 from service.deps import State
 from service.errors import ServiceError
@@ -59,22 +58,22 @@ def _versions(state: Any, doc_ids: list[str]) -> dict[str, Any]:
 def list_adapters(state: State, _: Reader) -> dict[str, Any]:
     """Every adapter in the registry; those whose training documents changed or were deleted
     since are marked stale here."""
-    registry = registry_of(state)
+    registry = state.registry()
     if state.retriever is not None:
         registry.mark_stale(lambda ids: _versions(state, list(ids)))
-    loaded = state.adapters.loaded()
+    loaded = state.adapter_set().loaded()
     return {
         "loaded": loaded,
-        "available": state.adapters.available(),
+        "available": state.adapter_set().available(),
         "adapters": [_summary(r, loaded) for r in registry.list()],
     }
 
 
 @router.get("/{adapter_id}")
 def show(adapter_id: str, state: State, _: Reader) -> dict[str, Any]:
-    record = registry_of(state).get(adapter_id)
+    record = state.registry().get(adapter_id)
     return {
-        **_summary(record, state.adapters.loaded()),
+        **_summary(record, state.adapter_set().loaded()),
         "parent": record.parent,
         "dataset_hashes": record.dataset_hashes,
         "hyperparameters": record.hyperparameters,
@@ -85,24 +84,24 @@ def show(adapter_id: str, state: State, _: Reader) -> dict[str, Any]:
 @router.post("/{name}/load")
 async def load(name: str, state: State, _: Admin) -> dict[str, Any]:
     """Load ``DATA_DIR/adapters/<name>`` onto the generator; waits for the running batch."""
-    await anyio.to_thread.run_sync(state.adapters.load, name)
-    state.metrics.adapters.set(len(state.adapters.loaded()))
-    return {"loaded": state.adapters.loaded()}
+    await anyio.to_thread.run_sync(state.adapter_set().load, name)
+    state.metrics.adapters.set(len(state.adapter_set().loaded()))
+    return {"loaded": state.adapter_set().loaded()}
 
 
 @router.post("/{name}/unload")
 async def unload(name: str, state: State, _: Admin) -> dict[str, Any]:
-    await anyio.to_thread.run_sync(state.adapters.unload, name)
-    state.metrics.adapters.set(len(state.adapters.loaded()))
-    return {"loaded": state.adapters.loaded()}
+    await anyio.to_thread.run_sync(state.adapter_set().unload, name)
+    state.metrics.adapters.set(len(state.adapter_set().loaded()))
+    return {"loaded": state.adapter_set().loaded()}
 
 
 @router.post("/{adapter_id}/promote")
 def promote(adapter_id: str, state: State, _: Admin, body: Force | None = None) -> dict[str, Any]:
     """Make the adapter the default of ft and hybrid modes; refused (409) when its eval gate
     failed or it is stale, unless forced."""
-    record = registry_of(state).promote(adapter_id, force=bool(body and body.force))
-    return _summary(record, state.adapters.loaded())
+    record = state.registry().promote(adapter_id, force=bool(body and body.force))
+    return _summary(record, state.adapter_set().loaded())
 
 
 @router.delete("/{adapter_id}")
@@ -115,8 +114,8 @@ async def delete(adapter_id: str, state: State, _: Admin, force: bool = False) -
     if role == "embedder" or (role and not force):
         hint = "" if role == "embedder" else "; use force to delete it anyway"
         raise ServiceError(409, "adapter_in_use", f"{adapter_id} is the index's {role}{hint}")
-    registry_of(state).delete(adapter_id, force=force)
-    if adapter_id in state.adapters.loaded():
-        await anyio.to_thread.run_sync(state.adapters.unload, adapter_id)
-        state.metrics.adapters.set(len(state.adapters.loaded()))
+    state.registry().delete(adapter_id, force=force)
+    if adapter_id in state.adapter_set().loaded():
+        await anyio.to_thread.run_sync(state.adapter_set().unload, adapter_id)
+        state.metrics.adapters.set(len(state.adapter_set().loaded()))
     return {"deleted": adapter_id}

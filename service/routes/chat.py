@@ -16,10 +16,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.answering import grounded_chat, hit_dict, retrieve
+from retriever.config import SearchMode
 from service.auth import Reader
 from service.deps import State
 from service.errors import ServiceError
+from service.pipeline import CHAT, Ask, mode_for
 from service.streaming import deltas, sse, wait
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -34,7 +35,7 @@ class Message(BaseModel):
 class Retrieval(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(4, ge=1)
-    mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
+    mode: SearchMode = "hybrid"
     filters: dict[str, Any] | None = None
 
 
@@ -52,12 +53,6 @@ class ChatBody(BaseModel):
     retrieval: bool | Retrieval = True
 
 
-def model_ids(state: Any) -> list[str]:
-    """The base model, then every loaded adapter (``model`` picks one)."""
-    loaded = state.adapters.loaded() if state.adapters is not None else []
-    return [state.settings.generator, *loaded]
-
-
 @router.get("/models")
 def models(state: State, _: Reader) -> dict[str, Any]:
     """The base model and the loaded adapters."""
@@ -65,7 +60,7 @@ def models(state: State, _: Reader) -> dict[str, Any]:
         "object": "list",
         "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": "ragtune"}
-            for m in model_ids(state)
+            for m in state.model_ids()
         ],
     }
 
@@ -74,39 +69,27 @@ def models(state: State, _: Reader) -> dict[str, Any]:
 async def chat(
     body: ChatBody, request: Request, state: State, _: Reader
 ) -> dict[str, Any] | StreamingResponse:
-    if body.model not in model_ids(state):
+    if body.model not in state.model_ids():
         raise ServiceError(404, "model_not_found", f"no model {body.model!r}; see GET /v1/models")
-    limits = state.settings.limits
-    max_new = body.max_completion_tokens or body.max_tokens or min(256, limits.max_new_tokens)
-    if max_new > limits.max_new_tokens:
-        raise ServiceError(
-            422, "max_tokens_too_large", f"max_tokens must be <= {limits.max_new_tokens}"
-        )
-    messages = [m.model_dump() for m in body.messages]
-    if any(len(m["content"]) > limits.max_question_chars for m in messages):
-        raise ServiceError(
-            422, "message_too_long", f"at most {limits.max_question_chars} characters per message"
-        )
-    hits: list[Any] = []
-    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
-    if body.retrieval and question:
-        opts = body.retrieval if isinstance(body.retrieval, Retrieval) else Retrieval()
-        if opts.k > limits.max_k:
-            raise ServiceError(422, "k_too_large", f"k must be <= {limits.max_k}")
-        hits, _s = await retrieve(state, question, opts.k, opts.mode, opts.filters)
-        messages = grounded_chat(messages, hits)
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    opts = body.retrieval if isinstance(body.retrieval, Retrieval) else Retrieval()
     adapter = None if body.model == state.settings.generator else body.model
-    job = state.engine.submit(
-        messages,
-        max_new,
-        stop=stop,
+    ask = Ask(
+        [m.model_dump() for m in body.messages],
+        mode=mode_for(bool(body.retrieval), adapter),
+        k=opts.k,
+        search=opts.mode,
+        filters=opts.filters,
+        adapter=adapter,
+        max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
         temperature=body.temperature,
         seed=body.seed,
-        adapter=adapter,
     )
+    pipeline = state.pipeline()
+    answer = pipeline.submit(await pipeline.aprepare(ask, CHAT))
+    job = answer.request
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    citations = [hit_dict(h, with_metadata=False) for h in hits]
+    citations = answer.citations()
 
     def usage() -> dict[str, int]:
         return {
@@ -129,7 +112,7 @@ async def chat(
                 {
                     "index": 0,
                     "finish_reason": finish(),
-                    "message": {"role": "assistant", "content": job.text.strip()},
+                    "message": {"role": "assistant", "content": answer.text},
                 }
             ],
             "usage": usage(),

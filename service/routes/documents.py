@@ -63,7 +63,7 @@ def list_documents(
 ) -> dict[str, Any]:
     if offset < 0 or not 1 <= limit <= 500:
         raise ServiceError(422, "invalid_request", "offset >= 0 and 1 <= limit <= 500")
-    rows = retriever.store.documents(offset, limit)
+    rows = retriever.documents(offset, limit)
     return {
         "total": len(retriever),
         "offset": offset,

@@ -17,7 +17,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.answering import registry_of
 from service.auth import Reader, Writer
 from service.deps import State
 from service.errors import ServiceError
@@ -149,7 +148,7 @@ def spec_dict(body: RunBody, state: Any) -> dict[str, Any]:
 
 
 def _default_modes(body: RunBody, state: Any) -> list[str]:
-    has_adapter = body.ft_adapter is not None or registry_of(state).promoted() is not None
+    has_adapter = body.ft_adapter is not None or state.registry().promoted() is not None
     return list(MODES) if has_adapter else ["base", "rag"]
 
 
@@ -157,7 +156,7 @@ def _check_adapters(options: dict[str, Any], state: Any) -> None:
     """Named adapters exist; ft and hybrid have one (named or promoted)."""
     from tuner.registry import RecordNotFound, RegistryError
 
-    registry = registry_of(state)
+    registry = state.registry()
     for name in ("ft_adapter", "hybrid_adapter", "embedder_adapter"):
         if options.get(name) is None:
             continue
@@ -181,22 +180,22 @@ def create(body: RunBody, state: State, _: Writer) -> RunCreated:
     """Start an evaluation run: checked now (422); its questions are searched while it is
     validating, then the worker evaluates every mode on them."""
     try:
-        run_id = state.evals.submit(spec_dict(body, state))
+        run_id = state.eval_runs().submit(spec_dict(body, state))
     except ValueError as exc:
         raise ServiceError(422, "invalid_eval_run", str(exc)) from None
-    return RunCreated(id=run_id, state=state.evals.get(run_id).state)
+    return RunCreated(id=run_id, state=state.eval_runs().get(run_id).state)
 
 
 @router.get("")
 def list_runs(state: State, _: Reader) -> RunsOut:
-    return RunsOut(runs=[RunSummary(**_summary(j)) for j in state.evals.list()])
+    return RunsOut(runs=[RunSummary(**_summary(j)) for j in state.eval_runs().list()])
 
 
 @router.get("/{run_id}")
 def get(run_id: str, state: State, _: Reader) -> RunOut:
     with _domain():
-        job = state.evals.get(run_id)
-    return _out(job, state.evals.job_dir(job.id))
+        job = state.eval_runs().get(run_id)
+    return _out(job, state.eval_runs().job_dir(job.id))
 
 
 @router.get("/{run_id}/report", response_class=Response)
@@ -206,13 +205,13 @@ def report(
     """The run's report: ``html`` (self-contained, the default), ``md``, or ``json``
     (metrics.json); 409 until the run has succeeded."""
     with _domain():
-        job = state.evals.get(run_id)
+        job = state.eval_runs().get(run_id)
     if job.state != "succeeded":
         raise ServiceError(
             409, "eval_run_not_succeeded", f"eval run {run_id} is {job.state}; no report"
         )
     name, media = REPORTS[format]
-    path = state.evals.job_dir(job.id) / "report" / name
+    path = state.eval_runs().job_dir(job.id) / "report" / name
     if not path.is_file():
         raise ServiceError(404, "report_not_found", f"eval run {run_id} has no {name}")
     headers = {"X-Content-Type-Options": "nosniff"}
@@ -225,5 +224,5 @@ def report(
 def cancel(run_id: str, state: State, _: Writer) -> RunOut:
     """Cancel a run: at once before its worker starts, within seconds while it evaluates."""
     with _domain():
-        job = state.evals.cancel(run_id)
-    return _out(job, state.evals.job_dir(job.id))
+        job = state.eval_runs().cancel(run_id)
+    return _out(job, state.eval_runs().job_dir(job.id))

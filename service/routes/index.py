@@ -35,15 +35,12 @@ class ReindexBody(BaseModel):
 @router.get("")
 def show(state: State, _: Reader) -> dict[str, Any]:
     """Documents, chunks, the embedder in use, the rollback target and the re-embedding."""
-    import json
-
-    retriever = state.retriever
-    previous = retriever.store.get_meta("previous_embedder")
+    retriever = state.index()
     return {
         "documents": len(retriever),
         "chunks": retriever.chunk_count,
         "embedder": retriever.embedder.identity,
-        "previous_embedder": json.loads(previous) if previous else None,
+        "previous_embedder": retriever.previous_embedder(),
         "reindex": state.reindexer.status().to_dict(),
     }
 

@@ -154,28 +154,28 @@ def create(body: JobBody, state: State, who: Writer) -> JobCreated:
         )
     try:
         recipe = recipe_dict(body, state)
-        job_id = state.jobs.submit(recipe)
+        job_id = state.tune_jobs().submit(recipe)
     except ValueError as exc:
         raise ServiceError(422, "invalid_recipe", str(exc)) from None
-    return JobCreated(id=job_id, state=state.jobs.get(job_id).state)
+    return JobCreated(id=job_id, state=state.tune_jobs().get(job_id).state)
 
 
 @router.get("")
 def list_jobs(state: State, _: Reader) -> JobsOut:
-    return JobsOut(jobs=[_out(j, JobSummary) for j in state.jobs.list()])
+    return JobsOut(jobs=[_out(j, JobSummary) for j in state.tune_jobs().list()])
 
 
 @router.get("/{job_id}")
 def get(job_id: str, state: State, _: Reader) -> JobOut:
     with _domain():
-        return _out(state.jobs.get(job_id))  # type: ignore[no-any-return]
+        return _out(state.tune_jobs().get(job_id))  # type: ignore[no-any-return]
 
 
 @router.post("/{job_id}/cancel", status_code=202)
 def cancel(job_id: str, state: State, _: Writer) -> JobOut:
     """Cancel a job: at once when it has not started, within seconds when it is training."""
     with _domain():
-        return _out(state.jobs.cancel(job_id))  # type: ignore[no-any-return]
+        return _out(state.tune_jobs().cancel(job_id))  # type: ignore[no-any-return]
 
 
 def make_job_runner(state: Any) -> JobRunner:
