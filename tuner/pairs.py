@@ -2,27 +2,25 @@
 
 Pairs come from a user's JSONL (``query``, ``positive``, optional ``negatives``; every bad line
 reported with its number) or are cut from indexed chunks without any labelled question: one
-sentence of a chunk becomes the pseudo-query and the rest of the chunk its positive (works for
-English and Chinese, whose sentences end with 。！？). Hard negatives are mined from the live
-index: hits ranked inside a window (not the very top, which is often a paraphrase of the
-positive), scoring below ``margin`` times the positive's own score, never the positive's chunk
-or a near-duplicate of its text. ``tuner.prepare.prepare_pairs`` drives it; knows nothing of
-training.
+sentence of a chunk (``tuner.sentences``, language-neutral) becomes the pseudo-query and the
+rest of the chunk its positive (works for English and Chinese, whose sentences end with 。！？).
+Hard negatives are mined from the live index: hits ranked inside a window (not the very top,
+which is often a paraphrase of the positive), scoring below ``margin`` times the positive's own
+score, never the positive's chunk or a near-duplicate of its text. ``tuner.prepare.prepare_pairs``
+drives it; knows nothing of training.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.data import DataError, jsonl_records
-
-_SENTENCE = re.compile(r"(?<=[.!?。！？])\s*")
+from tuner.sentences import sentences
 
 
 @dataclass
@@ -88,10 +86,6 @@ def _bad_record(rec: dict[str, Any]) -> str | None:
     if not isinstance(negatives, list) or not all(isinstance(x, str) for x in negatives):
         return "'negatives' must be a list of strings"
     return None
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.split(" ".join(text.split())) if s.strip()]
 
 
 def pseudo_pairs(

@@ -198,9 +198,9 @@ def _read(spec: DataSpec, files_dir: Path, retriever: Any, generator: Any) -> tu
     assert spec.synthetic is not None
     if retriever is None:
         raise ValueError("dataset.synthetic: needs the document index, which is not open here")
-    from tuner import synth
+    from tuner import examples as texamples
 
-    examples = synth.synthesize(retriever, spec.synthetic, generator)
+    examples = texamples.synthesize(retriever, spec.synthetic, generator)
     return f"synthetic-{spec.synthetic.kind}", examples
 
 

@@ -1,20 +1,17 @@
-"""Synthetic training data from the live index: question/answer pairs mined from its chunks.
+"""Question/answer pairs mined from indexed chunks: the question rules and the two pair makers.
 
 Two ways to get a question for a chunk. ``extractive_pairs`` uses patterns that suit technical
 English documentation ("X is a Y" -> "What is X?", "To do Y, run Z" -> "How do I do Y?",
 "X can be configured with Z" -> "How can X be configured?", a section title -> "What is
 <title>?"). ``model_pairs`` asks the generator to write a question for a chosen sentence
-(greedy, short) and filters what it writes. Either way the answer is a whole sentence of the
-chunk (with the command lines it introduces, when it ends with a colon), every pair keeps the
-chunk id and document id it came from, and pairs are deduplicated by normalised question.
+(greedy, short) and filters what it writes (``good_question``). Either way the answer is a whole
+prose sentence of the chunk (``tuner.sentences``, with the command lines it introduces when it
+ends with a colon), every pair keeps the chunk id and document id it came from, and pairs are
+deduplicated by normalised question. ``tuner.examples`` turns the pairs into training examples.
 
-``raft_examples`` turns pairs into RAFT-style chat examples built with the exact prompt the
-service asks with (``tuner.prompts.rag_messages``): the gold chunk in a random position with
-probability ``p_gold`` among distractors retrieved for the question. ``closed_book_examples``
-uses ``tuner.prompts.base_messages``. Everything is deterministic given the seed.
-
-This module knows nothing of FAQ questions or any evaluation set: it reads only indexed text.
-The extractive patterns are English; a Chinese index yields few extractive pairs.
+Knows nothing of prompts, training examples, FAQ questions or any evaluation set: it reads only
+indexed text. The extractive patterns are English; a Chinese index yields few extractive pairs.
+Everything is deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -23,13 +20,11 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.config import SyntheticSpec
-from tuner.data import Example
-from tuner.prompts import base_messages, rag_messages
+from tuner.sentences import sentences
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +33,6 @@ MAX_QUESTION_WORDS = 25
 MIN_ANSWER_WORDS = 6
 MAX_ANSWER_WORDS = 60
 MAX_COPY = 0.6  # a question holding more than this share of the answer's words copies it
-ABSENT_ANSWERS = ("answer", "unknown")
-UNKNOWN = "I do not know: the passages do not say."
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -69,8 +62,6 @@ META_WORDS = re.compile(
     re.I,
 )
 WORD = re.compile(r"[a-z0-9]+")
-ABBREV = re.compile(r"\b(e\.g|i\.e|etc|vs|cf|viz|approx|no)\.$", re.IGNORECASE)
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(“])")
 # a subject noun phrase: 1-6 words, no comma, not starting with a pronoun (checked separately)
 SUBJECT = r"(?P<x>[A-Z\"“(][^,;:]{1,60}?)"
 DEFINITION = re.compile(SUBJECT + r" (?P<v>is|are) (?P<y>(?:a|an|the|one of|not a|not an) .+)$")
@@ -130,13 +121,6 @@ class SourceChunk:
     first: bool = False
 
 
-@dataclass(frozen=True)
-class _Passage:
-    chunk_id: int
-    doc_id: str
-    text: str
-
-
 # ---- text helpers ------------------------------------------------------------------------
 def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
@@ -157,34 +141,6 @@ def copy_share(question: str, answer: str) -> float:
     if not answer_words:
         return 1.0
     return len(answer_words & content_words(question)) / len(answer_words)
-
-
-def sentences(text: str) -> list[str]:
-    """Sentences of ``text``; a sentence ending with ':' carries the short lines that follow."""
-    out: list[str] = []
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    for i, para in enumerate(paragraphs):
-        if "\n" in para and all(len(line) < 80 for line in para.splitlines()):
-            continue  # a block of short lines (commands, output): not prose
-        para = " ".join(para.split())
-        parts = _split_sentences(para)
-        for j, s in enumerate(parts):
-            if s.endswith(":") and j == len(parts) - 1 and i + 1 < len(paragraphs):
-                block = paragraphs[i + 1]
-                if len(block) <= 200 and len(block.splitlines()) <= 4:
-                    s = f"{s}\n{block}"
-            out.append(s)
-    return out
-
-
-def _split_sentences(para: str) -> list[str]:
-    out: list[str] = []
-    for piece in SENTENCE_END.split(para):
-        if out and ABBREV.search(out[-1]):
-            out[-1] = f"{out[-1]} {piece}"  # "e.g. Foo" is not a sentence end
-        else:
-            out.append(piece)
-    return out
 
 
 def good_answer(sentence: str) -> bool:
@@ -303,7 +259,7 @@ def title_question(title: str, text: str = "") -> str | None:
 
 def _chunk_candidates(chunk: SourceChunk, section_title: bool) -> list[QAPair]:
     found: list[QAPair] = []
-    answers = [s for s in sentences(chunk.text) if good_answer(s)]
+    answers = [s for s in sentences(chunk.text, prose=True) if good_answer(s)]
     for s in answers:
         for pattern, asked in questions_for(s, chunk.text):
             method = f"extractive:{pattern}"
@@ -395,7 +351,7 @@ def model_pairs(
     rng.shuffle(items)
     todo: list[tuple[SourceChunk, str]] = []
     for c in items:
-        answers = [s for s in sentences(c.text) if good_answer(s)]
+        answers = [s for s in sentences(c.text, prose=True) if good_answer(s)]
         if answers:
             todo.append((c, rng.choice(answers)))
     out: list[QAPair] = []
@@ -444,106 +400,6 @@ def _generate(generator: Any, prompts: list[list[dict[str, str]]], max_new: int)
     return [str(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
-# ---- examples ----------------------------------------------------------------------------
-def raft_examples(
-    pairs: Sequence[QAPair],
-    search: Callable[[str, int], Sequence[Any]],
-    distractors: int = 3,
-    p_gold: float = 0.8,
-    seed: int = 42,
-    *,
-    when_absent: str = "answer",
-    answer_words: int = 0,
-) -> list[Example]:
-    """RAFT examples: the serving prompt with distractors retrieved for the question and, with
-    probability ``p_gold``, the gold chunk at a random position among them.
-
-    Distractors are hits that are neither the gold chunk nor hold the answer sentence (a
-    neighbouring chunk can share it through overlap). Without the gold passage the assistant
-    still gives the answer (``when_absent="answer"``, as RAFT does: it learns the domain) or
-    says the passages do not say (``"unknown"``, what the serving system prompt asks for).
-    """
-    if when_absent not in ABSENT_ANSWERS:
-        raise ValueError(f"when_absent must be one of {ABSENT_ANSWERS}, got {when_absent!r}")
-    rng = random.Random(seed)
-    out = []
-    for pair in pairs:
-        if not pair.context:
-            raise ValueError(f"pair {pair.question!r} has no context (its chunk's text)")
-        with_gold = rng.random() < p_gold
-        passages: list[Any] = _distractors(pair, search, distractors)
-        gold_at = None
-        if with_gold:
-            gold_at = rng.randint(0, len(passages))
-            passages.insert(gold_at, _Passage(pair.chunk_id, pair.doc_id, pair.context))
-        full = extend_answer(pair.answer, pair.context, answer_words)
-        answer = full if with_gold or when_absent == "answer" else UNKNOWN
-        messages = rag_messages(pair.question, passages)
-        messages.append({"role": "assistant", "content": answer})
-        meta = _meta(pair, "raft")
-        meta.update(
-            gold_in_prompt=with_gold,
-            gold_position=gold_at,
-            passage_chunk_ids=[p.chunk_id for p in passages],
-            passage_doc_ids=[p.doc_id for p in passages],
-        )
-        out.append(Example(messages=messages, meta=meta))
-    return out
-
-
-def extend_answer(answer: str, context: str, words: int) -> str:
-    """``answer`` and the sentences that follow it in ``context`` until the reply has about
-    ``words`` words (0: the answer sentence alone), so the model learns to give the passage's
-    explanation, not one line of it."""
-    if words <= 0:
-        return answer
-    parts = sentences(context)
-    key = " ".join(answer.split())
-    at = next((i for i, s in enumerate(parts) if " ".join(s.split()) == key), None)
-    if at is None:
-        return answer
-    reply = [parts[at]]
-    for s in parts[at + 1 :]:
-        if sum(len(r.split()) for r in reply) >= words:
-            break
-        reply.append(s)
-    return " ".join(reply)
-
-
-def _distractors(pair: QAPair, search: Callable[[str, int], Sequence[Any]], n: int) -> list[Any]:
-    if n == 0:
-        return []
-    key = " ".join(pair.answer.split())
-    found = []
-    for hit in search(pair.question, n + 4):
-        if hit.chunk_id == pair.chunk_id or key in " ".join(hit.text.split()):
-            continue
-        found.append(hit)
-        if len(found) == n:
-            break
-    return found
-
-
-def closed_book_examples(pairs: Sequence[QAPair]) -> list[Example]:
-    """Question -> answer with no passages (the base/ft prompt)."""
-    out = []
-    for pair in pairs:
-        messages = base_messages(pair.question)
-        messages.append({"role": "assistant", "content": pair.answer})
-        out.append(Example(messages=messages, meta=_meta(pair, "closed_book")))
-    return out
-
-
-def _meta(pair: QAPair, kind: str) -> dict[str, Any]:
-    return {
-        "source": "synthetic",
-        "kind": kind,
-        "method": pair.method,
-        "source_chunk_ids": [pair.chunk_id],
-        "doc_ids": [pair.doc_id],
-    }
-
-
 # ---- from the index ----------------------------------------------------------------------
 def as_chunk(c: Any) -> SourceChunk:
     """A ``SourceChunk`` from a store ``ChunkRow``, a ``Hit`` or an (id, doc_id, text) tuple."""
@@ -566,31 +422,6 @@ def index_chunks(retriever: Any, batch: int = 500) -> list[SourceChunk]:
         rows = retriever.store.chunks(ids[i : i + batch])
         out += [as_chunk(rows[cid]) for cid in ids[i : i + batch] if cid in rows]
     return out
-
-
-def synthesize(retriever: Any, spec: SyntheticSpec, generator: Any = None) -> list[Example]:
-    """Examples of ``spec.kind`` made from every chunk of ``retriever``'s index.
-
-    kind raft: ``raft_examples`` with the retriever's default search; qa and closed_book:
-    ``closed_book_examples``. generator "model" needs a loaded ``generator``.
-    """
-    chunks = index_chunks(retriever)
-    if spec.generator == "model":
-        if generator is None:
-            raise ValueError("synthetic.generator=model needs a loaded generator")
-        pairs = model_pairs(chunks, generator, spec.max_examples, spec.seed)
-    else:
-        pairs = extractive_pairs(chunks, spec.max_examples, spec.seed)
-    if spec.kind == "raft":
-        return raft_examples(
-            pairs,
-            lambda q, k: retriever.search(q, k),
-            spec.distractors,
-            spec.p_gold,
-            spec.seed,
-            answer_words=spec.answer_words,
-        )
-    return closed_book_examples(pairs)
 
 
 def method_counts(pairs: Iterable[QAPair]) -> dict[str, int]:

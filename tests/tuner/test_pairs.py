@@ -12,7 +12,8 @@ import pytest
 from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
 from tuner.data import DataError
-from tuner.pairs import Pair, mine_negatives, pseudo_pairs, read_pairs, sentences
+from tuner.pairs import Pair, mine_negatives, pseudo_pairs, read_pairs
+from tuner.sentences import sentences
 from tuner.synth import index_chunks
 
 DOCS = {
@@ -72,6 +73,7 @@ def test_mined_negatives_skip_the_positive_and_its_near_duplicates(retriever: Re
     mined = mine_negatives(
         pairs, lambda q, k: retriever.search(q, k, mode="dense"), n=3, window=(0, 10)
     )
+    assert mined  # the loop below checks nothing on no pairs
     for pair in mined:
         assert pair.negatives and len(pair.negatives) <= 3
         assert all("resolves dependencies for you" not in neg for neg in pair.negatives)

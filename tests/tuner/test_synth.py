@@ -10,6 +10,7 @@ import pytest
 
 from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
+from tuner import examples as texamples
 from tuner import synth
 from tuner.config import SyntheticSpec
 from tuner.prompts import base_messages, rag_messages
@@ -107,7 +108,7 @@ def test_raft_examples(retriever: Retriever, chunks: list[synth.SourceChunk]) ->
         calls.append((q, k))
         return retriever.search(q, k)
 
-    examples = synth.raft_examples(pairs, search, distractors=2, p_gold=0.7, seed=3)
+    examples = texamples.raft_examples(pairs, search, distractors=2, p_gold=0.7, seed=3)
     assert len(examples) == len(pairs) and calls
     with_gold = 0
     for pair, ex in zip(pairs, examples, strict=True):
@@ -130,10 +131,12 @@ def test_raft_examples(retriever: Retriever, chunks: list[synth.SourceChunk]) ->
         assert ex.meta["source_chunk_ids"] == [pair.chunk_id]
         assert ex.meta["doc_ids"] == [pair.doc_id]
     assert 0.5 <= with_gold / len(pairs) <= 0.9
-    again = synth.raft_examples(pairs, retriever.search, distractors=2, p_gold=0.7, seed=3)
+    again = texamples.raft_examples(pairs, retriever.search, distractors=2, p_gold=0.7, seed=3)
     assert [e.messages for e in again] == [e.messages for e in examples]
-    none = synth.raft_examples(pairs[:5], retriever.search, 2, p_gold=0.0, when_absent="unknown")
-    assert all(e.messages[-1]["content"] == synth.UNKNOWN for e in none)
+    none = texamples.raft_examples(
+        pairs[:5], retriever.search, 2, p_gold=0.0, when_absent="unknown"
+    )
+    assert all(e.messages[-1]["content"] == texamples.UNKNOWN for e in none)
     assert all(pairs[0].context not in e.messages[0]["content"] for e in none[:1])
 
 
@@ -143,19 +146,21 @@ def test_closed_book_and_synthesize(retriever: Retriever, tiny_llama: Path) -> N
     from tuner import data
 
     pairs = synth.extractive_pairs(synth.index_chunks(retriever), 5, seed=0)
-    for pair, ex in zip(pairs, synth.closed_book_examples(pairs), strict=True):
+    for pair, ex in zip(pairs, texamples.closed_book_examples(pairs), strict=True):
         assert ex.messages[:-1] == base_messages(pair.question)
         assert "PASSAGE" not in str(ex.messages)
         assert ex.messages[-1]["content"] == pair.answer
-    raft = synth.synthesize(retriever, SyntheticSpec(kind="raft", max_examples=4, distractors=1))
+    raft = texamples.synthesize(
+        retriever, SyntheticSpec(kind="raft", max_examples=4, distractors=1)
+    )
     assert len(raft) == 4 and all("gold_in_prompt" in e.meta for e in raft)
     assert all(e.messages[-1]["role"] == "assistant" for e in raft)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     assert data.validate(raft, tokenizer, max_length=2048, min_count=4) == raft  # trainable
-    book = synth.synthesize(retriever, SyntheticSpec(kind="closed_book", max_examples=4))
+    book = texamples.synthesize(retriever, SyntheticSpec(kind="closed_book", max_examples=4))
     assert [e.messages[0]["role"] for e in book] == ["user"] * 4
     with pytest.raises(ValueError, match="generator"):
-        synth.synthesize(retriever, SyntheticSpec(generator="model"))
+        texamples.synthesize(retriever, SyntheticSpec(generator="model"))
 
 
 def test_model_pairs_with_the_tiny_model(tiny_llama: Path, chunks: list[synth.SourceChunk]) -> None:
@@ -197,7 +202,7 @@ class _Gen:
 
 
 def test_extend_answer_adds_the_following_sentences_up_to_the_word_budget() -> None:
-    from tuner.synth import extend_answer
+    from tuner.examples import extend_answer
 
     context = "Apt is a tool. It installs packages for you. It also removes them. Dpkg is lower."
     assert extend_answer("Apt is a tool.", context, 0) == "Apt is a tool."
