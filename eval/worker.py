@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.config import EvalOptions
-from tuner.jobs import JobStore, record_failure, start_heartbeat
+from tuner.jobstore import JobStore, record_failure, start_heartbeat
 
 log = logging.getLogger("eval.worker")
 Run = Callable[..., dict[str, Any]]  # eval.harness.run_eval's signature

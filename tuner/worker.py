@@ -22,7 +22,7 @@ from typing import Any
 
 from tuner.config import recipe_from_dict
 from tuner.hooks import Cancelled
-from tuner.jobs import JobStore, record_failure, start_heartbeat
+from tuner.jobstore import JobStore, record_failure, start_heartbeat
 from tuner.layout import DataLayout
 
 log = logging.getLogger("tuner.worker")

@@ -22,7 +22,7 @@ from service.deps import State
 from service.errors import ServiceError
 from service.evalruns import ADAPTER_MODES, FILE_ID, MODES
 from service.routes.files import files_dir
-from tuner.jobs import Job, JobFinished, JobNotFound
+from tuner.jobstore import Job, JobFinished, JobNotFound
 
 router = APIRouter(prefix="/v1/eval/runs", tags=["evaluation"])
 REPORTS = {  # format -> (file in the run's report folder, media type)

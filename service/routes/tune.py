@@ -24,7 +24,8 @@ from service.deps import State
 from service.errors import ServiceError
 from service.routes.files import files_dir
 from tuner.config import Recipe
-from tuner.jobs import Job, JobFinished, JobNotFound, JobRunner
+from tuner.jobs import JobRunner
+from tuner.jobstore import Job, JobFinished, JobNotFound
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tune/jobs", tags=["tuning"])

@@ -14,7 +14,7 @@ from retriever.index import DocumentIn, Retriever
 from service.evalruns import EvalSpec, prepare_run, worker_settings
 from tests.eval.conftest import SQUAD
 from tests.fakes import FakeEmbedder
-from tuner.jobs import Job, JobStore
+from tuner.jobstore import Job, JobStore
 
 
 class Stop(Exception):

@@ -16,7 +16,8 @@ import pytest
 
 from tests.tuner import fake_trainer
 from tests.tuner.fake_trainer import make_runner
-from tuner.jobs import Job, JobFinished, JobNotFound, JobRunner, JobStore
+from tuner.jobs import JobRunner
+from tuner.jobstore import Job, JobFinished, JobNotFound, JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -216,7 +217,7 @@ class Spec:
 COUNTER = """
 import json, sys
 from pathlib import Path
-from tuner.jobs import JobStore
+from tuner.jobstore import JobStore
 job_dir = Path(sys.argv[1])
 store = JobStore(job_dir.parent / "jobs.db")
 job_id = json.loads((job_dir / "job.json").read_text())["id"]

@@ -1,0 +1,345 @@
+"""The job store: each job's record in SQLite (WAL), its states, and what worker processes share.
+
+A job moves validating -> queued -> running -> succeeded | failed | cancelled (``STATES``);
+every transition is a conditional update, so a finished job never changes state again. The
+store lives at ``<folder>/jobs.db`` beside the job folders, and both the service process (the
+runner, the routes) and the worker processes (``tuner.worker``, ``eval.worker``) open it; every
+call opens its own short connection. The workers share ``start_heartbeat`` and
+``record_failure`` (the error and the tail of ``log.txt``).
+
+Knows nothing of how jobs are run, of processes, HTTP, models or what a job does: a job spec is
+anything with a ``name``, a ``method`` and ``to_dict()`` (``JobSpec``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+STATES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+LOG_TAIL_LINES = 20
+
+
+class JobSpec(Protocol):
+    """What a job is asked to do, as the store keeps it (``tuner.config.Recipe`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+class JobFinished(Exception):
+    """The job already finished; it cannot be cancelled."""
+
+
+@dataclass
+class Job:
+    """One job as the store holds it (curves as ``[step, value]`` pairs)."""
+
+    id: str
+    name: str
+    method: str
+    state: str
+    step: int
+    total: int | None
+    loss_curve: list[list[float]]
+    val_losses: list[list[float]]
+    eta_s: float | None
+    error: str | None
+    problems: list[list[Any]]
+    adapter: str | None
+    pid: int | None
+    heartbeat: float | None
+    cancel_requested: bool
+    attempts: int
+    created: float
+    started: float | None
+    finished: float | None
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    method TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    state TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER,
+    rate_t0 REAL,
+    rate_s0 INTEGER,
+    progress_at REAL,
+    error TEXT,
+    problems TEXT NOT NULL DEFAULT '[]',
+    adapter TEXT,
+    pid INTEGER,
+    heartbeat REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cancel_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS points (
+    job TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    loss REAL,
+    val_loss REAL,
+    PRIMARY KEY (job, step)
+);
+"""
+
+
+class JobStore:
+    """Jobs in SQLite (WAL), shared by the service process and the worker process.
+
+    Every call opens its own short connection, so threads and processes need no other lock;
+    transitions are conditional updates, so a finished job never changes state again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+        finally:
+            db.close()
+
+    def _set(self, job_id: str, where: str = "", **values: Any) -> bool:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        sql = f"UPDATE jobs SET {cols} WHERE id = ?" + (f" AND {where}" if where else "")
+        with self._db() as db:
+            return db.execute(sql, [*values.values(), job_id]).rowcount > 0
+
+    def create(self, recipe: JobSpec) -> str:
+        job_id = f"job-{secrets.token_hex(8)}"
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO jobs (id, name, method, recipe, state, created)"
+                " VALUES (?, ?, ?, ?, 'validating', ?)",
+                (job_id, recipe.name, recipe.method, json.dumps(recipe.to_dict()), time.time()),
+            )
+        return job_id
+
+    def get(self, job_id: str) -> Job:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            points = db.execute(
+                "SELECT step, loss, val_loss FROM points WHERE job = ? ORDER BY step", (job_id,)
+            ).fetchall()
+        return _job(row, points)
+
+    def list(self) -> list[Job]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC").fetchall()
+        return [_job(r, []) for r in rows]
+
+    def ids_in(self, *states: str) -> builtins.list[str]:
+        marks = ", ".join("?" for _ in states)
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY created", states
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    # ---- transitions ----------------------------------------------------------------------
+    def queued(self, job_id: str) -> bool:
+        return self._set(job_id, "state = 'validating'", state="queued")
+
+    def running(self, job_id: str, pid: int) -> bool:
+        now = time.time()
+        with self._db() as db:
+            return (
+                db.execute(
+                    "UPDATE jobs SET state = 'running', pid = ?, heartbeat = ?,"
+                    " started = COALESCE(started, ?), attempts = attempts + 1,"
+                    " rate_t0 = NULL, rate_s0 = NULL WHERE id = ? AND state = 'queued'",
+                    (pid, now, now, job_id),
+                ).rowcount
+                > 0
+            )
+
+    def requeue(self, job_id: str) -> bool:
+        """A running job back to the queue (its worker is gone); it resumes from a checkpoint."""
+        return self._set(job_id, "state = 'running'", state="queued", pid=None)
+
+    def finish(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        error: str | None = None,
+        problems: Sequence[tuple[int, str]] = (),
+        adapter: str | None = None,
+    ) -> bool:
+        if state not in FINISHED:
+            raise ValueError(f"state: one of {FINISHED}, got {state!r}")
+        return self._set(
+            job_id,
+            "state NOT IN ('succeeded', 'failed', 'cancelled')",
+            state=state,
+            error=error,
+            problems=json.dumps([list(p) for p in problems]),
+            adapter=adapter,
+            finished=time.time(),
+        )
+
+    def cancel(self, job_id: str) -> Job:
+        """Validating or queued: cancelled now. Running: flag it for the worker."""
+        job = self.get(job_id)
+        if job.state in FINISHED:
+            raise JobFinished(f"job {job_id} already {job.state}")
+        now = time.time()
+        if not self._set(
+            job_id, "state IN ('validating', 'queued')", state="cancelled", finished=now
+        ):  # running (or it started running since get()): the worker stops at its next step
+            self._set(job_id, "state = 'running'", cancel_requested=1, cancel_at=now)
+        return self.get(job_id)
+
+    # ---- written by the worker ------------------------------------------------------------
+    def progress(
+        self, job_id: str, step: int, total: int, loss: float | None, val_loss: float | None
+    ) -> None:
+        """Step ``step`` of ``total`` done; a point of the curves unless both losses are None."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "UPDATE jobs SET step = ?, total = ?, progress_at = ?, heartbeat = ?,"
+                " rate_t0 = COALESCE(rate_t0, ?), rate_s0 = COALESCE(rate_s0, ?) WHERE id = ?",
+                (step, total, now, now, now, step, job_id),
+            )
+            if loss is not None or val_loss is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO points (job, step, loss, val_loss) VALUES (?, ?, ?, ?)",
+                    (job_id, step, loss, val_loss),
+                )
+            db.execute("COMMIT")
+
+    def beat(self, job_id: str) -> None:
+        self._set(job_id, heartbeat=time.time())
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._db() as db:
+            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def cancel_at(self, job_id: str) -> float | None:
+        with self._db() as db:
+            row = db.execute("SELECT cancel_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row["cancel_at"] if row else None
+
+
+def _job(row: sqlite3.Row, points: Sequence[sqlite3.Row]) -> Job:
+    eta = None
+    step, total, t0, s0, at = (
+        row["step"],
+        row["total"],
+        row["rate_t0"],
+        row["rate_s0"],
+        row["progress_at"],
+    )
+    if row["state"] == "running" and total and t0 and at and at > t0 and step > s0:
+        eta = round((total - step) * (at - t0) / (step - s0), 1)
+    return Job(
+        id=row["id"],
+        name=row["name"],
+        method=row["method"],
+        state=row["state"],
+        step=step,
+        total=total,
+        loss_curve=[[p["step"], p["loss"]] for p in points if p["loss"] is not None],
+        val_losses=[[p["step"], p["val_loss"]] for p in points if p["val_loss"] is not None],
+        eta_s=eta,
+        error=row["error"],
+        problems=json.loads(row["problems"]),
+        adapter=row["adapter"],
+        pid=row["pid"],
+        heartbeat=row["heartbeat"],
+        cancel_requested=bool(row["cancel_requested"]),
+        attempts=row["attempts"],
+        created=row["created"],
+        started=row["started"],
+        finished=row["finished"],
+        recipe=json.loads(row["recipe"]),
+    )
+
+
+# ---- log files and the workers' side (tuner.worker, eval.worker) ----------------------------
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+HEARTBEAT_S = 5.0
+
+
+def start_heartbeat(store: JobStore, job_id: str) -> threading.Event:
+    """Beat the job's heartbeat every ``HEARTBEAT_S`` in a daemon thread until the returned
+    event is set."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                store.beat(job_id)
+            except Exception:  # noqa: BLE001 - a busy database must not stop the work
+                log.warning("heartbeat for %s failed", job_id, exc_info=True)
+
+    threading.Thread(target=beat, name="job-heartbeat", daemon=True).start()
+    return stop
+
+
+def record_failure(store: JobStore, job_id: str, job_dir: Path, exc: BaseException) -> None:
+    """Fail the job with the error and the tail of its log (the traceback goes to stderr,
+    which the runner sends to ``job_dir/log.txt``)."""
+    import traceback
+
+    traceback.print_exc()
+    sys.stderr.flush()
+    last = tail(job_dir / "log.txt")
+    error = f"{type(exc).__name__}: {exc}" + (f"\n--- log.txt ---\n{last}" if last else "")
+    store.finish(job_id, "failed", error=error)
