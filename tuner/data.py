@@ -1,4 +1,4 @@
-"""Supervised fine-tuning data: read JSONL, check it, split it, mix it and encode it for training.
+"""Supervised fine-tuning data: read JSONL, check it and encode it for training.
 
 Every record becomes an ``Example``: chat ``messages`` (an optional system turn, then user and
 assistant turns alternating, ending with an assistant turn) plus ``meta`` (line, source and
@@ -13,14 +13,13 @@ number and raised together as one ``DataError``.
 conversation prefix by prefix and trains on each assistant turn's tokens up to and including its
 end-of-turn token. It knows nothing of any particular template, and refuses (with a clear error)
 a template whose renderings of a prefix are not token prefixes of the whole conversation.
-It does not know models, training loops or where files come from.
+Splitting, mixing and hashing example sets is ``tuner.mixing``. It does not know models,
+training loops or where files come from.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +330,8 @@ def write_jsonl(examples: Sequence[Example], path: str | Path) -> None:
 
 
 # ---- checking ---------------------------------------------------------------------------------
-def _canonical(messages: Any) -> str:
+def canonical(messages: Any) -> str:
+    """The JSON two conversations are duplicates under (sorted keys, no spaces)."""
     return json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
@@ -359,7 +359,7 @@ def validate(
         except DataError as exc:
             problems += [(line, msg) for _, msg in exc.problems]
             continue
-        key = _canonical(e.messages)
+        key = canonical(e.messages)
         if key in first_seen:
             problems.append((line, f"duplicate of line {first_seen[key]}"))
         else:
@@ -439,74 +439,3 @@ def collate(features: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, 
         attention[row, :n] = 1
         labels[row, :n] = torch.tensor(f["labels"], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-# ---- splitting, mixing, hashing ---------------------------------------------------------------
-def split(
-    examples: Sequence[Example], val_fraction: float, test_fraction: float, seed: int
-) -> tuple[list[Example], list[Example], list[Example]]:
-    """(train, val, test), disjoint. Membership depends on each example's content and ``seed``,
-    not on the file's order; each split keeps the input order. A nonzero fraction holds at least
-    one example once there are three or more, and the train split is never empty."""
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"split: fractions {val_fraction}, {test_fraction} must leave a train set")
-    n = len(examples)
-    n_val, n_test = _share(n, val_fraction), _share(n, test_fraction)
-    while n_val + n_test >= n and n_val + n_test > 0:  # always leave something to train on
-        n_val, n_test = (n_val - 1, n_test) if n_val >= n_test else (n_val, n_test - 1)
-
-    def rank(i: int) -> str:
-        key = f"{seed}\0{_canonical(examples[i].messages)}"
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-    order = sorted(range(n), key=lambda i: (rank(i), i))
-    val, test = set(order[:n_val]), set(order[n_val : n_val + n_test])
-    train = [e for i, e in enumerate(examples) if i not in val and i not in test]
-    return train, [examples[i] for i in sorted(val)], [examples[i] for i in sorted(test)]
-
-
-def _share(n: int, fraction: float) -> int:
-    k = round(n * fraction)
-    return max(k, 1) if fraction > 0 and n >= 3 else k
-
-
-def mix(
-    datasets: Sequence[Sequence[Example]],
-    weights: Sequence[float],
-    seed: int,
-    total: int | None = None,
-) -> list[Example]:
-    """A shuffled multi-task mix of ``total`` examples (default: all of them together) where
-    dataset i gives a share proportional to weights[i]: a set smaller than its share is repeated
-    (every example k or k+1 times), a larger one is sampled without replacement."""
-    if len(datasets) != len(weights) or not datasets:
-        raise ValueError("mix: one weight per dataset, and at least one dataset")
-    if any(w <= 0 for w in weights) or any(not d for d in datasets):
-        raise ValueError("mix: every weight must be > 0 and every dataset non-empty")
-    total = sum(len(d) for d in datasets) if total is None else total
-    if total < 1:
-        raise ValueError(f"mix: total must be >= 1, got {total}")
-    rng = random.Random(seed)
-    out: list[Example] = []
-    for data, quota in zip(datasets, _quotas(weights, total), strict=True):
-        repeats, rest = divmod(quota, len(data))
-        out += [e for _ in range(repeats) for e in data]
-        out += [data[i] for i in sorted(rng.sample(range(len(data)), rest))]
-    rng.shuffle(out)
-    return out
-
-
-def _quotas(weights: Sequence[float], total: int) -> list[int]:
-    """Integer shares of ``total`` proportional to ``weights`` (largest remainder)."""
-    exact = [total * w / sum(weights) for w in weights]
-    quotas = [int(x) for x in exact]
-    by_remainder = sorted(range(len(exact)), key=lambda i: quotas[i] - exact[i])
-    for i in by_remainder[: total - sum(quotas)]:
-        quotas[i] += 1
-    return quotas
-
-
-def dataset_hash(examples: Sequence[Example]) -> str:
-    """sha256 (hex) of the canonical JSON of every example's messages, in order; meta is left
-    out, so the same conversations read from another file hash the same."""
-    return hashlib.sha256(_canonical([e.messages for e in examples]).encode("utf-8")).hexdigest()

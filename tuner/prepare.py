@@ -50,6 +50,7 @@ def prepare(
     generator: Any = None,
 ) -> Prepared:
     from tuner import data as tdata
+    from tuner import mixing
 
     hp = recipe.hyperparameters
     trains, weights, vals, tests = [], [], [], []
@@ -57,13 +58,13 @@ def prepare(
     for i, spec in enumerate(recipe.datasets):
         label, examples = _read(spec, files_dir, retriever, generator)
         examples = tdata.validate(examples, tokenizer, hp.max_length, recipe.min_examples)
-        hashes[f"{i}:{label}"] = tdata.dataset_hash(examples)
-        train, val, test = tdata.split(examples, hp.val_fraction, hp.test_fraction, hp.seed)
+        hashes[f"{i}:{label}"] = mixing.dataset_hash(examples)
+        train, val, test = mixing.split(examples, hp.val_fraction, hp.test_fraction, hp.seed)
         trains.append(train)
         weights.append(spec.weight)
         vals += val
         tests += test
-    train = trains[0] if len(trains) == 1 else tdata.mix(trains, weights, hp.seed)
+    train = trains[0] if len(trains) == 1 else mixing.mix(trains, weights, hp.seed)
     out = job_dir / "data"
     out.mkdir(parents=True, exist_ok=True)
     for name, split in (("train", train), ("val", vals), ("test", tests)):

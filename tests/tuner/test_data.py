@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import CHATML, WORDS
-from tuner import data
+from tuner import data, mixing
 from tuner.data import DataError, Example
 from tuner.prompts import base_messages, rag_messages
 
@@ -247,7 +247,7 @@ def test_write_jsonl_reads_back_as_chat_with_meta(tmp_path: Path) -> None:
     back = data.read_jsonl(path, format="chat")
     assert [e.messages for e in back] == [e.messages for e in examples]
     assert back[0].meta["doc_ids"] == ["d1"] and back[1].meta["line"] == 2
-    assert data.dataset_hash(back) == data.dataset_hash(examples)
+    assert mixing.dataset_hash(back) == mixing.dataset_hash(examples)
     assert [p.name for p in path.parent.iterdir()] == ["train.jsonl"]  # no temp file left
 
 
@@ -281,23 +281,23 @@ def test_validate_refuses_empty_answers_built_in_code(tok: Any) -> None:
 # ---- split --------------------------------------------------------------------------------------
 def test_split_is_deterministic_disjoint_and_order_free() -> None:
     examples = [qa(f"question {i}", f"answer {i}") for i in range(50)]
-    train, val, test = data.split(examples, 0.2, 0.1, seed=7)
+    train, val, test = mixing.split(examples, 0.2, 0.1, seed=7)
     assert (len(train), len(val), len(test)) == (35, 10, 5)
     ids = [id(e) for e in train + val + test]
     assert sorted(ids) == sorted(id(e) for e in examples)
-    assert data.split(examples, 0.2, 0.1, seed=7) == (train, val, test)
-    shuffled = data.split(list(reversed(examples)), 0.2, 0.1, seed=7)
+    assert mixing.split(examples, 0.2, 0.1, seed=7) == (train, val, test)
+    shuffled = mixing.split(list(reversed(examples)), 0.2, 0.1, seed=7)
     assert {id(e) for e in shuffled[1]} == {id(e) for e in val}
-    assert data.split(examples, 0.2, 0.1, seed=8)[1] != val
+    assert mixing.split(examples, 0.2, 0.1, seed=8)[1] != val
 
 
 def test_split_keeps_a_train_set_and_checks_fractions() -> None:
     examples = [qa(f"q {i}", "a") for i in range(3)]
-    train, val, test = data.split(examples, 0.1, 0.1, seed=0)
+    train, val, test = mixing.split(examples, 0.1, 0.1, seed=0)
     assert (len(train), len(val), len(test)) == (1, 1, 1)
-    assert data.split(examples[:1], 0.5, 0.0, seed=0) == (examples[:1], [], [])
+    assert mixing.split(examples[:1], 0.5, 0.0, seed=0) == (examples[:1], [], [])
     with pytest.raises(ValueError):
-        data.split(examples, 0.6, 0.4, seed=0)
+        mixing.split(examples, 0.6, 0.4, seed=0)
 
 
 # ---- encode -------------------------------------------------------------------------------------
@@ -414,32 +414,32 @@ def test_collate_right_pads_with_masks() -> None:
 def test_mix_follows_the_weights_and_is_deterministic() -> None:
     big = [qa(f"big {i}", "a") for i in range(30)]
     small = [qa(f"small {i}", "b") for i in range(4)]
-    mixed = data.mix([big, small], [1.0, 1.0], seed=3, total=20)
+    mixed = mixing.mix([big, small], [1.0, 1.0], seed=3, total=20)
     assert sum(e in small for e in mixed) == 10 and sum(e in big for e in mixed) == 10
     counts = [sum(e is s for e in mixed) for s in small]
     assert sorted(counts) == [2, 2, 3, 3]  # up-weighted evenly, not at random
     assert len({id(e) for e in mixed if e in big}) == 10  # no repeats where not needed
     assert [e in small for e in mixed] != [False] * 10 + [True] * 10  # shuffled together
-    assert data.mix([big, small], [1.0, 1.0], seed=3, total=20) == mixed
-    assert data.mix([big, small], [1.0, 1.0], seed=4, total=20) != mixed
-    default = data.mix([big, small], [3.0, 1.0], seed=0)
+    assert mixing.mix([big, small], [1.0, 1.0], seed=3, total=20) == mixed
+    assert mixing.mix([big, small], [1.0, 1.0], seed=4, total=20) != mixed
+    default = mixing.mix([big, small], [3.0, 1.0], seed=0)
     assert len(default) == 34 and sum(e in small for e in default) == 8
     with pytest.raises(ValueError):
-        data.mix([big, []], [1.0, 1.0], seed=0)
+        mixing.mix([big, []], [1.0, 1.0], seed=0)
 
 
 def test_dataset_hash_is_stable_and_ignores_meta() -> None:
     examples = [qa("what is apt", "a tool", line=1), qa("who", "the user")]
-    assert data.dataset_hash(examples) == (
+    assert mixing.dataset_hash(examples) == (
         "9cbffe4ee84fa47f5d15c3f2c213d0e66d42e2ab198624aa68a14dfcb730ddcf"
     )
-    assert data.dataset_hash([qa("what is apt", "a tool", line=9), qa("who", "the user")]) == (
-        data.dataset_hash(examples)
+    assert mixing.dataset_hash([qa("what is apt", "a tool", line=9), qa("who", "the user")]) == (
+        mixing.dataset_hash(examples)
     )
-    assert data.dataset_hash([qa("what is apt", "a tool!"), examples[1]]) != data.dataset_hash(
+    assert mixing.dataset_hash([qa("what is apt", "a tool!"), examples[1]]) != mixing.dataset_hash(
         examples
     )
-    assert data.dataset_hash(examples[::-1]) != data.dataset_hash(examples)
+    assert mixing.dataset_hash(examples[::-1]) != mixing.dataset_hash(examples)
 
 
 def test_data_error_lists_the_first_twenty_problems() -> None:
