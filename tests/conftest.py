@@ -1,4 +1,6 @@
-"""Shared fixtures: no hub, a private data dir and fresh settings for every test."""
+"""Shared fixtures: no hub, a private data dir and fresh settings for every test; the tiny
+models built once per session. Builders live in tests/helpers.py; a conftest never imports a
+test module."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import build_tiny_llama
+from tests.helpers import build_tiny_llama, make_lora, tiny_st_model
 
 
 @pytest.fixture(autouse=True)
@@ -38,16 +40,12 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_st(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny sentence-transformers folder (random BERT, mean pooling), built once."""
-    from tests.tuner.test_embed_train import _tiny_st
-
     tmp = tmp_path_factory.mktemp("tiny-st")
-    _tiny_st(tmp / "bert").save(str(tmp / "st"))
+    tiny_st_model(tmp / "bert").save(str(tmp / "st"))
     return tmp / "st"
 
 
 @pytest.fixture(scope="session")
 def tiny_lora(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random (non-zero) LoRA for the tiny Llama, built once."""
-    from tests.service.test_adapters import make_lora
-
     return make_lora(tiny_llama, tmp_path_factory.mktemp("lora") / "lora", seed=3)

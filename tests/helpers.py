@@ -1,8 +1,13 @@
-"""Test builders: a tiny random Llama with a real tokenizer, saved like a hub model."""
+"""Test builders: a tiny random Llama with a real tokenizer saved like a hub model, a tiny
+BERT and sentence-transformers model, a random LoRA, and clients of the real app over them.
+Fixtures live in the conftest files; this module only builds things."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -102,6 +107,38 @@ def tiny_loader(tiny_llama: Path, tmp: Path, index: str = "index", adapters: Pat
     return loader
 
 
+@contextmanager
+def app_clients(tiny_llama: Path, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Yield ``make(settings, setup=None)``: an entered ``TestClient`` of the real app with
+    ``tiny_loader``'s models (a fresh index folder per client), then ``setup(state)`` for what a
+    test adds (a job runner, an eval runner). Every client made is closed on exit."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    clients: list[TestClient] = []
+
+    def make(settings: Any, setup: Callable[[Any], None] | None = None) -> TestClient:
+        index = f"index{len(clients)}" if clients else "index"
+        base = tiny_loader(tiny_llama, tmp_path, index=index)
+
+        def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
+            base(state)
+            if setup is not None:
+                setup(state)
+
+        client = TestClient(create_app(settings, loader=loader))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.__exit__(None, None, None)
+
+
 def serve_on_loopback(app) -> tuple[str, object]:  # noqa: ANN001 - a FastAPI app
     """Run ``app`` under uvicorn on a free 127.0.0.1 port; return (base URL, server)."""
     import socket
@@ -153,6 +190,57 @@ def build_tiny_bert(folder: Path, words: list[str], head: str = "none", **config
     else:
         BertModel(BertConfig(**settings)).save_pretrained(folder)
     return folder
+
+
+# the tiny sentence-transformers model's vocabulary (embedder and retriever-tuning tests)
+ST_WORDS = [
+    "apt",
+    "grub",
+    "kernel",
+    "bash",
+    "dpkg",
+    "mirror",
+    "shell",
+    "boot",
+    "archive",
+    "menu",
+    "package",
+    "install",
+    "login",
+    "disk",
+    "file",
+    "user",
+]
+
+
+def tiny_st_model(folder: Path):
+    """A sentence-transformers model over a random tiny BERT (``ST_WORDS``, mean pooling); its
+    BERT is saved under ``folder``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    word = Transformer(str(build_tiny_bert(folder, ST_WORDS, max_position_embeddings=32)))
+    return SentenceTransformer(
+        modules=[word, Pooling(word.get_embedding_dimension())], device="cpu"
+    )
+
+
+def make_lora(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA with random (non-zero) weights, so it changes what the model says."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=64,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    get_peft_model(model, config).save_pretrained(out, safe_serialization=True)
+    return out
 
 
 def poll_state(client, url: str, state: str, timeout: float) -> dict:  # noqa: ANN001 - TestClient

@@ -56,7 +56,9 @@ def test_unchanged_content_is_not_reembedded(tmp_path: Path) -> None:
 def test_citation_spans_point_into_the_document(r: Retriever) -> None:
     text = "。".join(f"第{i}句话讲的是软件包管理工具" for i in range(40))
     r.upsert(DocumentIn(text, id="zh"))
-    for hit in r.search("软件包管理", k=5, mode="sparse"):
+    hits = r.search("软件包管理", k=5, mode="sparse")
+    assert hits  # the loop below checks nothing on no hits
+    for hit in hits:
         assert text[hit.start : hit.end] == hit.text
 
 

@@ -5,29 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import tiny_loader
-
-
-def make_lora(base: Path, out: Path, seed: int) -> Path:
-    """A LoRA with random (non-zero) weights, so it changes what the model says."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(
-        r=4,
-        lora_alpha=64,
-        target_modules=["q_proj", "v_proj", "down_proj"],
-        init_lora_weights=False,
-    )
-    get_peft_model(model, config).save_pretrained(out, safe_serialization=True)
-    return out
+from tests.helpers import make_lora, tiny_loader
 
 
 @pytest.fixture

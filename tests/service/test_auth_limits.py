@@ -5,15 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from retriever.index import Retriever
-from service.app import AppState, create_app
+from service.app import create_app
 from service.auth import RateLimiter
-from service.generation.engine import GenerationEngine
 from service.settings import ApiKey, Limits, Settings
-from tests.fakes import FakeEmbedder
-from tuner.models import load_generator
+from tests.helpers import app_clients
 
 KEYS = {s: f"key-for-{s}-0123456789" for s in ("read", "write", "admin")}
 
@@ -25,23 +21,8 @@ def _settings(**limits: int) -> Settings:
 
 @pytest.fixture
 def make_client(tiny_llama: Path, tmp_path: Path):
-    clients = []
-
-    def make(**limits: int) -> TestClient:
-        def loader(state: AppState) -> None:
-            state.embedder = FakeEmbedder()
-            state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
-            state.engine = GenerationEngine(state.generator, metrics=state.metrics)
-            state.retriever = Retriever(tmp_path / f"index{len(clients)}", state.embedder)
-
-        client = TestClient(create_app(_settings(**limits), loader=loader))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+    with app_clients(tiny_llama, tmp_path) as make_app_client:
+        yield lambda **limits: make_app_client(_settings(**limits))
 
 
 def _h(scope: str | None) -> dict[str, str]:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from retriever.index import stored_identity
 from service.cli import main
 from service.settings import get_settings
-from tests.tuner.test_embed_train import _tiny_st
+from tests.helpers import tiny_st_model
 from tests.tuner.test_retriever_tuning import DOCS
 
 
@@ -21,7 +21,7 @@ def test_tune_retriever_reembeds_then_rollback_and_adapter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base = tmp_path / "st"
-    _tiny_st(tmp_path / "bert").save(str(base))
+    tiny_st_model(tmp_path / "bert").save(str(base))
     monkeypatch.setenv("RAGTUNE_EMBEDDER", str(base))
     get_settings.cache_clear()
     docs = tmp_path / "docs.jsonl"

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.evalruns import make_eval_runner
 from service.settings import ApiKey, Settings
-from tests.helpers import poll_state, tiny_loader
+from tests.helpers import app_clients, poll_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [
@@ -43,28 +42,20 @@ def jsonl(rows: list[dict], blank: bool = False) -> bytes:
 
 @pytest.fixture
 def make_client(tiny_llama: Path, tmp_path: Path):
-    clients: list[TestClient] = []
+    with app_clients(tiny_llama, tmp_path) as make_app_client:
 
-    def make(step_s: float = 0.02, **settings: object) -> TestClient:
-        base = tiny_loader(tiny_llama, tmp_path)
+        def make(step_s: float = 0.02, **settings: object) -> TestClient:
+            def setup(state) -> None:  # noqa: ANN001 - service.app.AppState
+                state.evals = make_eval_runner(
+                    state,
+                    command=[sys.executable, "-m", "tests.service.fake_eval_worker"],
+                    env={"PYTHONPATH": str(ROOT), "FAKE_STEP_S": str(step_s)},
+                    poll_s=0.05,
+                )
 
-        def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
-            base(state)
-            state.evals = make_eval_runner(
-                state,
-                command=[sys.executable, "-m", "tests.service.fake_eval_worker"],
-                env={"PYTHONPATH": str(ROOT), "FAKE_STEP_S": str(step_s)},
-                poll_s=0.05,
-            )
+            return make_app_client(Settings(generator=str(tiny_llama), **settings), setup)  # type: ignore[arg-type]
 
-        app = create_app(Settings(generator=str(tiny_llama), **settings), loader=loader)  # type: ignore[arg-type]
-        client = TestClient(app).__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+        yield make
 
 
 def upload(client: TestClient, data: bytes, headers: dict | None = None) -> dict:

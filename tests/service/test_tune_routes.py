@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.settings import ApiKey, Limits, Settings
-from tests.helpers import poll_state, tiny_loader
+from tests.helpers import app_clients, poll_state
 from tests.tuner.fake_trainer import make_runner
 
 CHAT = (
@@ -20,23 +19,15 @@ KEYS = {s: f"key-for-{s}-0123456789" for s in ("read", "write")}
 
 @pytest.fixture
 def make_client(tiny_llama: Path, tmp_path: Path):
-    clients: list[TestClient] = []
+    with app_clients(tiny_llama, tmp_path) as make_app_client:
 
-    def make(**settings: object) -> TestClient:
-        base = tiny_loader(tiny_llama, tmp_path)
+        def make(**settings: object) -> TestClient:
+            def setup(state) -> None:  # noqa: ANN001 - service.app.AppState
+                state.jobs = make_runner(state.settings.data_dir, step_s=0.1)
 
-        def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
-            base(state)
-            state.jobs = make_runner(state.settings.data_dir, step_s=0.1)
+            return make_app_client(Settings(generator=str(tiny_llama), **settings), setup)  # type: ignore[arg-type]
 
-        app = create_app(Settings(generator=str(tiny_llama), **settings), loader=loader)  # type: ignore[arg-type]
-        client = TestClient(app).__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+        yield make
 
 
 def upload(client: TestClient, data: bytes, name: str = "train.jsonl", headers: dict | None = None):

@@ -6,39 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import build_tiny_bert
+from tests.helpers import tiny_st_model as _tiny_st
 from tuner.embed_train import ir_evaluator, train_embedder
 from tuner.pairs import Pair
-
-WORDS = [
-    "apt",
-    "grub",
-    "kernel",
-    "bash",
-    "dpkg",
-    "mirror",
-    "shell",
-    "boot",
-    "archive",
-    "menu",
-    "package",
-    "install",
-    "login",
-    "disk",
-    "file",
-    "user",
-]
-
-
-def _tiny_st(folder: Path):
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
-    word = Transformer(str(build_tiny_bert(folder, WORDS, max_position_embeddings=32)))
-    return SentenceTransformer(
-        modules=[word, Pooling(word.get_embedding_dimension())], device="cpu"
-    )
-
 
 # query word -> its passage; passages share no words, so a trained model can tell them apart
 PAIRS = [

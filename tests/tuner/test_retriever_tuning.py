@@ -14,7 +14,8 @@ import pytest
 from retriever.embedder import load_embedder, load_tuned_embedder
 from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
-from tests.tuner.test_embed_train import WORDS, _tiny_st
+from tests.helpers import ST_WORDS as WORDS
+from tests.helpers import tiny_st_model as _tiny_st
 from tuner.config import recipe_from_dict
 from tuner.data import DataError
 from tuner.hooks import Cancelled
