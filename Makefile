@@ -39,9 +39,13 @@ serve: setup
 	  export RAGTUNE_AUTH_DISABLED=$${RAGTUNE_AUTH_DISABLED:-1}; fi; \
 	$(VENV)/bin/ragtune serve
 
+# The lint gate (CI runs it before the tests): lint, formatting, types, import contracts.
+LINT_PATHS := service retriever tuner eval tests benchmarks
 lint: setup
-	$(VENV)/bin/ruff check service retriever tuner eval tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: setup
 	$(PIP) install --quiet -e '.[bench]'
