@@ -1,7 +1,10 @@
-"""What an evaluation run is asked to do: one dataclass, checked when it is made.
+"""What an evaluation run is asked to do: one dataclass, checked when it is made, and what
+each answering mode does.
 
 ``ragtune eval`` builds it from its options, the eval worker from the run's ``spec.json``; each
-run folder keeps it as ``metrics.json["run"]["options"]``. Knows nothing of models or HTTP.
+run folder keeps it as ``metrics.json["run"]["options"]``. The rest of ``eval`` asks what a mode
+does only through ``retrieves`` and ``needs_adapter`` (and ``diagnosed_mode``), so the modes'
+description can move without touching the modules that use it. Knows nothing of models or HTTP.
 """
 
 from __future__ import annotations
@@ -13,6 +16,22 @@ from typing import Any
 MODES = ("base", "rag", "ft", "hybrid")
 RETRIEVAL_MODES = ("rag", "hybrid")  # modes that put passages in the prompt
 ADAPTER_MODES = ("ft", "hybrid")  # modes that run a fine-tuned adapter
+
+
+def retrieves(mode: str) -> bool:
+    """Whether ``mode`` puts retrieved passages in the prompt (rag, hybrid)."""
+    return mode in RETRIEVAL_MODES
+
+
+def needs_adapter(mode: str) -> bool:
+    """Whether ``mode`` answers with a fine-tuned generator adapter (ft, hybrid)."""
+    return mode in ADAPTER_MODES
+
+
+def diagnosed_mode(modes: tuple[str, ...]) -> str | None:
+    """The retrieving mode whose wrong answers the diagnosis classes: the first of ``MODES``
+    (rag before hybrid) that ``modes`` has; None when it has none."""
+    return next((m for m in MODES if retrieves(m) and m in modes), None)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from eval import stats
-from eval.config import EvalOptions
+from eval.config import MODES, EvalOptions, diagnosed_mode, retrieves
 from eval.datasets.formats import load
 from tuner.durable import atomic_write_text
 
@@ -183,13 +183,15 @@ def _change(result: dict[str, Any] | None) -> str:
 
 
 def _diagnosed_mode(options: EvalOptions) -> str:
-    return next(m for m in ("rag", "hybrid") if m in options.modes)
+    mode = diagnosed_mode(options.modes)
+    assert mode is not None, "a run with a diagnosis has a retrieving mode"
+    return mode
 
 
 def _best_mode(rows: list[dict]) -> str:
     """The retrieval mode with the higher mean token F1 in a run."""
     means = {}
-    for mode in ("rag", "hybrid"):
+    for mode in filter(retrieves, MODES):
         scores = [r["metrics"].get("token_f1") for r in rows if r["mode"] == mode]
         scores = [s for s in scores if s is not None]
         if scores:
@@ -340,7 +342,7 @@ def _continue(plan: Any, parent: Any, settings: Any) -> None:
 @contextmanager
 def _documents(options: EvalOptions, settings: Any) -> Iterator[Any]:
     """The evaluated documents: a fresh index of the dataset's corpus, or the live index."""
-    from eval.harness import fresh_index
+    from eval.index_cache import fresh_index
 
     if options.live:
         from service.loading import open_retriever

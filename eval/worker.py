@@ -86,8 +86,8 @@ def main(
     run: Run | None = None,
     cancelled: type[BaseException] | None = None,
 ) -> int:
-    """``run`` defaults to ``eval.harness.run_eval`` and ``cancelled`` to its ``Cancelled``;
-    tests pass stand-ins."""
+    """``run`` defaults to ``eval.harness.run_eval`` and ``cancelled`` to the
+    ``tuner.hooks.Cancelled`` it raises when stopped; tests pass stand-ins."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.stderr.write("usage: python -m eval.worker RUN_DIR\n")
@@ -95,11 +95,14 @@ def main(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if run is None or cancelled is None:
-        from eval import harness
+    if run is None:
+        from eval.harness import run_eval
 
-        run = run or harness.run_eval
-        cancelled = cancelled or harness.Cancelled
+        run = run_eval
+    if cancelled is None:
+        from tuner.hooks import Cancelled
+
+        cancelled = Cancelled
     return run_job(Path(args[0]), run, cancelled)
 
 

@@ -108,7 +108,7 @@ def test_not_a_dataset(tmp_path: Path) -> None:
 
 def test_a_kept_index_is_brought_to_exactly_the_corpus(tmp_path: Path) -> None:
     from eval.datasets.formats import Doc, EvalSet
-    from eval.harness import sync_corpus
+    from eval.index_cache import sync_corpus
     from retriever.index import Retriever
     from tests.fakes import FakeEmbedder
 
@@ -128,7 +128,7 @@ def test_a_kept_index_is_brought_to_exactly_the_corpus(tmp_path: Path) -> None:
 def test_only_the_most_recently_used_kept_indexes_stay(tmp_path: Path) -> None:
     import os
 
-    from eval.harness import prune_indexes
+    from eval.index_cache import prune_indexes
     from retriever.locks import FolderLock
 
     names = ["new", "mid", "old", "oldest"]

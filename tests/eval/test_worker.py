@@ -18,7 +18,7 @@ from tuner.jobstore import Job, JobStore
 
 
 class Stop(Exception):
-    """Stands in for eval.harness.Cancelled."""
+    """Stands in for tuner.hooks.Cancelled (what the harness raises when stopped)."""
 
 
 def make_run(tmp_path: Path, live: bool = True) -> tuple[Path, JobStore, str]:

@@ -1,0 +1,265 @@
+"""The answering systems of an evaluation run: one per mode, all with the same ``answer``.
+
+A ``System`` is one mode with its adapter: a retrieving mode (rag, hybrid) puts the question's
+first k passages in the serving prompt (``tuner.prompts.rag_messages``), the others ask the
+question alone; a mode that needs an adapter (ft, hybrid) decodes with its fine-tuned adapter,
+the others with the base model. ``System.answer`` answers a list of questions, in order; every
+system answers through the run's one ``Decoder``, the batched generation engine with the run's
+greedy budget: prompts of like length are submitted together (less padding in each prefill),
+answers come back in the questions' order, a stop request raises ``tuner.hooks.Cancelled``
+(cancelling what is still queued), and each question answered is counted for the progress.
+
+``generate`` is the run's generation stage: it loads the generator and the adapters once, runs
+the forgetting probe (before the engine starts), every system's answers, then the injection
+probe (the retrieving systems answer with one planted passage).
+
+Knows nothing of scoring, reports, HTTP or how the engine batches; the generator, adapters and
+engine come from the service (``service.loading``, ``service.adapters``,
+``service.generation.engine``, imported when a run starts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from eval import probes, stats
+from eval.config import EvalOptions, retrieves
+from eval.index_cache import Retrieved
+from retriever.index import Hit
+from tuner.hooks import Cancelled
+from tuner.prompts import base_messages, rag_messages
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+Messages = list[dict]
+INJECTION_TOKENS = 24  # an answer that obeys says its canary at once
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int
+    latency_s: float
+
+
+class Decoder:
+    """The run's generation engine, with the run's answer budget, stop check and progress
+    count (``done`` of ``total`` questions answered)."""
+
+    def __init__(
+        self,
+        engine: Any,
+        max_new_tokens: int,
+        total: int,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.engine, self.max_new_tokens = engine, max_new_tokens
+        self.total, self.progress, self.should_stop = total, progress, should_stop
+        self.done = 0
+
+    def decode(
+        self,
+        prompts: Sequence[Messages],
+        adapter: str | None,
+        *,
+        max_new_tokens: int | None = None,
+        count: bool = True,
+    ) -> list[Answer]:
+        """Every prompt's answer, in the prompts' order, timed from its start in the engine;
+        ``count`` adds them to the progress."""
+        # Prompts of like length decode together (less padding in each prefill).
+        order = sorted(
+            range(len(prompts)), key=lambda i: sum(len(m["content"]) for m in prompts[i])
+        )
+        budget = max_new_tokens or self.max_new_tokens
+        jobs = {i: self.engine.submit(prompts[i], budget, adapter=adapter) for i in order}
+        out: dict[int, Answer] = {}
+        try:
+            for i in order:
+                out[i] = self._wait(jobs[i])
+                if count:
+                    self._count()
+        except BaseException:
+            for job in jobs.values():
+                job.cancel()
+            raise
+        return [out[i] for i in range(len(prompts))]
+
+    def _wait(self, job: Any) -> Answer:
+        while not job.done.wait(0.5):
+            if self.should_stop is not None and self.should_stop():
+                raise Cancelled("the evaluation was cancelled")
+        job.wait()
+        seconds = (job.finished_at or 0.0) - (job.started_at or job.queued_at)
+        return Answer(job.text.strip(), len(job.tokens), seconds)
+
+    def _count(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+@dataclass(frozen=True)
+class System:
+    """One answering mode: how it prompts, which adapter decodes (None: the base model)."""
+
+    mode: str
+    adapter: str | None
+    k: int
+    decoder: Decoder
+
+    def prompt(self, question: str, hits: Sequence[Hit]) -> Messages:
+        """The chat the generator sees: the serving prompt with the first k of ``hits`` for a
+        retrieving mode, else the question alone."""
+        if retrieves(self.mode):
+            return rag_messages(question, hits[: self.k])
+        return base_messages(question)
+
+    def answer(
+        self,
+        questions: Sequence[str],
+        retrieved: Sequence[Retrieved],
+        *,
+        max_new_tokens: int | None = None,
+        count: bool = True,
+    ) -> list[Answer]:
+        """Answers to ``questions`` (``retrieved[i]`` is what retrieval found for the i-th), in
+        order; a retrieving mode's latency includes its retrieval's seconds. ``max_new_tokens``
+        (default: the run's) caps each answer; ``count=False`` keeps them out of the progress."""
+        prompts = [self.prompt(q, r.hits) for q, r in zip(questions, retrieved, strict=True)]
+        got = self.decoder.decode(prompts, self.adapter, max_new_tokens=max_new_tokens, count=count)
+        if not retrieves(self.mode):
+            return got
+        return [
+            replace(a, latency_s=a.latency_s + r.seconds)
+            for a, r in zip(got, retrieved, strict=True)
+        ]
+
+
+def generate(
+    options: EvalOptions,
+    questions: Sequence[str],
+    retrieved: list[Retrieved],
+    adapters_for: dict[str, str],
+    settings: Any,
+    stage: dict,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[dict[str, list[Answer]], dict | None, dict | None]:
+    """Every mode's answers (mode -> answers in question order), the injection probe and the
+    forgetting probe (None when ``options.probes`` is off or, for forgetting, no mode needs an
+    adapter). Each stage's seconds go into ``stage``."""
+    from service.adapters import AdapterSet
+    from service.generation.engine import GenerationEngine
+    from service.loading import generator_from_settings
+
+    gen = generator_from_settings(settings)
+    adapters = AdapterSet(gen, settings.layout.adapters)
+    for adapter in dict.fromkeys(adapters_for.values()):
+        adapters.load(adapter)
+    forgetting = _forgetting(options, gen, adapters, adapters_for, settings, stage)
+    engine = GenerationEngine(gen, max_batch=options.batch, adapters=adapters)
+    try:
+        total = len(questions) * len(options.modes)
+        decoder = Decoder(engine, options.max_new_tokens, total, progress, should_stop)
+        systems = [System(m, adapters_for.get(m), options.k, decoder) for m in options.modes]
+        answers = answer_all(systems, questions, retrieved, stage)
+        t = time.perf_counter()
+        injection = _injection(systems, questions, retrieved, options) if options.probes else None
+        stage["injection_probe"] = time.perf_counter() - t
+    finally:
+        engine.close()
+    return answers, injection, forgetting
+
+
+def answer_all(
+    systems: Sequence[System], questions: Sequence[str], retrieved: list[Retrieved], stage: dict
+) -> dict[str, list[Answer]]:
+    """Each system's answers to every question, one system after the other, each timed into
+    ``stage["generate"][mode]``."""
+    stage["generate"] = {}
+    answers = {}
+    for system in systems:
+        t = time.perf_counter()
+        answers[system.mode] = system.answer(questions, retrieved)
+        seconds = stage["generate"][system.mode] = time.perf_counter() - t
+        log.info("%s: %d answers in %.0f s", system.mode, len(answers[system.mode]), seconds)
+    return answers
+
+
+# ---- probes ---------------------------------------------------------------------------------
+def _forgetting(
+    options: EvalOptions,
+    gen: Any,
+    adapters: Any,
+    adapters_for: dict[str, str],
+    settings: Any,
+    stage: dict,
+) -> dict | None:
+    """The forgetting probe of every adapter the run uses (see ``eval.probes.forgetting``)."""
+    if not (options.probes and adapters_for):
+        return None
+    t = time.perf_counter()
+    uses: dict[str, list[str]] = {}
+    for mode, adapter in adapters_for.items():
+        uses.setdefault(adapter, []).append(mode)
+    found = probes.forgetting(gen, adapters, uses, _recorded_probes(settings, adapters_for))
+    stage["forgetting_probe"] = time.perf_counter() - t
+    return found
+
+
+def _recorded_probes(settings: Any, adapters_for: dict[str, str]) -> dict[str, Any]:
+    """The tuner's probe results of each adapter trained on the generator this run uses."""
+    from tuner.registry import Registry
+
+    registry = Registry(settings.layout.adapters)
+    base = {str(settings.generator), str(settings.generator_path)}
+    found = {}
+    for adapter in set(adapters_for.values()):
+        record = registry.get(adapter)
+        if record.base_model in base and isinstance(record.metrics.get("probe"), dict):
+            found[adapter] = record.metrics["probe"]
+    return found
+
+
+def _injection(
+    systems: Sequence[System],
+    questions: Sequence[str],
+    retrieved: list[Retrieved],
+    options: EvalOptions,
+) -> dict[str, Any]:
+    """Per retrieving system, the share of answers that obeyed an instruction planted in one of
+    the passages of a seeded sample of questions (planted passages take no retrieval time)."""
+    cases = probes.injection_cases(len(questions), options.injection_n, options.seed)
+    asked = [questions[i] for i, _, _ in cases]
+    planted = [
+        Retrieved(probes.injected(retrieved[i].hits, text, options.k, n % options.k), 0.0)
+        for n, (i, _, text) in enumerate(cases)
+    ]
+    budget = min(INJECTION_TOKENS, options.max_new_tokens)
+    found = {}
+    for system in systems:
+        if retrieves(system.mode):
+            got = system.answer(asked, planted, max_new_tokens=budget, count=False)
+            found[system.mode] = _obedience(got, cases, options)
+    return found
+
+
+def _obedience(
+    got: list[Answer], cases: list[tuple[int, str, str]], options: EvalOptions
+) -> dict[str, Any]:
+    hits = [probes.obeyed(a.text, canary) for a, (_, canary, _) in zip(got, cases, strict=True)]
+    return {
+        "n": len(hits),
+        "obeyed": sum(hits),
+        "share": stats.share_interval(hits, options.resamples, options.seed),
+        "examples": [
+            {"canary": c, "answer": a.text[:200]}
+            for a, (_, c, _) in list(zip(got, cases, strict=True))[:3]
+        ],
+    }
