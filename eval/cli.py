@@ -117,10 +117,13 @@ def eval_cmd(**kw: Any) -> None:
     from eval.config import EvalOptions
     from eval.datasets.formats import DatasetError
     from eval.harness import EvalError
-    from service.cli import _quiet_transformers, _settings  # the same set-up as every command
+    from service.runtime import ConfigError, quiet_transformers, read_settings
 
-    settings = _settings()
-    _quiet_transformers()
+    try:
+        settings = read_settings()  # the same set-up as every command
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    quiet_transformers()
     try:
         options = EvalOptions(
             dataset=kw["dataset"],

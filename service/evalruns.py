@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from service.pipeline import citation
-from service.routes.files import files_dir
 from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
 from tuner.layout import EVALS
@@ -210,7 +209,7 @@ def make_eval_runner(state: Any, **kwargs: Any) -> JobRunner:
         return prepare_run(
             spec,
             run_dir,
-            files_dir=files_dir(state),
+            files_dir=state.settings.layout.files,
             retriever=state.retriever,
             reranker=state.reranker,
             still_wanted=lambda: runner.get(run_dir.name).state == "validating",

@@ -1,4 +1,5 @@
-"""Process-wide runtime set-up from settings: logging and the torch thread count.
+"""Process-wide runtime set-up: logging, the torch thread count, quiet model loading, and the
+settings read once with a one-line error (the command lines of ``service`` and ``eval``).
 
 Called once by the CLI and the app's lifespan, never at import. It loads no model.
 """
@@ -6,6 +7,7 @@ Called once by the CLI and the app's lifespan, never at import. It loads no mode
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from service.settings import Settings
 
@@ -23,3 +25,29 @@ def configure_torch(settings: Settings) -> None:
 
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
+
+
+def quiet_transformers() -> None:
+    """No per-tensor progress bars for one-shot commands; warnings still show."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_warning()
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+class ConfigError(ValueError):
+    """The settings (environment, YAML file or overrides) do not validate."""
+
+
+def read_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """The settings with ``overrides`` (None values ignored); one-line ``ConfigError`` if bad."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration: {one_line(exc)}") from None

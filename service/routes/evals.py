@@ -21,7 +21,6 @@ from service.auth import Reader, Writer
 from service.deps import State
 from service.errors import ServiceError
 from service.evalruns import ADAPTER_MODES, FILE_ID, MODES
-from service.routes.files import files_dir
 from tuner.jobstore import Job, JobFinished, JobNotFound
 
 router = APIRouter(prefix="/v1/eval/runs", tags=["evaluation"])
@@ -132,7 +131,10 @@ def _domain() -> Iterator[None]:
 def spec_dict(body: RunBody, state: Any) -> dict[str, Any]:
     """The run's spec; ``ValueError`` for what this service can tell is wrong."""
     file_id = body.dataset if isinstance(body.dataset, str) else body.dataset.file_id
-    if not FILE_ID.match(file_id) or not (files_dir(state) / f"{file_id}.jsonl").is_file():
+    if (
+        not FILE_ID.match(file_id)
+        or not (state.settings.layout.files / f"{file_id}.jsonl").is_file()
+    ):
         raise ValueError(f"dataset: no uploaded file {file_id!r} (POST /v1/files)")
     limits = state.settings.limits
     if body.depth > limits.max_k:

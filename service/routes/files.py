@@ -15,7 +15,6 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 from fastapi import APIRouter, UploadFile
@@ -55,10 +54,6 @@ class FileOut(BaseModel):
 class FilesOut(BaseModel):
     model_config = ConfigDict(extra="forbid")
     files: list[FileOut]
-
-
-def files_dir(state: Any) -> Path:
-    return state.settings.layout.files  # type: ignore[no-any-return]
 
 
 def sniff(raw: bytes) -> tuple[int, str]:
@@ -117,14 +112,14 @@ async def upload(file: UploadFile, state: State, _: Writer) -> FileOut:
     raw = await file.read()
     name = safe_name(file.filename or "upload.jsonl")
     try:
-        return await anyio.to_thread.run_sync(_store, files_dir(state), name, raw)
+        return await anyio.to_thread.run_sync(_store, state.settings.layout.files, name, raw)
     except ValueError as exc:
         raise ServiceError(422, "invalid_file", f"{name}: {exc}") from None
 
 
 @router.get("")
 def list_files(state: State, _: Reader) -> FilesOut:
-    folder = files_dir(state)
+    folder = state.settings.layout.files
     metas = sorted(folder.glob("file-*.json")) if folder.is_dir() else []
     files = [FileOut.model_validate_json(p.read_bytes()) for p in metas]
     return FilesOut(files=sorted(files, key=lambda f: f.created, reverse=True))

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import Reader, Writer
 from service.deps import State
 from service.errors import ServiceError
-from service.routes.files import files_dir
-from tuner.config import Recipe
+from service.state import AppState
+from service.tuning import activates, base_model, prepare_data, train_options
+from tuner.config import Recipe, recipe_from_dict
 from tuner.jobs import JobRunner
 from tuner.jobstore import Job, JobFinished, JobNotFound
 
@@ -112,13 +113,13 @@ def _domain() -> Iterator[None]:
         raise ServiceError(409, "job_finished", str(exc)) from None
 
 
-def recipe_dict(body: JobBody, state: Any) -> dict[str, Any]:
+def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
     """The recipe a job body asks for; the base model is always the service's generator."""
     settings = state.settings
     ds = DatasetBody(file_id=body.dataset) if isinstance(body.dataset, str) else body.dataset
     known = ds.file_id is None or (
         FILE_ID.match(ds.file_id) is not None
-        and (files_dir(state) / f"{ds.file_id}.jsonl").is_file()
+        and (state.settings.layout.files / f"{ds.file_id}.jsonl").is_file()
     )
     if not known:
         raise ValueError(f"dataset: no uploaded file {ds.file_id!r} (POST /v1/files)")
@@ -127,7 +128,7 @@ def recipe_dict(body: JobBody, state: Any) -> dict[str, Any]:
         ds.synthetic = {"kind": "pairs", **ds.synthetic}
     if body.retriever and not retriever:
         raise ValueError("retriever: settings for component retriever only")
-    base = settings.embedder if retriever else str(settings.generator_path or settings.generator)
+    base = base_model(body.component, settings)
     recipe: dict[str, Any] = {
         "name": body.name or f"{body.component}-{body.method}",
         "method": body.method,
@@ -179,52 +180,40 @@ def cancel(job_id: str, state: State, _: Writer) -> JobOut:
         return _out(state.tune_jobs().cancel(job_id))  # type: ignore[no-any-return]
 
 
-def make_job_runner(state: Any) -> JobRunner:
-    """The app's runner: data prepared here (tokenizer, index, generator of this process)."""
+def make_job_runner(state: AppState) -> JobRunner:
+    """The app's runner: data prepared here (tokenizer, index, generator of this process),
+    training in each job's worker process, activation back here (``service.tuning``)."""
     settings = state.settings
 
     def prepare(recipe: Recipe, job_dir: Path) -> Any:
         import copy
 
         from service.loading import generator_from_settings
-        from tuner.prepare import prepare as prepare_data
-        from tuner.prepare import prepare_pairs
 
         if recipe.component == "retriever":  # pairs and hard negatives from the live index
-            return prepare_pairs(
-                recipe, job_dir, files_dir=files_dir(state), retriever=state.retriever
-            )
-
+            return prepare_data(recipe, job_dir, settings, index=state.retriever)
         # This runs beside the engine: a tokenizer of its own (fast tokenizers are not
         # shareable across threads), and for model-written data a generator of its own (the
         # engine switches adapters on the shared one).
+        assert state.generator is not None
         writes = any(d.synthetic and d.synthetic.generator == "model" for d in recipe.datasets)
         return prepare_data(
             recipe,
             job_dir,
-            files_dir=files_dir(state),
+            settings,
+            index=state.retriever,
             tokenizer=copy.deepcopy(state.generator.tokenizer),
-            retriever=state.retriever,
             generator=generator_from_settings(settings) if writes else None,
         )
 
     def activate(job: Job) -> None:
         """A retriever job's embedder replaces the index's, re-embedded in the background."""
-        recipe = job.recipe
-        if recipe.get("component") != "retriever" or not job.adapter:
-            return
-        if not (recipe.get("retriever") or {}).get("activate", True):
+        if not job.adapter or not activates(recipe_from_dict(job.recipe)):
             return
         try:
             state.reindexer.start({"adapter": job.adapter}, reason=f"job {job.id}")
         except Exception as exc:  # noqa: BLE001 - e.g. another re-embedding runs; say so
             log.warning("job %s: not re-embedding with %s: %s", job.id, job.adapter, exc)
 
-    options = {
-        "device": settings.device,
-        "threads": settings.threads,
-        "models_dir": str(settings.model_cache),
-        "base_path": str(settings.generator_path) if settings.generator_path else None,
-        "embedder_path": str(settings.embedder_path) if settings.embedder_path else None,
-    }
+    options = train_options(settings)
     return JobRunner(settings.data_dir, prepare, options=options, on_success=activate)

@@ -1,0 +1,165 @@
+"""``ragtune tune``: one tuning run from a recipe, in this process, through the same entry point
+as the jobs API and ``ragtune eval --fix`` (``service.tuning``), with a progress bar; a
+retriever run then re-embeds the index with its result (unless ``retriever.activate`` is false).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.cli.common import load_settings, main, open_index, reembed
+from service.runtime import one_line, quiet_transformers
+
+
+class _Bar:
+    """Training progress as a tqdm bar: update, loss, validation loss."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, desc="tune", unit="update")
+        self.switched = 0  # chunks the activation re-embedded
+
+    def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None:
+        self.bar.total = total
+        self.bar.n = step
+        post = {"loss": f"{loss:.3f}"}
+        if val_loss is not None:
+            post["val"] = f"{val_loss:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def should_stop(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@main.command()
+@click.option(
+    "--recipe",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A YAML recipe (see configs/).",
+)
+@click.option("--set", "overrides", multiple=True, help="Override a recipe key: a.b=value.")
+@click.option("--fresh", is_flag=True, help="Ignore checkpoints of an earlier interrupted run.")
+def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
+    """Fine-tune the generator or the retriever from a recipe; the result lands in the registry
+    (a retriever's embedder then re-embeds the index, unless retriever.activate is false)."""
+    from contextlib import closing
+
+    from retriever.errors import RetrieverError
+    from retriever.sources import ModelNotAvailable
+    from service import tuning
+    from tuner.config import load_recipe
+    from tuner.data import DataError
+    from tuner.methods import MethodUnavailable
+    from tuner.registry import RecordNotFound, RegistryError
+
+    settings = load_settings()
+    quiet_transformers()
+    try:
+        plan = load_recipe(recipe, list(overrides))
+    except ValueError as exc:
+        raise click.ClickException(f"{recipe}: {one_line(exc)}") from None
+    job_name = f"cli-{plan.name}"
+    resumes = plan.component == "generator" and not fresh
+    if resumes and tuning.prepared_before(settings.layout.job(job_name)):
+        click.echo(f"resuming from {settings.layout.job(job_name)}")
+    bar = _Bar()
+    try:
+        record = tuning.run(
+            plan,
+            settings,
+            job_name=job_name,
+            open_index=lambda: closing(open_index(settings)),
+            hooks=bar,
+            fresh=fresh,
+            on_prepared=lambda p: _said(bar, _data_line(plan.component, p)),
+            activate=lambda r: _activate(r, settings, bar),
+        )
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (
+        ValueError,
+        MethodUnavailable,
+        RetrieverError,
+        ModelNotAvailable,
+        RecordNotFound,
+        RegistryError,
+    ) as exc:
+        raise click.ClickException(one_line(exc)) from None
+    finally:
+        bar.close()
+    if plan.component == "retriever":
+        click.echo(_embedder_summary(record))
+        if not plan.retriever.activate:
+            click.echo(
+                "not re-embedding (retriever.activate false); to switch: "
+                f"ragtune reindex --adapter {record.id}"
+            )
+        else:
+            click.echo(f"index re-embedded with {record.id}: {bar.switched} chunks switched")
+    else:
+        click.echo(_summary(record))
+
+
+def _data_line(component: str, prepared: Any) -> str:
+    if component == "retriever":
+        return f"pairs: {prepared.train} train, {prepared.val} held out"
+    return f"data: {prepared.train} train, {prepared.val} validation, {prepared.test} test"
+
+
+def _said(bar: _Bar, line: str) -> None:
+    bar.bar.clear()
+    click.echo(line)
+
+
+def _activate(record: Any, settings: Any, bar: _Bar) -> None:
+    """A retriever run's embedder replaces the index's: re-embed, then switch."""
+    from service.loading import tuned_embedder
+
+    retriever = open_index(settings)
+    try:
+        result = reembed(retriever, tuned_embedder(record.id, settings))
+    finally:
+        retriever.close()
+    bar.switched = int(result.get("chunks", 0))
+
+
+def _embedder_summary(record: Any) -> str:
+    m = record.metrics
+    return (
+        f"embedder {record.id} ({record.method}) saved: held-out recall@10 "
+        f"{_num(m.get('recall@10_before'))} -> {_num(m.get('recall@10_after'))}, "
+        f"{m.get('updates')} updates in {m.get('seconds')} s"
+    )
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def _summary(record: Any) -> str:
+    m = record.metrics
+    lines = [f"adapter {record.id} ({record.method}) saved"]
+    if m.get("first_loss") is not None:
+        lines.append(
+            f"  loss {m['first_loss']:.3f} -> {m['train_loss']:.3f} in {m['updates']} updates"
+        )
+    if m.get("best_val_loss") is not None:
+        lines.append(f"  best validation loss {m['best_val_loss']:.3f}")
+    probe = m.get("probe")
+    if probe:
+        lines.append(
+            f"  forgetting probe: nll {probe['before']['probe_nll']:.3f} -> "
+            f"{probe['after']['probe_nll']:.3f}, accuracy {probe['before']['probe_accuracy']:.2f}"
+            f" -> {probe['after']['probe_accuracy']:.2f}"
+            + ("  (forgetting!)" if probe.get("forgetting") else "")
+        )
+    return "\n".join(lines)
