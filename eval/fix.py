@@ -64,19 +64,7 @@ def fix(
     diagnosis = metrics.get("diagnosis") or {}
     weak = diagnosis.get("weak")
     if weak in (None, "none"):
-        return _done(
-            out,
-            {
-                "weak": weak,
-                "steps": [],
-                "message": "nothing to fix: "
-                + (
-                    "no wrong answers"
-                    if weak == "none"
-                    else "no diagnosis (no rag/hybrid mode or no gold answers)"
-                ),
-            },
-        )
+        return _done(out, _nothing_to_fix(weak))
     recipes = recipes or {c: recipe_path(c) for c in RECIPES}
     overrides = overrides or {}
     before = read_rows(out)
@@ -90,6 +78,15 @@ def fix(
         steps.append(_generator(current, out, settings, run, baseline, recipes, overrides))
     message = "; ".join(s["message"] for s in steps)
     return _done(out, {"weak": weak, "steps": steps, "message": message})
+
+
+def _nothing_to_fix(weak: str | None) -> dict[str, Any]:
+    why = (
+        "no wrong answers"
+        if weak == "none"
+        else "no diagnosis (no rag/hybrid mode or no gold answers)"
+    )
+    return {"weak": weak, "steps": [], "message": f"nothing to fix: {why}"}
 
 
 def _done(out: Path, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -228,52 +225,26 @@ def _value(row: dict, metric: str) -> float | None:
 
 
 def train_on(options: EvalOptions, settings: Any, recipe: Path, overrides: list[str]) -> Any:
-    """Train ``recipe`` on data mined from the evaluated documents; return its registry record."""
+    """Train ``recipe`` on data mined from the evaluated documents; return its registry record.
+    The run goes through the service's one tuning entry point, from scratch, never activated:
+    the gate decides what to keep."""
+    from service import tuning
     from tuner.config import load_recipe
-    from tuner.train import train
 
-    plan = load_recipe(recipe, overrides)
-    default = settings.embedder if plan.component == "retriever" else settings.generator
-    plan.base_model = plan.base_model or default
+    plan = tuning.choose_base(load_recipe(recipe, overrides), settings)
     parent = continuation(options, settings, plan)
     if parent is not None:
         _continue(plan, parent, settings)
-    job_dir = settings.layout.job(f"eval-fix-{plan.name}")
-    if job_dir.exists():
-        import shutil
-
-        shutil.rmtree(job_dir)
-    with _documents(options, settings) as index:
-        _prepare(plan, job_dir, settings, index)
-    log.info("fix: training %s (%s)", plan.name, plan.component)
-    return train(
-        plan,
-        job_dir,
-        data_dir=settings.data_dir,
-        resume=False,
-        device=settings.device,
-        models_dir=settings.model_cache,
-        base_path=str(settings.generator_path) if settings.generator_path else None,
-        embedder_path=str(settings.embedder_path) if settings.embedder_path else None,
-    )
-
-
-def _prepare(plan: Any, job_dir: Path, settings: Any, index: Any) -> None:
-    from tuner.prepare import prepare, prepare_pairs
-
-    files = settings.layout.files
     if plan.component == "retriever":
         plan.retriever.activate = False
-        prepare_pairs(plan, job_dir, files_dir=files, retriever=index)
-        return
-    from tuner.models import load_generator
-
-    gen = load_generator(
-        str(settings.generator_path or settings.generator),
-        cache_dir=settings.model_cache,
-        offline=settings.offline,
+    log.info("fix: training %s (%s)", plan.name, plan.component)
+    return tuning.run(
+        plan,
+        settings,
+        job_name=f"eval-fix-{plan.name}",
+        open_index=lambda: _documents(options, settings),
+        fresh=True,
     )
-    prepare(plan, job_dir, files_dir=files, tokenizer=gen.tokenizer, retriever=index)
 
 
 CONTINUABLE = {"generator": ("lora", "dora", "ia3"), "retriever": ("full",)}
