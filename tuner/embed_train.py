@@ -86,59 +86,25 @@ def train_embedder(
     and after, and recall@10 of each. ``hooks`` (``progress``, ``should_stop``) are called
     every update; a stop request raises ``tuner.hooks.Cancelled``."""
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
+    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer import losses
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     if method not in ("full", "lora"):
         raise ValueError(f"method: full or lora for the embedder, got {method!r}")
     if not train:
         raise ValueError("no training pairs")
-    if method == "lora":  # peft directly: transformers' add_adapter wants a newer peft
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        from retriever.embedder import set_inner_model
-
-        set_inner_model(
-            model[0],
-            get_peft_model(
-                model[0].auto_model,
-                LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=rank, lora_alpha=2 * rank),
-            ),
-        )
-    hardest = min(len(p.negatives) for p in train)
-    columns: dict[str, list[str]] = {
-        "anchor": [p.query for p in train],
-        "positive": [p.positive for p in train],
-    }
-    for i in range(hardest):  # as many negative columns as every pair has
-        columns[f"negative_{i}"] = [p.negatives[i] for p in train]
+    if method == "lora":
+        _add_lora(model, rank)
+    columns, hardest = _columns(train)
     evaluator = ir_evaluator(held_out) if held_out else None
     before = dict(evaluator(model)) if evaluator else {}
     loss_cls = (
         losses.CachedMultipleNegativesRankingLoss if cached else losses.MultipleNegativesRankingLoss
     )
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir),
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_ratio=0.1,
-        seed=seed,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=10,
-        disable_tqdm=True,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a repeated text is a false negative
-    )
     watch = _Watch(hooks)
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=args,
+        args=_training_args(out_dir, epochs, max_steps, batch_size, learning_rate, seed),
         train_dataset=Dataset.from_dict(columns),
         loss=loss_cls(model),
         callbacks=[watch.callback()],
@@ -160,6 +126,52 @@ def train_embedder(
         "train_loss": watch.loss,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _add_lora(model: Any, rank: int) -> None:
+    """Wrap the embedder's transformer in a PEFT LoRA adapter (peft directly: transformers'
+    add_adapter wants a newer peft)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from retriever.embedder import set_inner_model
+
+    config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=rank, lora_alpha=2 * rank)
+    set_inner_model(model[0], get_peft_model(model[0].auto_model, config))
+
+
+def _columns(train: Sequence[Pair]) -> tuple[dict[str, list[str]], int]:
+    """The trainer's columns (anchor, positive, negative_i) and how many negatives each has:
+    as many negative columns as every pair has."""
+    hardest = min(len(p.negatives) for p in train)
+    columns: dict[str, list[str]] = {
+        "anchor": [p.query for p in train],
+        "positive": [p.positive for p in train],
+    }
+    for i in range(hardest):
+        columns[f"negative_{i}"] = [p.negatives[i] for p in train]
+    return columns, hardest
+
+
+def _training_args(
+    out_dir: Path, epochs: float, max_steps: int, batch_size: int, learning_rate: float, seed: int
+) -> Any:
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=0.1,
+        seed=seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10,
+        disable_tqdm=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a repeated text is a false negative
+    )
 
 
 class _Watch:
@@ -227,8 +239,7 @@ def train_retriever(
     """Train the embedder named by ``recipe.base_model`` (or continue its ``parent``) on
     ``job_dir/data/{train,val}.jsonl`` and save it in the registry; returns the record. A job
     that is started again trains from the start (minutes on a CPU; no checkpoints)."""
-    from retriever.embedder import DEFAULT_EMBEDDER, load_embedder, load_tuned_embedder
-    from tuner.models import pick_device
+    from retriever.embedder import DEFAULT_EMBEDDER
     from tuner.registry import Registry
 
     hp, rt = recipe.hyperparameters, recipe.retriever
@@ -238,22 +249,7 @@ def train_retriever(
     held_out = read_pairs(val_file) if val_file.is_file() and val_file.stat().st_size else []
     registry = Registry(DataLayout(data_dir).adapters)
     parent = registry.get(recipe.parent) if recipe.parent else None
-    device = pick_device(device)
-    if parent is not None:
-        if parent.component != "retriever":
-            raise ValueError(f"parent {parent.id} is a {parent.component} adapter, not an embedder")
-        embedder = load_tuned_embedder(
-            registry.folder(parent.id),
-            parent.id,
-            method=parent.method,
-            base=parent.base_model,
-            device=device,
-            base_path=embedder_path,
-            offline=offline,
-        )
-    else:
-        embedder = load_embedder(base, device=device, local_path=embedder_path, offline=offline)
-    model = embedder.model
+    model = _load(registry, parent, base, device, embedder_path, offline).model
     assert hp.learning_rate is not None and hp.batch_size is not None  # set by Recipe
     metrics = train_embedder(
         model,
@@ -271,6 +267,54 @@ def train_retriever(
         hooks=hooks,
     )
     metrics["trained_languages"] = trained_languages(train)
+    record = _register(registry, recipe, job_dir, model, metrics, parent, base)
+    log.info(
+        "embedder %s saved: held-out recall@10 %s -> %s",
+        record.id,
+        metrics["recall@10_before"],
+        metrics["recall@10_after"],
+    )
+    return record
+
+
+def _load(
+    registry: Any,
+    parent: Any,
+    base: str,
+    device: str,
+    embedder_path: str | None,
+    offline: bool | None,
+) -> Any:
+    """The embedder to train: the base model, or the ``parent`` embedder to continue."""
+    from retriever.embedder import load_embedder, load_tuned_embedder
+    from tuner.models import pick_device
+
+    device = pick_device(device)
+    if parent is None:
+        return load_embedder(base, device=device, local_path=embedder_path, offline=offline)
+    if parent.component != "retriever":
+        raise ValueError(f"parent {parent.id} is a {parent.component} adapter, not an embedder")
+    return load_tuned_embedder(
+        registry.folder(parent.id),
+        parent.id,
+        method=parent.method,
+        base=parent.base_model,
+        device=device,
+        base_path=embedder_path,
+        offline=offline,
+    )
+
+
+def _register(
+    registry: Any,
+    recipe: Recipe,
+    job_dir: Path,
+    model: Any,
+    metrics: dict[str, Any],
+    parent: Any,
+    base: str,
+) -> Any:
+    """Save the trained embedder (the LoRA adapter alone, or the whole model) in the registry."""
 
     def save(folder: Path) -> None:
         if recipe.method == "lora":
@@ -279,7 +323,7 @@ def train_retriever(
         else:
             model.save(str(folder), safe_serialization=True, create_model_card=False)
 
-    record = register_adapter(
+    return register_adapter(
         registry,
         recipe,
         job_dir,
@@ -289,10 +333,3 @@ def train_retriever(
         metrics=metrics,
         parent=parent,
     )
-    log.info(
-        "embedder %s saved: held-out recall@10 %s -> %s",
-        record.id,
-        metrics["recall@10_before"],
-        metrics["recall@10_after"],
-    )
-    return record
