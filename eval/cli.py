@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from eval.config import EvalOptions
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -114,7 +116,6 @@ def debian_faq_cmd(
 )
 def eval_cmd(**kw: Any) -> None:
     """Compare base, rag, ft and hybrid on the same questions; write a report folder."""
-    from eval.config import EvalOptions
     from eval.datasets.formats import DatasetError
     from eval.harness import EvalError
     from service.runtime import ConfigError, quiet_transformers, read_settings
@@ -125,25 +126,7 @@ def eval_cmd(**kw: Any) -> None:
         raise click.ClickException(str(exc)) from None
     quiet_transformers()
     try:
-        options = EvalOptions(
-            dataset=kw["dataset"],
-            live=kw["live"],
-            modes=tuple(_modes(kw["modes"])),
-            k=kw["k"],
-            depth=kw["depth"],
-            max_new_tokens=kw["max_new_tokens"],
-            limit=kw["limit"],
-            seed=kw["seed"],
-            resamples=kw["resamples"],
-            ft_adapter=kw["ft_adapter"],
-            hybrid_adapter=kw["hybrid_adapter"],
-            embedder_adapter=kw["embedder_adapter"],
-            batch=kw["batch"],
-            probes=not kw["no_probes"],
-            injection_n=kw["injection_n"],
-            correct_f1=kw["correct_f1"],
-            judge=kw["judge"],
-        )
+        options = _options(kw)
         overrides = fix_overrides(kw["fix_set"]) if kw["fix"] else {}
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -160,6 +143,29 @@ def eval_cmd(**kw: Any) -> None:
             click.echo(outcome["message"])
     except (EvalError, DatasetError, ValueError) as exc:
         raise click.ClickException(" ".join(str(exc).split())[:400]) from None
+
+
+def _options(kw: dict[str, Any]) -> EvalOptions:
+    """The run's ``EvalOptions`` from the command's options (a bad value raises ValueError)."""
+    return EvalOptions(
+        dataset=kw["dataset"],
+        live=kw["live"],
+        modes=tuple(_modes(kw["modes"])),
+        k=kw["k"],
+        depth=kw["depth"],
+        max_new_tokens=kw["max_new_tokens"],
+        limit=kw["limit"],
+        seed=kw["seed"],
+        resamples=kw["resamples"],
+        ft_adapter=kw["ft_adapter"],
+        hybrid_adapter=kw["hybrid_adapter"],
+        embedder_adapter=kw["embedder_adapter"],
+        batch=kw["batch"],
+        probes=not kw["no_probes"],
+        injection_n=kw["injection_n"],
+        correct_f1=kw["correct_f1"],
+        judge=kw["judge"],
+    )
 
 
 def fix_overrides(items: tuple[str, ...]) -> dict[str, list[str]]:

@@ -181,6 +181,14 @@ def build(faq_text: str, reference_text: str, lang: str, min_question_chars: int
     """Turn the FAQ and Reference texts into corpus, queries, qrels and leak checks."""
     ds = Dataset()
     lang_tag = "zh-cn" if lang == "zh" else "en"
+    _add_faq(ds, faq_text, lang_tag)
+    _add_reference(ds, reference_text, lang_tag)
+    ds.checks = _leak_checks(ds, min_question_chars)
+    return ds
+
+
+def _add_faq(ds: Dataset, faq_text: str, lang_tag: str) -> None:
+    """Each FAQ answer as a document, its question as a query labelled with it."""
     for s in parse_sections(faq_text):
         answer = strip_question_refs(s.body).strip()
         if not answer:
@@ -197,6 +205,10 @@ def build(faq_text: str, reference_text: str, lang: str, min_question_chars: int
             }
         )
         ds.qrels.append((query_id, doc_id, 1))
+
+
+def _add_reference(ds: Dataset, reference_text: str, lang_tag: str) -> None:
+    """Each Debian Reference section as a distractor document."""
     for s in parse_sections(reference_text):
         body = s.body.strip()
         if not body:
@@ -211,16 +223,20 @@ def build(faq_text: str, reference_text: str, lang: str, min_question_chars: int
         ds.corpus.append(
             {"_id": f"ref-{s.number}", "title": s.title, "text": body, "metadata": meta}
         )
+
+
+def _leak_checks(ds: Dataset, min_question_chars: int) -> dict[str, int]:
+    """Counts, and how many questions (of at least ``min_question_chars``) the indexed text
+    holds word for word (it should hold none)."""
     indexed = [_normalise(d["title"] + " " + d["text"]) for d in ds.corpus]
     long_questions = [q for q in ds.queries if len(_normalise(q["text"])) >= min_question_chars]
     leaks = sum(any(_normalise(q["text"]) in doc for doc in indexed) for q in long_questions)
-    ds.checks = {
+    return {
         "faq_pairs": len(ds.queries),
         "reference_sections": len(ds.corpus) - len(ds.queries),
         "questions_checked": len(long_questions),
         "questions_in_indexed_text": leaks,
     }
-    return ds
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
