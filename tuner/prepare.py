@@ -102,27 +102,8 @@ def prepare_pairs(
         hashes[f"{i}:{label}"] = _pairs_hash(got)
         found += got
     found = tpairs.dedup_queries(found)
-    bare = [p for p in found if not p.negatives]
-    if rt.negatives and bare and retriever is not None:
-        log.info(
-            "mining %d hard negatives for %d pairs (%s)", rt.negatives, len(bare), rt.mine_mode
-        )
-        mined = tpairs.mine_negatives(
-            bare,
-            lambda q, k: retriever.search(q, k=k, mode=rt.mine_mode),
-            n=rt.negatives,
-            window=rt.window,
-            margin=rt.margin,
-        )
-        # training uses as many negatives as its poorest pair has: drop those mined short
-        kept = [p for p in mined if len(p.negatives) >= rt.negatives]
-        if len(kept) < len(mined):
-            log.info(
-                "dropped %d pairs with fewer than %d hard negatives",
-                len(mined) - len(kept),
-                rt.negatives,
-            )
-        found = [p for p in found if p.negatives] + kept
+    if rt.negatives and retriever is not None and any(not p.negatives for p in found):
+        found = _mine_negatives(found, rt, retriever)
     if len(found) < recipe.min_examples:
         raise DataError(
             [(0, f"{len(found)} usable pairs; the recipe needs at least {recipe.min_examples}")]
@@ -133,10 +114,7 @@ def prepare_pairs(
     val = [found[i] for i in sorted(order[:n_val])]
     train = [found[i] for i in sorted(order[n_val:])]
     out = job_dir / "data"
-    out.mkdir(parents=True, exist_ok=True)
-    tpairs.write_pairs(train, out / "train.jsonl")
-    tpairs.write_pairs(val, out / "val.jsonl")
-    (out / "test.jsonl").write_text("")
+    _write_pairs(out, train, val)
     prepared = Prepared(
         len(train),
         len(val),
@@ -151,6 +129,40 @@ def prepare_pairs(
     (out / "manifest.json").write_text(json.dumps(body, indent=2))
     log.info("prepared %s: %d train pairs, %d held out", recipe.name, len(train), len(val))
     return prepared
+
+
+def _mine_negatives(found: list[Any], rt: Any, retriever: Any) -> list[Any]:
+    """Hard negatives from the live index for the pairs that bring none; training uses as many
+    negatives as its poorest pair has, so the pairs mined short are dropped."""
+    from tuner import pairs as tpairs
+
+    bare = [p for p in found if not p.negatives]
+    log.info("mining %d hard negatives for %d pairs (%s)", rt.negatives, len(bare), rt.mine_mode)
+    mined = tpairs.mine_negatives(
+        bare,
+        lambda q, k: retriever.search(q, k=k, mode=rt.mine_mode),
+        n=rt.negatives,
+        window=rt.window,
+        margin=rt.margin,
+    )
+    kept = [p for p in mined if len(p.negatives) >= rt.negatives]
+    if len(kept) < len(mined):
+        log.info(
+            "dropped %d pairs with fewer than %d hard negatives",
+            len(mined) - len(kept),
+            rt.negatives,
+        )
+    return [p for p in found if p.negatives] + kept
+
+
+def _write_pairs(out: Path, train: list[Any], val: list[Any]) -> None:
+    """train.jsonl, val.jsonl and an empty test.jsonl into ``out``."""
+    from tuner import pairs as tpairs
+
+    out.mkdir(parents=True, exist_ok=True)
+    tpairs.write_pairs(train, out / "train.jsonl")
+    tpairs.write_pairs(val, out / "val.jsonl")
+    (out / "test.jsonl").write_text("")
 
 
 def _read_pairs(spec: DataSpec, files_dir: Path, retriever: Any) -> tuple[str, list[Any]]:
