@@ -24,6 +24,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.generation.kvcache import (
+    PrefixCache,
+    Rows,
+    cache_arg,
+    merge,
+    mergeable,
+    with_slack,
+)
+from service.generation.sampling import eos_ids, first_stop, pick, rng
 from tuner.models import Generator
 
 log = logging.getLogger(__name__)
@@ -104,7 +113,7 @@ class GenerationEngine:
             GenerationRequest
         ] = []  # the running batch's requests, failed together on error
         self._arg_for: tuple[Any, str] | None = None
-        self._eos = _eos_ids(generator.model, generator.tokenizer)  # fixed for the model's life
+        self._eos = eos_ids(generator.model, generator.tokenizer)  # fixed for the model's life
         self.prefixes = PrefixCache(min_tokens=prefix_min_tokens, max_tokens=prefix_max_tokens)
         self._queue: queue.Queue[GenerationRequest | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ragtune-engine", daemon=True)
@@ -204,7 +213,7 @@ class GenerationEngine:
         self._gauge()
         return taken
 
-    def _joins_open(self, rows: _Rows | None) -> bool:
+    def _joins_open(self, rows: Rows | None) -> bool:
         """Whether requests may still board this adapter's running batch. Not when a request for
         another adapter or an adapter load/unload is waiting (they go once the batch drains),
         nor while stopping, nor when this transformers' cache cannot be merged."""
@@ -212,7 +221,7 @@ class GenerationEngine:
             return False
         if self.adapters is not None and getattr(self.adapters, "change_waiting", False):
             return False
-        return rows is None or _mergeable(rows.cache)
+        return rows is None or mergeable(rows.cache)
 
     def _serve(self, adapter: str | None, jobs: list[GenerationRequest]) -> None:
         """Decode ``jobs`` and every request that joins them (continuous batching): each step,
@@ -220,7 +229,7 @@ class GenerationEngine:
         and finished ones leave it, until nothing is left."""
         import torch
 
-        rows: _Rows | None = None
+        rows: Rows | None = None
         with torch.inference_mode():
             while True:
                 boarding = []
@@ -232,7 +241,7 @@ class GenerationEngine:
                 if boarding:
                     new = self._prefill(boarding, adapter)
                     if new is not None:
-                        rows = new if rows is None else _merge(rows, new)
+                        rows = new if rows is None else merge(rows, new)
                 if rows is not None:
                     if self.metrics is not None:
                         self.metrics.batch_size.observe(len(rows.jobs))
@@ -256,10 +265,10 @@ class GenerationEngine:
         model: Any = self.generator.model
         if self._arg_for is None or self._arg_for[0] is not model:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            self._arg_for = (model, _cache_arg(base))
+            self._arg_for = (model, cache_arg(base))
         return model, self._arg_for[1]
 
-    def _prefill(self, jobs: list[GenerationRequest], adapter: str | None) -> _Rows | None:
+    def _prefill(self, jobs: list[GenerationRequest], adapter: str | None) -> Rows | None:
         """Run the prompts of ``jobs`` and give each its first token. The part every prompt
         shares with the last prompt prefilled for ``adapter`` (the chat template's system turn,
         the grounding instructions) comes from the prefix cache; the rest is left-padded to one
@@ -292,13 +301,13 @@ class GenerationEngine:
             logits_to_keep=1,
             **{cache_arg: cache},
         )
-        rows = _Rows(
+        rows = Rows(
             jobs=list(jobs),
-            cache=_with_slack(getattr(out, cache_arg)),
+            cache=with_slack(getattr(out, cache_arg)),
             mask=mask,
             positions=positions[:, -1:] + 1,
             next_ids=ids[:, -1:],
-            generators=[_rng(j.seed) for j in jobs],
+            generators=[rng(j.seed) for j in jobs],
         )
         self.prefixes.store(self._prefix_key(adapter), prompts[0], rows.cache, mask[0])
         return self._pick(rows, out.logits[:, -1, :].float())
@@ -308,7 +317,7 @@ class GenerationEngine:
         replace an adapter under the same name) starts a new generation of keys."""
         return adapter, getattr(self.adapters, "generation", 0)
 
-    def _step(self, rows: _Rows) -> _Rows | None:
+    def _step(self, rows: Rows) -> Rows | None:
         """One decode step: every row's next token."""
         import torch
 
@@ -325,13 +334,13 @@ class GenerationEngine:
         rows.cache, rows.mask, rows.positions = getattr(out, cache_arg), mask, rows.positions + 1
         return self._pick(rows, out.logits[:, -1, :].float())
 
-    def _pick(self, rows: _Rows, logits: Any) -> _Rows | None:
+    def _pick(self, rows: Rows, logits: Any) -> Rows | None:
         """Choose each row's token from ``logits`` (rows, vocab), hand it to its job, and drop
         the rows that finished; None when none is left."""
         import torch
 
         nxt = torch.stack(
-            [_pick(logits[r], j.temperature, rows.generators[r]) for r, j in enumerate(rows.jobs)]
+            [pick(logits[r], j.temperature, rows.generators[r]) for r, j in enumerate(rows.jobs)]
         )  # (rows,)
         keep = [r for r, j in enumerate(rows.jobs) if self._advance(j, int(nxt[r]), self._eos)]
         rows.next_ids = nxt.unsqueeze(1)
@@ -355,7 +364,7 @@ class GenerationEngine:
         text = str(self.generator.tokenizer.decode(job.tokens, skip_special_tokens=True))
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
             return len(job.tokens) < job.max_new_tokens or self._end(job, "length")
-        hit = _first_stop(text, job.stop, len(job.text))
+        hit = first_stop(text, job.stop, len(job.text))
         if hit is not None:
             text = text[:hit]
         if len(text) > len(job.text):
@@ -394,260 +403,3 @@ def prefer_column_major(model: Any) -> int:
                 weight.data = weight.data.t().contiguous().t()
                 moved += 1
     return moved
-
-
-@dataclass
-class _Rows:
-    """The requests decoding together, one row each, over one left-padded KV cache."""
-
-    jobs: list[GenerationRequest]
-    cache: Any  # transformers' DynamicCache: keys and values (rows, heads, width, head_dim)
-    mask: Any  # (rows, width): 1 where the cache holds one of the row's tokens, 0 for padding
-    positions: Any  # (rows, 1): position of each row's next input token
-    next_ids: Any  # (rows, 1): each row's next input token
-    generators: list[Any]
-
-    def select(self, keep: list[int]) -> None:
-        """Keep only rows ``keep``, then drop padding columns no row needs any more."""
-        import torch
-
-        idx = torch.tensor(keep, device=self.mask.device)
-        self.jobs = [self.jobs[r] for r in keep]
-        self.generators = [self.generators[r] for r in keep]
-        self.mask, self.positions, self.next_ids = (
-            self.mask[idx],
-            self.positions[idx],
-            self.next_ids[idx],
-        )
-        used = self.mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        if start:
-            self.mask = self.mask[:, start:]
-        for layer in _layers(self.cache):
-            layer.keys = layer.keys[idx, :, start:]
-            layer.values = layer.values[idx, :, start:]
-
-
-class PrefixCache:
-    """Keys and values of the last few prompts prefilled, per adapter, for reuse by prompts
-    that start with the same tokens (automatic prefix caching, in a simple form).
-
-    Requests to one assistant share a long head: the chat template's system turn and, in rag
-    mode, the grounding instructions. A hit prefills only the rest of each prompt. Entries are
-    one row, sliced out of a batch's cache (padding columns dropped), at most ``max_tokens``
-    long, ``per_key`` of them per adapter, most recently used first; prefixes shorter than
-    ``min_tokens`` are not worth the copy and are ignored.
-    """
-
-    def __init__(self, min_tokens: int = 8, max_tokens: int = 2048, per_key: int = 4) -> None:
-        self.min_tokens = min_tokens
-        self.max_tokens = max_tokens
-        self.per_key = per_key
-        self._entries: dict[Any, list[tuple[list[int], Any]]] = {}
-        self.hits = 0
-        self.reused_tokens = 0
-
-    def lookup(self, key: Any, prompts: list[list[int]], rows: int) -> tuple[int, Any]:
-        """(n, cache): the first ``n`` tokens of every prompt are cached, and ``cache`` holds
-        them for ``rows`` rows; (0, None) on a miss. At least one token of each prompt is left
-        to run, so the model still gives the next-token logits."""
-        entries = self._entries.get(key, [])
-        best, best_n = -1, 0
-        for at, (ids, _) in enumerate(entries):
-            n = min(len(ids), *(len(p) - 1 for p in prompts))
-            for p in prompts:
-                n = _common_prefix(ids, p, n)
-            if n > best_n:
-                best, best_n = at, n
-        if best_n < self.min_tokens:
-            return 0, None
-        entries.insert(0, entries.pop(best))
-        self.hits += 1
-        self.reused_tokens += best_n * len(prompts)
-        return best_n, _with_layers(
-            entries[0][1],
-            lambda t: t[:, :, :best_n].expand(rows, -1, -1, -1).contiguous(),
-        )
-
-    def store(self, key: Any, prompt: list[int], cache: Any, mask_row: Any) -> None:
-        """Keep ``prompt``'s keys and values: row 0 of ``cache``, the columns ``mask_row`` marks."""
-        if not _mergeable(cache) or len(prompt) < self.min_tokens:
-            return
-        for old in [k for k in self._entries if k[0] == key[0] and k != key]:
-            del self._entries[old]  # an older generation of this adapter
-        if len(self._entries) >= 64 and key not in self._entries:  # adapters come and go
-            self._entries.clear()
-        cols = mask_row.nonzero().squeeze(1)[: self.max_tokens]
-        ids = list(prompt[: len(cols)])
-        entries = [  # an entry this one extends (or repeats) is no longer needed
-            e for e in self._entries.get(key, []) if e[0] != ids[: len(e[0])]
-        ]
-        entries.insert(0, (ids, _with_layers(cache, lambda t: t[:1].index_select(2, cols))))
-        self._entries[key] = entries[: self.per_key]
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = 0
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def _with_layers(cache: Any, fn: Any) -> Any:
-    """A new cache object like ``cache`` whose layers hold ``fn(keys)`` and ``fn(values)``."""
-    import copy
-
-    out = copy.copy(cache)
-    out.layers = []
-    for layer in _layers(cache):
-        new = copy.copy(layer)
-        new.__dict__.pop("_key_room", None)  # a _SlackLayer's buffer stays with its owner
-        new.__dict__.pop("_value_room", None)
-        new.keys, new.values = fn(layer.keys), fn(layer.values)
-        out.layers.append(new)
-    return out
-
-
-def _layers(cache: Any) -> list[Any]:
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        raise TypeError(f"cannot reshape a {type(cache).__name__}; it has no per-layer tensors")
-    return list(layers)
-
-
-def _mergeable(cache: Any) -> bool:
-    """Only plain dynamic layers (full keys and values per layer) are merged and sliced."""
-    layers = getattr(cache, "layers", None) or []
-    return bool(layers) and all(
-        type(layer).__name__ in ("DynamicLayer", "_SlackLayer") for layer in layers
-    )
-
-
-def _with_slack(cache: Any) -> Any:
-    """Let ``cache``'s layers grow into spare room instead of being copied at every step.
-
-    transformers' DynamicLayer appends a step's keys with ``torch.cat``, copying the whole cache
-    for every token (10% of a 16-row decode step on CPU). A ``_SlackLayer`` writes into a
-    buffer with room to spare and hands out a view; it is a DynamicLayer in every other way.
-    """
-    if not _mergeable(cache):
-        return cache
-    slack = _slack_class(type(cache.layers[0]))
-    for layer in cache.layers:
-        layer.__class__ = slack
-    return cache
-
-
-_SLACK: dict[type, type] = {}
-
-
-def _slack_class(dynamic: type) -> type:
-    if dynamic.__name__ == "_SlackLayer":
-        return dynamic
-    if dynamic not in _SLACK:
-
-        class _SlackLayer(dynamic):  # type: ignore[valid-type, misc]
-            def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
-                held: Any = self.__dict__
-                if not held.get("is_initialized") or held["keys"].numel() == 0:
-                    return super().update(key_states, value_states, *args, **kwargs)
-                keys = _append(self, "_key_room", held["keys"], key_states)
-                values = _append(self, "_value_room", held["values"], value_states)
-                self.keys, self.values = keys, values
-                return keys, values
-
-        _SLACK[dynamic] = _SlackLayer
-    return _SLACK[dynamic]
-
-
-def _append(layer: Any, slot: str, held: Any, new: Any) -> Any:
-    """``held`` then ``new`` along the sequence, written into ``layer``'s spare room when
-    ``held`` is the start of it; otherwise into a new buffer with a quarter more room (64 at
-    least)."""
-    import torch
-
-    room = layer.__dict__.get(slot)
-    used, add = held.shape[-2], new.shape[-2]
-    fits = (
-        room is not None
-        and room.shape[0] == held.shape[0]
-        and held.data_ptr() == room.data_ptr()
-        and room.shape[-2] >= used + add
-        and held.stride() == room.stride()
-    )
-    if not fits:
-        b, h, _, d = held.shape
-        size = used + add + max(64, (used + add) // 4)
-        room = torch.empty((b, h, size, d), dtype=held.dtype, device=held.device)
-        room[:, :, :used] = held
-        layer.__dict__[slot] = room
-    room[:, :, used : used + add] = new
-    return room[:, :, : used + add]
-
-
-def _merge(a: _Rows, b: _Rows) -> _Rows:
-    """``a``'s rows then ``b``'s over one cache, the narrower left-padded to the wider."""
-    import torch
-    import torch.nn.functional as F
-
-    width = max(a.mask.shape[1], b.mask.shape[1])
-    pa, pb = width - a.mask.shape[1], width - b.mask.shape[1]
-    for la, lb in zip(_layers(a.cache), _layers(b.cache), strict=True):
-        la.keys = torch.cat([F.pad(la.keys, (0, 0, pa, 0)), F.pad(lb.keys, (0, 0, pb, 0))])
-        la.values = torch.cat([F.pad(la.values, (0, 0, pa, 0)), F.pad(lb.values, (0, 0, pb, 0))])
-    a.mask = torch.cat([F.pad(a.mask, (pa, 0)), F.pad(b.mask, (pb, 0))])
-    a.positions = torch.cat([a.positions, b.positions])
-    a.next_ids = torch.cat([a.next_ids, b.next_ids])
-    a.jobs += b.jobs
-    a.generators += b.generators
-    return a
-
-
-def _cache_arg(model: Any) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); accept both."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _eos_ids(model: Any, tok: Any) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    return ids
-
-
-def _rng(seed: int | None) -> Any:
-    import torch
-
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else int(time.time_ns() % (2**31)))
-    return g
-
-
-def _pick(logits: Any, temperature: float, generator: Any) -> Any:
-    import torch
-
-    if temperature <= 0:
-        return logits.argmax()
-    probs = torch.softmax(logits / temperature, dim=-1).cpu()
-    return torch.multinomial(probs, 1, generator=generator)[0].to(logits.device)
-
-
-def _first_stop(text: str, stops: list[str], already: int) -> int | None:
-    """Index where the earliest stop string starts, searching only where new text could match."""
-    best = None
-    for s in stops:
-        if not s:
-            continue
-        at = text.find(s, max(0, already - len(s) + 1))
-        if at >= 0 and (best is None or at < best):
-            best = at
-    return best

@@ -174,7 +174,7 @@ def test_a_shared_prompt_head_is_prefilled_once_and_texts_do_not_change(
 
 
 def test_prefix_entries_are_per_adapter_generation() -> None:
-    from service.generation.engine import PrefixCache
+    from service.generation.kvcache import PrefixCache
 
     built = []
 
@@ -205,7 +205,8 @@ def test_prefix_entries_are_per_adapter_generation() -> None:
 def test_slack_cache_layers_hold_what_concatenation_would() -> None:
     from transformers import DynamicCache
 
-    from service.generation.engine import _layers, _with_slack
+    from service.generation.kvcache import layers as _layers
+    from service.generation.kvcache import with_slack as _with_slack
 
     torch.manual_seed(0)
     plain, slack = DynamicCache(), DynamicCache()
@@ -226,7 +227,7 @@ def test_slack_cache_layers_hold_what_concatenation_would() -> None:
 
 
 def test_prefix_cache_keeps_a_few_heads_per_adapter_and_picks_the_longest() -> None:
-    from service.generation.engine import PrefixCache
+    from service.generation.kvcache import PrefixCache
 
     class Layer:
         def __init__(self, n: int) -> None:
