@@ -8,9 +8,10 @@ as one system (``eval.systems.generate``, with the probes); score every answer
 (``eval.scoring``); bootstrap the intervals (``eval.stats``); diagnose the wrong answers; write
 ``metrics.json``, ``results.jsonl``, ``report.md`` and ``report.html`` (``write_run``).
 
-Uses the pipeline's pieces (retriever, prompt, engine, adapters) directly, never HTTP. A stop
-request ends the run with ``tuner.hooks.Cancelled``; a run that cannot start as asked raises
-``EvalError``. Knows nothing of how the answers are generated or scored, only the order.
+Through those modules a run uses the service's pieces (retriever, prompt, engine, adapters)
+directly, never HTTP. A stop request ends the run with ``tuner.hooks.Cancelled``; a run that
+cannot start as asked raises ``EvalError``. Knows nothing of how answers are generated or
+scored: only the order of the steps, which adapter each mode runs, and the run folder.
 """
 
 from __future__ import annotations

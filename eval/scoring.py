@@ -8,8 +8,8 @@ gives recall@k, MRR@10, nDCG@10 and answer-in-passages with bootstrap intervals;
 ``performance`` the latency quantiles and throughput; ``diagnosis_section`` the weak component;
 ``add_judge`` the user's judge as one more metric.
 
-Pure functions over the answers and the retrieval (the judge, when asked for, is the user's
-function). Knows nothing of models, engines, indexes or files.
+Functions of the answers and the retrieval, with no state of their own (``add_judge`` adds the
+user's judge scores to the rows in place). Knows nothing of models, engines, indexes or files.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ answers come back in the questions' order, a stop request raises ``tuner.hooks.C
 the forgetting probe (before the engine starts), every system's answers, then the injection
 probe (the retrieving systems answer with one planted passage).
 
-Knows nothing of scoring, reports, HTTP or how the engine batches; the generator, adapters and
-engine come from the service (``service.loading``, ``service.adapters``,
-``service.generation.engine``, imported when a run starts).
+Knows nothing of scoring, reports, HTTP or how the engine schedules its batches; the generator,
+adapters and engine come from the service (``service.loading``, ``service.adapters``,
+``service.generation.engine``, imported when a run starts). ``Decoder.decode`` is the one place
+eval submits to the engine.
 """
 
 from __future__ import annotations

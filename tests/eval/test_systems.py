@@ -1,0 +1,98 @@
+"""eval.systems with a stand-in engine: prompts of like length submitted together, answers in
+the questions' order, the progress count, retrieval time in a retrieving mode's latency, and a
+stop request that cancels what is queued; and what eval.config says each mode does."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from eval.config import diagnosed_mode, needs_adapter, retrieves
+from eval.index_cache import Retrieved
+from eval.systems import Decoder, System
+from retriever.index import Hit
+from tuner.hooks import Cancelled
+
+
+@dataclass
+class Job:
+    text: str
+    done: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] = field(default_factory=lambda: [1, 2])
+    queued_at: float = 10.0
+    started_at: float | None = 10.0
+    finished_at: float | None = 10.5
+    cancelled: bool = False
+
+    def wait(self) -> None:
+        self.done.wait()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Engine:
+    """Answers each prompt with its last message's length; ``finish`` says whether jobs end."""
+
+    def __init__(self, finish: bool = True) -> None:
+        self.finish = finish
+        self.submitted: list[tuple[str, int, str | None]] = []
+        self.jobs: list[Job] = []
+
+    def submit(self, messages: list[dict], max_new_tokens: int, adapter: Any = None) -> Job:
+        last = messages[-1]["content"]
+        self.submitted.append((last, max_new_tokens, adapter))
+        job = Job(f" {len(last)} ")
+        if self.finish:
+            job.done.set()
+        self.jobs.append(job)
+        return job
+
+
+def hit(text: str) -> Hit:
+    return Hit("doc", 0, 0, len(text), 1.0, text, {})
+
+
+QUESTIONS = ["a much longer question than the others", "short", "a middling one"]
+
+
+def test_answers_come_back_in_question_order_shortest_submitted_first() -> None:
+    engine, seen = Engine(), []
+    decoder = Decoder(engine, 8, total=6, progress=lambda d, t: seen.append((d, t)))
+    base = System("base", None, 2, decoder)
+    got = base.answer(QUESTIONS, [Retrieved([], 0.25)] * 3)
+    assert [a.text for a in got] == [str(len(q)) for q in QUESTIONS]
+    assert [s[0] for s in engine.submitted] == sorted(QUESTIONS, key=len)
+    assert all(a.tokens == 2 and a.latency_s == 0.5 for a in got)  # no retrieval in base
+    assert seen == [(1, 6), (2, 6), (3, 6)]
+
+
+def test_a_retrieving_mode_prompts_with_k_passages_and_counts_retrieval_time() -> None:
+    engine = Engine()
+    rag = System("hybrid", "gamma-v1", 1, Decoder(engine, 8, total=1))
+    found = [Retrieved([hit("first passage"), hit("second passage")], 0.25)]
+    prompt = rag.prompt("q", found[0].hits)
+    text = " ".join(m["content"] for m in prompt)
+    assert "first passage" in text and "second passage" not in text
+    (answer,) = rag.answer(["q"], found, max_new_tokens=3, count=False)
+    assert answer.latency_s == 0.75 and engine.submitted[0][1:] == (3, "gamma-v1")
+    assert rag.decoder.done == 0
+
+
+def test_a_stop_request_cancels_every_queued_job() -> None:
+    engine = Engine(finish=False)
+    decoder = Decoder(engine, 8, total=3, should_stop=lambda: True)
+    with pytest.raises(Cancelled):
+        System("base", None, 1, decoder).answer(QUESTIONS, [Retrieved([], 0.0)] * 3)
+    assert len(engine.jobs) == 3 and all(j.cancelled for j in engine.jobs)
+
+
+def test_what_each_mode_does() -> None:
+    assert [m for m in ("base", "rag", "ft", "hybrid") if retrieves(m)] == ["rag", "hybrid"]
+    assert [m for m in ("base", "rag", "ft", "hybrid") if needs_adapter(m)] == ["ft", "hybrid"]
+    assert diagnosed_mode(("hybrid", "rag")) == "rag"
+    assert diagnosed_mode(("base", "hybrid")) == "hybrid"
+    assert diagnosed_mode(("base", "ft")) is None
