@@ -89,7 +89,7 @@ def _mark_stale(registry: Any) -> None:
 @click.argument("adapter_id")
 def adapters_show(adapter_id: str) -> None:
     """One adapter: lineage, data, hyperparameters, metrics."""
-    from tuner.registry import describe
+    from tuner.record import describe
 
     click.echo(describe(_get(_registry(), adapter_id)))
 

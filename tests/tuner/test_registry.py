@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.registry import (
-    RECORD_FILE,
-    Record,
-    RecordNotFound,
-    Registry,
-    RegistryError,
-    describe,
-)
+from tuner.record import Record, describe
+from tuner.registry import RECORD_FILE, RecordNotFound, Registry, RegistryError
 
 
 def fake_adapter(folder: Path) -> None:
