@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.pipeline import citation
+from service.pipeline import MODES, citation
 from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
 from tuner.layout import EVALS
 
-MODES = ("base", "rag", "ft", "hybrid")  # as eval.config.MODES; the worker checks again
-ADAPTER_MODES = ("ft", "hybrid")
 FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 OPTIONS = (  # what a client may set; never a path, never an import string (judge)
     "modes",
@@ -68,7 +66,7 @@ class EvalSpec:
 
     @property
     def method(self) -> str:
-        return "+".join(self.options.get("modes") or MODES)
+        return "+".join(self.options.get("modes") or tuple(MODES))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "file_id": self.file_id, "options": dict(self.options)}
@@ -86,7 +84,7 @@ def check_options(options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown eval options: {', '.join(unknown)}")
-    modes = options.get("modes", MODES)
+    modes = options.get("modes", list(MODES))
     if not isinstance(modes, list | tuple) or not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes: choose from {', '.join(MODES)}; got {modes!r}")
     if len(set(modes)) != len(modes):

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from service.cli.common import load_settings, main, open_index
+from service.pipeline import MODES
 from service.runtime import one_line, quiet_transformers
 
 
@@ -15,7 +16,7 @@ from service.runtime import one_line, quiet_transformers
 @click.argument("question")
 @click.option(
     "--mode",
-    type=click.Choice(["base", "rag"]),
+    type=click.Choice([m.name for m in MODES.values() if not m.uses_adapter]),
     default="rag",
     show_default=True,
     help="rag: retrieve, then answer with citations; base: the generator alone.",

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import Reader, Writer
 from service.deps import State
 from service.errors import ServiceError
-from service.evalruns import ADAPTER_MODES, FILE_ID, MODES
+from service.evalruns import FILE_ID
+from service.pipeline import ADAPTER_MODES, MODES
 from tuner.jobstore import Job, JobFinished, JobNotFound
 
 router = APIRouter(prefix="/v1/eval/runs", tags=["evaluation"])
@@ -151,7 +152,7 @@ def spec_dict(body: RunBody, state: Any) -> dict[str, Any]:
 
 def _default_modes(body: RunBody, state: Any) -> list[str]:
     has_adapter = body.ft_adapter is not None or state.registry().promoted() is not None
-    return list(MODES) if has_adapter else ["base", "rag"]
+    return [m.name for m in MODES.values() if has_adapter or not m.uses_adapter]
 
 
 def _check_adapters(options: dict[str, Any], state: Any) -> None:
