@@ -1,5 +1,10 @@
-"""Crash-safe file writes shared by the tuner: fsync a path or a whole folder, and replace a file
-atomically (temp file, fsync, rename, fsync of the folder). Knows nothing of what is written."""
+"""Crash-safe file writes: fsync a path or a whole folder, and replace a file atomically (temp
+file, fsync, rename, fsync of the folder), also streamed line by line.
+
+Used wherever ragtune writes a file that must never be seen half-written: the tuner (job files,
+checkpoints, the adapter registry, prepared data), the service (eval run files) and eval
+(reports, run results, downloaded datasets). It lives in the tuner, the lowest package that
+writes such files. Knows nothing of what is written or who writes it."""
 
 from __future__ import annotations
 

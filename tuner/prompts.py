@@ -1,9 +1,15 @@
-"""Build the grounded prompt: passages fenced and marked as quoted data, then the question.
+"""The serving prompt: passages fenced and marked as quoted data, then the question.
 
 Spotlighting: each passage sits between explicit markers and the system message says that text
 inside them is data to quote, never instructions. Citations are exactly the passages shown.
-Knows nothing of retrieval or the model. It lives in the tuner because it is a training format
-too: RAFT-style examples are built with the very prompt the service asks with.
+``rag_messages`` is what the service's answering pipeline (``service.pipeline``) asks the model
+with, ``base_messages`` the closed-book form; the eval harness's systems ask with the same two,
+and the tuner trains on them (RAFT and closed-book examples in ``tuner.examples``, the qa task
+template of ``tuner.data``), so a tuned model sees at training time exactly what it is asked at
+serving time. It lives in the tuner, the lowest package that needs it.
+
+Knows nothing of retrieval, the model or tokenizers: passages are anything with ``doc_id`` and
+``text``.
 """
 
 from __future__ import annotations

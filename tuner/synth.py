@@ -9,9 +9,9 @@ prose sentence of the chunk (``tuner.sentences``, with the command lines it intr
 ends with a colon), every pair keeps the chunk id and document id it came from, and pairs are
 deduplicated by normalised question. ``tuner.examples`` turns the pairs into training examples.
 
-Knows nothing of prompts, training examples, FAQ questions or any evaluation set: it reads only
-indexed text. The extractive patterns are English; a Chinese index yields few extractive pairs.
-Everything is deterministic given the seed.
+Knows nothing of the serving prompt, training examples, FAQ questions or any evaluation set: it
+reads only indexed text. The extractive patterns are English; a Chinese index yields few
+extractive pairs. Everything is deterministic given the seed.
 """
 
 from __future__ import annotations
