@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from fastapi import Request
 
-from service.generation.engine import GenerationRequest
+from service.generation.request import GenerationRequest
 
 CHECK_S = 0.5
 _EMPTY = object()

@@ -20,8 +20,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from service.generation.kvcache import (
@@ -32,52 +30,11 @@ from service.generation.kvcache import (
     mergeable,
     with_slack,
 )
+from service.generation.request import GenerationRequest
 from service.generation.sampling import eos_ids, first_stop, pick, rng
 from tuner.models import Generator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerationRequest:
-    """One request: its prompt, limits, and the stream of text it produces."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    stop: list[str] = field(default_factory=list)
-    temperature: float = 0.0
-    seed: int | None = None
-    adapter: str | None = None
-    deltas: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    text: str = ""
-    tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-    queued_at: float = field(default_factory=time.perf_counter)
-    started_at: float | None = None  # when its prompt was prefilled (it boarded a batch)
-    finished_at: float | None = None
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def stream(self, timeout: float | None = None) -> Iterator[str]:
-        """Text deltas as they are generated; ends when the job finishes."""
-        while True:
-            delta = self.deltas.get(timeout=timeout)
-            if delta is None:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield delta
-
-    def wait(self, timeout: float | None = None) -> GenerationRequest:
-        if not self.done.wait(timeout):
-            raise TimeoutError("generation did not finish in time")
-        if self.error is not None:
-            raise self.error
-        return self
 
 
 class GenerationEngine:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.generation.engine import GenerationRequest
+    from service.generation.request import GenerationRequest
 
 
 @dataclass
