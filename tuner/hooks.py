@@ -1,7 +1,8 @@
 """What a trainer shares with whoever runs it, and what the two trainers share with each other.
 
-``Cancelled`` is the one exception that says "the run was asked to stop" (the generator and
-embedder trainers raise it; the training worker and the eval harness's callers catch it).
+``Cancelled`` is the one exception that says "the run was asked to stop": the generator and
+embedder trainers raise it, and so does an eval run; ``tuner.worker`` and ``eval.worker`` catch
+it and record the job as cancelled.
 ``Hooks`` is the protocol a runner hands a trainer: ``progress`` after every optimizer update,
 ``should_stop`` to ask whether to stop. ``register_adapter`` saves a trained model into the
 adapter registry with its job's lineage (the dataset hashes and source documents that
