@@ -3,8 +3,8 @@ each answering mode does.
 
 ``ragtune eval`` builds it from its options, the eval worker from the run's ``spec.json``; each
 run folder keeps it as ``metrics.json["run"]["options"]``. The rest of ``eval`` asks what a mode
-does only through ``retrieves`` and ``needs_adapter`` (and ``diagnosed_mode``), so the modes'
-description can move without touching the modules that use it. Knows nothing of models or HTTP.
+does only through ``retrieves`` and ``needs_adapter`` (and ``diagnosed_mode``), which read the
+one description of the modes, ``service.pipeline.MODES``. Knows nothing of models or HTTP.
 """
 
 from __future__ import annotations
@@ -13,19 +13,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-MODES = ("base", "rag", "ft", "hybrid")
-RETRIEVAL_MODES = ("rag", "hybrid")  # modes that put passages in the prompt
-ADAPTER_MODES = ("ft", "hybrid")  # modes that run a fine-tuned adapter
+from service.pipeline import MODES as ANSWER_MODES
+from service.pipeline import answer_mode
+
+MODES = tuple(ANSWER_MODES)  # base, rag, ft, hybrid: described once, in service.pipeline
 
 
 def retrieves(mode: str) -> bool:
     """Whether ``mode`` puts retrieved passages in the prompt (rag, hybrid)."""
-    return mode in RETRIEVAL_MODES
+    return answer_mode(mode).retrieves
 
 
 def needs_adapter(mode: str) -> bool:
     """Whether ``mode`` answers with a fine-tuned generator adapter (ft, hybrid)."""
-    return mode in ADAPTER_MODES
+    return answer_mode(mode).uses_adapter
 
 
 def diagnosed_mode(modes: tuple[str, ...]) -> str | None:

@@ -1,13 +1,15 @@
 """The answering systems of an evaluation run: one per mode, all with the same ``answer``.
 
 A ``System`` is one mode with its adapter: a retrieving mode (rag, hybrid) puts the question's
-first k passages in the serving prompt (``tuner.prompts.rag_messages``), the others ask the
-question alone; a mode that needs an adapter (ft, hybrid) decodes with its fine-tuned adapter,
-the others with the base model. ``System.answer`` answers a list of questions, in order; every
-system answers through the run's one ``Decoder``, the batched generation engine with the run's
-greedy budget: prompts of like length are submitted together (less padding in each prefill),
-answers come back in the questions' order, a stop request raises ``tuner.hooks.Cancelled``
-(cancelling what is still queued), and each question answered is counted for the progress.
+first k passages in the serving prompt, the others ask the question alone; a mode that needs an
+adapter (ft, hybrid) decodes with its fine-tuned adapter, the others with the base model. The
+service's answering pipeline builds each prompt and submits it (``Pipeline.given`` with the
+passages retrieved once per question, then ``Pipeline.submit``). ``System.answer`` answers a
+list of questions, in order; every system answers through the run's one ``Decoder``, the
+batched generation engine with the run's greedy budget: prompts of like length are submitted
+together (less padding in each prefill), answers come back in the questions' order, a stop
+request raises ``tuner.hooks.Cancelled`` (cancelling what is still queued), and each question
+answered is counted for the progress.
 
 ``generate`` is the run's generation stage: it loads the generator and the adapters once, runs
 the forgetting probe (before the engine starts), every system's answers, then the injection
@@ -16,7 +18,7 @@ probe (the retrieving systems answer with one planted passage).
 Knows nothing of scoring, reports, HTTP or how the engine schedules its batches; the generator,
 adapters and engine come from the service (``service.loading``, ``service.adapters``,
 ``service.generation.engine``, imported when a run starts). ``Decoder.decode`` is the one place
-eval submits to the engine.
+eval submits, through the pipeline.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from eval import probes, stats
 from eval.config import EvalOptions, retrieves
 from eval.index_cache import Retrieved
 from retriever.index import Hit
+from service.pipeline import Ask, Pipeline, Prepared
+from service.settings import Limits
 from tuner.hooks import Cancelled
-from tuner.prompts import base_messages, rag_messages
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -60,25 +63,24 @@ class Decoder:
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.engine, self.max_new_tokens = engine, max_new_tokens
+        self.pipeline = Pipeline(Limits(), engine=engine)  # the run's own limits: none checked
         self.total, self.progress, self.should_stop = total, progress, should_stop
         self.done = 0
 
     def decode(
         self,
-        prompts: Sequence[Messages],
-        adapter: str | None,
+        prepared: Sequence[Prepared],
         *,
-        max_new_tokens: int | None = None,
         count: bool = True,
     ) -> list[Answer]:
-        """Every prompt's answer, in the prompts' order, timed from its start in the engine;
+        """Every prepared ask's answer, in their order, timed from its start in the engine;
         ``count`` adds them to the progress."""
         # Prompts of like length decode together (less padding in each prefill).
         order = sorted(
-            range(len(prompts)), key=lambda i: sum(len(m["content"]) for m in prompts[i])
+            range(len(prepared)),
+            key=lambda i: sum(len(m["content"]) for m in prepared[i].prompt),
         )
-        budget = max_new_tokens or self.max_new_tokens
-        jobs = {i: self.engine.submit(prompts[i], budget, adapter=adapter) for i in order}
+        jobs = {i: self.pipeline.submit(prepared[i]).request for i in order}
         out: dict[int, Answer] = {}
         try:
             for i in order:
@@ -89,7 +91,7 @@ class Decoder:
             for job in jobs.values():
                 job.cancel()
             raise
-        return [out[i] for i in range(len(prompts))]
+        return [out[i] for i in range(len(prepared))]
 
     def _wait(self, job: Any) -> Answer:
         while not job.done.wait(0.5):
@@ -116,10 +118,14 @@ class System:
 
     def prompt(self, question: str, hits: Sequence[Hit]) -> Messages:
         """The chat the generator sees: the serving prompt with the first k of ``hits`` for a
-        retrieving mode, else the question alone."""
-        if retrieves(self.mode):
-            return rag_messages(question, hits[: self.k])
-        return base_messages(question)
+        retrieving mode, else the question alone (``service.pipeline`` builds it)."""
+        return self.prepare(question, hits, self.decoder.max_new_tokens).prompt
+
+    def prepare(self, question: str, hits: Sequence[Hit], max_new_tokens: int) -> Prepared:
+        """The ask as the answering pipeline prepares it, with retrieval already done."""
+        ask = Ask.question(question, mode=self.mode, k=self.k)
+        shown = hits[: self.k] if retrieves(self.mode) else []
+        return self.decoder.pipeline.given(ask, shown, self.adapter, max_new_tokens)
 
     def answer(
         self,
@@ -132,8 +138,9 @@ class System:
         """Answers to ``questions`` (``retrieved[i]`` is what retrieval found for the i-th), in
         order; a retrieving mode's latency includes its retrieval's seconds. ``max_new_tokens``
         (default: the run's) caps each answer; ``count=False`` keeps them out of the progress."""
-        prompts = [self.prompt(q, r.hits) for q, r in zip(questions, retrieved, strict=True)]
-        got = self.decoder.decode(prompts, self.adapter, max_new_tokens=max_new_tokens, count=count)
+        budget = max_new_tokens or self.decoder.max_new_tokens
+        asks = [self.prepare(q, r.hits, budget) for q, r in zip(questions, retrieved, strict=True)]
+        got = self.decoder.decode(asks, count=count)
         if not retrieves(self.mode):
             return got
         return [

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
-from service import errors
+from service import responses
 from service.adapters import AdapterSet
 from service.auth import Reader, check_bind
 from service.evalruns import make_eval_runner
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
 
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
     app.state.ragtune = state
-    errors.install(app)
+    responses.install(app)
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     from service.routes import adapters, chat, documents, evals, files, index, query, tune

@@ -1,18 +1,12 @@
-"""One error shape for every response: {"error": {"code", "message", "details"}}.
-
-Maps the libraries' domain exceptions to HTTP statuses; unexpected errors become a 500 that
-says nothing of internals. ``HTTPException`` appears only in ``service``.
+"""The service's domain error (a status, a code, a message) and the statuses the libraries'
+domain exceptions map to. No web framework here: the answering pipeline raises these in the
+CLI and the eval harness too; ``service.responses`` turns them into HTTP responses.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from service.adapters import AdapterNotFound
@@ -27,16 +21,6 @@ class ServiceError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
-def error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details}}
-    headers = {}
-    if isinstance(details, dict) and "retry_after" in details:
-        headers["Retry-After"] = str(details["retry_after"])
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 DOMAIN: dict[type[Exception], tuple[int, str]] = {
     AdapterNotFound: (404, "adapter_not_found"),
     RecordNotFound: (404, "adapter_not_found"),
@@ -45,32 +29,3 @@ DOMAIN: dict[type[Exception], tuple[int, str]] = {
     InvalidDocument: (422, "invalid_document"),
     EmbedderMismatch: (409, "embedder_mismatch"),
 }
-
-
-def install(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return error(exc.status, exc.code, exc.message, exc.details)
-
-    for exc_type, (status, code) in DOMAIN.items():
-
-        async def _domain(
-            _: Request, exc: Exception, status: int = status, code: str = code
-        ) -> JSONResponse:
-            return error(status, code, str(exc))
-
-        app.add_exception_handler(exc_type, _domain)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return error(422, "invalid_request", "the request is not valid", details)
-
-    @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, "http_error", str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(500, "internal_error", "internal error; see the server log")

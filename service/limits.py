@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import error
+from service.responses import error
 
 
 class BodyLimit:

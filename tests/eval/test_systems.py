@@ -42,7 +42,9 @@ class Engine:
         self.submitted: list[tuple[str, int, str | None]] = []
         self.jobs: list[Job] = []
 
-    def submit(self, messages: list[dict], max_new_tokens: int, adapter: Any = None) -> Job:
+    def submit(
+        self, messages: list[dict], max_new_tokens: int, adapter: Any = None, **_: Any
+    ) -> Job:
         last = messages[-1]["content"]
         self.submitted.append((last, max_new_tokens, adapter))
         job = Job(f" {len(last)} ")
