@@ -11,11 +11,14 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from eval.config import EvalOptions
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -195,7 +198,7 @@ def _modes(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
-def _run(options: Any, out: Path, settings: Any) -> dict[str, Any]:
+def _run(options: Any, out: Path, settings: Settings) -> dict[str, Any]:
     """One evaluation with a progress bar; the live index is opened here when asked for."""
     from tqdm import tqdm
 
@@ -217,7 +220,7 @@ def _run(options: Any, out: Path, settings: Any) -> dict[str, Any]:
             live.close()
 
 
-def _open_live(settings: Any) -> Any:
+def _open_live(settings: Settings) -> Any:
     from retriever.errors import RetrieverError
     from service.loading import open_retriever
 

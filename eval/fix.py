@@ -30,12 +30,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval import stats
 from eval.config import MODES, EvalOptions, diagnosed_mode, retrieves
 from eval.datasets.formats import load
 from tuner.durable import atomic_write_text
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 Run = Callable[[EvalOptions, Path, Any], dict[str, Any]]
@@ -54,7 +57,7 @@ def recipe_path(component: str, folder: Path | None = None) -> Path:
 def fix(
     options: EvalOptions,
     out: Path,
-    settings: Any,
+    settings: Settings,
     metrics: dict[str, Any],
     run: Run,
     recipes: dict[str, Path] | None = None,
@@ -97,7 +100,7 @@ def _done(out: Path, outcome: dict[str, Any]) -> dict[str, Any]:
 def _retriever(
     options: EvalOptions,
     out: Path,
-    settings: Any,
+    settings: Settings,
     run: Run,
     before: list[dict],
     recipes: dict[str, Path],
@@ -136,7 +139,7 @@ def _retriever(
 def _generator(
     options: EvalOptions,
     out: Path,
-    settings: Any,
+    settings: Settings,
     run: Run,
     before: list[dict],
     recipes: dict[str, Path],
@@ -224,7 +227,7 @@ def _value(row: dict, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def train_on(options: EvalOptions, settings: Any, recipe: Path, overrides: list[str]) -> Any:
+def train_on(options: EvalOptions, settings: Settings, recipe: Path, overrides: list[str]) -> Any:
     """Train ``recipe`` on data mined from the evaluated documents; return its registry record.
     The run goes through the service's one tuning entry point, from scratch, never activated:
     the gate decides what to keep."""
@@ -250,7 +253,7 @@ def train_on(options: EvalOptions, settings: Any, recipe: Path, overrides: list[
 CONTINUABLE = {"generator": ("lora", "dora", "ia3"), "retriever": ("full",)}
 
 
-def continuation(options: EvalOptions, settings: Any, plan: Any) -> Any | None:
+def continuation(options: EvalOptions, settings: Settings, plan: Any) -> Any | None:
     """The registry record of the adapter the component ran with in this evaluation, when
     ``plan`` can go on training it (see the module's docstring); else None."""
     from tuner.registry import RecordNotFound, Registry, RegistryError
@@ -280,7 +283,7 @@ def continuation(options: EvalOptions, settings: Any, plan: Any) -> Any | None:
     return record
 
 
-def _current_adapter(options: EvalOptions, settings: Any, component: str) -> str | None:
+def _current_adapter(options: EvalOptions, settings: Settings, component: str) -> str | None:
     if component == "retriever":
         if options.embedder_adapter:
             return options.embedder_adapter
@@ -296,7 +299,7 @@ def _current_adapter(options: EvalOptions, settings: Any, component: str) -> str
         return None
 
 
-def _continue(plan: Any, parent: Any, settings: Any) -> None:
+def _continue(plan: Any, parent: Any, settings: Settings) -> None:
     """Make ``plan`` a child of ``parent``: its method, and seeds moved on by the depth of the
     lineage, so each round draws other synthetic examples and another data order."""
     from tuner.registry import Registry
@@ -311,7 +314,7 @@ def _continue(plan: Any, parent: Any, settings: Any) -> None:
 
 
 @contextmanager
-def _documents(options: EvalOptions, settings: Any) -> Iterator[Any]:
+def _documents(options: EvalOptions, settings: Settings) -> Iterator[Any]:
     """The evaluated documents: a fresh index of the dataset's corpus, or the live index."""
     from eval.index_cache import fresh_index
 

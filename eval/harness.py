@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval import stats
 from eval.config import EvalOptions, needs_adapter, retrieves
@@ -40,6 +40,9 @@ from retriever.index import Retriever
 from retriever.sparse import CJK
 from tuner.durable import atomic_write_text
 
+if TYPE_CHECKING:
+    from service.settings import Settings
+
 Progress = Callable[[int, int], None]
 
 
@@ -50,7 +53,7 @@ class EvalError(ValueError):
 def run_eval(
     options: EvalOptions,
     out: Path,
-    settings: Any,
+    settings: Settings,
     *,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -106,7 +109,7 @@ def _load(options: EvalOptions) -> EvalSet:
     return evalset
 
 
-def resolve_adapters(options: EvalOptions, settings: Any) -> dict[str, str]:
+def resolve_adapters(options: EvalOptions, settings: Settings) -> dict[str, str]:
     """The adapter each of ft and hybrid runs with: named, else the promoted one."""
     from tuner.registry import RecordNotFound, Registry
 
@@ -139,7 +142,7 @@ def resolve_adapters(options: EvalOptions, settings: Any) -> dict[str, str]:
 
 
 def _retrieval(
-    options: EvalOptions, evalset: EvalSet, settings: Any, live: Retriever | None, stage: dict
+    options: EvalOptions, evalset: EvalSet, settings: Settings, live: Retriever | None, stage: dict
 ) -> list[Retrieved]:
     """One retrieval per question: precomputed, from the live index, or from the dataset's own
     index (closed again before generation starts)."""
@@ -160,7 +163,7 @@ def _retrieval(
 def _run_info(
     options: EvalOptions,
     evalset: EvalSet,
-    settings: Any,
+    settings: Settings,
     adapters_for: dict,
     started: datetime,
     stage: dict,

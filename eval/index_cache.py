@@ -23,11 +23,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval.config import EvalOptions
 from eval.datasets.formats import DatasetError, EvalSet, Question
 from retriever.index import DocumentIn, Hit, Retriever
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 KEPT_INDEXES = 3  # datasets whose index is kept between runs (the most recently used)
@@ -43,7 +46,7 @@ class Retrieved:
 
 @contextmanager
 def fresh_index(
-    evalset: EvalSet, settings: Any, embedder_adapter: str | None, stage: dict
+    evalset: EvalSet, settings: Settings, embedder_adapter: str | None, stage: dict
 ) -> Iterator[Retriever]:
     """An index holding exactly the dataset's corpus, embedded and chunked as the live index
     would be. It is kept between runs under ``DATA_DIR/evals/.indexes/`` (one folder per
@@ -79,7 +82,7 @@ def fresh_index(
             index.close()
 
 
-def _cache_folder(evalset: EvalSet, embedder: Any, config: Any, settings: Any) -> Path:
+def _cache_folder(evalset: EvalSet, embedder: Any, config: Any, settings: Settings) -> Path:
     import dataclasses
     import hashlib
 
@@ -141,7 +144,7 @@ def search_all(
     index: Retriever,
     questions: Sequence[Question],
     options: EvalOptions,
-    settings: Any,
+    settings: Settings,
     stage: dict,
 ) -> list[Retrieved]:
     """Each question asked of ``index`` once (``options.depth`` passages, reranked as the

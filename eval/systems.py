@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval import probes, stats
 from eval.config import EvalOptions, retrieves
@@ -36,6 +36,9 @@ from retriever.index import Hit
 from service.pipeline import Ask, Pipeline, Prepared
 from service.settings import Limits
 from tuner.hooks import Cancelled
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -154,7 +157,7 @@ def generate(
     questions: Sequence[str],
     retrieved: list[Retrieved],
     adapters_for: dict[str, str],
-    settings: Any,
+    settings: Settings,
     stage: dict,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -206,7 +209,7 @@ def _forgetting(
     gen: Any,
     adapters: Any,
     adapters_for: dict[str, str],
-    settings: Any,
+    settings: Settings,
     stage: dict,
 ) -> dict | None:
     """The forgetting probe of every adapter the run uses (see ``eval.probes.forgetting``)."""
@@ -221,7 +224,7 @@ def _forgetting(
     return found
 
 
-def _recorded_probes(settings: Any, adapters_for: dict[str, str]) -> dict[str, Any]:
+def _recorded_probes(settings: Settings, adapters_for: dict[str, str]) -> dict[str, Any]:
     """The tuner's probe results of each adapter trained on the generator this run uses."""
     from tuner.registry import Registry
 

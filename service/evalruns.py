@@ -26,12 +26,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.pipeline import MODES, citation
 from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
 from tuner.layout import EVALS
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 OPTIONS = (  # what a client may set; never a path, never an import string (judge)
@@ -191,7 +194,7 @@ def _stoppable(lines: Iterator[str], still_wanted: Callable[[], bool] | None) ->
 
 
 # ---- the runner ---------------------------------------------------------------------------
-def worker_settings(settings: Any) -> dict[str, Any]:
+def worker_settings(settings: Settings) -> dict[str, Any]:
     """The settings the worker runs with: this service's, without keys or the address."""
     return settings.model_dump(  # type: ignore[no-any-return]
         mode="json", exclude={"api_keys", "host", "port", "auth_disabled"}

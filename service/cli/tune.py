@@ -6,12 +6,15 @@ retriever run then re-embeds the index with its result (unless ``retriever.activ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from service.cli.common import load_settings, main, open_index, reembed
 from service.runtime import one_line, quiet_transformers
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 class _Bar:
@@ -120,7 +123,7 @@ def _said(bar: _Bar, line: str) -> None:
     click.echo(line)
 
 
-def _activate(record: Any, settings: Any, bar: _Bar) -> None:
+def _activate(record: Any, settings: Settings, bar: _Bar) -> None:
     """A retriever run's embedder replaces the index's: re-embed, then switch."""
     from service.loading import tuned_embedder
 

@@ -13,6 +13,7 @@ from retriever.errors import DocumentNotFound
 from service.auth import Admin, Reader
 from service.deps import State
 from service.errors import ServiceError
+from service.state import AppState
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -43,12 +44,12 @@ def _summary(record: Any, loaded: list[str]) -> dict[str, Any]:
     }
 
 
-def _versions(state: Any, doc_ids: list[str]) -> dict[str, Any]:
+def _versions(state: AppState, doc_ids: list[str]) -> dict[str, Any]:
     """Current version of each document (None once deleted), for staleness."""
     out: dict[str, Any] = {}
     for doc_id in doc_ids:
         try:
-            out[doc_id] = state.retriever.get(doc_id).version
+            out[doc_id] = state.index().get(doc_id).version
         except DocumentNotFound:
             out[doc_id] = None
     return out

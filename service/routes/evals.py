@@ -22,6 +22,7 @@ from service.deps import State
 from service.errors import ServiceError
 from service.evalruns import FILE_ID
 from service.pipeline import ADAPTER_MODES, MODES
+from service.state import AppState
 from tuner.jobstore import Job, JobFinished, JobNotFound
 
 router = APIRouter(prefix="/v1/eval/runs", tags=["evaluation"])
@@ -129,7 +130,7 @@ def _domain() -> Iterator[None]:
         raise ServiceError(409, "eval_run_finished", str(exc).replace("job", "eval run")) from None
 
 
-def spec_dict(body: RunBody, state: Any) -> dict[str, Any]:
+def spec_dict(body: RunBody, state: AppState) -> dict[str, Any]:
     """The run's spec; ``ValueError`` for what this service can tell is wrong."""
     file_id = body.dataset if isinstance(body.dataset, str) else body.dataset.file_id
     if (
@@ -150,12 +151,12 @@ def spec_dict(body: RunBody, state: Any) -> dict[str, Any]:
     return {"name": "eval", "file_id": file_id, "options": options}
 
 
-def _default_modes(body: RunBody, state: Any) -> list[str]:
+def _default_modes(body: RunBody, state: AppState) -> list[str]:
     has_adapter = body.ft_adapter is not None or state.registry().promoted() is not None
     return [m.name for m in MODES.values() if has_adapter or not m.uses_adapter]
 
 
-def _check_adapters(options: dict[str, Any], state: Any) -> None:
+def _check_adapters(options: dict[str, Any], state: AppState) -> None:
     """Named adapters exist; ft and hybrid have one (named or promoted)."""
     from tuner.registry import RecordNotFound, RegistryError
 
