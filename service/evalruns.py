@@ -56,7 +56,7 @@ CANCEL_CHECK_EVERY = 25  # questions between looks at whether the run was cancel
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """An eval run as submitted: an uploaded file and the options (a ``tuner.jobs.JobSpec``)."""
+    """An eval run as submitted: an uploaded file and the options (a ``tuner.jobstore.JobSpec``)."""
 
     file_id: str
     options: dict[str, Any] = field(default_factory=dict)
