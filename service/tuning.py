@@ -52,6 +52,7 @@ def train_options(settings: Settings) -> dict[str, Any]:
         "models_dir": str(settings.model_cache),
         "base_path": str(settings.generator_path) if settings.generator_path else None,
         "embedder_path": str(settings.embedder_path) if settings.embedder_path else None,
+        "offline": settings.offline,
     }
 
 

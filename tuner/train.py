@@ -33,12 +33,13 @@ def train(
     models_dir: Path | None = None,
     base_path: str | None = None,
     embedder_path: str | None = None,
+    offline: bool | None = None,
 ) -> Any:
     """Train ``recipe`` on the data prepared in ``job_dir``; return the registry record.
     ``models_dir`` holds converted base weights (default ``data_dir/models``); ``base_path`` is
     an explicit local copy of the base model (a folder or .gguf file) to use instead of its
     preset's sources. A retriever recipe goes to ``tuner.embed_train.train_retriever`` (with
-    ``embedder_path`` as its base's local copy)."""
+    ``embedder_path`` as its base's local copy; ``offline`` as in ``retriever.sources``)."""
     if recipe.component == "retriever":
         from tuner.embed_train import train_retriever
 
@@ -49,6 +50,7 @@ def train(
             hooks=hooks,
             device=device,
             embedder_path=embedder_path,
+            offline=offline,
         )
     from tuner.generator_train import train_generator
 

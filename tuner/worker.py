@@ -57,6 +57,8 @@ def run(job_dir: Path, train: Train) -> int:
     kwargs = {k: options[k] for k in ("device", "base_path", "embedder_path") if options.get(k)}
     if options.get("models_dir"):
         kwargs["models_dir"] = Path(options["models_dir"])
+    if options.get("offline") is not None:
+        kwargs["offline"] = bool(options["offline"])
     try:
         record = train(
             recipe,
