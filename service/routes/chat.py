@@ -20,7 +20,7 @@ from retriever.config import SearchMode
 from service.auth import Reader
 from service.deps import State
 from service.errors import ServiceError
-from service.pipeline import CHAT, Ask, mode_for
+from service.pipeline import CHAT, Answer, Ask, mode_for
 from service.streaming import deltas, sse, wait
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -71,9 +71,20 @@ async def chat(
 ) -> dict[str, Any] | StreamingResponse:
     if body.model not in state.model_ids():
         raise ServiceError(404, "model_not_found", f"no model {body.model!r}; see GET /v1/models")
-    opts = body.retrieval if isinstance(body.retrieval, Retrieval) else Retrieval()
     adapter = None if body.model == state.settings.generator else body.model
-    ask = Ask(
+    pipeline = state.pipeline()
+    answer = pipeline.submit(await pipeline.aprepare(_ask(body, adapter), CHAT))
+    reply = _Reply(answer, body.model)
+    if not body.stream:
+        await wait(answer.request, request)
+        return reply.completion()
+    return StreamingResponse(reply.events(), media_type="text/event-stream")
+
+
+def _ask(body: ChatBody, adapter: str | None) -> Ask:
+    """The chat as the pipeline's ask: retrieval on (rag, hybrid) or off, adapter by model."""
+    opts = body.retrieval if isinstance(body.retrieval, Retrieval) else Retrieval()
+    return Ask(
         [m.model_dump() for m in body.messages],
         mode=mode_for(bool(body.retrieval), adapter),
         k=opts.k,
@@ -85,57 +96,55 @@ async def chat(
         temperature=body.temperature,
         seed=body.seed,
     )
-    pipeline = state.pipeline()
-    answer = pipeline.submit(await pipeline.aprepare(ask, CHAT))
-    job = answer.request
-    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    citations = answer.citations()
 
-    def usage() -> dict[str, int]:
+
+class _Reply:
+    """An answer in OpenAI's shapes: one completion, or its chunks as Server-Sent Events."""
+
+    def __init__(self, answer: Answer, model: str) -> None:
+        self.answer, self.model = answer, model
+        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def usage(self) -> dict[str, int]:
+        used = self.answer.usage()
+        return {**used, "total_tokens": used["prompt_tokens"] + used["completion_tokens"]}
+
+    def finish(self) -> str:
+        return "length" if self.answer.request.finish_reason == "length" else "stop"
+
+    def completion(self) -> dict[str, Any]:
         return {
-            "prompt_tokens": len(job.prompt_ids),
-            "completion_tokens": len(job.tokens),
-            "total_tokens": len(job.prompt_ids) + len(job.tokens),
-        }
-
-    def finish() -> str:
-        return "length" if job.finish_reason == "length" else "stop"
-
-    if not body.stream:
-        await wait(job, request)
-        return {
-            "id": cid,
+            "id": self.id,
             "object": "chat.completion",
-            "created": created,
-            "model": body.model,
+            "created": self.created,
+            "model": self.model,
             "choices": [
                 {
                     "index": 0,
-                    "finish_reason": finish(),
-                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": self.finish(),
+                    "message": {"role": "assistant", "content": self.answer.text},
                 }
             ],
-            "usage": usage(),
-            "citations": citations,
+            "usage": self.usage(),
+            "citations": self.answer.citations(),
         }
 
-    def chunk(delta: dict[str, Any], reason: str | None = None, **extra: Any) -> str:
+    def chunk(self, delta: dict[str, Any], reason: str | None = None, **extra: Any) -> str:
         return sse(
             {
-                "id": cid,
+                "id": self.id,
                 "object": "chat.completion.chunk",
-                "created": created,
-                "model": body.model,
+                "created": self.created,
+                "model": self.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
                 **extra,
             }
         )
 
-    async def events() -> AsyncIterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
-        async for delta in deltas(job):
-            yield chunk({"content": delta})
-        yield chunk({}, finish(), usage=usage(), citations=citations)
+    async def events(self) -> AsyncIterator[str]:
+        yield self.chunk({"role": "assistant", "content": ""})
+        async for delta in deltas(self.answer.request):
+            yield self.chunk({"content": delta})
+        citations = self.answer.citations()
+        yield self.chunk({}, self.finish(), usage=self.usage(), citations=citations)
         yield sse("[DONE]")
-
-    return StreamingResponse(events(), media_type="text/event-stream")
