@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from retriever.config import SEARCH_MODES
+
 METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning", "full", "qlora")
 RETRIEVER_METHODS = ("full", "lora")
 COMPONENTS = ("generator", "retriever")
@@ -173,7 +175,7 @@ class RetrieverTuning:
         self.window = (window[0], window[1])
         _check(0 < self.margin <= 1, "retriever.margin", self.margin, "must be in (0, 1]")
         _check(
-            self.mine_mode in ("dense", "sparse", "hybrid"),
+            self.mine_mode in SEARCH_MODES,
             "retriever.mine_mode",
             self.mine_mode,
             "dense, sparse or hybrid",

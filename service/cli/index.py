@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from retriever.config import SEARCH_MODES
 from service.cli.common import label, load_settings, main, open_index, reembed
 from service.runtime import one_line, quiet_transformers
 
@@ -68,9 +69,7 @@ def ingest(paths: tuple[Path, ...], batch: int) -> None:
 @main.command()
 @click.argument("query")
 @click.option("-k", type=int, default=5, show_default=True)
-@click.option(
-    "--mode", type=click.Choice(["dense", "sparse", "hybrid"]), default="hybrid", show_default=True
-)
+@click.option("--mode", type=click.Choice(SEARCH_MODES), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a listing.")
 def search(query: str, k: int, mode: str, as_json: bool) -> None:
     """Search the index and print the best passages."""
