@@ -176,7 +176,7 @@ def check(limits: Limits, ask: Ask, surface: Surface = QUERY) -> int:
         name = surface.max_new_field
         raise ServiceError(422, f"{name}_too_large", f"{name} must be <= {limits.max_new_tokens}")
     if surface.k_always or (answer_mode(ask.mode).retrieves and ask.query):
-        check_search(limits, ask.k, "")
+        check_k(limits, ask.k)
     if any(len(m["content"]) > limits.max_question_chars for m in ask.messages):
         raise ServiceError(
             422,
@@ -186,10 +186,15 @@ def check(limits: Limits, ask: Ask, surface: Surface = QUERY) -> int:
     return max_new
 
 
-def check_search(limits: Limits, k: int, query: str) -> None:
-    """Raise a 422 for a search over the limits (``POST /v1/search``, and every retrieval)."""
+def check_k(limits: Limits, k: int) -> None:
+    """Raise a 422 for more passages than a search may return (every retrieval)."""
     if k > limits.max_k:
         raise ServiceError(422, "k_too_large", f"k must be <= {limits.max_k}")
+
+
+def check_search(limits: Limits, k: int, query: str) -> None:
+    """Raise a 422 for a search over the limits (``POST /v1/search``)."""
+    check_k(limits, k)
     if len(query) > limits.max_question_chars:
         raise ServiceError(
             422, "question_too_long", f"at most {limits.max_question_chars} characters"

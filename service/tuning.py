@@ -63,6 +63,11 @@ def needs_index(plan: Recipe) -> bool:
     return synthetic or (plan.component == "retriever" and plan.retriever.negatives > 0)
 
 
+def writes_with_model(plan: Recipe) -> bool:
+    """Whether a dataset of ``plan`` is synthetic data the generator writes."""
+    return any(d.synthetic and d.synthetic.generator == "model" for d in plan.datasets)
+
+
 def activates(plan: Recipe) -> bool:
     """Whether a finished run switches the index to its result (retriever runs, by default)."""
     return plan.component == "retriever" and bool(plan.retriever.activate)
@@ -85,7 +90,7 @@ def prepare_data(
     files = settings.layout.files
     if plan.component == "retriever":
         return prepare_pairs(plan, job_dir, files_dir=files, retriever=index)
-    writes = any(d.synthetic and d.synthetic.generator == "model" for d in plan.datasets)
+    writes = writes_with_model(plan)
     if tokenizer is None or (writes and generator is None):
         loaded = load_base(plan, settings)
         tokenizer = tokenizer or loaded.tokenizer

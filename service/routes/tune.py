@@ -23,7 +23,13 @@ from service.auth import Reader, Writer
 from service.deps import State
 from service.errors import ServiceError
 from service.state import AppState
-from service.tuning import activates, base_model, prepare_data, train_options
+from service.tuning import (
+    activates,
+    base_model,
+    prepare_data,
+    train_options,
+    writes_with_model,
+)
 from tuner.config import Recipe, recipe_from_dict
 from tuner.jobs import JobRunner
 from tuner.jobstore import Job, JobFinished, JobNotFound
@@ -196,14 +202,13 @@ def make_job_runner(state: AppState) -> JobRunner:
         # shareable across threads), and for model-written data a generator of its own (the
         # engine switches adapters on the shared one).
         assert state.generator is not None
-        writes = any(d.synthetic and d.synthetic.generator == "model" for d in recipe.datasets)
         return prepare_data(
             recipe,
             job_dir,
             settings,
             index=state.retriever,
             tokenizer=copy.deepcopy(state.generator.tokenizer),
-            generator=generator_from_settings(settings) if writes else None,
+            generator=generator_from_settings(settings) if writes_with_model(recipe) else None,
         )
 
     def activate(job: Job) -> None:
