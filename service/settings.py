@@ -69,9 +69,32 @@ class Limits(BaseModel):
     max_batch_documents: int = Field(256, gt=0, description="most documents in one batch add")
     max_batch_generation: int = Field(16, gt=0, description="requests decoded together")
     max_question_chars: int = Field(4000, gt=0, description="longest question or chat message")
-    rate_limit_per_minute: int = Field(
-        120, ge=0, description="requests per key per minute; 0 = off"
+    max_messages: int = Field(64, gt=0, description="most messages in one chat request")
+    max_prompt_tokens: int = Field(
+        2048,
+        gt=0,
+        description="per-request budget for the templated prompt, in tokens; passages are "
+        "trimmed or dropped to fit, user text over it gets 422 (the model's context also bounds "
+        "prompt + answer)",
     )
+    max_loaded_adapters: int = Field(
+        8, gt=0, description="adapters held loaded at once; least recently used unloaded first"
+    )
+    rate_limit_per_minute: int | None = Field(
+        None,
+        ge=0,
+        description="requests per key per minute; 0 = off; unset = 120 with auth on, off with "
+        "auth off (one local user on loopback)",
+    )
+    failed_auth_per_minute: int = Field(
+        10, ge=0, description="failed key attempts per client address per minute; 0 = off"
+    )
+
+    def requests_per_minute(self, auth_disabled: bool) -> int:
+        """The per-key rate limit in force: the setting, or its default for the auth mode."""
+        if self.rate_limit_per_minute is not None:
+            return self.rate_limit_per_minute
+        return 0 if auth_disabled else 120
 
 
 class Retrieval(BaseModel):
@@ -128,6 +151,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="port to bind")
     api_keys: list[ApiKey] = Field(default_factory=list, description="keys and their scopes")
     auth_disabled: bool = Field(False, description="serve without keys (loopback only)")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins (scheme://host[:port]) allowed to send state-changing "
+        "requests with auth on; none by default",
+    )
+    api_docs: bool = Field(
+        False, description="serve the interactive API docs at /docs (they load assets from a CDN)"
+    )
     limits: Limits = Field(default_factory=Limits)
     retrieval: Retrieval = Field(default_factory=Retrieval)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -51,7 +51,9 @@ class AppState:
         from service.metrics import Metrics
         from service.reindexing import Reindexer
 
-        self.limiter = RateLimiter(self.settings.limits.rate_limit_per_minute)
+        self.limiter = RateLimiter(
+            self.settings.limits.requests_per_minute(self.settings.auth_disabled)
+        )
         self.metrics = Metrics()
         self.reindexer = Reindexer(self)
 

@@ -1,0 +1,127 @@
+"""What the index accepts as a document id, as metadata and as a search filter, written once.
+
+The service checks request bodies with these same rules at the edge (a 422 naming the field);
+the index checks them again on every write, so a file loaded from disk or a library caller is
+held to the same bounds. Reads never check: a row stored before a bound existed stays readable.
+
+Each check raises ``ValueError`` whose message starts with the offending field's path
+(``metadata.a.b``, ``filters.tags[3]``), which pydantic turns into a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from typing import Any
+
+ID_MAX_CHARS = 256
+METADATA_MAX_BYTES = 16 * 1024  # the JSON text as stored
+METADATA_MAX_DEPTH = 8  # nested objects and lists, the top-level object counted
+METADATA_MAX_KEY_CHARS = 128
+INT_BOUND = 2**63  # JSON integers stay within a signed 64-bit value (SQLite, JavaScript-safe ids)
+FILTER_MAX_KEYS = 16
+FILTER_MAX_VALUES = 100  # scalars in one key's list
+FILTER_MAX_STRING_CHARS = 1024
+
+Scalar = str | int | float | bool | None
+
+
+def _bad_char(ch: str) -> bool:
+    """Control, format (bidi overrides, zero-width), unassigned, surrogate, private-use and
+    line/paragraph separator characters: none has a place in an id."""
+    category = unicodedata.category(ch)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
+def check_id(value: str, field: str = "id") -> str:
+    """A document id: 1..256 printable characters, not only whitespace."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: must be a string")
+    if not value.strip():
+        raise ValueError(f"{field}: must not be empty or only whitespace")
+    if len(value) > ID_MAX_CHARS:
+        raise ValueError(f"{field}: at most {ID_MAX_CHARS} characters, got {len(value)}")
+    bad = next((ch for ch in value if _bad_char(ch)), None)
+    if bad is not None:
+        raise ValueError(
+            f"{field}: control, format or bidi character U+{ord(bad):04X} is not allowed"
+        )
+    return value
+
+
+def check_metadata(value: Any, field: str = "metadata") -> dict[str, Any]:
+    """A metadata object: JSON only (finite numbers, 64-bit integers, string keys up to 128
+    characters), nested at most 8 deep, at most 16 KiB as JSON."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{field}: must be an object")
+    _check_json(value, field, 1)
+    size = len(json.dumps(value, ensure_ascii=False).encode())
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"{field}: at most {METADATA_MAX_BYTES} bytes as JSON, got {size}")
+    return value
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    if isinstance(value, dict | list):
+        if depth > METADATA_MAX_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {METADATA_MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"{path}: keys must be strings")
+                if len(key) > METADATA_MAX_KEY_CHARS:
+                    raise ValueError(
+                        f"{path}: keys have at most {METADATA_MAX_KEY_CHARS} characters"
+                    )
+                _check_json(item, f"{path}.{key}", depth + 1)
+        else:
+            for i, item in enumerate(value):
+                _check_json(item, f"{path}[{i}]", depth + 1)
+        return
+    _check_scalar(value, path)
+
+
+def _check_scalar(value: Any, path: str) -> None:
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, int):
+        if not -INT_BOUND <= value < INT_BOUND:
+            raise ValueError(f"{path}: integers must fit in 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: numbers must be finite")
+        return
+    raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def check_filters(value: Any, field: str = "filters") -> dict[str, Any] | None:
+    """Search filters: at most 16 metadata keys, each equal to a scalar or to any of a list of
+    at most 100 scalars (a list matches a document whose value is one of them)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{field}: must be an object of metadata key -> value")
+    if len(value) > FILTER_MAX_KEYS:
+        raise ValueError(f"{field}: at most {FILTER_MAX_KEYS} keys, got {len(value)}")
+    for key, wanted in value.items():
+        if not isinstance(key, str) or len(key) > METADATA_MAX_KEY_CHARS:
+            raise ValueError(f"{field}: keys are strings of at most {METADATA_MAX_KEY_CHARS}")
+        path = f"{field}.{key}"
+        if isinstance(wanted, list):
+            if len(wanted) > FILTER_MAX_VALUES:
+                raise ValueError(f"{path}: at most {FILTER_MAX_VALUES} values, got {len(wanted)}")
+            for i, item in enumerate(wanted):
+                _check_filter_scalar(item, f"{path}[{i}]")
+        else:
+            _check_filter_scalar(wanted, path)
+    return value
+
+
+def _check_filter_scalar(value: Any, path: str) -> None:
+    if isinstance(value, dict | list):
+        raise ValueError(f"{path}: a filter value is a scalar or a list of scalars")
+    _check_scalar(value, path)
+    if isinstance(value, str) and len(value) > FILTER_MAX_STRING_CHARS:
+        raise ValueError(f"{path}: at most {FILTER_MAX_STRING_CHARS} characters")
