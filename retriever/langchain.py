@@ -4,8 +4,13 @@
 ``RagtuneVectorStore`` turns LangChain calls into ``Retriever.upsert_many``, ``delete``, ``get``
 and ``search``; every search returns chunks, so a ``Document`` here is one chunk: page_content is
 the chunk text, ``id`` the document id (several chunks of one document share it) and metadata the
-document's metadata plus ``chunk_id``, ``start``, ``end`` and ``score``. ``RagtuneRetriever`` is
-the same search as a ``Runnable`` with fixed ``k``, ``mode`` and ``filters``.
+document's metadata exactly as stored. Asked with ``chunk_info=True``, a result also carries
+ragtune's own fields under the one reserved key ``"ragtune"`` (``RAGTUNE_KEY``): ``chunk_id``,
+``start``, ``end`` and ``score``. ``RagtuneRetriever`` is the same search as a ``Runnable``, with
+``k``, ``mode``, ``filters`` and ``chunk_info`` set on it and overridable per call.
+
+The async methods run the sync ones in LangChain's thread executor: the index is thread-safe
+(searches share a read lock, writes take the write lock) and does its own I/O synchronously.
 
 It knows nothing of chunking, fusion or storage beyond the public ``Retriever`` API, and it
 cannot search by a raw vector or run MMR: the engine searches by query text (sparse and hybrid
@@ -19,7 +24,10 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
-from langchain_core.callbacks.manager import CallbackManagerForRetrieverRun
+from langchain_core.callbacks.manager import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
@@ -30,6 +38,9 @@ from pydantic import Field, field_validator
 from retriever.config import SEARCH_MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound
 from retriever.index import DocumentIn, EmbedderLike, Hit, Retriever
+
+RAGTUNE_KEY = "ragtune"
+"""The metadata key that holds ragtune's chunk fields in a ``chunk_info=True`` result."""
 
 _NO_VECTOR_SEARCH = (
     "RagtuneVectorStore searches by query text only: sparse and hybrid modes need the words, "
@@ -94,15 +105,18 @@ def _as_embedder(embedding: Embeddings) -> EmbedderLike:
 
 
 # ---- hits as documents ------------------------------------------------------------------------
-def hit_to_document(hit: Hit) -> Document:
-    """One chunk as a Document; chunk keys win over document metadata keys of the same name."""
-    metadata = {
-        **hit.metadata,
-        "chunk_id": hit.chunk_id,
-        "start": hit.start,
-        "end": hit.end,
-        "score": hit.score,
-    }
+def hit_to_document(hit: Hit, *, chunk_info: bool = False) -> Document:
+    """One chunk as a Document whose metadata is a copy of the document's metadata. With
+    ``chunk_info``, ragtune's fields go under ``RAGTUNE_KEY``; a stored key of that name is
+    shadowed in this result (never in the index)."""
+    metadata = dict(hit.metadata)
+    if chunk_info:
+        metadata[RAGTUNE_KEY] = {
+            "chunk_id": hit.chunk_id,
+            "start": hit.start,
+            "end": hit.end,
+            "score": hit.score,
+        }
     return Document(page_content=hit.text, id=hit.doc_id, metadata=metadata)
 
 
@@ -139,11 +153,16 @@ class RagtuneVectorStore(VectorStore):
     Writes are upserts (an existing id is replaced). ``delete`` is idempotent: unknown ids are
     skipped, as LangChain's standard vector-store tests require. Scores from
     ``similarity_search_with_score`` are the engine's, higher is better (not distances).
+    ``chunk_info=True`` adds ragtune's chunk fields under ``RAGTUNE_KEY`` to every search result;
+    searches take ``mode=`` and ``chunk_info=`` per call too.
     """
 
-    def __init__(self, retriever: Retriever, *, mode: str = "hybrid") -> None:
+    def __init__(
+        self, retriever: Retriever, *, mode: str = "hybrid", chunk_info: bool = False
+    ) -> None:
         self._retriever = retriever
         self.mode = _check_mode(mode)
+        self.chunk_info = chunk_info
 
     @property
     def retriever(self) -> Retriever:
@@ -167,15 +186,17 @@ class RagtuneVectorStore(VectorStore):
         folder: Path | str | None = None,
         config: RetrieverConfig | None = None,
         mode: str = "hybrid",
+        chunk_info: bool = False,
         **kwargs: Any,
     ) -> Self:
-        """Open (or create) the index in ``folder`` with ``embedding`` and add ``texts``."""
+        """Open (or create) the index in ``folder`` with ``embedding`` (any LangChain
+        ``Embeddings``) and add ``texts``."""
         if folder is None:
             raise TypeError("from_texts needs folder=: the directory that holds the index")
         _reject_kwargs("from_texts", kwargs)
         _check_mode(mode)  # before the index is opened
         retriever = Retriever(Path(folder), _as_embedder(embedding), config)
-        store = cls(retriever, mode=mode)
+        store = cls(retriever, mode=mode, chunk_info=chunk_info)
         store.add_texts(texts, metadatas, ids=ids)
         return store
 
@@ -193,6 +214,17 @@ class RagtuneVectorStore(VectorStore):
         docs = _documents_in(list(texts), metadatas, ids)
         return [result.id for result in self._retriever.upsert_many(docs)]
 
+    async def aadd_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """``add_texts`` in the thread executor (``aadd_documents`` comes through here)."""
+        return await run_in_executor(None, self.add_texts, list(texts), metadatas, ids=ids)
+
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
         """Delete documents by id; ids not in the index are skipped. Returns True once none of
         ``ids`` is in the index. ``ids=None`` ("delete all" in LangChain) raises ValueError: a
@@ -209,6 +241,10 @@ class RagtuneVectorStore(VectorStore):
                     raise
                 pending.remove(exc.doc_id)
         return True
+
+    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        """``delete`` in the thread executor."""
+        return await run_in_executor(None, self.delete, ids, **kwargs)
 
     def _exists(self, doc_id: str) -> bool:
         try:
@@ -230,12 +266,23 @@ class RagtuneVectorStore(VectorStore):
             docs.append(Document(page_content=row.text, id=row.id, metadata=dict(row.metadata)))
         return docs
 
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """``get_by_ids`` in the thread executor."""
+        return await run_in_executor(None, self.get_by_ids, ids)
+
     def similarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[Document]:
-        """The ``k`` best chunks; ``mode=`` overrides the store's mode for this call."""
+        """The ``k`` best chunks; ``mode=`` and ``chunk_info=`` override the store's for this
+        call."""
         pairs = self.similarity_search_with_score(query, k, filter, **kwargs)
         return [doc for doc, _ in pairs]
+
+    async def asimilarity_search(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[Document]:
+        """``similarity_search`` in the thread executor."""
+        return await run_in_executor(None, self.similarity_search, query, k, filter, **kwargs)
 
     def similarity_search_with_score(
         self,
@@ -246,11 +293,20 @@ class RagtuneVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         """Chunks with the engine's raw score (higher is better); ``filter`` matches metadata
         by equality or list membership, as ``Retriever.search`` does."""
+        chunk_info = bool(kwargs.pop("chunk_info", self.chunk_info))
         mode = self._mode(kwargs)
         if filter is not None and not isinstance(filter, dict):
             raise TypeError(f"filter must be a dict of metadata values, got {type(filter)}")
         hits = self._retriever.search(query, k=k, mode=mode, filters=filter)
-        return [(hit_to_document(hit), hit.score) for hit in hits]
+        return [(hit_to_document(hit, chunk_info=chunk_info), hit.score) for hit in hits]
+
+    async def asimilarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """``similarity_search_with_score`` in the thread executor."""
+        return await run_in_executor(
+            None, self.similarity_search_with_score, query, k, filter, **kwargs
+        )
 
     def _mode(self, kwargs: dict[str, Any]) -> str:
         mode = kwargs.pop("mode", None) or self.mode
@@ -318,13 +374,18 @@ def _reject_kwargs(where: str, kwargs: dict[str, Any]) -> None:
 
 # ---- retriever --------------------------------------------------------------------------------
 class RagtuneRetriever(BaseRetriever):
-    """``Retriever.search`` as a LangChain retriever with fixed ``k``, ``mode`` and ``filters``."""
+    """``Retriever.search`` as a LangChain retriever. ``k``, ``mode``, ``filters`` and
+    ``chunk_info`` set here are the defaults; ``invoke(query, k=1, mode=..., filters=...,
+    chunk_info=...)`` overrides them for one call. Other keyword arguments are a TypeError."""
 
     retriever: Retriever
     k: int = Field(default=4, ge=1, description="chunks returned per query")
     mode: str = Field(default="hybrid", description="dense | sparse | hybrid")
     filters: dict[str, Any] | None = Field(
         default=None, description="metadata equality / list-membership filter"
+    )
+    chunk_info: bool = Field(
+        default=False, description=f"add chunk id, span and score under {RAGTUNE_KEY!r}"
     )
 
     @field_validator("mode")
@@ -333,7 +394,48 @@ class RagtuneRetriever(BaseRetriever):
         return _check_mode(mode)
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        mode: str | None = None,
+        filters: dict[str, Any] | None = None,
+        chunk_info: bool | None = None,
     ) -> list[Document]:
-        hits = self.retriever.search(query, k=self.k, mode=self.mode, filters=self.filters)
-        return [hit_to_document(hit) for hit in hits]
+        hits = self.retriever.search(
+            query,
+            k=self.k if k is None else _check_k(k),
+            mode=self.mode if mode is None else _check_mode(mode),
+            filters=self.filters if filters is None else filters,
+        )
+        info = self.chunk_info if chunk_info is None else chunk_info
+        return [hit_to_document(hit, chunk_info=info) for hit in hits]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        mode: str | None = None,
+        filters: dict[str, Any] | None = None,
+        chunk_info: bool | None = None,
+    ) -> list[Document]:
+        """The sync search in the thread executor."""
+        return await run_in_executor(
+            None,
+            self._get_relevant_documents,
+            query,
+            run_manager=run_manager.get_sync(),
+            k=k,
+            mode=mode,
+            filters=filters,
+            chunk_info=chunk_info,
+        )
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return k

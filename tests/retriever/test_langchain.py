@@ -16,7 +16,12 @@ from pydantic import ValidationError
 
 from retriever.config import RetrieverConfig
 from retriever.index import Retriever
-from retriever.langchain import RagtuneEmbeddings, RagtuneRetriever, RagtuneVectorStore
+from retriever.langchain import (
+    RAGTUNE_KEY,
+    RagtuneEmbeddings,
+    RagtuneRetriever,
+    RagtuneVectorStore,
+)
 from tests.fakes import FakeEmbedder
 
 MODES = ["dense", "sparse", "hybrid"]
@@ -49,12 +54,47 @@ def _ids(docs: list[Document]) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_added_text_is_found_with_chunk_metadata(store: RagtuneVectorStore, mode: str) -> None:
+def test_search_returns_the_stored_metadata_exactly(store: RagtuneVectorStore, mode: str) -> None:
     doc = store.similarity_search("apt packages", k=1, mode=mode)[0]
     assert doc.id == "apt" and doc.page_content == TEXTS[0]
-    assert doc.metadata["topic"] == "packages"
-    assert (doc.metadata["start"], doc.metadata["end"]) == (0, len(TEXTS[0]))
-    assert isinstance(doc.metadata["chunk_id"], int) and doc.metadata["score"] > 0
+    assert doc.metadata == {"topic": "packages"}
+
+
+def test_user_keys_named_like_chunk_fields_are_kept(tmp_path: Path) -> None:
+    s = RagtuneVectorStore(_retriever(tmp_path))
+    meta = {"score": "A+", "start": "monday", "chunk_id": "c-7", "end": None}
+    s.add_texts(["grades are posted on monday"], [meta], ids=["grades"])
+    (doc, score), *_ = s.similarity_search_with_score("grades posted", k=1)
+    assert doc.metadata == meta and isinstance(score, float)
+    ranked = s.similarity_search("grades posted", k=1, chunk_info=True)[0].metadata
+    assert {k: v for k, v in ranked.items() if k != RAGTUNE_KEY} == meta
+    assert ranked[RAGTUNE_KEY]["score"] == pytest.approx(score)
+
+
+def test_a_stored_ragtune_key_is_kept_and_only_shadowed_by_chunk_info(tmp_path: Path) -> None:
+    s = RagtuneVectorStore(_retriever(tmp_path))
+    s.add_texts(["grades are posted on monday"], [{RAGTUNE_KEY: "mine"}], ids=["g"])
+    assert s.similarity_search("grades", k=1)[0].metadata == {RAGTUNE_KEY: "mine"}
+    shadowed = s.similarity_search("grades", k=1, chunk_info=True)[0].metadata[RAGTUNE_KEY]
+    assert set(shadowed) == {"chunk_id", "start", "end", "score"}
+    assert s.get_by_ids(["g"])[0].metadata == {RAGTUNE_KEY: "mine"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chunk_info_under_the_reserved_key(tmp_path: Path, mode: str) -> None:
+    text = " ".join(f"word{i} apt packages" for i in range(40))  # several 200-char chunks
+    s = RagtuneVectorStore(_retriever(tmp_path), chunk_info=True)
+    s.add_texts([text], [{"topic": "packages"}], ids=["long"])
+    docs = s.similarity_search("apt packages", k=3, mode=mode)
+    assert len(docs) == 3 and len({d.metadata[RAGTUNE_KEY]["chunk_id"] for d in docs}) == 3
+    for doc in docs:
+        info = doc.metadata[RAGTUNE_KEY]
+        assert set(doc.metadata) == {"topic", RAGTUNE_KEY}
+        assert text[info["start"] : info["end"]] == doc.page_content
+        assert isinstance(info["chunk_id"], int) and info["score"] > 0
+    plain = s.similarity_search("apt packages", k=1, mode=mode, chunk_info=False)[0]
+    assert plain.metadata == {"topic": "packages"}
+    assert s.get_by_ids(["long"])[0].metadata == {"topic": "packages"}  # whole documents
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -169,6 +209,43 @@ def test_ragtune_retriever_invoke(store: RagtuneVectorStore) -> None:
         RagtuneRetriever(retriever=store.retriever, mode="fuzzy")
     with pytest.raises(ValidationError):
         RagtuneRetriever(retriever=store.retriever, k=0)
+
+
+def test_ragtune_retriever_per_call_arguments(store: RagtuneVectorStore) -> None:
+    r = RagtuneRetriever(retriever=store.retriever, k=3, mode="dense")
+    assert len(r.invoke("apt packages")) == 3
+    assert _ids(r.invoke("apt packages", k=1)) == ["apt"]
+    assert _ids(r.invoke("apt packages", mode="sparse")) == ["apt"]  # no other shared words
+    assert _ids(r.invoke("apt packages", filters={"topic": "boot"})) == ["systemd"]
+    (doc,) = r.invoke("apt packages", k=1, chunk_info=True)
+    assert doc.metadata[RAGTUNE_KEY]["start"] == 0 and doc.metadata["topic"] == "packages"
+    assert len(r.invoke("apt packages")) == 3  # the per-call k did not stick
+    assert _ids(asyncio.run(r.ainvoke("kernel processes", k=1))) == ["kernel"]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be"):
+            r.invoke("apt", k=bad)
+    with pytest.raises(ValueError, match="mode"):
+        r.invoke("apt", mode="fuzzy")
+    with pytest.raises(TypeError, match="filter"):
+        r.invoke("apt", filter={"topic": "boot"})  # the store's name; the retriever's is filters
+
+
+def test_async_methods_go_through_to_the_index(tmp_path: Path) -> None:
+    s = RagtuneVectorStore(_retriever(tmp_path), mode="sparse")
+
+    async def scenario() -> None:
+        docs = [Document(page_content=t, metadata=m) for t, m in zip(TEXTS, METAS, strict=True)]
+        assert await s.aadd_documents(docs, ids=IDS) == IDS
+        assert _ids(await s.asimilarity_search("debian archive", k=2)) == ["apt"]
+        (doc, score), *_ = await s.asimilarity_search_with_score("kernel", k=1, chunk_info=True)
+        assert doc.id == "kernel" and doc.metadata[RAGTUNE_KEY]["score"] == score
+        assert await s.adelete(["apt", "missing"]) is True
+        assert await s.asimilarity_search("debian archive", k=2) == []
+        got = await s.aget_by_ids(["systemd", "apt"])
+        assert [(d.id, d.metadata) for d in got] == [("systemd", METAS[2])]
+
+    asyncio.run(scenario())
+    assert len(s.retriever) == 2
 
 
 def _format(docs: list[Document]) -> str:
