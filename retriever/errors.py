@@ -12,7 +12,12 @@ class DocumentNotFound(RetrieverError):
 
 
 class InvalidDocument(RetrieverError):
-    """A document is malformed (empty text, bad id, metadata not JSON)."""
+    """A document is malformed (empty or oversized text, bad id, metadata out of bounds); the
+    message starts with the field's path (``documents[2].metadata.a``)."""
+
+
+class InvalidSearch(RetrieverError, ValueError):
+    """A search is malformed (bad filters, mode or k); the message starts with the field."""
 
 
 class EmbedderMismatch(RetrieverError):

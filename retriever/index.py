@@ -4,7 +4,10 @@ SQLite (``store.py``) is the truth; FAISS (``IndexIDMap2`` over inner product on
 ids = SQLite chunk ids) and BM25 are views rebuilt from it on open. A write embeds outside the
 lock, then under the write lock commits to SQLite and applies the change to FAISS, so a search
 (under the read lock) sees a document's old chunks or its new ones, never a mix, and a write is
-visible to the next search once it returns. Knows nothing of HTTP or generation.
+visible to the next search once it returns. Every write is checked against
+``retriever.validation`` (ids, metadata) and ``TEXT_MAX_CHARS`` (``InvalidDocument``), every
+search's filters against ``check_filters`` (``InvalidSearch``); reads serve any stored row.
+Knows nothing of HTTP or generation.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ import numpy as np
 from retriever import fusion, snapshot
 from retriever.chunking import Chunk, split
 from retriever.config import SEARCH_MODES, RetrieverConfig
-from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
 from retriever.locks import FolderLock, RWLock
 from retriever.sparse import CJK, LiveSparse
 from retriever.store import DocumentRow, NewChunk, Store, now
+from retriever.validation import check_filters, check_id, check_metadata
 
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
 FITTED_KEY = "dense_weights"  # meta: hybrid dense shares fitted per language for one space
+TEXT_MAX_CHARS = 4 * 2**20  # one document's text (a long book); bodies are bounded before this
 
 
 class EmbedderLike(Protocol):
@@ -209,10 +214,18 @@ class Retriever:
         return [p.result if isinstance(p, _Plan) else p for p in plans]
 
     def _plan(self, docs: Sequence[DocumentIn]) -> list[_Plan | WriteResult]:
-        ids = [_validate(d) for d in docs]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise InvalidDocument(f"document id {dup!r} appears twice in one batch")
+        ids = [
+            check_document(d, f"documents[{i}]." if len(docs) > 1 else "")
+            for i, d in enumerate(docs)
+        ]
+        seen: dict[str, int] = {}
+        for i, doc_id in enumerate(ids):
+            if doc_id in seen:
+                raise InvalidDocument(
+                    f"documents[{i}].id: {doc_id!r} appears twice in one batch "
+                    f"(first at documents[{seen[doc_id]}])"
+                )
+            seen[doc_id] = i
         plans: list[_Plan | WriteResult] = []
         for doc_id, doc in zip(ids, docs, strict=True):
             old = self.store.document(doc_id)
@@ -360,9 +373,13 @@ class Retriever:
             pool = self.search(query, max(k, self.config.candidates), mode, filters)
             return list(reranker.rerank(query, pool, k))
         if mode not in SEARCH_MODES:
-            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise InvalidSearch(f"mode: one of {SEARCH_MODES}, got {mode!r}")
+        if not isinstance(k, int) or k < 1:
+            raise InvalidSearch(f"k: must be an integer >= 1, got {k!r}")
+        try:
+            filters = check_filters(filters)
+        except ValueError as exc:
+            raise InvalidSearch(str(exc)) from None
         if filters:
             depth = max(self.config.candidates, k) * 4  # over-fetch: filters drop some
         elif mode == "hybrid":
@@ -472,16 +489,21 @@ class Retriever:
         return fusion.weighted(lists)
 
 
-def _validate(doc: DocumentIn) -> str:
+def check_document(doc: DocumentIn, where: str = "") -> str:
+    """The document's id (a new random one if it has none); ``InvalidDocument`` whose message
+    starts with the bad field, prefixed by ``where`` (``documents[3].``)."""
     if not isinstance(doc.text, str) or not doc.text.strip():
-        raise InvalidDocument("document text is empty")
-    doc_id = doc.id or uuid.uuid4().hex
-    if not (0 < len(doc_id) <= 256) or any(ord(c) < 32 for c in doc_id):
-        raise InvalidDocument(f"invalid document id {doc_id!r}: 1-256 chars, no control chars")
+        raise InvalidDocument(f"{where}text: must not be empty")
+    if len(doc.text) > TEXT_MAX_CHARS:
+        raise InvalidDocument(
+            f"{where}text: at most {TEXT_MAX_CHARS} characters, got {len(doc.text)}"
+        )
+    doc_id = uuid.uuid4().hex if doc.id is None else doc.id
     try:
-        json.dumps(doc.metadata)
-    except (TypeError, ValueError) as exc:
-        raise InvalidDocument(f"metadata is not JSON: {exc}") from None
+        check_id(doc_id, f"{where}id")
+        check_metadata(doc.metadata, f"{where}metadata")
+    except ValueError as exc:
+        raise InvalidDocument(str(exc)) from None
     return doc_id
 
 

@@ -2,8 +2,11 @@
 
 A plain file becomes one document whose id is its path relative to the folder given (so
 re-ingesting a folder updates documents instead of duplicating them). A jsonl line is
-``{"id", "text", "metadata"}`` or BEIR's ``{"_id", "title", "text"}``. Unreadable input is
-reported per file, never fatal to the rest. Knows nothing of chunking or indexes.
+``{"id", "text", "metadata"}`` or BEIR's ``{"_id", "title", "text"}``; lines are split on
+``\n`` only (a JSON string may hold U+2028 or other characters ``str.splitlines`` would split
+on). Every document is checked as the index will check it (``retriever.index.check_document``:
+printable ids, bounded text and metadata), so unreadable input is reported per file, and per
+line of a jsonl file (``name:line``), never fatal to the rest. Knows nothing of chunking.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from retriever.index import DocumentIn
+from retriever.errors import InvalidDocument
+from retriever.index import DocumentIn, check_document
 
 SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
+TITLE_MAX_CHARS = 1000  # a page's title is metadata: keep it well inside the metadata bound
 
 
 @dataclass(frozen=True)
@@ -121,13 +126,29 @@ def load_bytes(name: str, data: bytes) -> list[DocumentIn | LoadError]:
     title, text = html_to_text(raw) if suffix in {".html", ".htm"} else (_md_title(raw), raw)
     if not text.strip():
         return [LoadError(name, "empty document")]
+    title = (title or Path(name).stem)[:TITLE_MAX_CHARS]
     return [
-        DocumentIn(text=text, id=name, metadata={"source": name, "title": title or Path(name).stem})
+        _checked(DocumentIn(text=text, id=name, metadata={"source": name, "title": title}), name)
     ]
 
 
+def _checked(doc: DocumentIn, where: str) -> DocumentIn | LoadError:
+    try:
+        check_document(doc)
+    except InvalidDocument as exc:
+        return LoadError(where, str(exc))
+    return doc
+
+
+def lines(raw: str) -> Iterator[tuple[int, str]]:
+    """(1-based number, text) of each line of a JSONL text, split on ``\n`` only; a trailing
+    ``\r`` and a leading byte-order mark are dropped."""
+    for n, line in enumerate(raw.removeprefix("\ufeff").split("\n"), 1):
+        yield n, line.removesuffix("\r")
+
+
 def _jsonl(raw: str, source: str) -> Iterator[DocumentIn | LoadError]:
-    for n, line in enumerate(raw.splitlines(), 1):
+    for n, line in lines(raw):
         if not line.strip():
             continue
         where = f"{source}:{n}"
@@ -136,18 +157,30 @@ def _jsonl(raw: str, source: str) -> Iterator[DocumentIn | LoadError]:
         except ValueError as exc:
             yield LoadError(where, f"invalid JSON: {exc}")
             continue
+        except RecursionError:
+            yield LoadError(where, "invalid JSON: nested too deeply")
+            continue
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             yield LoadError(where, "a line needs a string field 'text'")
             continue
+        doc_id = row.get("id", row.get("_id"))
+        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int | None):
+            yield LoadError(where, "id: must be a string")
+            continue
+        if doc_id is not None and str(doc_id).isprintable() and len(str(doc_id)) <= 256:
+            where = f"{where} ({doc_id})"  # a printable id helps find the line; others do not
+        if not row["text"].strip():
+            yield LoadError(where, "document text is empty")
+            continue
         meta = row.get("metadata") or {}
         if not isinstance(meta, dict):
-            yield LoadError(where, "'metadata' must be an object")
+            yield LoadError(where, "metadata: must be an object")
             continue
         if row.get("title"):
             meta = {**meta, "title": row["title"]}
-        doc_id = row.get("id", row.get("_id"))
-        yield DocumentIn(
+        doc = DocumentIn(
             text=row["text"],
             id=str(doc_id) if doc_id is not None else None,
             metadata={"source": source, **meta},
         )
+        yield _checked(doc, where)

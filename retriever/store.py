@@ -5,12 +5,18 @@ Vectors are float32 blobs keyed by (space, chunk id), where a space names the em
 them, so a re-embedding can fill a new space while the old one serves and stays for rollback.
 Every write is one transaction that also appends to ``changes``, so a vector-index snapshot plus
 the newer changes rebuilds the live index; a crash leaves the old state or the new, never half.
+
+Reads never fail on what a row holds: metadata is served as stored, except that an object or
+list nested deeper than ``READ_MAX_DEPTH`` is served as its JSON text (a string) in its place,
+and metadata that is not a JSON object at all is served as ``{RAW_METADATA_KEY: "<text>"}``
+(rows written before ``retriever.validation`` bounded metadata may hold either).
 This module knows nothing of embedding, FAISS or BM25.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -21,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+READ_MAX_DEPTH = 64  # deeper subtrees are read as JSON text (JSON encoders stop near 256)
+RAW_METADATA_KEY = "_metadata_json"  # holds stored metadata that is not a JSON object
+MAX_OFFSET = 2**62  # SQLite integers are 64-bit; a larger page offset is an empty page anyway
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     id TEXT PRIMARY KEY, version INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL,
@@ -150,7 +161,7 @@ class Store:
             rows = self._db.execute(
                 "SELECT id, version, text, metadata, hash, created, updated FROM documents "
                 "ORDER BY id LIMIT ? OFFSET ?",
-                (limit, offset),
+                (max(0, min(limit, MAX_OFFSET)), max(0, min(offset, MAX_OFFSET))),
             ).fetchall()
         return [_doc(r) for r in rows]
 
@@ -234,7 +245,9 @@ class Store:
                 f"FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
                 [int(i) for i in ids],
             ).fetchall()
-        return {r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows}
+        return {
+            r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], read_metadata(r[6])) for r in rows
+        }
 
     def chunk_texts(self) -> tuple[list[int], list[str]]:
         """Ids and texts of every live chunk, in id order."""
@@ -339,7 +352,41 @@ class _Tx:
 
 
 def _doc(row: tuple) -> DocumentRow:
-    return DocumentRow(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+    return DocumentRow(row[0], row[1], row[2], read_metadata(row[3]), row[4], row[5], row[6])
+
+
+def read_metadata(raw: str) -> dict[str, Any]:
+    """Stored metadata as something every reader can serve (see the module docstring)."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        log.warning(
+            "stored metadata is not a JSON object; served as text under %s", RAW_METADATA_KEY
+        )
+        return {RAW_METADATA_KEY: str(raw)}
+    return _clip(value, 1)  # type: ignore[no-any-return]
+
+
+def _clip(value: Any, depth: int) -> Any:
+    """``value`` with every object or list deeper than ``READ_MAX_DEPTH`` replaced by its JSON."""
+    if isinstance(value, dict):
+        if depth > READ_MAX_DEPTH:
+            return _as_text(value)
+        return {k: _clip(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        if depth > READ_MAX_DEPTH:
+            return _as_text(value)
+        return [_clip(v, depth + 1) for v in value]
+    return value
+
+
+def _as_text(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return "(metadata too deeply nested to show)"
 
 
 def now() -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
 from service.adapters import AdapterNotFound
 from tuner.registry import RecordNotFound, RegistryError
 
@@ -27,5 +27,6 @@ DOMAIN: dict[type[Exception], tuple[int, str]] = {
     RegistryError: (409, "adapter_refused"),
     DocumentNotFound: (404, "document_not_found"),
     InvalidDocument: (422, "invalid_document"),
+    InvalidSearch: (422, "invalid_search"),
     EmbedderMismatch: (409, "embedder_mismatch"),
 }

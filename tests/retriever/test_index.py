@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from retriever.config import RetrieverConfig
-from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
+from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
 from retriever.index import DocumentIn, Retriever
 from tests.fakes import FakeEmbedder
 
@@ -157,8 +158,26 @@ def test_fitted_dense_weights_follow_the_labels_and_stay_with_their_space(tmp_pa
     r.close()
 
 
-def test_filters_with_unhashable_values_match_by_equality(r: Retriever) -> None:
+def test_filters_never_raise_on_stored_values_of_any_type(r: Retriever) -> None:
     r.upsert(DocumentIn("apt installs packages", "a", {"tags": [["apt"]], "kind": "faq"}))
-    r.upsert(DocumentIn("dpkg unpacks packages", "b", {"tags": ["dpkg"]}))
-    assert [h.doc_id for h in r.search("packages", 5, filters={"tags": [["apt"]]})] == ["a"]
-    assert r.search("packages", 5, filters={"tags": [{"x": 1}]}) == []
+    r.upsert(DocumentIn("dpkg unpacks packages", "b", {"tags": ["dpkg"], "kind": {"x": 1}}))
+    assert [h.doc_id for h in r.search("packages", 5, filters={"tags": "dpkg"})] == ["b"]
+    assert [h.doc_id for h in r.search("packages", 5, filters={"kind": ["faq", 2]})] == ["a"]
+    assert r.search("packages", 5, filters={"tags": ["apt"], "kind": None}) == []
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"tags": [["apt"]]}, "filters.tags[0]"),
+        ({"tags": {"x": 1}}, "filters.tags"),
+        ({f"k{i}": 1 for i in range(17)}, "filters"),
+        ([1], "filters"),
+    ],
+)
+def test_filters_that_are_not_scalars_are_refused_naming_the_field(
+    r: Retriever, filters: object, field: str
+) -> None:
+    r.upsert(DocumentIn("apt installs packages", "a", {"tags": ["apt"]}))
+    with pytest.raises(InvalidSearch, match=rf"^{re.escape(field)}: "):
+        r.search("packages", 5, filters=filters)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from retriever.index import DocumentIn
@@ -54,3 +55,52 @@ def test_empty_and_undecodable_files_are_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
     assert isinstance(_load(tmp_path / "empty.txt", tmp_path)[0], LoadError)
     assert "unreadable" in _load(tmp_path / "bad.txt", tmp_path)[0].reason
+
+
+def test_jsonl_splits_lines_on_newline_only(tmp_path: Path) -> None:
+    f = tmp_path / "seps.jsonl"
+    lines = [
+        {"id": "ls", "text": "line\u2028separator"},
+        {"id": "ps", "text": "para\u2029graph", "metadata": {"note": "nel\x85 vt\x0b fs\x1c"}},
+        {"id": "crlf", "text": "windows"},
+    ]
+    raw = "\ufeff" + "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\r\n"
+    f.write_text(raw, encoding="utf-8", newline="")
+    items = _load(f, tmp_path)
+    assert all(isinstance(i, DocumentIn) for i in items), items
+    assert [(d.id, d.text) for d in items] == [(x["id"], x["text"]) for x in lines]
+    assert items[1].metadata["note"] == "nel\x85 vt\x0b fs\x1c"
+
+
+def test_jsonl_lines_the_index_would_refuse_are_reported_by_line(tmp_path: Path) -> None:
+    deep: dict = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    rows = [
+        {"id": "good", "text": "kept"},
+        {"id": "evil\u202ename", "text": "bidi id"},
+        {"id": "ctl\x07", "text": "control id"},
+        {"id": "deep", "text": "deep metadata", "metadata": deep},
+        {"id": "blank", "text": "   "},
+        {"id": ["not", "a", "string"], "text": "list id"},
+        {"id": "x" * 300, "text": "long id"},
+    ]
+    f = tmp_path / "bad.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = _load(f, tmp_path)
+    assert [i.id for i in items if isinstance(i, DocumentIn)] == ["good"]
+    errors = {e.source.split(" ")[0]: e.reason for e in items if isinstance(e, LoadError)}
+    assert sorted(errors) == [f"{f}:{n}" for n in range(2, 8)]
+    assert errors[f"{f}:2"].startswith("id: control, format or bidi character U+202E")
+    assert errors[f"{f}:3"].startswith("id: control")
+    assert errors[f"{f}:4"].startswith("metadata.a.a.a.a.a.a.a.a: nested deeper")
+    assert errors[f"{f}:5"] == "document text is empty"
+    assert errors[f"{f}:6"] == "id: must be a string"
+    assert errors[f"{f}:7"].startswith("id: at most 256 characters")
+
+
+def test_a_file_whose_name_is_not_a_valid_id_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bell\x07.txt"
+    bad.write_text("text")
+    [item] = _load(bad, tmp_path)
+    assert isinstance(item, LoadError) and item.reason.startswith("id: control")

@@ -1,0 +1,168 @@
+"""What the index accepts (ids, text, metadata, filters: each at its bound and one past it) and
+that every read serves whatever a row already holds, even one written before the bounds."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retriever.errors import InvalidDocument, InvalidSearch
+from retriever.index import DB_NAME, TEXT_MAX_CHARS, DocumentIn, Retriever
+from retriever.store import RAW_METADATA_KEY, READ_MAX_DEPTH
+from retriever.validation import (
+    FILTER_MAX_KEYS,
+    FILTER_MAX_STRING_CHARS,
+    FILTER_MAX_VALUES,
+    ID_MAX_CHARS,
+    INT_BOUND,
+    METADATA_MAX_BYTES,
+    METADATA_MAX_DEPTH,
+    METADATA_MAX_KEY_CHARS,
+)
+from tests.fakes import FakeEmbedder
+
+
+@pytest.fixture
+def r(tmp_path: Path) -> Retriever:
+    return Retriever(tmp_path / "idx", FakeEmbedder())
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """An object ``depth`` levels deep, the outer object counted: {"a": {"a": ... {}}}."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def _refused(r: Retriever, doc: DocumentIn, field: str) -> None:
+    with pytest.raises(InvalidDocument, match=rf"^{re.escape(field)}: "):
+        r.upsert(doc)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "   ", "a\nb", "a\x7fb", "a\u202eb", "a\u2028b", "a\u200bb", "x" * (ID_MAX_CHARS + 1)],
+)
+def test_ids_are_printable_and_bounded(r: Retriever, bad: str) -> None:
+    _refused(r, DocumentIn("text", bad), "id")
+    assert len(r) == 0
+
+
+def test_an_id_at_its_bound_and_unicode_ids_are_kept(r: Retriever) -> None:
+    for doc_id in ("x" * ID_MAX_CHARS, "guides/zh/启动.txt", "naïve café"):
+        r.upsert(DocumentIn("text", doc_id))
+        assert r.get(doc_id).id == doc_id
+
+
+def test_text_is_bounded(r: Retriever) -> None:
+    _refused(r, DocumentIn("x" * (TEXT_MAX_CHARS + 1), "big"), "text")
+    _refused(r, DocumentIn(" \n", "blank"), "text")
+
+
+def test_metadata_depth_size_keys_and_numbers_are_bounded(r: Retriever) -> None:
+    r.upsert(DocumentIn("deep enough", "ok", nested(METADATA_MAX_DEPTH)))
+    _refused(r, DocumentIn("t", "d", nested(METADATA_MAX_DEPTH + 1)), "metadata" + ".a" * 8)
+    _refused(r, DocumentIn("t", "d300", nested(300)), "metadata" + ".a" * 8)
+    pad = METADATA_MAX_BYTES - len(json.dumps({"p": ""}))
+    r.upsert(DocumentIn("at the size bound", "size", {"p": "x" * pad}))
+    _refused(r, DocumentIn("t", "big", {"p": "x" * (pad + 1)}), "metadata")
+    _refused(r, DocumentIn("t", "k", {"k" * (METADATA_MAX_KEY_CHARS + 1): 1}), "metadata")
+    r.upsert(DocumentIn("t", "int", {"n": INT_BOUND - 1}))
+    _refused(r, DocumentIn("t", "int2", {"n": INT_BOUND}), "metadata.n")
+    _refused(r, DocumentIn("t", "nan", {"x": [1.0, float("nan")]}), "metadata.x[1]")
+    _refused(r, DocumentIn("t", "obj", {"x": object()}), "metadata.x")
+    _refused(r, DocumentIn("t", "list", ["not", "an", "object"]), "metadata")  # type: ignore[arg-type]
+    assert sorted(d.id for d in r.documents()) == ["int", "ok", "size"]
+
+
+def test_a_bad_document_in_a_batch_is_named_and_the_batch_writes_nothing(r: Retriever) -> None:
+    docs = [DocumentIn("one", "a"), DocumentIn("two", "b", {"x": nested(9)})]
+    with pytest.raises(InvalidDocument, match=r"^documents\[1\]\.metadata\.x"):
+        r.upsert_many(docs)
+    with pytest.raises(InvalidDocument, match=r"^documents\[2\]\.id: 'a' appears twice"):
+        r.upsert_many([DocumentIn("one", "a"), DocumentIn("two", "b"), DocumentIn("3", "a")])
+    assert len(r) == 0
+
+
+def test_filters_are_bounded_scalars(r: Retriever) -> None:
+    r.upsert(DocumentIn("apt packages", "a", {"tag": "apt", "n": 1}))
+    at_bounds = {f"k{i}": None for i in range(FILTER_MAX_KEYS - 1)}
+    at_bounds["tag"] = [
+        "apt",
+        *("x" * FILTER_MAX_STRING_CHARS for _ in range(FILTER_MAX_VALUES - 1)),
+    ]
+    assert [h.doc_id for h in r.search("apt", 5, filters=at_bounds)] == ["a"]  # None: missing
+    past = [
+        ({f"k{i}": 1 for i in range(FILTER_MAX_KEYS + 1)}, "filters"),
+        ({"tag": ["apt"] * (FILTER_MAX_VALUES + 1)}, "filters.tag"),
+        ({"tag": "x" * (FILTER_MAX_STRING_CHARS + 1)}, "filters.tag"),
+        ({"tag": [["apt"]]}, "filters.tag[0]"),
+        ({"n": float("inf")}, "filters.n"),
+        ({"n": INT_BOUND}, "filters.n"),
+    ]
+    for filters, field in past:
+        with pytest.raises(InvalidSearch, match=rf"^{re.escape(field)}: "):
+            r.search("apt", 5, filters=filters)
+
+
+# ---- reads serve rows written before the bounds ----------------------------------------------
+def _plant(folder: Path, doc_id: str, metadata_text: str, new_id: str | None = None) -> None:
+    """Overwrite a stored row straight in SQLite, past every check of the write path."""
+    db = sqlite3.connect(folder / DB_NAME)
+    with db:
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("UPDATE documents SET metadata=? WHERE id=?", (metadata_text, doc_id))
+        if new_id is not None:
+            db.execute("UPDATE documents SET id=? WHERE id=?", (new_id, doc_id))
+            db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new_id, doc_id))
+    db.close()
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def test_rows_that_break_the_bounds_stay_readable(tmp_path: Path) -> None:
+    folder = tmp_path / "idx"
+    r = Retriever(folder, FakeEmbedder())
+    for doc_id in ("deep", "list", "broken", "bidi"):
+        r.upsert(DocumentIn(f"apt packages {doc_id}", doc_id, {"ok": True}))
+    r.close()
+    deep = nested(300)
+    deep["tag"] = "apt"
+    _plant(folder, "deep", json.dumps(deep))
+    _plant(folder, "list", "[1, 2]")
+    _plant(folder, "broken", '{"a": ')
+    _plant(folder, "bidi", json.dumps({"tag": ["apt"]}), new_id="evil\u202ename")
+
+    r = Retriever(folder, FakeEmbedder())
+    got = r.get("deep").metadata
+    assert got["tag"] == "apt" and _depth(got) == READ_MAX_DEPTH
+    clipped = got
+    for _ in range(READ_MAX_DEPTH - 1):
+        clipped = clipped["a"]
+    assert json.loads(clipped["a"]) == nested(300 - READ_MAX_DEPTH)  # nothing lost: its JSON
+    assert r.get("list").metadata == {RAW_METADATA_KEY: "[1, 2]"}
+    assert r.get("broken").metadata == {RAW_METADATA_KEY: '{"a": '}
+    assert r.get("evil\u202ename").metadata == {"tag": ["apt"]}
+    assert len(r.documents(0, 10)) == 4
+    hits = r.search("apt packages", 10, filters={"tag": "apt"})
+    assert sorted(h.doc_id for h in hits) == ["deep", "evil\u202ename"]
+    assert len(r.search("apt packages", 10, filters={RAW_METADATA_KEY: "[1, 2]"})) == 1
+    r.delete(["evil\u202ename"])
+    r.close()
+
+
+def test_a_page_past_the_end_is_empty_however_far(r: Retriever) -> None:
+    r.upsert(DocumentIn("text", "a"))
+    assert r.documents(10**30, 10) == [] and [d.id for d in r.documents(0, 10**30)] == ["a"]
