@@ -13,10 +13,28 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.bounds import (
+    EVAL_QUESTIONS_MAX,
+    K_MAX,
+    NEW_TOKENS_MAX,
+    RESAMPLES_MAX,
+    RESAMPLES_MIN,
+    SEED_MAX,
+)
 from service.pipeline import MODES as ANSWER_MODES
 from service.pipeline import answer_mode
 
 MODES = tuple(ANSWER_MODES)  # base, rag, ft, hybrid: described once, in service.pipeline
+BOUNDS = {  # option -> (least, most); the HTTP edge (service.routes.evals) has the same
+    "k": (1, K_MAX),
+    "depth": (1, K_MAX),
+    "max_new_tokens": (1, NEW_TOKENS_MAX),
+    "limit": (1, EVAL_QUESTIONS_MAX),
+    "seed": (0, SEED_MAX),
+    "resamples": (RESAMPLES_MIN, RESAMPLES_MAX),
+    "batch": (1, 256),
+    "injection_n": (1, 10_000),
+}
 
 
 def retrieves(mode: str) -> bool:
@@ -83,15 +101,15 @@ class EvalOptions:
             raise ValueError(f"modes: choose from {', '.join(MODES)}; got {list(self.modes)}")
         if len(set(self.modes)) != len(self.modes):
             raise ValueError(f"modes: each mode once; got {list(self.modes)}")
-        for name in ("k", "depth", "max_new_tokens", "batch", "injection_n"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name, (least, most) in BOUNDS.items():
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            number = isinstance(value, int) and not isinstance(value, bool)
+            if not number or not least <= value <= most:
+                raise ValueError(f"{name}: must be an integer in [{least}, {most}], got {value!r}")
         if self.depth < self.k:
             raise ValueError(f"depth: must be >= k ({self.k}), got {self.depth}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: must be >= 1, got {self.limit}")
-        if self.resamples < 100:
-            raise ValueError(f"resamples: must be >= 100, got {self.resamples}")
         if not 0.0 < self.correct_f1 <= 1.0:
             raise ValueError(f"correct_f1: must be in (0, 1], got {self.correct_f1}")
         if self.dataset is None and self.retrieved is None:

@@ -23,11 +23,81 @@ FORMATS = ("auto", "alpaca", "chat", "prompt_completion")
 TEMPLATES = ("chat", "qa", "summarization", "translation", "classification")
 SYNTHETIC_KINDS = ("qa", "raft", "closed_book", "pairs")
 SCHEDULERS = ("linear", "cosine", "constant")
+SEED_MAX = 2**32 - 1  # numpy's seed, which transformers' set_seed sets too
+
+# What each number of a recipe may be, in pydantic's words (ge/gt/le/lt): checked in
+# ``__post_init__`` below, and at the HTTP edge from these same tables (``service.bounds``).
+HYPERPARAMETER_BOUNDS: dict[str, dict[str, float]] = {
+    "learning_rate": {"gt": 0, "le": 1},
+    "batch_size": {"ge": 1, "le": 1024},
+    "grad_accum": {"ge": 1, "le": 1024},
+    "epochs": {"gt": 0, "le": 1000},
+    "max_steps": {"ge": 1, "le": 1_000_000},
+    "weight_decay": {"ge": 0, "le": 10},
+    "warmup_ratio": {"ge": 0, "lt": 1},
+    "rank": {"ge": 1, "le": 1024},
+    "alpha": {"ge": 1, "le": 4096},
+    "dropout": {"ge": 0, "lt": 1},
+    "num_virtual_tokens": {"ge": 1, "le": 1024},
+    "max_length": {"ge": 8, "le": 32_768},
+    "seed": {"ge": 0, "le": SEED_MAX},
+    "val_fraction": {"ge": 0, "lt": 1},
+    "test_fraction": {"ge": 0, "lt": 1},
+    "eval_every": {"ge": 1, "le": 1_000_000},
+    "early_stopping_patience": {"ge": 1, "le": 1000},
+    "checkpoint_every": {"ge": 1, "le": 1_000_000},
+    "max_grad_norm": {"ge": 0, "le": 1000},  # 0: no clipping
+}
+TARGET_MODULES_MAX = 64  # module names in ``target_modules``
+TARGET_MODULE_MAX_CHARS = 128
+SYNTHETIC_BOUNDS: dict[str, dict[str, float]] = {
+    "max_examples": {"ge": 1, "le": 100_000},
+    "distractors": {"ge": 0, "le": 20},
+    "p_gold": {"ge": 0, "le": 1},
+    "answer_words": {"ge": 0, "le": 1000},
+    "seed": {"ge": 0, "le": SEED_MAX},
+}
+RETRIEVER_BOUNDS: dict[str, dict[str, float]] = {
+    "negatives": {"ge": 0, "le": 50},
+    "margin": {"gt": 0, "le": 1},
+}
+WINDOW_MAX = 200  # the deepest rank searched for negatives
+WEIGHT_BOUNDS: dict[str, float] = {"gt": 0, "le": 1000}  # a dataset's share in a mix
 
 
 def _check(ok: bool, name: str, value: Any, want: str) -> None:
     if not ok:
         raise ValueError(f"{name}: {want}, got {value!r}")
+
+
+def _range(bound: dict[str, float]) -> str:
+    low = f"[{bound['ge']}" if "ge" in bound else f"({bound['gt']}"
+    high = f"{bound['le']}]" if "le" in bound else f"{bound['lt']})"
+    return f"{low}, {high}"
+
+
+def _within(value: float, bound: dict[str, float]) -> bool:
+    return (
+        value >= bound.get("ge", value)
+        and value <= bound.get("le", value)
+        and ("gt" not in bound or value > bound["gt"])
+        and ("lt" not in bound or value < bound["lt"])
+    )
+
+
+def _check_bounds(obj: Any, bounds: dict[str, dict[str, float]], prefix: str) -> None:
+    """Each bounded field of dataclass ``obj`` is a number (an integer where its type says int)
+    within its bound; None passes where the type allows it."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(obj)}
+    for name, bound in bounds.items():
+        value, kind = getattr(obj, name), types[name]
+        if value is None and "None" in kind:
+            continue
+        integer = "float" not in kind
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and (isinstance(value, int) or not integer) and _within(value, bound)
+        what = "an integer" if integer else "a number"
+        _check(ok, f"{prefix}{name}", value, f"must be {what} in {_range(bound)}")
 
 
 @dataclass
@@ -57,45 +127,31 @@ class Hyperparameters:
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_bounds(self, HYPERPARAMETER_BOUNDS, "hyperparameters.")
+        _check_target_modules(self.target_modules)
         _check(
-            self.learning_rate is None or self.learning_rate > 0,
-            "learning_rate",
-            self.learning_rate,
-            "must be > 0",
+            self.scheduler in SCHEDULERS,
+            "hyperparameters.scheduler",
+            self.scheduler,
+            f"one of {SCHEDULERS}",
         )
-        for name in ("batch_size", "grad_accum", "rank", "alpha", "num_virtual_tokens"):
-            value = getattr(self, name)
-            if name == "batch_size" and value is None:
-                continue
-            _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
-        for name in ("eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
-        _check(self.epochs > 0, "epochs", self.epochs, "must be > 0")
         _check(
-            self.max_steps is None or self.max_steps >= 1,
-            "max_steps",
-            self.max_steps,
-            "must be >= 1",
-        )
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
-        _check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
-        _check(self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"one of {SCHEDULERS}")
-        _check(self.max_length >= 8, "max_length", self.max_length, "must be >= 8")
-        _check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
-        _check(
-            0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
-            "test_fraction",
+            self.val_fraction + self.test_fraction < 1,
+            "hyperparameters.test_fraction",
             self.test_fraction,
-            "must be in [0, 1) and leave examples to train on",
+            "must leave examples to train on (val_fraction + test_fraction < 1)",
         )
-        _check(
-            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
-            "early_stopping_patience",
-            self.early_stopping_patience,
-            "must be >= 1",
-        )
+
+
+def _check_target_modules(value: Any) -> None:
+    names = [value] if isinstance(value, str) else value
+    ok = value is None or (
+        isinstance(names, list)
+        and len(names) <= TARGET_MODULES_MAX
+        and all(isinstance(n, str) and 0 < len(n) <= TARGET_MODULE_MAX_CHARS for n in names)
+    )
+    want = f"a module name or a list of at most {TARGET_MODULES_MAX}, each 1-128 characters"
+    _check(ok, "hyperparameters.target_modules", value, want)
 
 
 @dataclass
@@ -122,10 +178,7 @@ class SyntheticSpec:
             self.generator,
             "extractive or model",
         )
-        _check(self.max_examples >= 1, "synthetic.max_examples", self.max_examples, "must be >= 1")
-        _check(self.distractors >= 0, "synthetic.distractors", self.distractors, "must be >= 0")
-        _check(0 <= self.p_gold <= 1, "synthetic.p_gold", self.p_gold, "must be in [0, 1]")
-        _check(self.answer_words >= 0, "synthetic.answer_words", self.answer_words, "must be >= 0")
+        _check_bounds(self, SYNTHETIC_BOUNDS, "synthetic.")
 
 
 @dataclass
@@ -146,7 +199,7 @@ class DataSpec:
         _check(len(given) == 1, "dataset", self, "needs exactly one of path, file_id, synthetic")
         _check(self.format in FORMATS, "dataset.format", self.format, f"one of {FORMATS}")
         _check(self.template in TEMPLATES, "dataset.template", self.template, f"one of {TEMPLATES}")
-        _check(self.weight > 0, "dataset.weight", self.weight, "must be > 0")
+        _check_bounds(self, {"weight": WEIGHT_BOUNDS}, "dataset.")
 
 
 @dataclass
@@ -165,15 +218,16 @@ class RetrieverTuning:
 
     def __post_init__(self) -> None:
         window = tuple(self.window)  # YAML and JSON give lists
-        _check(self.negatives >= 0, "retriever.negatives", self.negatives, "must be >= 0")
+        _check_bounds(self, RETRIEVER_BOUNDS, "retriever.")
         _check(
-            len(window) == 2 and 0 <= window[0] < window[1] <= 200,
+            len(window) == 2
+            and all(isinstance(w, int) and not isinstance(w, bool) for w in window)
+            and 0 <= window[0] < window[1] <= WINDOW_MAX,
             "retriever.window",
             self.window,
-            "[start, end] with 0 <= start < end <= 200",
+            f"[start, end] with 0 <= start < end <= {WINDOW_MAX}",
         )
         self.window = (window[0], window[1])
-        _check(0 < self.margin <= 1, "retriever.margin", self.margin, "must be in (0, 1]")
         _check(
             self.mine_mode in SEARCH_MODES,
             "retriever.mine_mode",

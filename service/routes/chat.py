@@ -18,6 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.config import SearchMode
 from service.auth import Reader
+from service.bounds import (
+    MESSAGES_MAX,
+    TEMPERATURE_MAX,
+    TEXT_MAX_CHARS,
+    Filters,
+    K,
+    ModelName,
+    NewTokens,
+    Seed,
+    StopList,
+)
 from service.deps import State
 from service.errors import ServiceError
 from service.pipeline import CHAT, Answer, Ask, mode_for
@@ -29,26 +40,30 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str = Field(max_length=TEXT_MAX_CHARS, description="limits.max_question_chars")
 
 
 class Retrieval(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    k: int = Field(4, ge=1)
+    k: K = Field(4, description="at most limits.max_k")
     mode: SearchMode = "hybrid"
-    filters: dict[str, Any] | None = None
+    filters: Filters = None
 
 
 class ChatBody(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
-    model: str
-    messages: list[Message] = Field(min_length=1)
+    model: ModelName
+    messages: list[Message] = Field(
+        min_length=1, max_length=MESSAGES_MAX, description="at most limits.max_messages"
+    )
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0, le=2)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    max_tokens: NewTokens | None = Field(None, description="at most limits.max_new_tokens")
+    max_completion_tokens: NewTokens | None = Field(
+        None, description="at most limits.max_new_tokens"
+    )
+    temperature: float = Field(0.0, ge=0, le=TEMPERATURE_MAX)
+    stop: StopList | None = None
+    seed: Seed | None = None
     n: int = Field(1, ge=1, le=1)
     retrieval: bool | Retrieval = True
 

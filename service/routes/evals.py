@@ -18,10 +18,19 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import Reader, Writer
+from service.bounds import (
+    EVAL_QUESTIONS_MAX,
+    RESAMPLES_MAX,
+    RESAMPLES_MIN,
+    AdapterId,
+    FileId,
+    K,
+    NewTokens,
+    Seed,
+)
 from service.deps import State
 from service.errors import ServiceError
-from service.evalruns import FILE_ID
-from service.pipeline import ADAPTER_MODES, MODES
+from service.pipeline import ADAPTER_MODES, MODES, AnswerModeName
 from service.state import AppState
 from tuner.jobstore import Job, JobFinished, JobNotFound
 
@@ -36,24 +45,34 @@ HTML_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 class DatasetRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    file_id: str = Field(description="an uploaded file's id (POST /v1/files)")
+    file_id: FileId = Field(description="an uploaded file's id (POST /v1/files)")
 
 
 class RunBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dataset: str | DatasetRef = Field(description="a file id, or {file_id}")
-    modes: list[str] | None = Field(
-        None, description="of base, rag, ft, hybrid; default: all four given an adapter, else two"
+    dataset: FileId | DatasetRef = Field(description="a file id, or {file_id}")
+    modes: list[AnswerModeName] | None = Field(
+        None,
+        min_length=1,
+        max_length=len(MODES),
+        description="of base, rag, ft, hybrid, each once; default: all four given an adapter, "
+        "else two",
     )
-    k: int = Field(3, description="passages in the prompt")
-    depth: int = Field(20, description="passages retrieved for recall@k (>= k)")
-    limit: int | None = Field(None, description="only the first N questions")
-    max_new_tokens: int = Field(64, description="greedy decoding budget per answer")
-    seed: int = Field(0, description="bootstrap seed")
-    resamples: int = Field(10_000, description="bootstrap resamples (>= 100)")
-    ft_adapter: str | None = Field(None, description="adapter id for ft (default: promoted)")
-    hybrid_adapter: str | None = Field(None, description="adapter id for hybrid")
-    embedder_adapter: str | None = Field(
+    k: K = Field(3, description="passages in the prompt")
+    depth: K = Field(20, description="passages retrieved for recall@k (>= k, <= limits.max_k)")
+    limit: int | None = Field(
+        None, ge=1, le=EVAL_QUESTIONS_MAX, description="only the first N questions"
+    )
+    max_new_tokens: NewTokens = Field(
+        64, description="greedy decoding budget per answer (<= limits.max_new_tokens)"
+    )
+    seed: Seed = Field(0, description="bootstrap seed")
+    resamples: int = Field(
+        10_000, ge=RESAMPLES_MIN, le=RESAMPLES_MAX, description="bootstrap resamples"
+    )
+    ft_adapter: AdapterId | None = Field(None, description="adapter id for ft (default: promoted)")
+    hybrid_adapter: AdapterId | None = Field(None, description="adapter id for hybrid")
+    embedder_adapter: AdapterId | None = Field(
         None, description="fine-tuned embedder id for a SQuAD-style run's fresh index"
     )
     probes: bool = Field(True, description="run the forgetting and injection probes")
@@ -133,10 +152,7 @@ def _domain() -> Iterator[None]:
 def spec_dict(body: RunBody, state: AppState) -> dict[str, Any]:
     """The run's spec; ``ValueError`` for what this service can tell is wrong."""
     file_id = body.dataset if isinstance(body.dataset, str) else body.dataset.file_id
-    if (
-        not FILE_ID.match(file_id)
-        or not (state.settings.layout.files / f"{file_id}.jsonl").is_file()
-    ):
+    if not (state.settings.layout.files / f"{file_id}.jsonl").is_file():
         raise ValueError(f"dataset: no uploaded file {file_id!r} (POST /v1/files)")
     limits = state.settings.limits
     if body.depth > limits.max_k:

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.auth import Admin, Reader
+from service.bounds import AdapterId, ModelName
 from service.deps import State
 from service.errors import ServiceError
 from service.reindexing import NoRollback, ReindexBusy
@@ -18,10 +19,8 @@ router = APIRouter(prefix="/v1/index", tags=["index"])
 
 class ReindexBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    adapter: str | None = Field(
-        None, min_length=1, description="a fine-tuned embedder's registry id"
-    )
-    embedder: str | None = Field(None, min_length=1, description="a preset, hub id or local folder")
+    adapter: AdapterId | None = Field(None, description="a fine-tuned embedder's registry id")
+    embedder: ModelName | None = Field(None, description="a preset, hub id or local folder")
     rollback: bool = Field(False, description="back to the embedder before the last switch")
 
     @model_validator(mode="after")

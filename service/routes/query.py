@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.config import SearchMode
 from service.auth import Reader
+from service.bounds import AdapterId, Filters, K, NewTokens, Text
 from service.deps import PipelineDep
 from service.pipeline import AnswerModeName, Ask, check_search, citation
 from service.streaming import deltas, sse, wait
@@ -20,21 +21,23 @@ router = APIRouter(prefix="/v1", tags=["query"])
 
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1)
-    k: int = Field(5, ge=1)
+    query: Text = Field(description="at most limits.max_question_chars")
+    k: K = Field(5, description="at most limits.max_k")
     mode: SearchMode = "hybrid"
-    filters: dict[str, Any] | None = None
+    filters: Filters = None
 
 
 class QueryBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1)
+    question: Text = Field(description="at most limits.max_question_chars")
     mode: AnswerModeName = "rag"
-    k: int = Field(4, ge=1)
+    k: K = Field(4, description="at most limits.max_k")
     retrieval: SearchMode = "hybrid"
-    filters: dict[str, Any] | None = None
-    adapter: str | None = None
-    max_new_tokens: int | None = Field(None, ge=1, description="default: min(128, the limit)")
+    filters: Filters = None
+    adapter: AdapterId | None = None
+    max_new_tokens: NewTokens | None = Field(
+        None, description="default: min(128, limits.max_new_tokens); at most that limit"
+    )
     stream: bool = False
 
 

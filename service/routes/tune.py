@@ -10,16 +10,17 @@ succeeds re-embeds the index with its result in the background and switches to i
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from retriever.config import SEARCH_MODES
 from service.auth import Reader, Writer
+from service.bounds import AdapterId, FileId, edge_model, one_of
 from service.deps import State
 from service.errors import ServiceError
 from service.state import AppState
@@ -30,35 +31,79 @@ from service.tuning import (
     train_options,
     writes_with_model,
 )
-from tuner.config import Recipe, recipe_from_dict
+from tuner.config import (
+    COMPONENTS,
+    FORMATS,
+    HYPERPARAMETER_BOUNDS,
+    METHODS,
+    RETRIEVER_BOUNDS,
+    SCHEDULERS,
+    SYNTHETIC_BOUNDS,
+    SYNTHETIC_KINDS,
+    TARGET_MODULE_MAX_CHARS,
+    TARGET_MODULES_MAX,
+    TEMPLATES,
+    WEIGHT_BOUNDS,
+    WINDOW_MAX,
+    Hyperparameters,
+    Recipe,
+    RetrieverTuning,
+    SyntheticSpec,
+    recipe_from_dict,
+)
 from tuner.jobs import JobRunner
 from tuner.jobstore import Job, JobFinished, JobNotFound
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tune/jobs", tags=["tuning"])
-FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ModuleName = Annotated[str, Field(min_length=1, max_length=TARGET_MODULE_MAX_CHARS)]
+Rank = Annotated[int, Field(ge=0, le=WINDOW_MAX)]
+# The request models of tuner.config's dataclasses, bounded from the tables they check.
+HyperparametersBody = edge_model(
+    Hyperparameters,
+    HYPERPARAMETER_BOUNDS,
+    {
+        "scheduler": one_of(SCHEDULERS),
+        "target_modules": ModuleName
+        | Annotated[list[ModuleName], Field(max_length=TARGET_MODULES_MAX)]
+        | None,
+    },
+)
+SyntheticBody = edge_model(
+    SyntheticSpec,
+    SYNTHETIC_BOUNDS,
+    {"kind": one_of(SYNTHETIC_KINDS), "generator": one_of(("extractive", "model"))},
+)
+RetrieverBody = edge_model(
+    RetrieverTuning,
+    RETRIEVER_BOUNDS,
+    {"window": tuple[Rank, Rank], "mine_mode": one_of(SEARCH_MODES)},
+)
 
 
 class DatasetBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    file_id: str | None = Field(None, description="an uploaded file's id")
-    synthetic: dict[str, Any] | None = Field(None, description="tuner.config.SyntheticSpec")
-    format: str = "auto"
-    template: str = "chat"
-    weight: float = 1.0
+    file_id: FileId | None = Field(None, description="an uploaded file's id")
+    synthetic: SyntheticBody | None = Field(None, description="tuner.config.SyntheticSpec")  # type: ignore[valid-type]
+    format: one_of(FORMATS) = "auto"  # type: ignore[valid-type]
+    template: one_of(TEMPLATES) = "chat"  # type: ignore[valid-type]
+    weight: float = Field(1.0, **WEIGHT_BOUNDS)  # type: ignore[call-overload]
 
 
 class JobBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    component: str = Field("generator", description="generator or retriever")
-    method: str = "lora"
-    dataset: str | DatasetBody = Field(description="a file id, or {synthetic: {...}}")
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    retriever: dict[str, Any] = Field(
-        default_factory=dict, description="tuner.config.RetrieverTuning (component retriever)"
+    component: one_of(COMPONENTS) = Field("generator", description="generator or retriever")  # type: ignore[valid-type]
+    method: one_of(METHODS) = "lora"  # type: ignore[valid-type]
+    dataset: FileId | DatasetBody = Field(description="a file id, or {synthetic: {...}}")
+    hyperparameters: HyperparametersBody = Field(default_factory=HyperparametersBody)  # type: ignore[valid-type]
+    retriever: RetrieverBody = Field(  # type: ignore[valid-type]
+        default_factory=RetrieverBody,
+        description="tuner.config.RetrieverTuning (component retriever)",
     )
-    name: str | None = Field(None, description="the adapter's name; default <component>-<method>")
-    parent: str | None = Field(None, description="an adapter id to continue from")
+    name: AdapterId | None = Field(
+        None, description="the adapter's name; default <component>-<method>"
+    )
+    parent: AdapterId | None = Field(None, description="an adapter id to continue from")
 
 
 class Progress(BaseModel):
@@ -119,20 +164,24 @@ def _domain() -> Iterator[None]:
         raise ServiceError(409, "job_finished", str(exc)) from None
 
 
+def _given(model: BaseModel) -> dict[str, Any]:
+    """What the client set in one of the recipe's sections (the tuner fills in the rest)."""
+    return model.model_dump(exclude_unset=True)
+
+
 def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
     """The recipe a job body asks for; the base model is always the service's generator."""
     settings = state.settings
     ds = DatasetBody(file_id=body.dataset) if isinstance(body.dataset, str) else body.dataset
-    known = ds.file_id is None or (
-        FILE_ID.match(ds.file_id) is not None
-        and (state.settings.layout.files / f"{ds.file_id}.jsonl").is_file()
-    )
+    known = ds.file_id is None or (state.settings.layout.files / f"{ds.file_id}.jsonl").is_file()
     if not known:
         raise ValueError(f"dataset: no uploaded file {ds.file_id!r} (POST /v1/files)")
     retriever = body.component == "retriever"
-    if retriever and ds.synthetic is not None:
-        ds.synthetic = {"kind": "pairs", **ds.synthetic}
-    if body.retriever and not retriever:
+    dataset = ds.model_dump(exclude_none=True, exclude={"synthetic"})
+    if ds.synthetic is not None:
+        synthetic = ds.synthetic.model_dump(exclude_unset=True)
+        dataset["synthetic"] = {"kind": "pairs", **synthetic} if retriever else synthetic
+    if _given(body.retriever) and not retriever:
         raise ValueError("retriever: settings for component retriever only")
     base = base_model(body.component, settings)
     recipe: dict[str, Any] = {
@@ -140,19 +189,19 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
         "method": body.method,
         "component": body.component,
         "base_model": base,
-        "datasets": [ds.model_dump(exclude_none=True)],
-        "hyperparameters": body.hyperparameters,
+        "datasets": [dataset],
+        "hyperparameters": _given(body.hyperparameters),
         "parent": body.parent,
     }
     if retriever:
-        recipe["retriever"] = body.retriever
+        recipe["retriever"] = _given(body.retriever)
     return recipe
 
 
 @router.post("", status_code=202)
 def create(body: JobBody, state: State, who: Writer) -> JobCreated:
     """Start a job: the recipe is checked now (422), its data while the job is validating."""
-    activates = body.component == "retriever" and body.retriever.get("activate", True)
+    activates = body.component == "retriever" and _given(body.retriever).get("activate", True)
     if activates and not who.allows("admin"):
         raise ServiceError(
             403,

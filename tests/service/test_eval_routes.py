@@ -140,25 +140,29 @@ def test_a_squad_file_is_indexed_by_the_worker_and_limit_bounds_the_search(make_
 def test_bad_runs_are_422_and_unknown_ids_404(make_client) -> None:
     client = make_client()
     file_id = upload(client, jsonl(QA))["id"]
-    for body, words in (
-        ({"dataset": "file-0000000000000000"}, "no uploaded file"),
-        ({"dataset": {"file_id": "../../etc/passwd"}}, "no uploaded file"),
-        ({"dataset": file_id, "modes": ["magic"]}, "modes: choose from"),
-        ({"dataset": file_id, "modes": []}, "modes: choose from"),
-        ({"dataset": file_id, "modes": ["rag", "rag"]}, "each mode once"),
-        ({"dataset": file_id, "k": 5, "depth": 4}, "depth: must be >= k"),
-        ({"dataset": file_id, "k": 0}, "k: must be an integer >= 1"),
-        ({"dataset": file_id, "limit": 0}, "limit: must be an integer >= 1"),
-        ({"dataset": file_id, "resamples": 5}, "resamples"),
-        ({"dataset": file_id, "depth": 51}, "max_k"),
-        ({"dataset": file_id, "max_new_tokens": 100_000}, "max_new_tokens: at most"),
-        ({"dataset": file_id, "modes": ["rag", "ft"]}, "modes ft: a fine-tuned adapter"),
-        ({"dataset": file_id, "ft_adapter": "ghost-v1"}, "ft_adapter: no adapter 'ghost-v1'"),
-        ({"dataset": file_id, "hybrid_adapter": "../x"}, "hybrid_adapter: no adapter"),
+    edge, run = "invalid_request", "invalid_eval_run"  # the body's schema; the run's checks
+    for body, code, words in (
+        ({"dataset": "file-0000000000000000"}, run, "no uploaded file"),
+        ({"dataset": {"file_id": "../../etc/passwd"}}, edge, "file_id"),
+        ({"dataset": file_id, "modes": ["magic"]}, edge, "modes"),
+        ({"dataset": file_id, "modes": []}, edge, "modes"),
+        ({"dataset": file_id, "modes": ["rag", "rag"]}, run, "each mode once"),
+        ({"dataset": file_id, "k": 5, "depth": 4}, run, "depth: must be >= k"),
+        ({"dataset": file_id, "k": 0}, edge, "k"),
+        ({"dataset": file_id, "limit": 0}, edge, "limit"),
+        ({"dataset": file_id, "resamples": 5}, edge, "resamples"),
+        ({"dataset": file_id, "resamples": 10**15}, edge, "resamples"),
+        ({"dataset": file_id, "depth": 51}, run, "max_k"),
+        ({"dataset": file_id, "max_new_tokens": 1000}, run, "max_new_tokens: at most"),
+        ({"dataset": file_id, "max_new_tokens": 100_000}, edge, "max_new_tokens"),
+        ({"dataset": file_id, "seed": 2**63}, edge, "seed"),
+        ({"dataset": file_id, "modes": ["rag", "ft"]}, run, "modes ft: a fine-tuned adapter"),
+        ({"dataset": file_id, "ft_adapter": "ghost-v1"}, run, "ft_adapter: no adapter 'ghost-v1'"),
+        ({"dataset": file_id, "hybrid_adapter": "../x"}, edge, "hybrid_adapter"),
     ):
         r = client.post("/v1/eval/runs", json=body)
-        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_eval_run", body
-        assert words in r.json()["error"]["message"], (body, r.json())
+        assert r.status_code == 422 and r.json()["error"]["code"] == code, (body, r.json())
+        assert words in json.dumps(r.json()), (body, r.json())
     for extra in ({"dataset": {"path": "/etc/passwd"}}, {"dataset": file_id, "judge": "os:system"}):
         r = client.post("/v1/eval/runs", json=extra)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", extra

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,22 +107,28 @@ def test_create_poll_and_cancel_jobs(make_client) -> None:
 def test_invalid_jobs_are_422_and_unknown_ids_404(make_client) -> None:
     client = make_client()
     file_id = upload(client, CHAT).json()["id"]
-    for body, words in (
-        ({"dataset": file_id, "method": "magic"}, "method"),
-        ({"dataset": file_id, "hyperparameters": {"learning_rate": 0}}, "learning_rate"),
-        ({"dataset": file_id, "hyperparameters": {"nope": 1}}, "nope"),
-        ({"dataset": file_id, "component": "reranker"}, "component"),
-        ({"dataset": file_id, "component": "retriever", "method": "dora"}, "for the retriever"),
-        ({"dataset": file_id, "retriever": {"negatives": 2}}, "component retriever only"),
-        ({"dataset": file_id, "name": "../x"}, "name"),
-        ({"dataset": "file-0000000000000000"}, "no uploaded file"),
-        ({"dataset": "../../secrets"}, "no uploaded file"),
-        ({"dataset": {"synthetic": {"kind": "poetry"}}}, "synthetic.kind"),
-        ({"dataset": {"file_id": file_id, "synthetic": {}}}, "exactly one"),
+    edge, recipe = "invalid_request", "invalid_recipe"  # the body's schema; the recipe's checks
+    for body, code, words in (
+        ({"dataset": file_id, "method": "magic"}, edge, "method"),
+        ({"dataset": file_id, "hyperparameters": {"learning_rate": 0}}, edge, "learning_rate"),
+        ({"dataset": file_id, "hyperparameters": {"nope": 1}}, edge, "nope"),
+        ({"dataset": file_id, "component": "reranker"}, edge, "component"),
+        ({"dataset": file_id, "component": "retriever", "method": "dora"}, recipe, "retriever"),
+        ({"dataset": file_id, "retriever": {"negatives": 2}}, recipe, "component retriever only"),
+        ({"dataset": file_id, "name": "../x"}, edge, "name"),
+        ({"dataset": "file-0000000000000000"}, recipe, "no uploaded file"),
+        ({"dataset": "../../secrets"}, edge, "dataset"),
+        ({"dataset": {"synthetic": {"kind": "poetry"}}}, edge, "kind"),
+        ({"dataset": {"file_id": file_id, "synthetic": {}}}, recipe, "exactly one"),
+        (
+            {"dataset": file_id, "hyperparameters": {"val_fraction": 0.6, "test_fraction": 0.5}},
+            recipe,
+            "hyperparameters.test_fraction",
+        ),
     ):
         r = client.post("/v1/tune/jobs", json=body)
-        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_recipe", body
-        assert words in r.json()["error"]["message"], r.json()
+        assert r.status_code == 422 and r.json()["error"]["code"] == code, (body, r.json())
+        assert words in json.dumps(r.json()), (body, r.json())
     r = client.post("/v1/tune/jobs", json={"dataset": file_id, "base_model": "/etc"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     assert client.get("/v1/tune/jobs").json() == {"jobs": []}

@@ -1,0 +1,114 @@
+"""The hard bounds on every request field, and the pydantic types the routes declare them with.
+
+Each number lives once. Ids, metadata and filters are bounded in ``retriever.validation``;
+tuning recipes (hyperparameters, synthetic data, retriever mining) in ``tuner.config``, whose
+tables ``edge_model`` turns into request models; everything else here. A value past a bound is a
+422 naming the field before the route runs. Some bounds are ceilings that a setting tightens
+(``service.settings.Limits``: ``max_k``, ``max_new_tokens``, ``max_question_chars``,
+``max_messages``); the route or the pipeline checks the setting. ``docs/api.md`` has the table.
+Knows nothing of routes or of HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+
+from retriever.validation import (
+    FILTER_MAX_KEYS,
+    FILTER_MAX_STRING_CHARS,
+    FILTER_MAX_VALUES,
+    INT_BOUND,
+    METADATA_MAX_KEY_CHARS,
+    check_filters,
+)
+
+SEED_MAX = 2**63 - 1  # a signed 64-bit integer
+K_MAX = 1000  # passages one search or answer may ask for; Limits.max_k tightens it (50)
+NEW_TOKENS_MAX = 32_768  # answer length; Limits.max_new_tokens tightens it (512)
+TEXT_MAX_CHARS = 100_000  # a question, a query, a chat message; Limits.max_question_chars (4000)
+MESSAGES_MAX = 1024  # chat messages; Limits.max_messages tightens it (64)
+STOP_MAX = 4  # stop strings, as OpenAI allows
+STOP_MAX_CHARS = 64
+TEMPERATURE_MAX = 2.0
+ID_MAX_CHARS = 64  # registry ids and names, uploaded file ids, job names
+MODEL_MAX_CHARS = 4096  # a model: a preset, a hub id or a local folder (PATH_MAX)
+OFFSET_MAX = 10**9  # rows skipped by a list page
+PAGE_MAX = 500  # rows in one list page
+EVAL_QUESTIONS_MAX = 1_000_000  # an eval run's ``limit``
+RESAMPLES_MIN = 100  # bootstrap resamples of an eval run: fewer make the intervals meaningless,
+RESAMPLES_MAX = 100_000  # more make a (resamples x questions) index array of gigabytes
+
+REGISTRY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # tuner.registry's folder names
+FILE_ID = r"^[A-Za-z0-9_-]{1,64}$"  # POST /v1/files ids
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+K = Annotated[int, Field(ge=1, le=K_MAX)]
+NewTokens = Annotated[int, Field(ge=1, le=NEW_TOKENS_MAX)]
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX_CHARS)]
+Offset = Annotated[int, Field(ge=0, le=OFFSET_MAX)]
+PageLimit = Annotated[int, Field(ge=1, le=PAGE_MAX)]
+AdapterId = Annotated[str, Field(min_length=1, max_length=ID_MAX_CHARS, pattern=REGISTRY_ID)]
+FileId = Annotated[str, Field(min_length=1, max_length=ID_MAX_CHARS, pattern=FILE_ID)]
+ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_MAX_CHARS)]
+StopString = Annotated[str, Field(min_length=1, max_length=STOP_MAX_CHARS)]
+StopList = StopString | Annotated[list[StopString], Field(max_length=STOP_MAX)]
+
+_SCALAR_SCHEMA: list[dict[str, Any]] = [
+    {"type": "string", "maxLength": FILTER_MAX_STRING_CHARS},
+    {"type": "integer", "minimum": -INT_BOUND, "maximum": INT_BOUND - 1},
+    {"type": "number", "maximum": 1.7976931348623157e308},
+    {"type": "boolean"},
+    {"type": "null"},
+]
+FILTERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": FILTER_MAX_KEYS,
+    "propertyNames": {"maxLength": METADATA_MAX_KEY_CHARS},
+    "additionalProperties": {
+        "anyOf": [
+            *_SCALAR_SCHEMA,
+            {"type": "array", "maxItems": FILTER_MAX_VALUES, "items": {"anyOf": _SCALAR_SCHEMA}},
+        ]
+    },
+    "description": "metadata key -> a scalar, or a list of scalars (any of them matches)",
+}
+Filters = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(lambda value: check_filters(value, "filters")),
+    WithJsonSchema({"anyOf": [FILTERS_SCHEMA, {"type": "null"}]}),
+]
+
+
+def one_of(values: Sequence[str]) -> Any:
+    """A string that must be one of ``values`` (an enum in the schema, 422 naming the field)."""
+
+    def check(value: str) -> str:
+        if value not in values:
+            raise ValueError(f"one of {', '.join(values)}; got {value!r}")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"enum": list(values)})]
+
+
+def edge_model(
+    cls: type,
+    bounds: Mapping[str, Mapping[str, float]],
+    types: Mapping[str, Any] | None = None,
+) -> type[BaseModel]:
+    """A request model of dataclass ``cls`` (unknown fields refused): each field its type (or
+    ``types[name]``), its default, and its ``bounds[name]`` (pydantic's ``ge``/``gt``/``le``/
+    ``lt``: the same table ``cls.__post_init__`` checks). Dump it with ``exclude_unset``."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        default: Any = None if f.default is dataclasses.MISSING else f.default
+        annotation = (types or {}).get(f.name, hints[f.name])
+        fields[f.name] = (annotation, Field(default, **bounds.get(f.name, {})))  # type: ignore[call-overload]
+    config = ConfigDict(extra="forbid")
+    model: type[BaseModel] = create_model(cls.__name__ + "Body", __config__=config, **fields)
+    return model
