@@ -1,14 +1,22 @@
-"""/v1/documents: add (one or a batch), list, get, replace and delete documents."""
+"""/v1/documents: add (one or a batch), list, get, replace and delete documents.
+
+Bodies are checked here with the index's own rules (``retriever.validation``: printable ids of
+at most 256 characters, metadata at most 8 deep and 16 KiB; ``retriever.index.TEXT_MAX_CHARS``)
+so a bad field is a 422 naming it (``body.batch.documents.3.metadata``). Reading and deleting
+take any id a stored row may have (rows written before these rules stay reachable); writing
+(POST, PUT) takes only valid ones.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Path, Query, UploadFile
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from retriever.index import DocumentIn
+from retriever.index import TEXT_MAX_CHARS, DocumentIn
 from retriever.loaders import LoadError, load_bytes, safe_name
+from retriever.validation import ID_MAX_CHARS, check_id, check_metadata
 from service.auth import Reader, Writer
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
@@ -16,16 +24,42 @@ from service.errors import ServiceError
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
 
+OFFSET_MAX = 10**9  # rows a list page may skip
+PAGE_MAX = 500  # rows in one list page
+
+DocId = Annotated[
+    str, Field(min_length=1, max_length=ID_MAX_CHARS), AfterValidator(lambda v: check_id(v, "id"))
+]
+Metadata = Annotated[dict[str, Any], AfterValidator(lambda v: check_metadata(v, "metadata"))]
+StoredId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS)]  # any id a row may have
+NewId = Annotated[StoredId, AfterValidator(lambda v: check_id(v, "doc_id"))]
+
+
 class DocumentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | None = Field(None, min_length=1, max_length=256)
-    text: str = Field(min_length=1)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    id: DocId | None = None
+    text: str = Field(min_length=1, max_length=TEXT_MAX_CHARS)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class BatchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     documents: list[DocumentBody] = Field(min_length=1)
+
+
+def _shape(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "documents" in value else "document"
+
+
+AddBody = Annotated[
+    Annotated[DocumentBody, Tag("document")] | Annotated[BatchBody, Tag("batch")],
+    Discriminator(_shape),
+]
+
+
+def _too_many(count: int, limit: int, field: str) -> ServiceError:
+    msg = f"{field}: at most {limit} documents per request, got {count}"
+    return ServiceError(422, "batch_too_large", msg, [{"loc": ["body", field], "msg": msg}])
 
 
 class Written(BaseModel):
@@ -45,24 +79,23 @@ class DocumentOut(BaseModel):
 
 
 @router.post("", status_code=201)
-def add(
-    body: DocumentBody | BatchBody, retriever: RetrieverDep, state: State, _: Writer
-) -> dict[str, Any]:
+def add(body: AddBody, retriever: RetrieverDep, state: State, _: Writer) -> dict[str, Any]:
     """Add or replace one document, or a batch ``{"documents": [...]}``."""
     docs = body.documents if isinstance(body, BatchBody) else [body]
     limit = state.settings.limits.max_batch_documents
     if len(docs) > limit:
-        raise ServiceError(422, "batch_too_large", f"at most {limit} documents per request")
+        raise _too_many(len(docs), limit, "documents")
     results = retriever.upsert_many([DocumentIn(d.text, d.id, d.metadata) for d in docs])
     return {"documents": [Written(**r.__dict__) for r in results]}
 
 
 @router.get("")
 def list_documents(
-    retriever: RetrieverDep, _: Reader, offset: int = 0, limit: int = 50
+    retriever: RetrieverDep,
+    _: Reader,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
 ) -> dict[str, Any]:
-    if offset < 0 or not 1 <= limit <= 500:
-        raise ServiceError(422, "invalid_request", "offset >= 0 and 1 <= limit <= 500")
     rows = retriever.documents(offset, limit)
     return {
         "total": len(retriever),
@@ -74,20 +107,20 @@ def list_documents(
 
 
 @router.get("/{doc_id:path}")
-def get(doc_id: str, retriever: RetrieverDep, _: Reader) -> DocumentOut:
+def get(doc_id: StoredId, retriever: RetrieverDep, _: Reader) -> DocumentOut:
     r = retriever.get(doc_id)
     return DocumentOut(**{k: getattr(r, k) for k in DocumentOut.model_fields})
 
 
 @router.put("/{doc_id:path}")
-def replace(doc_id: str, body: DocumentBody, retriever: RetrieverDep, _: Writer) -> Written:
+def replace(doc_id: NewId, body: DocumentBody, retriever: RetrieverDep, _: Writer) -> Written:
     if body.id not in (None, doc_id):
         raise ServiceError(422, "id_mismatch", "the body's id differs from the path's")
     return Written(**retriever.upsert(DocumentIn(body.text, doc_id, body.metadata)).__dict__)
 
 
 @router.delete("/{doc_id:path}")
-def delete(doc_id: str, retriever: RetrieverDep, _: Writer) -> dict[str, Any]:
+def delete(doc_id: StoredId, retriever: RetrieverDep, _: Writer) -> dict[str, Any]:
     retriever.delete([doc_id])
     return {"deleted": doc_id}
 
@@ -101,8 +134,10 @@ async def upload(
     import anyio
 
     limit = state.settings.limits.max_batch_documents
+    if len(files) > limit:
+        raise _too_many(len(files), limit, "files")
     docs: list[DocumentIn] = []
-    failed: list[dict[str, str]] = []
+    failed: list[dict[str, str]] = []  # a file, or a jsonl file's line ("docs.jsonl:3")
     for f in files:
         name = safe_name(f.filename or "upload.txt")
         raw = await f.read()
@@ -113,6 +148,6 @@ async def upload(
             else:
                 docs.append(item)
     if len(docs) > limit:
-        raise ServiceError(422, "batch_too_large", f"at most {limit} documents per request")
+        raise _too_many(len(docs), limit, "files")
     results = await anyio.to_thread.run_sync(lambda: retriever.upsert_many(docs)) if docs else []
     return {"documents": [Written(**r.__dict__) for r in results], "failed": failed}

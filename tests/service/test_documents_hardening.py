@@ -1,0 +1,150 @@
+"""/v1/documents at its bounds: each field at its bound and one past it (422 naming the field),
+nothing stored lost by a refused write, and rows that break today's bounds (planted straight into
+SQLite) still served by GET, list pages, search and query citations."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retriever.index import DB_NAME, TEXT_MAX_CHARS
+from retriever.store import RAW_METADATA_KEY
+from retriever.validation import ID_MAX_CHARS, METADATA_MAX_DEPTH
+from service.routes.documents import OFFSET_MAX, PAGE_MAX
+from service.settings import Limits, Settings
+from tests.helpers import app_clients
+
+
+@pytest.fixture
+def client(tiny_llama: Path, tmp_path: Path) -> Iterator[Any]:
+    with app_clients(tiny_llama, tmp_path) as make:
+        yield make(Settings(limits=Limits(max_batch_documents=4)))
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def refused(response: Any, loc: list[Any], says: str = "") -> None:
+    """A 422 in the app's error shape whose details name the field at ``loc``."""
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    found = [d for d in error["details"] if d["loc"] == loc]
+    assert found, error["details"]
+    assert says in found[0]["msg"], found[0]["msg"]
+
+
+def test_document_fields_at_their_bound_and_one_past(client: Any) -> None:
+    ok = client.post(
+        "/v1/documents",
+        json={"id": "x" * ID_MAX_CHARS, "text": "apt", "metadata": nested(METADATA_MAX_DEPTH)},
+    )
+    assert ok.status_code == 201, ok.text
+    post = lambda body: client.post("/v1/documents", json=body)  # noqa: E731
+    refused(post({"id": "x" * (ID_MAX_CHARS + 1), "text": "t"}), ["body", "document", "id"])
+    refused(post({"id": "evil\u202eid", "text": "t"}), ["body", "document", "id"], "U+202E")
+    refused(post({"id": "a\x00b", "text": "t"}), ["body", "document", "id"], "U+0000")
+    refused(post({"text": "x" * (TEXT_MAX_CHARS + 1)}), ["body", "document", "text"])
+    refused(post({"text": ""}), ["body", "document", "text"])
+    deep = {"text": "t", "metadata": nested(300)}
+    refused(post(deep), ["body", "document", "metadata"], "metadata" + ".a" * 8 + ": nested")
+    refused(post({"text": "t", "metadata": {"n": 2**63}}), ["body", "document", "metadata"])
+    batch = [{"id": f"d{i}", "text": "t"} for i in range(3)] + [
+        {"id": "d3", "text": "t", "metadata": {"a": nested(9)}}
+    ]
+    refused(post({"documents": batch}), ["body", "batch", "documents", 3, "metadata"], "metadata.a")
+    too_many = post({"documents": [{"text": f"t{i}"} for i in range(5)]})
+    refused(too_many, ["body", "documents"], "at most 4")
+    assert too_many.json()["error"]["code"] == "batch_too_large"
+    assert client.get("/v1/documents").json()["total"] == 1  # nothing refused was written
+
+
+def test_path_ids_and_pages_are_bounded(client: Any) -> None:
+    client.post("/v1/documents", json={"id": "keep", "text": "kept text"})
+    bad_put = client.put("/v1/documents/keep\u202e", json={"text": "new"})
+    refused(bad_put, ["path", "doc_id"], "U+202E")
+    refused(client.get("/v1/documents/" + "x" * (ID_MAX_CHARS + 1)), ["path", "doc_id"])
+    assert client.get("/v1/documents/keep").json()["text"] == "kept text"
+    assert client.get("/v1/documents", params={"offset": OFFSET_MAX}).json()["documents"] == []
+    for name, value in [("offset", OFFSET_MAX + 1), ("offset", 10**20), ("offset", -1)]:
+        refused(client.get("/v1/documents", params={name: value}), ["query", name])
+    assert len(client.get("/v1/documents", params={"limit": PAGE_MAX}).json()["documents"]) == 1
+    for value in (0, PAGE_MAX + 1):
+        refused(client.get("/v1/documents", params={"limit": value}), ["query", "limit"])
+
+
+def _plant(index: Path, doc_id: str, metadata_text: str, new_id: str | None = None) -> None:
+    """Overwrite a stored row straight in SQLite, past every check of the write path."""
+    db = sqlite3.connect(index / DB_NAME)
+    with db:
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("UPDATE documents SET metadata=? WHERE id=?", (metadata_text, doc_id))
+        if new_id is not None:
+            db.execute("UPDATE documents SET id=? WHERE id=?", (new_id, doc_id))
+            db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new_id, doc_id))
+    db.close()
+
+
+def test_rows_stored_before_the_bounds_are_served_by_every_read(
+    client: Any, tmp_path: Path
+) -> None:
+    for doc_id in ("deep", "list", "bidi"):
+        r = client.post("/v1/documents", json={"id": doc_id, "text": f"debian apt {doc_id}"})
+        assert r.status_code == 201
+    deep = nested(300)
+    deep["tag"] = "apt"
+    _plant(tmp_path / "index", "deep", json.dumps(deep))
+    _plant(tmp_path / "index", "list", "[1, 2]")
+    _plant(tmp_path / "index", "bidi", json.dumps({"tag": "apt"}), new_id="evil\u202ename")
+
+    one = client.get("/v1/documents/deep")
+    assert one.status_code == 200 and one.json()["metadata"]["tag"] == "apt"
+    assert client.get("/v1/documents/list").json()["metadata"] == {RAW_METADATA_KEY: "[1, 2]"}
+    assert client.get("/v1/documents/evil\u202ename").json()["metadata"] == {"tag": "apt"}
+    page = client.get("/v1/documents")
+    assert page.status_code == 200 and len(page.json()["documents"]) == 3
+    found = client.post("/v1/search", json={"query": "debian apt", "k": 5})
+    assert found.status_code == 200 and len(found.json()["results"]) == 3
+    filtered = client.post("/v1/search", json={"query": "apt", "filters": {"tag": "apt"}})
+    assert {h["doc_id"] for h in filtered.json()["results"]} == {"deep", "evil\u202ename"}
+    answer = client.post(
+        "/v1/query", json={"question": "debian apt", "mode": "rag", "k": 3, "max_new_tokens": 2}
+    )
+    assert answer.status_code == 200 and len(answer.json()["citations"]) == 3
+    assert client.delete("/v1/documents/evil\u202ename").status_code == 200
+
+
+def test_filters_that_are_not_scalars_are_a_422_naming_filters(client: Any) -> None:
+    client.post("/v1/documents", json={"text": "apt kernel", "metadata": {"tags": ["apt"]}})
+    for body in (
+        {"query": "apt", "filters": {"tags": [["apt"]]}},
+        {"query": "apt", "filters": {"tags": {"a": 1}}},
+    ):
+        r = client.post("/v1/search", json=body)
+        assert r.status_code == 422 and "filters" in r.text, r.text
+
+
+def test_uploaded_jsonl_splits_on_newline_and_names_each_refused_line(client: Any) -> None:
+    rows = [
+        {"id": "sep", "text": "one\u2028record"},
+        {"id": "bad\u202eid", "text": "bidi"},
+        {"id": "deep", "text": "t", "metadata": nested(20)},
+    ]
+    raw = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\nnot json\n"
+    files = [("files", ("docs.jsonl", raw.encode(), "application/octet-stream"))]
+    r = client.post("/v1/documents/upload", files=files)
+    assert r.status_code == 201, r.text
+    assert [d["id"] for d in r.json()["documents"]] == ["sep"]
+    assert client.get("/v1/documents/sep").json()["text"] == "one\u2028record"
+    failed = {f["source"].split(" ")[0]: f["reason"] for f in r.json()["failed"]}
+    assert sorted(failed) == ["docs.jsonl:2", "docs.jsonl:3", "docs.jsonl:4"]
+    assert failed["docs.jsonl:2"].startswith("id: control, format or bidi")
+    assert "nested deeper" in failed["docs.jsonl:3"]
