@@ -2,6 +2,10 @@
 
 Models load in the lifespan, never at import; ``/readyz`` says false until they are loaded and
 the process fails loudly (exits) when they cannot be. Routes stay thin and call library code.
+A request passes, outermost first: ``BrowserGuard`` (Host, Origin, bound socket; 403), CORS for
+``allowed_origins`` (auth on), ``Authenticate`` (401 before any body is read), ``BodyLimit``
+(413), then the routes. The interactive docs (``/docs``, ``/redoc``) load their assets from a CDN,
+so they are served only with ``api_docs`` on; ``/openapi.json`` is always served, to anyone.
 """
 
 from __future__ import annotations
@@ -9,15 +13,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import PurePath
+from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
 
 from service import responses
 from service.adapters import AdapterSet
-from service.auth import Reader, check_bind
+from service.auth import Authenticate, Reader, check_bind
 from service.evalruns import make_eval_runner
 from service.generation.engine import GenerationEngine
+from service.guard import BrowserGuard
 from service.limits import BodyLimit
 from service.loading import (
     generator_from_settings,
@@ -33,6 +41,16 @@ log = logging.getLogger(__name__)
 
 
 Loader = Callable[[AppState], None]
+SHOWN = ("name", "hub_id", "source", "dim", "adapter", "documents")  # what /readyz tells anyone
+
+
+def shown(identity: dict[str, Any]) -> dict[str, Any]:
+    """A loaded model as ``/readyz`` shows it: its name, hub id and kind, never a folder (a
+    model configured by folder is named by the folder's last part)."""
+    public = {k: identity[k] for k in SHOWN if k in identity}
+    if isinstance(public.get("name"), str) and not identity.get("hub_id"):
+        public["name"] = PurePath(public["name"]).name or public["name"]
+    return public
 
 
 def load_models(state: AppState) -> None:
@@ -85,11 +103,29 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         if state.retriever is not None:
             state.retriever.close()
 
-    app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
+    docs = settings.api_docs
+    app = FastAPI(
+        title="ragtune",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
     app.state.ragtune = state
     responses.install(app)
+    # the last added runs first: guard, CORS, keys, body limit, metrics, then the routes
     app.middleware("http")(state.metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(Authenticate, settings=settings)
+    if settings.allowed_origins and not settings.auth_disabled:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After"],
+        )
+    app.add_middleware(BrowserGuard, settings=settings)
     from service.routes import adapters, chat, documents, evals, files, index, query, tune
 
     app.include_router(adapters.router)
@@ -114,7 +150,8 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     @app.get("/readyz", tags=["ops"])
     def readyz() -> JSONResponse:
         """True once models and index are loaded; 503 until then."""
-        body = {"ready": state.ready, "models": state.loaded}
+        models = {role: shown(identity) for role, identity in state.loaded.items()}
+        body: dict[str, Any] = {"ready": state.ready, "models": models}
         if state.retriever is not None:
             body["documents"] = len(state.retriever)
         return JSONResponse(body, status_code=200 if state.ready else 503)

@@ -127,7 +127,7 @@ def app_clients(tiny_llama: Path, tmp_path: Path) -> Iterator[Callable[..., Any]
             if setup is not None:
                 setup(state)
 
-        client = TestClient(create_app(settings, loader=loader))
+        client = TestClient(create_app(settings, loader=loader), base_url="http://127.0.0.1")
         client.__enter__()
         clients.append(client)
         return client
@@ -141,6 +141,12 @@ def app_clients(tiny_llama: Path, tmp_path: Path) -> Iterator[Callable[..., Any]
 
 def serve_on_loopback(app) -> tuple[str, object]:  # noqa: ANN001 - a FastAPI app
     """Run ``app`` under uvicorn on a free 127.0.0.1 port; return (base URL, server)."""
+    return serve_on(app, "127.0.0.1")
+
+
+def serve_on(app, host: str) -> tuple[str, object]:  # noqa: ANN001 - a FastAPI app
+    """Run ``app`` under uvicorn bound to ``host`` (``0.0.0.0``: every address) on a free port;
+    return (the base URL on 127.0.0.1, the server)."""
     import socket
     import threading
     import time
@@ -149,9 +155,9 @@ def serve_on_loopback(app) -> tuple[str, object]:  # noqa: ANN001 - a FastAPI ap
     import uvicorn
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):

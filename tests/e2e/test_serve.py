@@ -63,7 +63,8 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
         assert ready is not None and ready.status_code == 200, "server never became ready"
         models = ready.json()["models"]
         assert models["embedder"]["name"] == "all-MiniLM-L6-v2"
-        assert models["generator"]["weights_dir"] == str(tiny_llama)
+        assert models["generator"] == {"name": tiny_llama.name, "hub_id": None, "source": "path"}
+        assert str(tmp_path) not in ready.text and str(tiny_llama) not in ready.text  # no folders
         assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
         # the README's quickstart: add a document, ask, delete it
         doc = {
@@ -74,6 +75,14 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
         assert httpx.post(f"{base}/v1/documents", json=doc, timeout=30).status_code == 201
         answer = _ask(base)
         assert answer["citations"][0]["doc_id"] == "apt-basics"
+        page = {"Origin": "http://evil.example"}  # a web page the user has open
+        upload = [("files", ("x.jsonl", b'{"id": "apt-basics", "text": "pwned"}', "text/plain"))]
+        refused = httpx.post(f"{base}/v1/documents/upload", files=upload, headers=page, timeout=30)
+        assert refused.status_code == 403
+        rebound = httpx.get(f"{base}/v1/documents", headers={"Host": "rebind.attacker.example"})
+        assert rebound.status_code == 403
+        stored = httpx.get(f"{base}/v1/documents/apt-basics", timeout=30).json()
+        assert stored["text"] == doc["text"]
         assert httpx.delete(f"{base}/v1/documents/apt-basics", timeout=30).status_code == 200
         again = _ask(base)
         assert all(c["doc_id"] != "apt-basics" for c in again["citations"])

@@ -16,6 +16,7 @@ from tests.helpers import tiny_loader
 def client(tiny_llama: Path, tmp_path: Path):
     with TestClient(
         create_app(Settings(), loader=tiny_loader(tiny_llama, tmp_path)),
+        base_url="http://127.0.0.1",
         raise_server_exceptions=False,
     ) as c:
         yield c

@@ -9,7 +9,11 @@ from fastapi.testclient import TestClient
 
 from retriever.sources import ModelNotAvailable
 from service.app import AppState, create_app
-from service.settings import Settings
+from service.settings import ApiKey, Settings
+from tests.fakes import FakeEmbedder
+from tuner.models import load_generator
+
+BASE = "http://127.0.0.1"
 
 
 def test_ready_only_after_the_lifespan_loaded_models(tiny_llama: Path) -> None:
@@ -17,10 +21,10 @@ def test_ready_only_after_the_lifespan_loaded_models(tiny_llama: Path) -> None:
         state.loaded["generator"] = {"name": "tiny"}
 
     app = create_app(Settings(), loader=loader)
-    client = TestClient(app)
+    client = TestClient(app, base_url=BASE)
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 503  # lifespan not run: nothing loaded
-    with TestClient(app) as live:
+    with TestClient(app, base_url=BASE) as live:
         body = live.get("/readyz")
         assert body.status_code == 200 and body.json()["models"] == {"generator": {"name": "tiny"}}
 
@@ -29,5 +33,35 @@ def test_startup_fails_when_a_model_is_unavailable() -> None:
     def loader(state: AppState) -> None:
         raise ModelNotAvailable("generator", "ghost")
 
-    with pytest.raises(ModelNotAvailable), TestClient(create_app(Settings(), loader=loader)):
+    with (
+        pytest.raises(ModelNotAvailable),
+        TestClient(create_app(Settings(), loader=loader), base_url=BASE),
+    ):
         pass
+
+
+def test_readyz_names_models_without_any_server_path(tiny_llama: Path, tmp_path: Path) -> None:
+    def loader(state: AppState) -> None:  # what load_models records, with real identities
+        state.loaded["embedder"] = FakeEmbedder().identity
+        generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+        state.loaded["generator"] = generator.identity
+
+    with TestClient(create_app(Settings(), loader=loader), base_url=BASE) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 200
+    models = r.json()["models"]
+    assert (
+        models["generator"]["name"] == tiny_llama.name and "weights_dir" not in models["generator"]
+    )
+    assert str(tmp_path) not in r.text and str(tiny_llama.parent) not in r.text
+    assert "/" not in models["generator"]["name"]
+
+
+def test_interactive_docs_are_off_unless_asked_for() -> None:
+    keys = [ApiKey(name="r", key="docs-test-key-0123456789", scopes=["read"])]  # type: ignore[arg-type,list-item]
+    client = TestClient(create_app(Settings(auth_disabled=False, api_keys=keys)), base_url=BASE)
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    schema = client.get("/openapi.json")  # public: the same for every install, no data in it
+    assert schema.status_code == 200 and "/v1/query" in schema.json()["paths"]
+    on = TestClient(create_app(Settings(api_docs=True)), base_url=BASE)
+    assert on.get("/docs").status_code == 200 and "swagger" in on.get("/docs").text.lower()

@@ -92,11 +92,71 @@ def test_rate_limit_returns_429_with_retry_after(make_client) -> None:
     assert client.get("/v1/documents", headers=_h("write")).status_code == 200  # per key
 
 
+def test_auth_off_has_no_per_key_rate_limit_unless_set(tiny_llama: Path, tmp_path: Path) -> None:
+    """A local script searching 121 times in a minute is one user, not an attack."""
+    with app_clients(tiny_llama, tmp_path) as make:
+        local = make(Settings())
+        codes = {local.post("/v1/search", json={"query": "x"}).status_code for _ in range(121)}
+        assert codes == {200}
+        capped = make(Settings(limits=Limits(rate_limit_per_minute=2)))
+        codes = {capped.post("/v1/search", json={"query": "x"}).status_code for _ in range(3)}
+        assert codes == {200, 429}
+
+
+def test_unauthenticated_requests_get_401_before_any_body_error(make_client) -> None:
+    client = make_client(max_body_bytes=100)
+    json_type = {"content-type": "application/json"}
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+        bad_json = client.post(
+            "/v1/documents", content=b"{not json", headers={**json_type, **headers}
+        )
+        assert bad_json.status_code == 401, bad_json.text
+        too_big = client.post("/v1/documents", content=b"x" * 500, headers={**json_type, **headers})
+        assert too_big.status_code == 401, too_big.text
+    keyed = client.post("/v1/documents", content=b"{not json", headers={**json_type, **_h("write")})
+    assert keyed.status_code == 422  # with a key, the body is checked as before
+
+
+def test_failed_keys_are_throttled_per_client_address(make_client) -> None:
+    client = make_client(failed_auth_per_minute=3)
+    wrong = {"Authorization": "Bearer guess-0123456789abcdef"}
+    codes = [client.get("/v1/documents", headers=wrong).status_code for _ in range(3)]
+    assert codes == [401, 401, 401]
+    throttled = client.get("/v1/documents", headers=wrong)
+    assert (
+        throttled.status_code == 429 and throttled.json()["error"]["code"] == "too_many_failed_keys"
+    )
+    assert int(throttled.headers["Retry-After"]) >= 1
+    # while throttled even the right key is not checked: a guess that hits would look the same
+    assert client.get("/v1/documents", headers=_h("read")).status_code == 429
+    assert client.get("/v1/documents").status_code == 401  # no key presented: not a guess
+    assert client.get("/healthz").status_code == 200
+    from fastapi.testclient import TestClient
+
+    other = TestClient(client.app, base_url="http://127.0.0.1", client=("10.1.2.3", 1))
+    assert other.get("/v1/documents", headers=_h("read")).status_code == 200  # per address
+
+
+def test_failed_key_throttle_can_be_turned_off(make_client) -> None:
+    client = make_client(failed_auth_per_minute=0)
+    wrong = {"Authorization": "Bearer guess-0123456789abcdef"}
+    assert {client.get("/v1/documents", headers=wrong).status_code for _ in range(15)} == {401}
+    assert client.get("/v1/documents", headers=_h("read")).status_code == 200
+
+
 def test_rate_limiter_refills() -> None:
     limiter = RateLimiter(per_minute=60)
     for _ in range(60):
         assert limiter.take("k") == 0
     assert 0 < limiter.take("k") <= 1.0
+
+
+def test_rate_limiter_forgets_refilled_clients() -> None:
+    limiter = RateLimiter(per_minute=60, max_tracked=2)
+    for address in ("a", "b", "c"):
+        assert limiter.take(address) == 0
+    assert len(limiter) <= 2
+    assert limiter.wait("never-seen") == 0
 
 
 def test_auth_configuration_is_checked_before_serving() -> None:
