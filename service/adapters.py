@@ -1,17 +1,25 @@
 """PEFT adapters on the one shared generator: loaded and unloaded at runtime, chosen per request.
 
 Adapters come only from the registry folder (``DATA_DIR/adapters/<name>``) in safetensors form;
-a request names an adapter, never a path. The base model is wrapped in a ``PeftModel`` on the
-first load; a batch runs with one adapter set active, or with adapters disabled for base-model
-requests. Loading and unloading wait for the running batch (one lock with the engine).
+a request names an adapter, never a path, and no error names a folder. The base model is wrapped
+in a ``PeftModel`` on the first load; a batch runs with one adapter set active, or with adapters
+disabled for base-model requests. Loading and unloading wait for the running batch (one lock
+with the engine).
+
+A request holds the adapter it runs with (``use``): loaded on first use, at most ``max_loaded``
+at once, the least recently used one unloaded to make room. An adapter some request still holds
+(picked, queued or generating) is never unloaded to make room; when every loaded one is held,
+``AdaptersBusy`` says to retry.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,12 +35,36 @@ class AdapterNotFound(LookupError):
         self.name = name
 
 
+class AdaptersBusy(RuntimeError):
+    """Every loaded adapter is held by a running request and no more may be loaded."""
+
+
+class Use:
+    """One request's hold on an adapter: held while this object lives and its generation
+    request (``request``, set once submitted) has not finished."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.request: Any = None  # service.generation.request.GenerationRequest
+
+    @property
+    def held(self) -> bool:
+        return self.request is None or not self.request.done.is_set()
+
+
 class AdapterSet:
-    def __init__(self, generator: Any, registry: Path) -> None:
+    def __init__(self, generator: Any, registry: Path, max_loaded: int | None = None) -> None:
         self.generator = generator
         self.registry = registry
+        self.max_loaded = max_loaded  # None: no bound (the eval harness loads what it names)
         self.lock = threading.RLock()  # held by the engine for a whole batch
         self._loaded: dict[str, Path] = {}
+        self._loading = threading.RLock()  # one load (with its eviction) at a time
+        self._book = threading.Lock()  # guards the use bookkeeping below
+        self._uses: dict[str, weakref.WeakSet[Use]] = {}
+        self._last_used: dict[str, int] = {}
+        self._leaving: set[str] = set()  # being unloaded to make room: no new holds
+        self._clock = itertools.count()
         self._waiting = 0  # loads/unloads waiting for the lock: the engine stops taking joins
         self._count = threading.Lock()
         self.generation = 0  # bumped on every load and unload: cached keys/values go stale
@@ -61,7 +93,7 @@ class AdapterSet:
             raise AdapterNotFound(name, "names are 1-64 letters, digits, '.', '_' or '-'")
         path = self.registry / name
         if not (path / "adapter_config.json").is_file():
-            raise AdapterNotFound(name, f"no adapter_config.json under {self.registry}")
+            raise AdapterNotFound(name, "not in the adapter registry; see GET /v1/adapters")
         if not (path / "adapter_model.safetensors").is_file():
             raise AdapterNotFound(name, "only safetensors adapters are loaded")
         if _embedder_adapter(path):
@@ -84,22 +116,78 @@ class AdapterSet:
     def loaded(self) -> list[str]:
         return sorted(self._loaded)
 
-    def load(self, name: str) -> None:
+    def use(self, name: str, max_loaded: int | None = None) -> Use:
+        """Hold ``name`` for one request, loading it first if needed (making room within
+        ``max_loaded``, else the set's own bound). Two first uses at once load it once."""
+        hold = self._hold(name)
+        if hold is not None:
+            return hold
+        with self._loading:
+            self.load(name, max_loaded)
+            hold = self._hold(name)
+        if hold is None:  # unloaded by an admin between the load and the hold
+            raise AdapterNotFound(name, "not loaded")
+        return hold
+
+    def _hold(self, name: str) -> Use | None:
+        with self._book:
+            if name not in self._loaded or name in self._leaving:
+                return None
+            hold = Use(name)
+            self._uses.setdefault(name, weakref.WeakSet()).add(hold)
+            self._last_used[name] = next(self._clock)
+            return hold
+
+    def in_use(self, name: str) -> bool:
+        """Whether a request still holds ``name``."""
+        return any(u.held for u in list(self._uses.get(name, ())))
+
+    def _make_room(self, bound: int | None) -> None:
+        """Unload least recently used adapters no request holds until one more fits."""
+        while bound is not None and len(self._loaded) >= bound:
+            with self._book:
+                idle = [n for n in self._loaded if n not in self._leaving and not self.in_use(n)]
+                if not idle:
+                    raise AdaptersBusy(
+                        f"all {len(self._loaded)} loaded adapters are in use "
+                        f"(at most {bound} are loaded at once); retry shortly"
+                    )
+                victim = min(idle, key=lambda n: self._last_used.get(n, -1))
+                self._leaving.add(victim)
+            try:
+                log.info("adapter %s unloaded to make room (least recently used)", victim)
+                self.unload(victim)
+            finally:
+                with self._book:
+                    self._leaving.discard(victim)
+
+    def load(self, name: str, max_loaded: int | None = None) -> None:
+        """Load ``name`` (nothing to do when loaded), first unloading the least recently used
+        idle adapters beyond ``max_loaded`` (else the set's own bound)."""
         from peft import PeftModel
 
         path = self.folder(name)
+        with self._loading:
+            if name in self._loaded:
+                return
+            self._make_room(max_loaded if max_loaded is not None else self.max_loaded)
+            self._load(name, path, PeftModel)
+
+    def _load(self, name: str, path: Path, peft_model: Any) -> None:
         with self._changing():
             if name in self._loaded:
                 return
             model = self.generator.model
-            if isinstance(model, PeftModel):
+            if isinstance(model, peft_model):
                 model.load_adapter(str(path), adapter_name=name)
             else:
-                self.generator.model = PeftModel.from_pretrained(
+                self.generator.model = peft_model.from_pretrained(
                     model, str(path), adapter_name=name
                 )
             self.generator.model.eval()
-            self._loaded[name] = path
+            with self._book:
+                self._loaded[name] = path
+                self._last_used[name] = next(self._clock)
             self.generation += 1
             log.info("adapter %s loaded from %s", name, path)
 
@@ -108,7 +196,9 @@ class AdapterSet:
             if name not in self._loaded:
                 raise AdapterNotFound(name, "not loaded")
             self.generator.model.delete_adapter(name)
-            del self._loaded[name]
+            with self._book:
+                del self._loaded[name]
+                self._last_used.pop(name, None)
             self.generation += 1
 
     @contextmanager

@@ -89,10 +89,18 @@ class AppState:
             engine=self.engine,
             retriever=self.retriever,
             reranker=self.reranker,
-            adapters=AdapterChoice(self.adapters, self.registry(), self.metrics.adapters.set),
+            adapters=AdapterChoice(
+                self.adapters,
+                self.registry(),
+                self.metrics.adapters.set,
+                max_loaded=self.settings.limits.max_loaded_adapters,
+            ),
         )
 
     def model_ids(self) -> list[str]:
-        """The base model, then every loaded adapter (chat's ``model`` picks one)."""
-        loaded = self.adapters.loaded() if self.adapters is not None else []
-        return [self.settings.generator, *loaded]
+        """The base model, then every loaded adapter, then the registry's other generator
+        adapters (chat's ``model`` picks one; an unloaded one is loaded on first use)."""
+        if self.adapters is None:
+            return [self.settings.generator]
+        names = [*self.adapters.loaded(), *self.adapters.available()]
+        return [self.settings.generator, *dict.fromkeys(names)]

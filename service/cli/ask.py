@@ -64,7 +64,8 @@ def _ask_server(server: str, api_key: str | None, body: dict[str, Any]) -> dict[
 
 def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
     """The pipeline in this process: the index is searched and closed before the generator
-    loads (one process owns an index; the two never need to be in memory together)."""
+    loads (one process owns an index; the two never need to be in memory together), so the
+    prompt is fitted to the token budget at submit, once the generator's tokenizer is here."""
     from retriever.errors import RetrieverError
     from retriever.sources import ModelNotAvailable
     from service.errors import ServiceError
@@ -95,8 +96,10 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
         raise click.ClickException(str(exc)) from None
     engine = GenerationEngine(generator, max_batch=1)
     try:
-        answer = Pipeline(settings.limits, engine=engine).submit(prepared)
+        answer = Pipeline(settings.limits, engine=engine).submit(prepared)  # fits the budget
         answer.request.wait()
+    except ServiceError as exc:
+        raise click.ClickException(_flag(exc.message)) from None
     finally:
         engine.close()
     citations = [

@@ -23,7 +23,8 @@ def client(tiny_llama: Path, tmp_path: Path):
 
     settings = Settings(data_dir=data, generator=str(tiny_llama))
     with TestClient(
-        create_app(settings, loader=tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters"))
+        create_app(settings, loader=tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters")),
+        base_url="http://127.0.0.1",
     ) as c:
         yield c
 
@@ -53,7 +54,12 @@ def test_adapters_load_switch_and_unload_at_runtime(client: TestClient) -> None:
     models = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert models[1:] == ["alpha", "beta"]
     client.post("/v1/adapters/alpha/unload")
-    gone = client.post("/v1/query", json={"question": "q", "adapter": "alpha"})
+    assert client.get("/v1/adapters").json()["loaded"] == ["beta"]
+    again = _ask(client, mode="ft", adapter="alpha")  # in the registry: loaded again on use
+    assert (
+        again["answer"] == ft["answer"] and "alpha" in client.get("/v1/adapters").json()["loaded"]
+    )
+    gone = client.post("/v1/query", json={"question": "q", "adapter": "gone"})
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "adapter_not_found"
 
 

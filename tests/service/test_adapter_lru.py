@@ -1,0 +1,134 @@
+"""Adapters by name: one the registry holds is loaded on first use, at most
+``max_loaded_adapters`` stay loaded (least recently used unloaded first, never one a request
+holds), and no error names a folder."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.adapters import AdapterNotFound, AdaptersBusy, AdapterSet
+from service.app import create_app
+from service.settings import Limits, Settings
+from tests.helpers import make_lora, tiny_loader
+
+NAMES = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three LoRAs for the tiny Llama, as hand-copied registry folders (built once)."""
+    root = tmp_path_factory.mktemp("registry") / "adapters"
+    for seed, name in enumerate(NAMES, 1):
+        make_lora(tiny_llama, root / name, seed=seed)
+    return root
+
+
+@pytest.fixture
+def client(tiny_llama: Path, registry: Path, tmp_path: Path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(registry, data / "adapters")
+    settings = Settings(
+        data_dir=data, generator=str(tiny_llama), limits=Limits(max_loaded_adapters=2)
+    )
+    loader = tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters")
+    with TestClient(create_app(settings, loader=loader), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def _ft(client: TestClient, adapter: str) -> dict:
+    body = {"question": "what is debian ?", "mode": "ft", "adapter": adapter, "max_new_tokens": 4}
+    r = client.post("/v1/query", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _loaded(client: TestClient) -> list[str]:
+    return client.get("/v1/adapters").json()["loaded"]  # type: ignore[no-any-return]
+
+
+def test_a_named_registry_adapter_serves_without_a_load(client: TestClient) -> None:
+    assert _loaded(client) == []
+    assert _ft(client, "alpha")["adapter"] == "alpha"
+    assert _loaded(client) == ["alpha"]
+    msgs = [{"role": "user", "content": "what is debian ?"}]
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"model": "beta", "messages": msgs, "max_tokens": 4, "retrieval": False},
+    )
+    assert chat.status_code == 200, chat.text
+    assert _loaded(client) == ["alpha", "beta"]
+
+
+def test_at_most_max_loaded_stay_loaded_least_recently_used_out_first(
+    client: TestClient,
+) -> None:
+    _ft(client, "alpha")
+    _ft(client, "beta")
+    _ft(client, "alpha")  # beta is now the least recently used
+    _ft(client, "gamma")
+    assert _loaded(client) == ["alpha", "gamma"]
+    _ft(client, "beta")  # alpha is the least recently used now
+    assert _loaded(client) == ["beta", "gamma"]
+
+
+def test_unknown_names_are_404_and_no_message_names_a_folder(
+    client: TestClient, tmp_path: Path
+) -> None:
+    for r in (
+        client.post("/v1/query", json={"question": "q", "mode": "ft", "adapter": "nope"}),
+        client.post("/v1/adapters/nope/load"),
+    ):
+        assert r.status_code == 404, r.text
+        error = r.json()["error"]
+        assert error["code"] == "adapter_not_found" and "'nope'" in error["message"]
+        assert str(tmp_path) not in r.text and "data/adapters" not in r.text
+    assert _loaded(client) == []
+
+
+def test_a_held_adapter_is_never_unloaded_to_make_room(tiny_llama: Path, registry: Path) -> None:
+    from tuner.models import load_generator
+
+    generator = load_generator(str(tiny_llama), cache_dir=registry.parent / "m")
+    adapters = AdapterSet(generator, registry, max_loaded=1)
+    hold = adapters.use("alpha")
+    with pytest.raises(AdaptersBusy):
+        adapters.use("beta")  # alpha is picked but not yet generated
+    assert adapters.loaded() == ["alpha"]
+
+    class Finished:
+        done = threading.Event()
+
+    Finished.done.set()
+    hold.request = Finished()  # its answer finished: alpha may go
+    adapters.use("beta")
+    assert adapters.loaded() == ["beta"]
+    with pytest.raises(AdapterNotFound) as missing:
+        adapters.use("nope")
+    assert str(registry) not in str(missing.value)
+
+
+def test_two_first_uses_at_once_load_once(tiny_llama: Path, registry: Path) -> None:
+    from tuner.models import load_generator
+
+    generator = load_generator(str(tiny_llama), cache_dir=registry.parent / "m")
+    adapters = AdapterSet(generator, registry, max_loaded=2)
+    start = threading.Barrier(4)
+    holds = []
+
+    def first_use() -> None:
+        start.wait()
+        holds.append(adapters.use("gamma"))
+
+    threads = [threading.Thread(target=first_use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(holds) == 4 and adapters.loaded() == ["gamma"]
+    assert adapters.generation == 1  # one load
