@@ -2,15 +2,18 @@
 
 An upload is stored as ``DATA_DIR/files/<random id>.jsonl`` with its metadata beside it in
 ``<id>.json``; the client's file name is kept as metadata only and never becomes a path. The body
-size is bounded by the service's body limit. Every line must be UTF-8 JSON objects of one known
-shape (chat, alpaca, prompt_completion, SQuAD-style, or a task template's fields), else 422
-naming the line; the full schema check happens when a job validates its data (tuner.data) or an
-eval run reads it (eval.datasets).
+size is bounded by the service's body limit. Lines are split on ``\n`` only (a JSON string may
+hold U+2028), and every line must be a UTF-8 JSON object of one known shape (chat, alpaca,
+prompt_completion, SQuAD-style, or a task template's fields), else 422: the message names the
+first bad line and ``details`` lists every one (``{"file", "line", "reason"}``, up to
+``SHOWN_PROBLEMS``). The full schema check happens when a job validates its data (tuner.data)
+or an eval run reads it (eval.datasets).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -25,6 +28,7 @@ from service.auth import Reader, Writer
 from service.deps import State
 from service.errors import ServiceError
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/files", tags=["tuning"])
 
 SHAPES = (  # (format reported, keys a record must hold), the first match wins
@@ -39,6 +43,19 @@ SHAPES = (  # (format reported, keys a record must hold), the first match wins
     ("translation", {"text", "translation"}),
     ("classification", {"text", "label"}),
 )
+
+
+SHOWN_PROBLEMS = 100  # bad lines listed in one 422
+
+
+class BadFile(ValueError):
+    """Every bad line of an upload, as (line number, reason); the message names the first."""
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        self.problems = problems
+        line, reason = problems[0]
+        more = f" (and {len(problems) - 1} more bad lines)" if len(problems) > 1 else ""
+        super().__init__(f"line {line}: {reason}{more}")
 
 
 class FileOut(BaseModel):
@@ -57,32 +74,47 @@ class FilesOut(BaseModel):
 
 
 def sniff(raw: bytes) -> tuple[int, str]:
-    """(records, format) of a JSONL upload; ``ValueError`` naming the first bad line."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        where = raw[: exc.start].count(b"\n") + 1
-        raise ValueError(f"line {where}: not UTF-8") from None
+    """(records, format) of a JSONL upload; ``BadFile`` listing every bad line."""
     found: str | None = None
     records = 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    problems: list[tuple[int, str]] = []
+    for number, line in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
+        record, why = _record(line)
+        if why:
+            problems.append((number, why))
+        if record is None:
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"line {number}: a JSON object is expected")
         shape = next((name for name, keys in SHAPES if keys <= record.keys()), None)
         if shape is None:
-            raise ValueError(f"line {number}: no known format (keys {sorted(record)[:8]})")
-        if found is not None and shape != found:
-            raise ValueError(f"line {number}: {shape} record in a {found} file")
-        found, records = shape, records + 1
-    if found is None:
-        raise ValueError("line 1: the file holds no records")
-    return records, found
+            problems.append((number, f"no known format (keys {sorted(record)[:8]})"))
+        elif found is not None and shape != found:
+            problems.append((number, f"{shape} record in a {found} file"))
+        else:
+            found, records = shape, records + 1
+    if found is None and not problems:
+        problems.append((1, "the file holds no records"))
+    if problems:
+        raise BadFile(problems)
+    return records, found or ""
+
+
+def _record(line: bytes) -> tuple[dict | None, str]:
+    """(the JSON object on ``line`` or None, why it is not one: empty for a blank line)."""
+    try:
+        text = line.decode("utf-8").removesuffix("\r")
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    if not text.strip():
+        return None, ""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg})"
+    except RecursionError:
+        return None, "not JSON (nested too deeply)"
+    if not isinstance(record, dict):
+        return None, "a JSON object is expected"
+    return record, ""
 
 
 def _store(folder: Path, name: str, raw: bytes) -> FileOut:
@@ -113,13 +145,26 @@ async def upload(file: UploadFile, state: State, _: Writer) -> FileOut:
     name = safe_name(file.filename or "upload.jsonl")
     try:
         return await anyio.to_thread.run_sync(_store, state.settings.layout.files, name, raw)
-    except ValueError as exc:
-        raise ServiceError(422, "invalid_file", f"{name}: {exc}") from None
+    except BadFile as exc:
+        details = [
+            {"file": name, "line": line, "reason": reason}
+            for line, reason in exc.problems[:SHOWN_PROBLEMS]
+        ]
+        raise ServiceError(422, "invalid_file", f"{name}: {exc}", details) from None
 
 
 @router.get("")
 def list_files(state: State, _: Reader) -> FilesOut:
     folder = state.settings.layout.files
     metas = sorted(folder.glob("file-*.json")) if folder.is_dir() else []
-    files = [FileOut.model_validate_json(p.read_bytes()) for p in metas]
+    files = [f for f in map(_read_meta, metas) if f is not None]
     return FilesOut(files=sorted(files, key=lambda f: f.created, reverse=True))
+
+
+def _read_meta(path: Path) -> FileOut | None:
+    """An upload's metadata; one that cannot be read is left out (and logged), never a 500."""
+    try:
+        return FileOut.model_validate_json(path.read_bytes())
+    except (OSError, ValueError):
+        log.warning("skipping unreadable upload metadata %s", path.name)
+        return None

@@ -148,3 +148,27 @@ def test_uploaded_jsonl_splits_on_newline_and_names_each_refused_line(client: An
     assert sorted(failed) == ["docs.jsonl:2", "docs.jsonl:3", "docs.jsonl:4"]
     assert failed["docs.jsonl:2"].startswith("id: control, format or bidi")
     assert "nested deeper" in failed["docs.jsonl:3"]
+
+
+def test_training_uploads_split_on_newline_and_list_every_bad_line(client: Any) -> None:
+    chat = {
+        "messages": [
+            {"role": "user", "content": "q\u2028q"},
+            {"role": "assistant", "content": "a\x85"},
+        ]
+    }
+    good = (json.dumps(chat, ensure_ascii=False) + "\r\n").encode() * 2
+    up = lambda raw: client.post("/v1/files", files={"file": ("t.jsonl", raw)})  # noqa: E731
+    r = up(good)
+    assert r.status_code == 201 and r.json()["lines"] == 2, r.text
+    bad = good + b"{not json\n" + b"\xff\n" + b"[1]\n" + b'{"prompt": "p", "completion": "c"}\n'
+    r = up(bad)
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith(
+        "t.jsonl: line 3: not JSON"
+    )
+    assert [(d["file"], d["line"]) for d in r.json()["error"]["details"]] == [
+        ("t.jsonl", 3),
+        ("t.jsonl", 4),
+        ("t.jsonl", 5),
+        ("t.jsonl", 6),
+    ]
