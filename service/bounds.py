@@ -23,8 +23,11 @@ from retriever.validation import (
     FILTER_MAX_STRING_CHARS,
     FILTER_MAX_VALUES,
     INT_BOUND,
+    METADATA_MAX_BYTES,
+    METADATA_MAX_DEPTH,
     METADATA_MAX_KEY_CHARS,
     check_filters,
+    check_metadata,
 )
 
 SEED_MAX = 2**63 - 1  # a signed 64-bit integer
@@ -81,6 +84,20 @@ Filters = Annotated[
     dict[str, Any] | None,
     AfterValidator(lambda value: check_filters(value, "filters")),
     WithJsonSchema({"anyOf": [FILTERS_SCHEMA, {"type": "null"}]}),
+]
+
+# JSON Schema cannot say "16 KiB as JSON": the size and depth go in x- keys the bounds test reads
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "x-max-bytes": METADATA_MAX_BYTES,
+    "x-max-depth": METADATA_MAX_DEPTH,
+    "propertyNames": {"maxLength": METADATA_MAX_KEY_CHARS},
+    "description": f"JSON, at most {METADATA_MAX_BYTES} bytes and {METADATA_MAX_DEPTH} deep",
+}
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(lambda value: check_metadata(value, "metadata")),
+    WithJsonSchema(METADATA_SCHEMA),
 ]
 
 

@@ -1,11 +1,11 @@
 """Every field of every request body and query string has a bound (issue 14, item 2).
 
 One walk over the app's OpenAPI schema finds each field of each operation; each must carry a
-bound (maximum, maxLength, maxItems, maxProperties, enum or const; booleans and uploaded bytes,
-bounded by the body limit, need none). A value at the bound passes the route's own validation
-(checked on its body and query models, so nothing starts a job or decodes 32k tokens); a value
-one past it is sent to the real app and must come back 422 naming the field. Then the
-regressions the issue found by hand.
+bound (maximum, maxLength, maxItems, maxProperties, enum or const; metadata's x-max-bytes;
+booleans and uploaded bytes, bounded by the body limit, need none). A value at the bound passes
+the route's own validation (checked on its body and query models, so nothing starts a job or
+decodes 32k tokens); a value one past it is sent to the real app and must come back 422 naming
+the field. Then the regressions the issue found by hand.
 """
 
 from __future__ import annotations
@@ -164,6 +164,8 @@ class Schema:
             return "maxLength" in s or binary(s)
         if kind == "array":
             return "maxItems" in s and all(self.bounded(item) for item in items_of(s))
+        if "x-max-bytes" in s:  # metadata: bounded as JSON text (service.bounds.Metadata)
+            return True
         if kind == "object" or "properties" in s:
             # no additionalProperties with properties: unknown fields are ignored, never read
             extra = s.get("additionalProperties", "properties" not in s)
@@ -212,6 +214,9 @@ def at_and_past(schema: Schema, s: dict[str, Any]) -> tuple[Any, Any] | None:
         pool = items.get("enum") or [schema.minimal(items)]
         n = s["maxItems"]
         return [pool[i % len(pool)] for i in range(n)], [pool[i % len(pool)] for i in range(n + 1)]
+    if "x-max-bytes" in s:  # {"k": "aaa"} is 9 bytes of JSON plus the string
+        room = s["x-max-bytes"] - len(json.dumps({"k": ""}))
+        return {"k": "a" * room}, {"k": "a" * (room + 1)}
     if kind == "object" and "maxProperties" in s:
         value = schema.minimal(s["additionalProperties"])
         n = s["maxProperties"]
