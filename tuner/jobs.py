@@ -275,7 +275,8 @@ class JobRunner:
             return
         last = tail(self.job_dir(job_id) / "log.txt")
         reason = f"worker exited with code {code}" + ("" if code else " without a result")
-        self.store.finish(job_id, "failed", error=f"{reason}\n--- log.txt ---\n{last}")
+        log.error("job %s: %s; the end of its log.txt:\n%s", job_id, reason, last)
+        self.store.finish(job_id, "failed", error=reason)  # one line for clients; the log has more
 
 
 # ---- processes ------------------------------------------------------------------------

@@ -5,7 +5,13 @@ every transition is a conditional update, so a finished job never changes state 
 store lives at ``<folder>/jobs.db`` beside the job folders, and both the service process (the
 runner, the routes) and the worker processes (``tuner.worker``, ``eval.worker``) open it; every
 call opens its own short connection. The workers share ``start_heartbeat`` and
-``record_failure`` (the error and the tail of ``log.txt``).
+``record_failure`` (the traceback to the log, a one-line error on the job).
+
+A job's ``error`` is what clients read, so it is always one line (``one_line``): the exception's
+type and first line, absolute paths under the data dir made relative to it and others cut to
+their last part. It is made so when written and again when read, so a record written by an
+older version that holds a traceback is served as one line too; the full traceback lives in
+the job's ``log.txt`` (the worker's stderr) and the server log.
 
 Knows nothing of how jobs are run, of processes, HTTP, models or what a job does: a job spec is
 anything with a ``name``, a ``method`` and ``to_dict()`` (``JobSpec``).
@@ -18,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import sys
@@ -33,6 +40,9 @@ log = logging.getLogger(__name__)
 STATES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 LOG_TAIL_LINES = 20
+ERROR_MAX_CHARS = 500  # a job's one-line error
+_ABSOLUTE = re.compile(r"(?<![\w.~-])/[^\s'\"`,;:()\[\]{}<>]+")
+_NOT_THE_ERROR = ("Traceback", "---", "During handling", "The above exception")
 
 
 class JobSpec(Protocol):
@@ -124,6 +134,7 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.root = path.parent.parent  # the data dir: <data>/<jobs|evals>/jobs.db
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -164,12 +175,12 @@ class JobStore:
             points = db.execute(
                 "SELECT step, loss, val_loss FROM points WHERE job = ? ORDER BY step", (job_id,)
             ).fetchall()
-        return _job(row, points)
+        return _job(row, points, self.root)
 
     def list(self) -> list[Job]:
         with self._db() as db:
             rows = db.execute("SELECT * FROM jobs ORDER BY created DESC").fetchall()
-        return [_job(r, []) for r in rows]
+        return [_job(r, [], self.root) for r in rows]
 
     def ids_in(self, *states: str) -> builtins.list[str]:
         marks = ", ".join("?" for _ in states)
@@ -215,7 +226,7 @@ class JobStore:
             job_id,
             "state NOT IN ('succeeded', 'failed', 'cancelled')",
             state=state,
-            error=error,
+            error=one_line(error, self.root),
             problems=json.dumps([list(p) for p in problems]),
             adapter=adapter,
             finished=time.time(),
@@ -267,7 +278,29 @@ class JobStore:
         return row["cancel_at"] if row else None
 
 
-def _job(row: sqlite3.Row, points: Sequence[sqlite3.Row]) -> Job:
+def one_line(error: str | None, root: Path | None = None) -> str | None:
+    """``error`` as one line a client may read: the first line (of a traceback, its exception
+    line), absolute paths under ``root`` relative to it and any other cut to its last part."""
+    if error is None:
+        return None
+    lines = [line for line in error.splitlines() if line.strip()]
+    if not lines:
+        return "the job failed"
+    line = lines[0]
+    if line.startswith("Traceback"):
+        raised = [x for x in lines if not x[0].isspace() and not x.startswith(_NOT_THE_ERROR)]
+        line = raised[-1] if raised else "the job failed"
+    return _ABSOLUTE.sub(lambda m: _short_path(m.group(0), root), line.strip())[:ERROR_MAX_CHARS]
+
+
+def _short_path(text: str, root: Path | None) -> str:
+    path = Path(text)
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix() or "."
+    return path.name or "/"
+
+
+def _job(row: sqlite3.Row, points: Sequence[sqlite3.Row], root: Path | None = None) -> Job:
     eta = None
     step, total, t0, s0, at = (
         row["step"],
@@ -288,7 +321,7 @@ def _job(row: sqlite3.Row, points: Sequence[sqlite3.Row]) -> Job:
         loss_curve=[[p["step"], p["loss"]] for p in points if p["loss"] is not None],
         val_losses=[[p["step"], p["val_loss"]] for p in points if p["val_loss"] is not None],
         eta_s=eta,
-        error=row["error"],
+        error=one_line(row["error"], root),
         problems=json.loads(row["problems"]),
         adapter=row["adapter"],
         pid=row["pid"],
@@ -334,12 +367,10 @@ def start_heartbeat(store: JobStore, job_id: str) -> threading.Event:
 
 
 def record_failure(store: JobStore, job_id: str, job_dir: Path, exc: BaseException) -> None:
-    """Fail the job with the error and the tail of its log (the traceback goes to stderr,
+    """Fail the job with a one-line error; the traceback goes to this worker's log (stderr,
     which the runner sends to ``job_dir/log.txt``)."""
     import traceback
 
-    traceback.print_exc()
+    traceback.print_exception(exc)
     sys.stderr.flush()
-    last = tail(job_dir / "log.txt")
-    error = f"{type(exc).__name__}: {exc}" + (f"\n--- log.txt ---\n{last}" if last else "")
-    store.finish(job_id, "failed", error=error)
+    store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
