@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retriever.validation import check_id
+
 
 class DatasetError(ValueError):
     """The evaluation data cannot be read; the message names the file and line."""
@@ -119,12 +121,12 @@ def load_beir(folder: Path) -> EvalSet:
         where = f"{folder / 'corpus.jsonl'}:{n}"
         text, title = _text(row, "text", where), row.get("title") or ""
         meta = dict(row.get("metadata") or {}, **({"title": title} if title else {}))
-        corpus.append(Doc(str(row.get("_id", "")) or _missing(where, "_id"), text, meta))
+        corpus.append(Doc(_id(row.get("_id"), where, "_id"), text, meta))
     qrels = _qrels(folder / "qrels" / "test.tsv")
     questions = []
     for n, row in _jsonl(folder / "queries.jsonl"):
         where = f"{folder / 'queries.jsonl'}:{n}"
-        qid = str(row.get("_id", "")) or _missing(where, "_id")
+        qid = _id(row.get("_id"), where, "_id")
         answers = _answers(row.get("answer", row.get("answers")), where)
         questions.append(
             Question(qid, _text(row, "text", where), answers, qrels.get(qid, frozenset()))
@@ -138,6 +140,16 @@ def load_beir(folder: Path) -> EvalSet:
 
 def _missing(where: str, key: str) -> str:
     raise DatasetError(f"{where}: '{key}' is missing")
+
+
+def _id(value: Any, where: str, key: str) -> str:
+    """An id field as the index takes it (printable, at most 256 characters)."""
+    if value is None or value == "":
+        _missing(where, key)
+    try:
+        return check_id(str(value), key)
+    except ValueError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
 
 
 def _qrels(path: Path) -> dict[str, frozenset[str]]:
@@ -166,13 +178,15 @@ def load_squad(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> EvalSet:
     for n, row in rows:
         where = f"{path}:{n}"
         context = _text(row, "context", where)
-        doc_id = str(
-            row.get("context_id") or "ctx-" + hashlib.sha1(context.encode()).hexdigest()[:12]
+        doc_id = _id(
+            row.get("context_id") or "ctx-" + hashlib.sha1(context.encode()).hexdigest()[:12],
+            where,
+            "context_id",
         )
         meta = {"title": row["title"]} if isinstance(row.get("title"), str) else {}
         docs.setdefault(doc_id, Doc(doc_id, context, meta))
         answers = _answers(row.get("answers", row.get("answer")), where)
-        qid = str(row.get("id") or f"q{n}")
+        qid = _id(row.get("id") or f"q{n}", where, "id")
         questions.append(Question(qid, _text(row, "question", where), answers, frozenset({doc_id})))
     _unique_ids(questions, path)
     return EvalSet("squad", path, questions, list(docs.values()))
@@ -187,7 +201,7 @@ def load_qa(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> EvalSet:
         if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
             raise DatasetError(f"{where}: 'doc_ids' must be a list of document ids")
         answers = _answers(row.get("answers", row.get("answer")), where)
-        qid = str(row.get("id") or f"q{n}")
+        qid = _id(row.get("id") or f"q{n}", where, "id")
         questions.append(Question(qid, _text(row, "question", where), answers, frozenset(doc_ids)))
     _unique_ids(questions, path)
     return EvalSet("qa", path, questions, None)
