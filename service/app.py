@@ -59,7 +59,11 @@ def load_models(state: AppState) -> None:
     state.loaded["embedder"] = state.embedder.identity
     state.generator = generator_from_settings(state.settings)
     state.loaded["generator"] = state.generator.identity
-    state.adapters = AdapterSet(state.generator, state.settings.layout.adapters)
+    state.adapters = AdapterSet(
+        state.generator,
+        state.settings.layout.adapters,
+        max_loaded=state.settings.limits.max_loaded_adapters,
+    )
     state.engine = GenerationEngine(
         state.generator,
         max_batch=state.settings.limits.max_batch_generation,
