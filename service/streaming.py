@@ -2,7 +2,8 @@
 
 Waiting happens in worker threads blocked on the job's event or queue, not in a polling loop,
 so a hundred waiting requests cost no CPU that the engine could use; a disconnected client is
-noticed within ``CHECK_S`` and its job cancelled.
+noticed within ``CHECK_S`` and its job cancelled. A job the engine could not finish is a 500
+``generation_failed`` for its own client only, with the engine's one-line message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import anyio
 from fastapi import Request
 
-from service.generation.request import GenerationRequest
+from service.errors import ServiceError
+from service.generation.request import GenerationFailed, GenerationRequest
 
 CHECK_S = 0.5
 _EMPTY = object()
@@ -29,8 +31,14 @@ async def wait(job: GenerationRequest, request: Request) -> GenerationRequest:
             await anyio.to_thread.run_sync(job.done.wait)
             break
     if job.error is not None:
-        raise job.error
+        raise _public(job.error)
     return job
+
+
+def _public(error: BaseException) -> BaseException:
+    if isinstance(error, GenerationFailed):
+        return ServiceError(500, "generation_failed", str(error))
+    return error
 
 
 def _next(job: GenerationRequest) -> Any:

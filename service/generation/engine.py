@@ -7,6 +7,13 @@ or cancellation (a client that disconnected), and its row leaves the cache. Requ
 while a batch runs join it at the next step (continuous batching): their prompts are prefilled
 together and their caches merged into the running one. A batch runs one adapter; requests for
 another wait until it drains. Greedy unless a temperature is given.
+
+A fault fails only the request it belongs to: what is one request's own (its sampling, its
+text and stop check) is guarded row by row, and when a batched forward (a prefill, a decode
+step, a merge) fails, each request in it is prefilled again alone from its prompt and the tokens
+it has so far; the ones that fail alone end with ``GenerationFailed``, the rest decode on. The
+traceback goes to the log, never to the request. What submit can check (seed, temperature, stop
+strings) it refuses with ``ValueError`` before the request reaches a batch.
 The engine knows nothing of retrieval or HTTP.
 
 On CPU the engine stores each linear layer's weight column-major (same values, transposed
@@ -17,6 +24,7 @@ that way about 4x faster, which is what makes batching pay on a CPU.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -30,8 +38,8 @@ from service.generation.kvcache import (
     mergeable,
     with_slack,
 )
-from service.generation.request import GenerationRequest
-from service.generation.sampling import eos_ids, first_stop, pick, rng
+from service.generation.request import GenerationFailed, GenerationRequest
+from service.generation.sampling import TextStream, eos_ids, pick, rng
 from tuner.models import Generator
 
 log = logging.getLogger(__name__)
@@ -96,15 +104,25 @@ class GenerationEngine:
     ) -> GenerationRequest:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if isinstance(temperature, bool) or not (
+            isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0
+        ):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        stops = list(stop or [])
+        if not all(isinstance(s, str) for s in stops):
+            raise ValueError("stop must be a list of strings")
+        sampler = rng(seed)  # ValueError for a seed torch cannot take
         if adapter is not None and (self.adapters is None or adapter not in self.adapters.loaded()):
             raise LookupError(f"adapter {adapter!r} is not loaded")
         prompt = self.encode_chat(messages)
-        job = GenerationRequest(
-            prompt, max_new_tokens, list(stop or []), temperature, seed, adapter
-        )
+        job = GenerationRequest(prompt, max_new_tokens, stops, temperature, seed, adapter)
+        job.sampler, job.text_stream = sampler, TextStream(self._decode, stops)
         self._queue.put(job)
         self._gauge()
         return job
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.generator.tokenizer.decode(ids, skip_special_tokens=True))
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -124,20 +142,19 @@ class GenerationEngine:
             first = self._held.pop(0) if self._held else self._queue.get()
             if first is None:
                 return
-            jobs = [first, *self._take(first.adapter, self.max_batch - 1, self.gather_s)]
-            self._inflight = list(jobs)
+            self._inflight = [first]
             try:
+                jobs = [first, *self._take(first.adapter, self.max_batch - 1, self.gather_s)]
+                self._inflight = list(jobs)
                 if self.adapters is None:
                     self._serve(first.adapter, jobs)
                 else:
                     with self.adapters.active(first.adapter):
                         self._serve(first.adapter, jobs)
-            except BaseException as exc:  # noqa: BLE001 - reported to every waiting request
+            except BaseException:  # noqa: BLE001 - the engine thread outlives any fault
                 log.exception("generation failed for %d requests", len(self._inflight))
                 for j in self._inflight:
-                    if not j.done.is_set():
-                        j.error = exc
-                        self._finish(j, "error")
+                    self._fail(j)
             self._inflight = []
 
     def _take(self, adapter: str | None, room: int, gap: float | None) -> list[GenerationRequest]:
@@ -196,13 +213,11 @@ class GenerationEngine:
                     else:
                         boarding.append(j)
                 if boarding:
-                    new = self._prefill(boarding, adapter)
-                    if new is not None:
-                        rows = new if rows is None else merge(rows, new)
+                    rows = self._board(rows, boarding, adapter)
                 if rows is not None:
                     if self.metrics is not None:
                         self.metrics.batch_size.observe(len(rows.jobs))
-                    rows = self._step(rows)
+                    rows = self._decode_step(rows, adapter)
                 jobs = []
                 if self._joins_open(rows):
                     room = self.max_batch - (len(rows.jobs) if rows is not None else 0)
@@ -217,6 +232,63 @@ class GenerationEngine:
         job.deltas.put(None)
         job.done.set()
 
+    def _fail(self, job: GenerationRequest) -> None:
+        if not job.done.is_set():
+            job.error = GenerationFailed("generation failed; the server log has the details")
+            self._finish(job, "error")
+
+    def _fault(self, job: GenerationRequest, where: str) -> None:
+        """Fail ``job`` for an error raised in its own ``where``; call inside ``except``."""
+        log.exception("a request failed in %s; the rest of its batch goes on", where)
+        self._fail(job)
+
+    # ---- isolating faults -------------------------------------------------------------------
+    def _board(
+        self, rows: Rows | None, jobs: list[GenerationRequest], adapter: str | None
+    ) -> Rows | None:
+        """Prefill ``jobs`` and merge them into the running ``rows``; if that fails, each of
+        them is retried alone, and the running rows stay as they were."""
+        try:
+            new = self._prefill(jobs, adapter)
+        except Exception:
+            if len(jobs) == 1:
+                self._fault(jobs[0], "its prefill")
+                return rows
+            log.exception("a prefill of %d requests failed; each goes alone", len(jobs))
+            return self._rebuild(jobs, adapter, rows)
+        if new is None or rows is None:
+            return new if rows is None else rows
+        try:
+            return merge(rows, new)  # leaves rows as they were if it raises
+        except Exception:
+            log.exception("merging %d requests into the batch failed; each goes alone", len(jobs))
+            return self._rebuild(new.jobs, adapter, rows)
+
+    def _decode_step(self, rows: Rows, adapter: str | None) -> Rows | None:
+        try:
+            return self._step(rows)
+        except Exception:
+            log.exception("a decode step of %d rows failed; each goes alone", len(rows.jobs))
+            return self._rebuild(rows.jobs, adapter)
+
+    def _rebuild(
+        self, jobs: list[GenerationRequest], adapter: str | None, into: Rows | None = None
+    ) -> Rows | None:
+        """Prefill each unfinished job of ``jobs`` alone again, from its prompt and the tokens
+        it has so far (so the prefill gives its next token, as a decode step would), and merge
+        it into ``into``. A job that fails alone fails; the others decode on."""
+        rows = into
+        for job in jobs:
+            if job.done.is_set():
+                continue
+            try:
+                alone = self._prefill([job], adapter)
+                if alone is not None:
+                    rows = alone if rows is None else merge(rows, alone)
+            except Exception:
+                self._fault(job, "a prefill of its own")
+        return rows
+
     def _model(self) -> tuple[Any, str]:
         """The model (a PeftModel once an adapter was loaded) and its cache argument's name."""
         model: Any = self.generator.model
@@ -229,14 +301,15 @@ class GenerationEngine:
         """Run the prompts of ``jobs`` and give each its first token. The part every prompt
         shares with the last prompt prefilled for ``adapter`` (the chat template's system turn,
         the grounding instructions) comes from the prefix cache; the rest is left-padded to one
-        width, so a row reads [shared prefix][padding][its own tokens]."""
+        width, so a row reads [shared prefix][padding][its own tokens]. A job that has tokens
+        already (one rebuilt after a failed batch) is prefilled with them after its prompt."""
         import torch
 
         model, cache_arg = self._model()
         now = time.perf_counter()
         for j in jobs:
-            j.started_at = now
-        prompts = [j.prompt_ids for j in jobs]
+            j.started_at = now if j.started_at is None else j.started_at
+        prompts = [j.prompt_ids + j.tokens for j in jobs]
         shared, cache = self.prefixes.lookup(self._prefix_key(adapter), prompts, len(jobs))
         log.debug("prefilling %d requests, %d shared tokens cached", len(jobs), shared)
         pad = self.generator.tokenizer.pad_token_id
@@ -264,7 +337,6 @@ class GenerationEngine:
             mask=mask,
             positions=positions[:, -1:] + 1,
             next_ids=ids[:, -1:],
-            generators=[rng(j.seed) for j in jobs],
         )
         self.prefixes.store(self._prefix_key(adapter), prompts[0], rows.cache, mask[0])
         return self._pick(rows, out.logits[:, -1, :].float())
@@ -293,13 +365,26 @@ class GenerationEngine:
 
     def _pick(self, rows: Rows, logits: Any) -> Rows | None:
         """Choose each row's token from ``logits`` (rows, vocab), hand it to its job, and drop
-        the rows that finished; None when none is left."""
+        the rows that finished or failed; None when none is left. A row whose sampling or text
+        raises fails its own job only."""
         import torch
 
-        nxt = torch.stack(
-            [pick(logits[r], j.temperature, rows.generators[r]) for r, j in enumerate(rows.jobs)]
-        )  # (rows,)
-        keep = [r for r, j in enumerate(rows.jobs) if self._advance(j, int(nxt[r]), self._eos)]
+        chosen, placeholder = [], torch.zeros((), dtype=torch.long, device=logits.device)
+        for r, job in enumerate(rows.jobs):
+            try:
+                chosen.append(pick(logits[r], job.temperature, job.sampler))
+            except Exception:
+                self._fault(job, "its sampling")
+                chosen.append(placeholder)
+        nxt = torch.stack(chosen)  # (rows,)
+        keep = []
+        for r, token in enumerate(nxt.tolist()):
+            job = rows.jobs[r]
+            try:
+                if not job.done.is_set() and self._advance(job, token):
+                    keep.append(r)
+            except Exception:
+                self._fault(job, "its text")
         rows.next_ids = nxt.unsqueeze(1)
         if not keep:
             return None
@@ -307,31 +392,29 @@ class GenerationEngine:
             rows.select(keep)
         return rows
 
-    def _advance(self, job: GenerationRequest, token: int, eos: set[int]) -> bool:
+    def _advance(self, job: GenerationRequest, token: int) -> bool:
         """Give ``job`` its next token; False when the job has finished."""
         if job.cancelled.is_set():
-            self._finish(job, "cancelled")
-            return False
-        if token in eos:
-            self._finish(job, "stop")
-            return False
+            return self._end(job, "cancelled")
+        if token in self._eos:
+            self._emit(job, job.text_stream.flush())
+            return self._end(job, "stop")
         job.tokens.append(token)
         if self.metrics is not None:
             self.metrics.tokens.inc()
-        text = str(self.generator.tokenizer.decode(job.tokens, skip_special_tokens=True))
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-            return len(job.tokens) < job.max_new_tokens or self._end(job, "length")
-        hit = first_stop(text, job.stop, len(job.text))
-        if hit is not None:
-            text = text[:hit]
-        if len(text) > len(job.text):
-            job.deltas.put(text[len(job.text) :])
-            job.text = text
-        if hit is not None:
+        delta, stopped = job.text_stream.push(job.tokens)
+        self._emit(job, delta)
+        if stopped:
             return self._end(job, "stop")
         if len(job.tokens) >= job.max_new_tokens:
+            self._emit(job, job.text_stream.flush())
             return self._end(job, "length")
         return True
+
+    def _emit(self, job: GenerationRequest, delta: str) -> None:
+        if delta:
+            job.text += delta
+            job.deltas.put(delta)
 
     def _end(self, job: GenerationRequest, reason: str) -> bool:
         self._finish(job, reason)

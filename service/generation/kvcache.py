@@ -24,7 +24,6 @@ class Rows:
     mask: Any  # (rows, width): 1 where the cache holds one of the row's tokens, 0 for padding
     positions: Any  # (rows, 1): position of each row's next input token
     next_ids: Any  # (rows, 1): each row's next input token
-    generators: list[Any]
 
     def select(self, keep: list[int]) -> None:
         """Keep only rows ``keep``, then drop padding columns no row needs any more."""
@@ -32,7 +31,6 @@ class Rows:
 
         idx = torch.tensor(keep, device=self.mask.device)
         self.jobs = [self.jobs[r] for r in keep]
-        self.generators = [self.generators[r] for r in keep]
         self.mask, self.positions, self.next_ids = (
             self.mask[idx],
             self.positions[idx],
@@ -205,20 +203,27 @@ def append_layer(layer: Any, slot: str, held: Any, new: Any) -> Any:
 
 
 def merge(a: Rows, b: Rows) -> Rows:
-    """``a``'s rows then ``b``'s over one cache, the narrower left-padded to the wider."""
+    """``a``'s rows then ``b``'s over one cache, the narrower left-padded to the wider. All is
+    computed before ``a`` changes: if this raises, ``a`` is as it was."""
     import torch
     import torch.nn.functional as F
 
     width = max(a.mask.shape[1], b.mask.shape[1])
     pa, pb = width - a.mask.shape[1], width - b.mask.shape[1]
-    for la, lb in zip(layers(a.cache), layers(b.cache), strict=True):
-        la.keys = torch.cat([F.pad(la.keys, (0, 0, pa, 0)), F.pad(lb.keys, (0, 0, pb, 0))])
-        la.values = torch.cat([F.pad(la.values, (0, 0, pa, 0)), F.pad(lb.values, (0, 0, pb, 0))])
-    a.mask = torch.cat([F.pad(a.mask, (pa, 0)), F.pad(b.mask, (pb, 0))])
-    a.positions = torch.cat([a.positions, b.positions])
-    a.next_ids = torch.cat([a.next_ids, b.next_ids])
+    merged = [
+        (
+            torch.cat([F.pad(la.keys, (0, 0, pa, 0)), F.pad(lb.keys, (0, 0, pb, 0))]),
+            torch.cat([F.pad(la.values, (0, 0, pa, 0)), F.pad(lb.values, (0, 0, pb, 0))]),
+        )
+        for la, lb in zip(layers(a.cache), layers(b.cache), strict=True)
+    ]
+    mask = torch.cat([F.pad(a.mask, (pa, 0)), F.pad(b.mask, (pb, 0))])
+    positions = torch.cat([a.positions, b.positions])
+    next_ids = torch.cat([a.next_ids, b.next_ids])
+    for layer, (keys, values) in zip(layers(a.cache), merged, strict=True):
+        layer.keys, layer.values = keys, values
+    a.mask, a.positions, a.next_ids = mask, positions, next_ids
     a.jobs += b.jobs
-    a.generators += b.generators
     return a
 
 

@@ -1,6 +1,7 @@
 """One generation request: its prompt and limits, and the text the engine streams into it.
 
-Callers hold it to stream, wait or cancel; the engine fills it. Knows nothing of batching.
+Callers hold it to stream, wait or cancel; the engine fills it. A request the engine could not
+finish ends with ``GenerationFailed``. Knows nothing of batching.
 """
 
 from __future__ import annotations
@@ -10,6 +11,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+
+class GenerationFailed(RuntimeError):
+    """A request the engine could not finish. Its message is one line that names no server
+    internals; the engine logs the cause with its traceback."""
 
 
 @dataclass
@@ -32,6 +39,9 @@ class GenerationRequest:
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None  # when its prompt was prefilled (it boarded a batch)
     finished_at: float | None = None
+    # the engine's own state for this request, set at submit
+    sampler: Any = field(default=None, repr=False)  # its torch.Generator
+    text_stream: Any = field(default=None, repr=False)  # its sampling.TextStream
 
     def cancel(self) -> None:
         self.cancelled.set()

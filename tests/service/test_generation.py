@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -279,3 +280,146 @@ def test_a_request_for_another_adapter_closes_the_running_batch_to_joins(gen) ->
         assert x.done.is_set() and x.finish_reason == "length"  # x went before b
     finally:
         engine.close()
+
+
+def test_a_stop_string_over_several_tokens_is_never_streamed_in_part(
+    engine: GenerationEngine,
+) -> None:
+    """The stop spans two tokens: the first of them is held back until the second shows it
+    is the stop, so neither the text nor any delta holds a piece of it."""
+    free = engine.submit(_msgs(PROMPTS[1]), 30, temperature=1.5, seed=4).wait(60).text
+    words = free.split()
+    assert len(words) >= 8
+    stop = f"{words[4]} {words[5]}"
+    job = engine.submit(_msgs(PROMPTS[1]), 30, stop=[stop, "zzz never"], temperature=1.5, seed=4)
+    deltas = list(job.stream(timeout=60))
+    assert job.finish_reason == "stop"
+    assert job.text == free[: free.index(stop)] == "".join(deltas)
+
+
+def test_held_back_text_that_is_no_stop_is_released(engine: GenerationEngine) -> None:
+    free = engine.submit(_msgs(PROMPTS[1]), 20, temperature=1.5, seed=4).wait(60)
+    last = free.text.split()[-1]
+    job = engine.submit(_msgs(PROMPTS[1]), 20, stop=[f"{last} zzz"], temperature=1.5, seed=4)
+    assert "".join(job.stream(timeout=60)) == free.text == job.text
+    assert job.finish_reason == "length"
+
+
+def test_each_token_decodes_only_the_tail(gen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop check's work per token does not grow with the text: decode sees a few tokens."""
+    engine = GenerationEngine(gen, max_batch=2)
+    decode, seen = gen.tokenizer.decode, []
+
+    def spy(ids: list[int], *args: object, **kwargs: object) -> str:
+        seen.append(len(ids))
+        return str(decode(ids, *args, **kwargs))
+
+    monkeypatch.setattr(gen.tokenizer, "decode", spy)
+    try:
+        job = engine.submit(_msgs(PROMPTS[0]), 150, stop=["zzz", "never this"]).wait(60)
+    finally:
+        engine.close()
+    assert len(job.tokens) == 150 and job.text == decode(job.tokens, skip_special_tokens=True)
+    assert max(seen) <= 2
+
+
+def _byte_level_tokenizer():
+    """A byte-level BPE (as GPT-2, Llama 3 and Qwen use): some characters take several tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    corpus = ["the debian package é and ü", "apt install ½ the kernel", "naïve café"] * 5
+    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>")
+
+
+TEXTS = [
+    "the café is naïve, 東京 and ½ of the debian package",
+    "日本語 emoji 🙂 then apt install é",
+    "<s>special <s> in the middle",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_text_stream_gives_the_full_decode_token_by_token(text: str) -> None:
+    from service.generation.sampling import TextStream
+
+    tok = _byte_level_tokenizer()
+    ids = tok(text)["input_ids"]
+
+    def decode(part: list[int]) -> str:
+        return str(tok.decode(part, skip_special_tokens=True))
+
+    assert len(ids) > len(text.split())
+    stream, shown = TextStream(decode, []), ""
+    for n in range(1, len(ids) + 1):
+        piece, stopped = stream.push(ids[:n])
+        assert not stopped and "\ufffd" not in piece
+        shown += piece
+        assert decode(ids[:n]).startswith(shown)
+    assert shown + stream.flush() == decode(ids)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_text_stream_cuts_at_the_earliest_stop_and_never_shows_part_of_one(
+    text: str,
+) -> None:
+    from service.generation.sampling import TextStream
+
+    tok = _byte_level_tokenizer()
+    ids = tok(text)["input_ids"]
+    full = str(tok.decode(ids, skip_special_tokens=True))
+    for stops in (["and ½", "ï"], ["🙂 then", "e"], ["middle", "zzz"], [full[5:9], full[3:12]]):
+        stream = TextStream(lambda p: str(tok.decode(p, skip_special_tokens=True)), stops)
+        shown, stopped = "", False
+        for n in range(1, len(ids) + 1):
+            piece, stopped = stream.push(ids[:n])
+            shown += piece
+            if stopped:
+                break
+            assert not _may_become_a_stop(shown, _decode(tok, ids[:n]), stops)
+        if not stopped:
+            shown += stream.flush()
+        assert (shown, stopped) == _first_stop_by_full_decodes(tok, ids, stops)
+
+
+def _decode(tok: Any, ids: list[int]) -> str:
+    return str(tok.decode(ids, skip_special_tokens=True))
+
+
+def _may_become_a_stop(shown: str, text: str, stops: list[str]) -> bool:
+    """Whether a stop could start inside ``shown``: some end of it, with the rest of ``text``
+    after it, is the start of a stop."""
+    return any(
+        s.startswith(text[len(shown) - k :]) for s in stops for k in range(1, len(shown) + 1)
+    )
+
+
+def _first_stop_by_full_decodes(tok: Any, ids: list[int], stops: list[str]) -> tuple[str, bool]:
+    """The old way: decode all tokens after each one; stop at the first text holding a stop,
+    cut where the earliest stop in it starts (a text ending inside a character waits)."""
+    for n in range(1, len(ids) + 1):
+        text = str(tok.decode(ids[:n], skip_special_tokens=True))
+        found = [text.find(s) for s in stops if s in text]
+        if found and not text.endswith("\ufffd"):
+            return text[: min(found)], True
+    return str(tok.decode(ids, skip_special_tokens=True)), False
+
+
+def test_many_stop_strings_of_a_few_lengths_still_cut_at_the_right_one() -> None:
+    """90,000 stops of two lengths (looked up by length, not one by one)."""
+    from service.generation.sampling import TextStream
+
+    words = [f"w{i}" for i in range(200)]
+    stops = [f"x{i:05d}" for i in range(90_000)] + ["w7 w8"]
+    stream = TextStream(lambda p: " ".join(words[i] for i in p), stops)
+    shown = ""
+    for n in range(1, len(words) + 1):
+        piece, stopped = stream.push(list(range(n)))
+        shown += piece
+        if stopped:
+            break
+    assert stopped and shown == "w0 w1 w2 w3 w4 w5 w6 "
