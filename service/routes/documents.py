@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, UploadFile
+from fastapi import APIRouter, File, Path, Query, UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from retriever.index import TEXT_MAX_CHARS, DocumentIn
 from retriever.loaders import LoadError, load_bytes, safe_name
-from retriever.validation import ID_MAX_CHARS, check_id, check_metadata
+from retriever.validation import ID_MAX_CHARS, check_id
 from service.auth import Reader, Writer
+from service.bounds import Metadata
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
 
@@ -26,11 +27,12 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
 OFFSET_MAX = 10**9  # rows a list page may skip
 PAGE_MAX = 500  # rows in one list page
+DOCUMENTS_MAX = 10_000  # documents in one batch; Limits.max_batch_documents tightens it (256)
+FILES_MAX = 500  # files in one upload (the multipart parser refuses 1000 parts with a 400)
 
 DocId = Annotated[
     str, Field(min_length=1, max_length=ID_MAX_CHARS), AfterValidator(lambda v: check_id(v, "id"))
 ]
-Metadata = Annotated[dict[str, Any], AfterValidator(lambda v: check_metadata(v, "metadata"))]
 StoredId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS)]  # any id a row may have
 NewId = Annotated[StoredId, AfterValidator(lambda v: check_id(v, "doc_id"))]
 
@@ -44,7 +46,7 @@ class DocumentBody(BaseModel):
 
 class BatchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    documents: list[DocumentBody] = Field(min_length=1)
+    documents: list[DocumentBody] = Field(min_length=1, max_length=DOCUMENTS_MAX)
 
 
 def _shape(value: Any) -> str:
@@ -127,7 +129,10 @@ def delete(doc_id: StoredId, retriever: RetrieverDep, _: Writer) -> dict[str, An
 
 @router.post("/upload", status_code=201)
 async def upload(
-    files: list[UploadFile], retriever: RetrieverDep, state: State, _: Writer
+    files: Annotated[list[UploadFile], File(max_length=FILES_MAX)],
+    retriever: RetrieverDep,
+    state: State,
+    _: Writer,
 ) -> dict[str, Any]:
     """Add files (txt, md, html, jsonl) as documents. A file's name is only ever metadata and
     an id: it never becomes a path on this machine."""
