@@ -201,7 +201,7 @@ def _best_mode(rows: list[dict]) -> str:
 
 def read_rows(folder: Path) -> list[dict]:
     text = (folder / "results.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def gate(

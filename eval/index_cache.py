@@ -164,7 +164,7 @@ def search_all(
 
 def read_retrieved(path: Path, n: int) -> list[Retrieved]:
     """``retrieved.jsonl`` as the service writes it: one row per question, in order."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
     if len(rows) < n:
         raise DatasetError(f"{path}: {len(rows)} retrieval rows for {n} questions")
     return [

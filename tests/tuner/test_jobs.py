@@ -171,7 +171,8 @@ def test_bad_data_and_a_failing_worker_fail_the_job_with_their_errors(tmp_path: 
         assert job.started is None and not (runner.job_dir(bad) / "log.txt").exists()
         job, _ = wait_for(lambda: runner.get(failing), lambda j: j.state == "failed")
         assert str(job.error).startswith("RuntimeError: the fake trainer failed at step 2")
-        assert "Traceback" in str(job.error)  # the last lines of the worker's log
+        assert "Traceback" not in str(job.error) and "\n" not in str(job.error)  # one line
+        assert "Traceback" in (runner.job_dir(failing) / "log.txt").read_text()  # kept in the log
         assert job.adapter is None and job.step == 1
 
 
