@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.loading import embedder_for, embedder_record, tuned_embedder
+from tuner.jobstore import one_line
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class Reindexer:
         except Exception as exc:  # noqa: BLE001 - recorded on the status, the index is untouched
             log.exception("re-embedding failed; the index keeps its current embedder")
             with self._lock:
-                self._status.state, self._status.error = "failed", f"{type(exc).__name__}: {exc}"
+                error = one_line(f"{type(exc).__name__}: {exc}", self._state.settings.data_dir)
+                self._status.state, self._status.error = "failed", error
                 self._status.finished = time.time()
             return
         with self._lock:
