@@ -105,7 +105,7 @@ def test_a_request_whose_stop_check_fails_fails_alone(
 
     monkeypatch.setattr(gen.tokenizer, "decode", faulty)
     jobs = [engine.submit(_msgs(q), 10) for q in PROMPTS]
-    failed = [j for j in jobs if not _finished(j)]
+    failed = [j for j in jobs if not _succeeded(j)]
     assert len(failed) == 1
     _failed_cleanly(failed[0])
     for job, text in zip(jobs, expected, strict=True):
@@ -113,7 +113,7 @@ def test_a_request_whose_stop_check_fails_fails_alone(
             assert job.text.strip() == text
 
 
-def _finished(job: Any) -> bool:
+def _succeeded(job: Any) -> bool:
     job.done.wait(60)
     return job.error is None
 
@@ -121,8 +121,9 @@ def _finished(job: Any) -> bool:
 def test_a_prompt_whose_prefill_fails_fails_alone_and_the_running_batch_goes_on(
     gen, engine: GenerationEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The poisoned prompt joins a running batch with a healthy one; their shared prefill
-    fails, each is retried alone: the healthy one and the running one finish as if alone."""
+    """The poisoned prompt and a healthy one join a running batch; a prefill holding the
+    poisoned prompt fails (if the two board together, each is retried alone): the healthy one
+    and the running one finish as if alone."""
     poison = gen.tokenizer.convert_tokens_to_ids("paris")
 
     def fault(ids: Any) -> None:
