@@ -423,14 +423,17 @@ class Pipeline:
             raise ValueError("this pipeline has no engine to generate with")
         prepared = self.fit(prepared)
         ask = prepared.ask
-        request = self.engine.submit(
-            prepared.prompt,
-            prepared.max_new_tokens,
-            stop=ask.stop,
-            temperature=ask.temperature,
-            seed=ask.seed,
-            adapter=prepared.adapter,
-        )
+        try:
+            request = self.engine.submit(
+                prepared.prompt,
+                prepared.max_new_tokens,
+                stop=ask.stop,
+                temperature=ask.temperature,
+                seed=ask.seed,
+                adapter=prepared.adapter,
+            )
+        except ValueError as exc:  # a seed, temperature or stop the engine cannot take
+            raise ServiceError(422, "invalid_request", str(exc)) from None
         if prepared.use is not None:
             prepared.use.request = request  # the adapter stays loaded until it finishes
         return Answer(prepared, request, time.perf_counter())

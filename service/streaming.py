@@ -65,6 +65,11 @@ async def deltas(job: GenerationRequest) -> AsyncIterator[str]:
             job.cancel()
 
 
+def failure(error: GenerationFailed) -> dict[str, Any]:
+    """The error body a stream ends with when its job fails after the response has started."""
+    return {"error": {"code": "generation_failed", "message": str(error), "details": None}}
+
+
 def sse(data: Any, event: str | None = None) -> str:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"

@@ -70,6 +70,7 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
     from retriever.sources import ModelNotAvailable
     from service.errors import ServiceError
     from service.generation.engine import GenerationEngine
+    from service.generation.request import GenerationFailed
     from service.loading import generator_from_settings
     from service.pipeline import Ask, Pipeline, answer_mode
     from service.runtime import configure_logging, configure_torch
@@ -100,6 +101,8 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
         answer.request.wait()
     except ServiceError as exc:
         raise click.ClickException(_flag(exc.message)) from None
+    except GenerationFailed as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         engine.close()
     citations = [

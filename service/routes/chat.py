@@ -31,8 +31,9 @@ from service.bounds import (
 )
 from service.deps import State
 from service.errors import ServiceError
+from service.generation.request import GenerationFailed
 from service.pipeline import CHAT, Answer, Ask, mode_for
-from service.streaming import deltas, sse, wait
+from service.streaming import deltas, failure, sse, wait
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -158,8 +159,13 @@ class _Reply:
 
     async def events(self) -> AsyncIterator[str]:
         yield self.chunk({"role": "assistant", "content": ""})
-        async for delta in deltas(self.answer.request):
-            yield self.chunk({"content": delta})
+        try:
+            async for delta in deltas(self.answer.request):
+                yield self.chunk({"content": delta})
+        except GenerationFailed as exc:  # the openai client raises APIError on this chunk
+            yield sse(failure(exc))
+            yield sse("[DONE]")
+            return
         citations = self.answer.citations()
         yield self.chunk({}, self.finish(), usage=self.usage(), citations=citations)
         yield sse("[DONE]")

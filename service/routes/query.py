@@ -13,8 +13,9 @@ from retriever.config import SearchMode
 from service.auth import Reader
 from service.bounds import AdapterId, Filters, K, NewTokens, Text
 from service.deps import PipelineDep
+from service.generation.request import GenerationFailed
 from service.pipeline import AnswerModeName, Ask, check_search, citation
-from service.streaming import deltas, sse, wait
+from service.streaming import deltas, failure, sse, wait
 
 router = APIRouter(prefix="/v1", tags=["query"])
 
@@ -81,8 +82,12 @@ async def query(
         return result()
 
     async def events() -> AsyncIterator[str]:
-        async for delta in deltas(answer.request):
-            yield sse({"text": delta}, "token")
+        try:
+            async for delta in deltas(answer.request):
+                yield sse({"text": delta}, "token")
+        except GenerationFailed as exc:
+            yield sse(failure(exc), "error")
+            return
         yield sse(result(), "done")
 
     return StreamingResponse(events(), media_type="text/event-stream")

@@ -6,6 +6,7 @@ a request can reach a batch, and the same isolation through the HTTP app."""
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,49 @@ def test_a_chat_that_fails_in_the_engine_fails_alone_over_http(
     assert error["code"] == "generation_failed"
     assert "\n" not in error["message"] and "/" not in error["message"]
     assert seeded.status_code == 422 and "seed" in seeded.text
+
+
+def test_a_stream_whose_job_fails_ends_with_an_error_event(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the response started cannot change its status: the stream ends with an
+    error event of the one-line message (chat: an OpenAI error chunk, then [DONE]) instead of a
+    dropped connection."""
+    from service.settings import Settings
+    from tests.helpers import app_clients
+
+    real = engine_module.pick
+    calls = {"n": 0}
+
+    def pick(logits: Any, temperature: float, generator: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] % 4 == 0:  # a few tokens stream out first
+            raise RuntimeError("injected fault in /secret/sampling.py")
+        return real(logits, temperature, generator)
+
+    monkeypatch.setattr(engine_module, "pick", pick)
+    with app_clients(tiny_llama, tmp_path) as make:
+        client = make(Settings())
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": model,
+                "retrieval": False,
+                "stream": True,
+                "max_tokens": 20,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+        query = client.post(
+            "/v1/query",
+            json={"question": "hi", "mode": "base", "stream": True, "max_new_tokens": 20},
+        )
+    assert chat.status_code == 200
+    events = [line[6:] for line in chat.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "generation_failed" and "/" not in error["message"]
+    assert query.status_code == 200
+    assert "event: error" in query.text and "event: done" not in query.text
+    assert "generation_failed" in query.text and "/secret" not in query.text
