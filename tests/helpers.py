@@ -261,3 +261,33 @@ def poll_state(client, url: str, state: str, timeout: float) -> dict:  # noqa: A
             return body  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise AssertionError(f"{url} never {state}: {body}")
+
+
+PROMPTS = [  # what the engine tests batch: short and long, sharing no prompt head
+    "what is debian ?",
+    "how to install a package with apt on debian ?",
+    "kernel",
+    "who is the user of the system and what is the file ?",
+]
+
+
+def msgs(q: str) -> list[dict[str, str]]:
+    """``q`` as a one-message chat."""
+    return [{"role": "user", "content": q}]
+
+
+def plant_row(index: Path, doc_id: str, metadata_text: str, new_id: str | None = None) -> None:
+    """Overwrite a stored document row straight in SQLite, past every check of the write path
+    (metadata as raw text, optionally a new id): what an older version may have stored."""
+    import sqlite3
+
+    from retriever.index import DB_NAME
+
+    db = sqlite3.connect(index / DB_NAME)
+    with db:
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("UPDATE documents SET metadata=? WHERE id=?", (metadata_text, doc_id))
+        if new_id is not None:
+            db.execute("UPDATE documents SET id=? WHERE id=?", (new_id, doc_id))
+            db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new_id, doc_id))
+    db.close()

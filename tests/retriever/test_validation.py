@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from retriever.errors import InvalidDocument, InvalidSearch
-from retriever.index import DB_NAME, TEXT_MAX_CHARS, DocumentIn, Retriever
+from retriever.index import TEXT_MAX_CHARS, DocumentIn, Retriever
 from retriever.store import RAW_METADATA_KEY, READ_MAX_DEPTH
 from retriever.validation import (
     FILTER_MAX_KEYS,
@@ -25,6 +24,7 @@ from retriever.validation import (
     METADATA_MAX_KEY_CHARS,
 )
 from tests.fakes import FakeEmbedder
+from tests.helpers import plant_row
 
 
 @pytest.fixture
@@ -112,16 +112,6 @@ def test_filters_are_bounded_scalars(r: Retriever) -> None:
 
 
 # ---- reads serve rows written before the bounds ----------------------------------------------
-def _plant(folder: Path, doc_id: str, metadata_text: str, new_id: str | None = None) -> None:
-    """Overwrite a stored row straight in SQLite, past every check of the write path."""
-    db = sqlite3.connect(folder / DB_NAME)
-    with db:
-        db.execute("PRAGMA foreign_keys=OFF")
-        db.execute("UPDATE documents SET metadata=? WHERE id=?", (metadata_text, doc_id))
-        if new_id is not None:
-            db.execute("UPDATE documents SET id=? WHERE id=?", (new_id, doc_id))
-            db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new_id, doc_id))
-    db.close()
 
 
 def _depth(value: Any) -> int:
@@ -140,10 +130,10 @@ def test_rows_that_break_the_bounds_stay_readable(tmp_path: Path) -> None:
     r.close()
     deep = nested(300)
     deep["tag"] = "apt"
-    _plant(folder, "deep", json.dumps(deep))
-    _plant(folder, "list", "[1, 2]")
-    _plant(folder, "broken", '{"a": ')
-    _plant(folder, "bidi", json.dumps({"tag": ["apt"]}), new_id="evil\u202ename")
+    plant_row(folder, "deep", json.dumps(deep))
+    plant_row(folder, "list", "[1, 2]")
+    plant_row(folder, "broken", '{"a": ')
+    plant_row(folder, "bidi", json.dumps({"tag": ["apt"]}), new_id="evil\u202ename")
 
     r = Retriever(folder, FakeEmbedder())
     got = r.get("deep").metadata

@@ -5,19 +5,18 @@ SQLite) still served by GET, list pages, search and query citations."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from retriever.index import DB_NAME, TEXT_MAX_CHARS
+from retriever.index import TEXT_MAX_CHARS
 from retriever.store import RAW_METADATA_KEY
 from retriever.validation import ID_MAX_CHARS, METADATA_MAX_DEPTH
 from service.routes.documents import OFFSET_MAX, PAGE_MAX
 from service.settings import Limits, Settings
-from tests.helpers import app_clients
+from tests.helpers import app_clients, plant_row
 
 
 @pytest.fixture
@@ -81,18 +80,6 @@ def test_path_ids_and_pages_are_bounded(client: Any) -> None:
         refused(client.get("/v1/documents", params={"limit": value}), ["query", "limit"])
 
 
-def _plant(index: Path, doc_id: str, metadata_text: str, new_id: str | None = None) -> None:
-    """Overwrite a stored row straight in SQLite, past every check of the write path."""
-    db = sqlite3.connect(index / DB_NAME)
-    with db:
-        db.execute("PRAGMA foreign_keys=OFF")
-        db.execute("UPDATE documents SET metadata=? WHERE id=?", (metadata_text, doc_id))
-        if new_id is not None:
-            db.execute("UPDATE documents SET id=? WHERE id=?", (new_id, doc_id))
-            db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new_id, doc_id))
-    db.close()
-
-
 def test_rows_stored_before_the_bounds_are_served_by_every_read(
     client: Any, tmp_path: Path
 ) -> None:
@@ -101,9 +88,9 @@ def test_rows_stored_before_the_bounds_are_served_by_every_read(
         assert r.status_code == 201
     deep = nested(300)
     deep["tag"] = "apt"
-    _plant(tmp_path / "index", "deep", json.dumps(deep))
-    _plant(tmp_path / "index", "list", "[1, 2]")
-    _plant(tmp_path / "index", "bidi", json.dumps({"tag": "apt"}), new_id="evil\u202ename")
+    plant_row(tmp_path / "index", "deep", json.dumps(deep))
+    plant_row(tmp_path / "index", "list", "[1, 2]")
+    plant_row(tmp_path / "index", "bidi", json.dumps({"tag": "apt"}), new_id="evil\u202ename")
 
     one = client.get("/v1/documents/deep")
     assert one.status_code == 200 and one.json()["metadata"]["tag"] == "apt"

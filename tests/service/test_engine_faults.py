@@ -17,34 +17,11 @@ from service.generation import engine as engine_module
 from service.generation.engine import GenerationEngine
 from service.generation.reference import complete
 from service.generation.request import GenerationFailed
-from tuner.models import load_generator
-
-PROMPTS = [
-    "what is debian ?",
-    "how to install a package with apt on debian ?",
-    "kernel",
-    "who is the user of the system and what is the file ?",
-]
-
-
-@pytest.fixture(scope="module")
-def gen(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
-    return load_generator(str(tiny_llama), cache_dir=tmp_path_factory.mktemp("m"))
-
-
-@pytest.fixture
-def engine(gen):
-    e = GenerationEngine(gen, max_batch=8)
-    yield e
-    e.close()
-
-
-def _msgs(q: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": q}]
+from tests.helpers import PROMPTS, msgs
 
 
 def _alone(gen, n: int) -> list[str]:  # noqa: ANN001 - tuner.models.Generator
-    return [complete(gen, _msgs(q), n).text for q in PROMPTS]
+    return [complete(gen, msgs(q), n).text for q in PROMPTS]
 
 
 def _failed_cleanly(job: Any) -> str:
@@ -83,13 +60,13 @@ def test_a_request_whose_sampling_fails_mid_batch_fails_alone(
         return real(logits, temperature, generator)
 
     monkeypatch.setattr(engine_module, "pick", pick)
-    jobs = [engine.submit(_msgs(q), 12) for q in PROMPTS[:2]]
-    bad = engine.submit(_msgs(PROMPTS[2]), 12, temperature=0.5, seed=1)
-    jobs += [engine.submit(_msgs(q), 12) for q in PROMPTS[2:]]
+    jobs = [engine.submit(msgs(q), 12) for q in PROMPTS[:2]]
+    bad = engine.submit(msgs(PROMPTS[2]), 12, temperature=0.5, seed=1)
+    jobs += [engine.submit(msgs(q), 12) for q in PROMPTS[2:]]
     _failed_cleanly(bad)
     assert len(bad.tokens) == 2  # it decoded two tokens, then its third step failed
     assert [j.wait(60).text.strip() for j in jobs] == expected
-    assert engine.submit(_msgs(PROMPTS[0]), 12).wait(60).text.strip() == expected[0]
+    assert engine.submit(msgs(PROMPTS[0]), 12).wait(60).text.strip() == expected[0]
 
 
 def test_a_request_whose_stop_check_fails_fails_alone(
@@ -105,7 +82,7 @@ def test_a_request_whose_stop_check_fails_fails_alone(
         return decode(ids, *args, **kwargs)
 
     monkeypatch.setattr(gen.tokenizer, "decode", faulty)
-    jobs = [engine.submit(_msgs(q), 10) for q in PROMPTS]
+    jobs = [engine.submit(msgs(q), 10) for q in PROMPTS]
     failed = [j for j in jobs if not _succeeded(j)]
     assert len(failed) == 1
     _failed_cleanly(failed[0])
@@ -132,13 +109,13 @@ def test_a_prompt_whose_prefill_fails_fails_alone_and_the_running_batch_goes_on(
             raise RuntimeError("injected fault in /secret/prefill.py")
 
     _wrap_forward(monkeypatch, gen.model, fault)
-    long_expected = complete(gen, _msgs(PROMPTS[0]), 80).text
-    short_expected = complete(gen, _msgs(PROMPTS[1]), 6).text
-    running = engine.submit(_msgs(PROMPTS[0]), 80)
+    long_expected = complete(gen, msgs(PROMPTS[0]), 80).text
+    short_expected = complete(gen, msgs(PROMPTS[1]), 6).text
+    running = engine.submit(msgs(PROMPTS[0]), 80)
     while len(running.tokens) < 3:
         assert not running.done.wait(0.001), "it finished before anything could join it"
-    bad = engine.submit(_msgs("what is the capital of france ? paris"), 6)
-    late = engine.submit(_msgs(PROMPTS[1]), 6)
+    bad = engine.submit(msgs("what is the capital of france ? paris"), 6)
+    late = engine.submit(msgs(PROMPTS[1]), 6)
     _failed_cleanly(bad)
     assert late.wait(60).text.strip() == short_expected
     assert running.wait(60).text.strip() == long_expected
@@ -157,7 +134,7 @@ def test_a_batched_forward_that_fails_mid_decode_is_retried_without_losing_anyon
                 raise RuntimeError("injected fault in /secret/forward.py")
 
     _wrap_forward(monkeypatch, gen.model, fault)
-    jobs = [engine.submit(_msgs(q), 12) for q in PROMPTS]
+    jobs = [engine.submit(msgs(q), 12) for q in PROMPTS]
     assert [j.wait(60).text.strip() for j in jobs] == expected
     assert len(steps) > 3  # the batch decoded on after the failed step
 
@@ -180,10 +157,10 @@ def test_a_forward_that_keeps_failing_fails_only_the_request_it_fails_for(
     expected = _alone(gen, 10)
     assert not any("paris" in text for text in expected)
     _wrap_forward(monkeypatch, gen.model, fault)
-    jobs = [engine.submit(_msgs(q), 10) for q in PROMPTS]
+    jobs = [engine.submit(msgs(q), 10) for q in PROMPTS]
     while any(len(j.tokens) < 2 for j in jobs):
         assert not any(j.done.wait(0.001) for j in jobs)
-    bad = engine.submit(_msgs("paris paris paris"), 10)
+    bad = engine.submit(msgs("paris paris paris"), 10)
     _failed_cleanly(bad)
     assert armed, "the bad request never decoded with the others"
     assert [j.wait(60).text.strip() for j in jobs] == expected
@@ -203,9 +180,9 @@ def test_submit_refuses_what_would_fail_inside_a_batch(
     engine: GenerationEngine, kwargs: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(ValueError, match=field):
-        engine.submit(_msgs(PROMPTS[0]), 4, **kwargs)
+        engine.submit(msgs(PROMPTS[0]), 4, **kwargs)
     assert engine.queue_depth() == 0
-    assert engine.submit(_msgs(PROMPTS[0]), 4, seed=2**64 - 1, temperature=1.0).wait(60).tokens
+    assert engine.submit(msgs(PROMPTS[0]), 4, seed=2**64 - 1, temperature=1.0).wait(60).tokens
 
 
 def test_the_engine_thread_survives_a_fault_outside_any_request(gen) -> None:
@@ -227,8 +204,8 @@ def test_the_engine_thread_survives_a_fault_outside_any_request(gen) -> None:
 
     engine = GenerationEngine(gen, max_batch=4, adapters=Adapters())
     try:
-        _failed_cleanly(engine.submit(_msgs(PROMPTS[0]), 4, adapter="x"))
-        assert engine.submit(_msgs(PROMPTS[0]), 4, adapter="x").wait(60).tokens
+        _failed_cleanly(engine.submit(msgs(PROMPTS[0]), 4, adapter="x"))
+        assert engine.submit(msgs(PROMPTS[0]), 4, adapter="x").wait(60).tokens
     finally:
         engine.close()
 

@@ -13,51 +13,29 @@ import torch
 
 from service.generation.engine import GenerationEngine
 from service.generation.reference import complete
+from tests.helpers import PROMPTS, msgs
 from tuner.models import load_generator
-
-PROMPTS = [
-    "what is debian ?",
-    "how to install a package with apt on debian ?",
-    "kernel",
-    "who is the user of the system and what is the file ?",
-]
-
-
-@pytest.fixture(scope="module")
-def gen(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
-    return load_generator(str(tiny_llama), cache_dir=tmp_path_factory.mktemp("m"))
-
-
-@pytest.fixture
-def engine(gen):
-    e = GenerationEngine(gen, max_batch=8)
-    yield e
-    e.close()
-
-
-def _msgs(q: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": q}]
 
 
 def test_batched_greedy_equals_generate_one_at_a_time(gen, engine: GenerationEngine) -> None:
-    expected = [complete(gen, _msgs(q), 12).text for q in PROMPTS]
-    jobs = [engine.submit(_msgs(q), 12) for q in PROMPTS]  # queued together: one batch
+    expected = [complete(gen, msgs(q), 12).text for q in PROMPTS]
+    jobs = [engine.submit(msgs(q), 12) for q in PROMPTS]  # queued together: one batch
     got = [j.wait(60).text.strip() for j in jobs]
     assert got == expected
     assert all(j.finish_reason in ("length", "stop") for j in jobs)
 
 
 def test_stream_deltas_add_up_to_the_text(engine: GenerationEngine) -> None:
-    job = engine.submit(_msgs(PROMPTS[1]), 10)
+    job = engine.submit(msgs(PROMPTS[1]), 10)
     deltas = list(job.stream(timeout=60))
     assert len(deltas) >= 2 and "".join(deltas) == job.text and len(job.tokens) == 10
 
 
 def test_stop_string_ends_early_and_is_cut(engine: GenerationEngine) -> None:
-    free = engine.submit(_msgs(PROMPTS[0]), 16).wait(60).text
+    free = engine.submit(msgs(PROMPTS[0]), 16).wait(60).text
     words = free.split()
     assert len(words) >= 3
-    stopped = engine.submit(_msgs(PROMPTS[0]), 16, stop=[words[2]]).wait(60)
+    stopped = engine.submit(msgs(PROMPTS[0]), 16, stop=[words[2]]).wait(60)
     assert stopped.finish_reason == "stop" and words[2] not in stopped.text
     assert free.startswith(stopped.text)
 
@@ -65,7 +43,7 @@ def test_stop_string_ends_early_and_is_cut(engine: GenerationEngine) -> None:
 def test_cancel_stops_a_running_job(gen) -> None:
     engine = GenerationEngine(gen, max_batch=2)
     try:
-        job = engine.submit(_msgs(PROMPTS[2]), 10_000)
+        job = engine.submit(msgs(PROMPTS[2]), 10_000)
         first = next(job.stream(timeout=60))
         assert first
         job.cancel()
@@ -76,8 +54,8 @@ def test_cancel_stops_a_running_job(gen) -> None:
 
 
 def test_sampling_with_a_seed_is_reproducible(engine: GenerationEngine) -> None:
-    a = engine.submit(_msgs(PROMPTS[0]), 12, temperature=1.5, seed=3).wait(60).text
-    b = engine.submit(_msgs(PROMPTS[0]), 12, temperature=1.5, seed=3).wait(60).text
+    a = engine.submit(msgs(PROMPTS[0]), 12, temperature=1.5, seed=3).wait(60).text
+    b = engine.submit(msgs(PROMPTS[0]), 12, temperature=1.5, seed=3).wait(60).text
     assert a == b
 
 
@@ -86,7 +64,7 @@ def test_concurrent_submitters_all_finish(engine: GenerationEngine) -> None:
     lock = threading.Lock()
 
     def client(q: str) -> None:
-        text = engine.submit(_msgs(q), 8).wait(60).text
+        text = engine.submit(msgs(q), 8).wait(60).text
         with lock:
             results.append(text)
 
@@ -100,7 +78,7 @@ def test_concurrent_submitters_all_finish(engine: GenerationEngine) -> None:
 
 def test_bad_budget_is_refused(engine: GenerationEngine) -> None:
     with pytest.raises(ValueError):
-        engine.submit(_msgs("x"), 0)
+        engine.submit(msgs("x"), 0)
     assert torch.get_num_threads() >= 1
 
 
@@ -134,12 +112,12 @@ def test_requests_join_a_running_batch_and_leave_it_with_the_same_text(
     prompts are shorter, so the merged cache is left-padded), finish first, and every text is
     what the request alone would have given."""
     long_q, short_qs = PROMPTS[0], PROMPTS[1:3]
-    expected_a = complete(gen, _msgs(long_q), 120).text
-    expected_short = [complete(gen, _msgs(q), 6).text for q in short_qs]
-    a = engine.submit(_msgs(long_q), 120)
+    expected_a = complete(gen, msgs(long_q), 120).text
+    expected_short = [complete(gen, msgs(q), 6).text for q in short_qs]
+    a = engine.submit(msgs(long_q), 120)
     while len(a.tokens) < 3:
         assert not a.done.wait(0.001), "A finished before anything could join it"
-    late = [engine.submit(_msgs(q), 6) for q in short_qs]
+    late = [engine.submit(msgs(q), 6) for q in short_qs]
     got_short = [j.wait(60).text.strip() for j in late]
     assert not a.done.is_set(), "the late requests waited for A's batch instead of joining it"
     assert got_short == expected_short
@@ -149,8 +127,8 @@ def test_requests_join_a_running_batch_and_leave_it_with_the_same_text(
 def test_rows_of_different_budgets_leave_as_they_finish(gen, engine: GenerationEngine) -> None:
     budgets = [2, 9, 4, 15, 1]
     qs = [PROMPTS[i % len(PROMPTS)] for i in range(len(budgets))]
-    expected = [complete(gen, _msgs(q), n).text for q, n in zip(qs, budgets, strict=True)]
-    jobs = [engine.submit(_msgs(q), n) for q, n in zip(qs, budgets, strict=True)]
+    expected = [complete(gen, msgs(q), n).text for q, n in zip(qs, budgets, strict=True)]
+    jobs = [engine.submit(msgs(q), n) for q, n in zip(qs, budgets, strict=True)]
     assert [j.wait(60).text.strip() for j in jobs] == expected
     assert [len(j.tokens) for j in jobs] == budgets
 
@@ -268,13 +246,13 @@ def test_a_request_for_another_adapter_closes_the_running_batch_to_joins(gen) ->
 
     engine = GenerationEngine(gen, max_batch=8, adapters=Adapters())
     try:
-        a = engine.submit(_msgs(PROMPTS[0]), 150)
+        a = engine.submit(msgs(PROMPTS[0]), 150)
         while len(a.tokens) < 3:
             assert not a.done.wait(0.001)
-        x = engine.submit(_msgs(PROMPTS[1]), 4, adapter="x")
+        x = engine.submit(msgs(PROMPTS[1]), 4, adapter="x")
         while engine.queue_depth():  # the engine has seen x and holds it back
             time.sleep(0.001)
-        b = engine.submit(_msgs(PROMPTS[2]), 4)
+        b = engine.submit(msgs(PROMPTS[2]), 4)
         b.wait(60)
         assert a.done.is_set() and len(a.tokens) == 150  # b did not board a's batch
         assert x.done.is_set() and x.finish_reason == "length"  # x went before b
@@ -287,20 +265,20 @@ def test_a_stop_string_over_several_tokens_is_never_streamed_in_part(
 ) -> None:
     """The stop spans two tokens: the first of them is held back until the second shows it
     is the stop, so neither the text nor any delta holds a piece of it."""
-    free = engine.submit(_msgs(PROMPTS[1]), 30, temperature=1.5, seed=4).wait(60).text
+    free = engine.submit(msgs(PROMPTS[1]), 30, temperature=1.5, seed=4).wait(60).text
     words = free.split()
     assert len(words) >= 8
     stop = f"{words[4]} {words[5]}"
-    job = engine.submit(_msgs(PROMPTS[1]), 30, stop=[stop, "zzz never"], temperature=1.5, seed=4)
+    job = engine.submit(msgs(PROMPTS[1]), 30, stop=[stop, "zzz never"], temperature=1.5, seed=4)
     deltas = list(job.stream(timeout=60))
     assert job.finish_reason == "stop"
     assert job.text == free[: free.index(stop)] == "".join(deltas)
 
 
 def test_held_back_text_that_is_no_stop_is_released(engine: GenerationEngine) -> None:
-    free = engine.submit(_msgs(PROMPTS[1]), 20, temperature=1.5, seed=4).wait(60)
+    free = engine.submit(msgs(PROMPTS[1]), 20, temperature=1.5, seed=4).wait(60)
     last = free.text.split()[-1]
-    job = engine.submit(_msgs(PROMPTS[1]), 20, stop=[f"{last} zzz"], temperature=1.5, seed=4)
+    job = engine.submit(msgs(PROMPTS[1]), 20, stop=[f"{last} zzz"], temperature=1.5, seed=4)
     assert "".join(job.stream(timeout=60)) == free.text == job.text
     assert job.finish_reason == "length"
 
@@ -316,7 +294,7 @@ def test_each_token_decodes_only_the_tail(gen, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(gen.tokenizer, "decode", spy)
     try:
-        job = engine.submit(_msgs(PROMPTS[0]), 150, stop=["zzz", "never this"]).wait(60)
+        job = engine.submit(msgs(PROMPTS[0]), 150, stop=["zzz", "never this"]).wait(60)
     finally:
         engine.close()
     assert len(job.tokens) == 150 and job.text == decode(job.tokens, skip_special_tokens=True)
