@@ -1,5 +1,6 @@
-"""Process-wide runtime set-up: logging, the torch thread count, quiet model loading, and the
-settings read once with a one-line error (the command lines of ``service`` and ``eval``).
+"""Process-wide runtime set-up: logging, the torch thread count, quiet model loading, the
+settings read once with a one-line error (the command lines of ``service`` and ``eval``), and the
+public name of a model configured by folder.
 
 Called once by the CLI and the app's lifespan, never at import. It loads no model.
 """
@@ -7,6 +8,7 @@ Called once by the CLI and the app's lifespan, never at import. It loads no mode
 from __future__ import annotations
 
 import logging
+from pathlib import PurePath
 from typing import Any
 
 from service.settings import Settings
@@ -33,6 +35,15 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_warning()
+
+
+def public_name(name: str, hub_id: str | None = None) -> str:
+    """A model's name as responses show it: a preset or hub name as is, a folder by its last part
+    (a server's paths never reach a client). ``hub_id`` is the resolved hub id, None for a
+    folder."""
+    if hub_id:
+        return name
+    return PurePath(name).name or name
 
 
 def one_line(exc: BaseException) -> str:
