@@ -42,6 +42,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 LOG_TAIL_LINES = 20
 ERROR_MAX_CHARS = 500  # a job's one-line error
 _ABSOLUTE = re.compile(r"(?<![\w.~-])/[^\s'\"`,;:()\[\]{}<>]+")
+_CLASS_NAME = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*: ")  # "OSError: ", "peft.tuners.X: "
 _NOT_THE_ERROR = ("Traceback", "---", "During handling", "The above exception")
 
 
@@ -280,7 +281,10 @@ class JobStore:
 
 def one_line(error: str | None, root: Path | None = None) -> str | None:
     """``error`` as one line a client may read: the first line (of a traceback, its exception
-    line), absolute paths under ``root`` relative to it and any other cut to its last part."""
+    line) without the class name of an exception that is not Python's own, paths under ``root``
+    relative to it, and any other server path (under the home, temp, install or working folder,
+    or a top-level folder that exists here) cut to its last part. Text that only looks like a
+    path (``POST /v1/files``) stays."""
     if error is None:
         return None
     lines = [line for line in error.splitlines() if line.strip()]
@@ -290,14 +294,36 @@ def one_line(error: str | None, root: Path | None = None) -> str | None:
     if line.startswith("Traceback"):
         raised = [x for x in lines if not x[0].isspace() and not x.startswith(_NOT_THE_ERROR)]
         line = raised[-1] if raised else "the job failed"
-    return _ABSOLUTE.sub(lambda m: _short_path(m.group(0), root), line.strip())[:ERROR_MAX_CHARS]
+    line = _CLASS_NAME.sub(_builtin_only, line.strip()) or "the job failed"
+    for known in _known_roots(root):
+        line = line.replace(known.as_posix().rstrip("/") + "/", "" if known == root else "…/")
+    return _ABSOLUTE.sub(_short_path, line)[:ERROR_MAX_CHARS]
 
 
-def _short_path(text: str, root: Path | None) -> str:
-    path = Path(text)
-    if root is not None and path.is_relative_to(root):
-        return path.relative_to(root).as_posix() or "."
-    return path.name or "/"
+def _builtin_only(match: re.Match[str]) -> str:
+    """Keep Python's own exception names (``OSError: ``); drop those of ragtune and its
+    libraries, which say nothing to a client."""
+    named = getattr(builtins, match.group(0)[:-2], None)
+    return match.group(0) if isinstance(named, type) and issubclass(named, BaseException) else ""
+
+
+def _known_roots(root: Path | None) -> list[Path]:
+    """Folders whose paths never reach a client, longest first (the data dir is made relative;
+    the others are hidden, so a path with spaces below them leaks nothing either)."""
+    import tempfile
+
+    found = {Path.home(), Path(tempfile.gettempdir()), Path(sys.prefix), Path.cwd()}
+    found |= {Path(sys.base_prefix), Path(__file__).resolve().parents[1]}
+    ordered = sorted((p for p in found if p != Path("/")), key=lambda p: -len(p.as_posix()))
+    return ([root] if root is not None else []) + ordered
+
+
+def _short_path(match: re.Match[str]) -> str:
+    text = match.group(0)
+    first = text.lstrip("/").split("/", 1)[0]
+    if "/" not in text.lstrip("/") or not first or not Path("/", first).is_dir():
+        return text  # not a path on this machine: an URL path, a ratio, a route
+    return Path(text).name or "/"
 
 
 def _job(row: sqlite3.Row, points: Sequence[sqlite3.Row], root: Path | None = None) -> Job:

@@ -120,3 +120,16 @@ def test_the_jobs_api_serves_an_old_traceback_as_one_line(tiny_llama: Path, tmp_
                 job["error"]
                 == "FileNotFoundError: [Errno 2] No such file: 'jobs/job-1/data/train.jsonl'"
             )
+
+
+def test_one_line_hides_internal_names_but_keeps_text_that_only_looks_like_a_path(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    assert one_line("RecordNotFound: adapter 'nope' not found", data) == "adapter 'nope' not found"
+    assert one_line("peft.tuners.NoMatchingPeftModuleError: no q_proj", data) == "no q_proj"
+    assert one_line("ValueError: upload it first (POST /v1/files), 1/2 done", data) == (
+        "ValueError: upload it first (POST /v1/files), 1/2 done"
+    )
+    spaced = one_line(f"OSError: cannot read {Path.cwd()}/my data/x.py", data)
+    assert spaced == "OSError: cannot read …/my data/x.py"
