@@ -2,15 +2,18 @@
 
 Every interval in a run is drawn from one matrix of resampled question indices (fixed by the
 seed), so the interval of each mode and of each difference between two modes resample the same
-questions together, and the same seed and scores give the same numbers. A score may be None
-(the metric does not apply to that question, e.g. groundedness with no passages): means skip
-it, and a difference uses the questions both modes scored. Knows nothing of models or metrics'
-meaning beyond which way is better.
+questions together, and the same seed and scores give the same numbers. The matrix is never held
+whole: ``Resamples`` draws it a chunk of rows at a time (about ``CHUNK_ELEMENTS`` indices), the
+same rows one whole draw gives, so 100,000 resamples of a million questions fit in tens of MB.
+A score may be None (the metric does not apply to that question, e.g. groundedness with no
+passages): means skip it, and a difference uses the questions both modes scored. Knows nothing
+of models or metrics' meaning beyond which way is better.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
@@ -18,13 +21,37 @@ import numpy as np
 
 LOWER_IS_BETTER = frozenset({"latency_s"})
 Scores = Sequence[float | None]
+CHUNK_ELEMENTS = 2**20  # indices drawn at once: 8 MiB of int64, and as much again gathered
 
 
-def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n) question indices drawn with replacement."""
+@dataclass(frozen=True)
+class Resamples:
+    """``count`` resamples of ``n`` question indices drawn with replacement from ``seed``: the
+    rows of a (count, n) matrix, drawn again on every pass a chunk of rows at a time. The rows
+    are those of ``default_rng(seed).integers(0, n, size=(count, n))``: the generator's stream
+    does not depend on how the draw is cut."""
+
+    n: int
+    count: int
+    seed: int
+
+    @property
+    def rows_per_chunk(self) -> int:
+        return max(1, CHUNK_ELEMENTS // self.n)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """(rows, n) blocks of the matrix, in order."""
+        rng = np.random.default_rng(self.seed)
+        step = self.rows_per_chunk
+        for start in range(0, self.count, step):
+            yield rng.integers(0, self.n, size=(min(step, self.count - start), self.n))
+
+
+def resample_indices(n: int, resamples: int, seed: int) -> Resamples:
+    """The resamples of ``n`` questions every interval of one run shares (nothing drawn yet)."""
     if n < 1:
         raise ValueError("nothing to resample: no questions")
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    return Resamples(n, resamples, seed)
 
 
 def _arrays(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
@@ -33,10 +60,17 @@ def _arrays(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
     return values, present
 
 
-def _resampled_means(values: np.ndarray, present: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    counts = present[idx].sum(axis=1)  # (resamples,)
-    sums = (values * present)[idx].sum(axis=1)
-    return sums[counts > 0] / counts[counts > 0]
+def _resampled_means(values: np.ndarray, present: np.ndarray, draws: Resamples) -> np.ndarray:
+    """The mean of the present values in each resample that holds any, in resample order."""
+    if len(values) != draws.n:
+        raise ValueError(f"{len(values)} scores for resamples of {draws.n} questions")
+    weighted = values * present
+    means = []
+    for idx in draws.chunks():  # (rows, n)
+        counts = present[idx].sum(axis=1)  # (rows,)
+        sums = weighted[idx].sum(axis=1)
+        means.append(sums[counts > 0] / counts[counts > 0])
+    return np.concatenate(means)
 
 
 def _ci(means: np.ndarray) -> tuple[float, float]:
@@ -44,7 +78,7 @@ def _ci(means: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def interval(scores: Scores, idx: np.ndarray) -> dict[str, Any] | None:
+def interval(scores: Scores, idx: Resamples) -> dict[str, Any] | None:
     """Mean and 95% percentile interval of the scores present; None when none is."""
     values, present = _arrays(scores)
     if not present.any():
@@ -58,7 +92,7 @@ def interval(scores: Scores, idx: np.ndarray) -> dict[str, Any] | None:
     }
 
 
-def paired(a: Scores, b: Scores, idx: np.ndarray, lower_is_better: bool = False) -> dict | None:
+def paired(a: Scores, b: Scores, idx: Resamples, lower_is_better: bool = False) -> dict | None:
     """Mean of ``b - a`` over questions both scored, its interval, and which one is better
     (only when the interval excludes zero)."""
     if len(a) != len(b):

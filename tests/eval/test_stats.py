@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
+from typing import Any
 
+import numpy as np
 import pytest
 
-from eval.stats import paired, resample_indices, share_interval, summarize
+from eval import stats
+from eval.stats import interval, paired, resample_indices, share_interval, summarize
 
 
 def _scores(seed: int, n: int = 80, shift: float = 0.0) -> list[float]:
@@ -78,3 +82,55 @@ def test_unequal_lengths_and_empty_input_are_errors() -> None:
     assert share_interval([], 100, 0) is None
     share = share_interval([True, False, False, False], 1000, 0)
     assert share is not None and share["mean"] == 0.25 and share["ci_low"] < 0.25 < share["ci_high"]
+
+
+def _whole_matrix_interval(scores: list[float | None], n: int, resamples: int, seed: int) -> Any:
+    """The interval as it was computed before chunking: one (resamples, n) matrix at once."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    values = np.array([0.0 if s is None else s for s in scores])
+    present = np.array([s is not None for s in scores])
+    counts, sums = present[idx].sum(axis=1), (values * present)[idx].sum(axis=1)
+    means = sums[counts > 0] / counts[counts > 0]
+    return [float(q) for q in np.quantile(means, [0.025, 0.975])]
+
+
+def test_chunked_resamples_give_the_numbers_of_the_whole_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 50)  # 1 row of 37 questions per chunk
+    a = [None if i % 5 == 0 else s for i, s in enumerate(_scores(9, n=37))]
+    b = _scores(10, n=37, shift=0.1)
+    draws = resample_indices(37, 1003, 11)
+    assert draws.rows_per_chunk == 1
+    got = interval(a, draws)
+    assert got is not None and [got["ci_low"], got["ci_high"]] == _whole_matrix_interval(
+        a, 37, 1003, 11
+    )
+    diffs: list[float | None] = [None if x is None else y - x for x, y in zip(a, b, strict=True)]
+    both = paired(a, b, draws)
+    assert both is not None
+    assert [both["ci_low"], both["ci_high"]] == _whole_matrix_interval(diffs, 37, 1003, 11)
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 37 * 1003)  # the whole matrix in one chunk
+    assert interval(a, resample_indices(37, 1003, 11)) == got
+
+
+def test_the_largest_runs_draw_a_bounded_chunk_at_a_time() -> None:
+    draws = stats.Resamples(n=100_000, count=100_000, seed=0)  # nothing drawn yet
+    assert draws.rows_per_chunk * draws.n <= stats.CHUNK_ELEMENTS <= 2**21
+    first = next(draws.chunks())
+    assert first.shape == (draws.rows_per_chunk, 100_000)
+    most = stats.Resamples(n=1_000_000, count=100_000, seed=0)  # eval's limit on questions
+    assert most.rows_per_chunk == 1 and most.n <= 2 * stats.CHUNK_ELEMENTS
+
+
+def test_an_interval_over_a_large_matrix_stays_within_a_few_tens_of_megabytes() -> None:
+    scores: list[float | None] = [float(i % 7) for i in range(20_000)]
+    draws = resample_indices(len(scores), 2000, 0)  # the whole matrix: 320 MB of int64
+    tracemalloc.start()
+    try:
+        got = interval(scores, draws)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got is not None and got["ci_low"] < got["mean"] < got["ci_high"]
+    assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB"
