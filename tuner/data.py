@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retriever import jsonl
 from tuner.durable import atomic_write_lines
 
 IGNORE = -100  # the label of tokens that carry no loss
@@ -267,29 +268,10 @@ def read_jsonl(path: str | Path, format: str = "auto", template: str = "chat") -
     return examples
 
 
-def jsonl_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
-    """Every non-blank line parsed as a JSON object, and the lines that are not."""
-    records: list[tuple[int, dict[str, Any]]] = []
-    problems: list[tuple[int, str]] = []
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            try:
-                text = raw.decode("utf-8").removeprefix("\ufeff")
-            except UnicodeDecodeError:
-                problems.append((n, "not UTF-8 text"))
-                continue
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append((n, f"bad JSON: {exc.msg} (column {exc.colno})"))
-                continue
-            if isinstance(rec, dict):
-                records.append((n, rec))
-            else:
-                problems.append((n, f"a record must be a JSON object, got {type(rec).__name__}"))
-    return records, problems
+def jsonl_records(path: Path) -> tuple[jsonl.Records, jsonl.Problems]:
+    """Every non-blank line parsed as a JSON object, and the lines that are not (with why), as
+    ``retriever.jsonl`` reads every JSONL input."""
+    return jsonl.records(jsonl.read_path(path))
 
 
 def _detect(records: list[tuple[int, dict[str, Any]]], format: str) -> tuple[str, int]:
