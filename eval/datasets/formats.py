@@ -2,7 +2,9 @@
 
 Every reader returns an ``EvalSet``: the questions (id, text, gold answers, gold passages) and,
 when the set carries one, the corpus to index. A plain Q/A file has no corpus: it is asked
-against the live index. Bad input raises ``DatasetError`` naming the file and line.
+against the live index. JSONL is read with ``retriever.jsonl`` (lines split on ``\n`` only). Bad
+input raises one ``DatasetError`` naming the file and line of every bad row (up to
+``SHOWN_PROBLEMS``), not only the first.
 Knows nothing of models, indexes or metrics.
 """
 
@@ -10,15 +12,47 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from retriever import jsonl
 from retriever.validation import check_id
+
+T = TypeVar("T")
+
+
+SHOWN_PROBLEMS = 100  # bad lines kept on one DatasetError, as /v1/files lists in one 422
+
+Problem = tuple[str, int, str]  # (file, line, reason)
 
 
 class DatasetError(ValueError):
-    """The evaluation data cannot be read; the message names the file and line."""
+    """The evaluation data cannot be read. The message's first line names the file and line of
+    the first problem (and how many more there are); ``problems`` lists every bad line as
+    (file, line, reason), up to ``SHOWN_PROBLEMS``."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        self.problems = (problems or [])[:SHOWN_PROBLEMS]
+        super().__init__(message)
+
+
+class _Bad(Exception):
+    """One row's problem, raised by the field checks and collected with the row's line."""
+
+
+def _raise_any(problems: list[Problem]) -> None:
+    """Raise one ``DatasetError`` listing every problem, in file and line order."""
+    if not problems:
+        return
+    first = {file: i for i, (file, _, _) in reversed(list(enumerate(problems)))}
+    problems = sorted(problems, key=lambda p: (first[p[0]], p[1]))
+    lines = [f"{file}:{line}: {reason}" for file, line, reason in problems[:SHOWN_PROBLEMS]]
+    more = len(problems) - 1
+    if more:
+        lines[0] += f" (and {more} more bad lines)"
+    raise DatasetError("\n".join(lines), problems)
 
 
 @dataclass(frozen=True)
@@ -57,7 +91,7 @@ class EvalSet:
 
 def load(path: Path, live: bool = False) -> EvalSet:
     """A BEIR folder, or a JSONL file: SQuAD-style rows (with ``context``) or, with ``live``,
-    plain question/answer rows."""
+    plain question/answer rows. Every bad line is reported at once (``DatasetError``)."""
     path = Path(path)
     if path.is_dir():
         if live:
@@ -65,40 +99,54 @@ def load(path: Path, live: bool = False) -> EvalSet:
         return load_beir(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file or folder")
-    rows = _jsonl(path)
+    problems: list[Problem] = []
+    rows = _rows(path, problems)
     if not rows:
+        _raise_any(problems)
         raise DatasetError(f"{path}: no rows")
     if "context" in rows[0][1]:
         if live:
             raise DatasetError(f"{path}: SQuAD-style rows carry their contexts; drop --live")
-        return load_squad(path, rows)
+        return load_squad(path, rows, problems)
     if not live:
         raise DatasetError(
             f"{path}: rows have no 'context': a plain question/answer file is asked against "
             "the live index (add --live), or give a BEIR folder or SQuAD-style JSONL"
         )
-    return load_qa(path, rows)
+    return load_qa(path, rows, problems)
 
 
-def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of every non-blank line; the first bad line is an error."""
-    from tuner.data import jsonl_records
-
-    records, problems = jsonl_records(path)
-    if problems:
-        line, why = problems[0]
-        raise DatasetError(f"{path}:{line}: {why}")
-    return records
+def _rows(path: Path, problems: list[Problem]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every JSON object line; the other lines go to ``problems``."""
+    rows, bad = jsonl.records(jsonl.read_path(path))
+    problems += [(str(path), line, why) for line, why in bad]
+    return rows
 
 
-def _text(row: dict[str, Any], key: str, where: str) -> str:
+def _each(
+    path: Path,
+    rows: list[tuple[int, dict[str, Any]]],
+    problems: list[Problem],
+    make: Callable[[int, dict[str, Any]], T],
+) -> list[T]:
+    """``make(line, row)`` of every row; a row whose check fails goes to ``problems``."""
+    out = []
+    for n, row in rows:
+        try:
+            out.append(make(n, row))
+        except _Bad as exc:
+            problems.append((str(path), n, str(exc)))
+    return out
+
+
+def _text(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise DatasetError(f"{where}: '{key}' must be a non-empty string")
+        raise _Bad(f"'{key}' must be a non-empty string")
     return value
 
 
-def _answers(value: Any, where: str) -> tuple[str, ...]:
+def _answers(value: Any) -> tuple[str, ...]:
     """``"a"``, ``["a", "b"]`` or SQuAD's ``{"text": [...], "answer_start": [...]}``."""
     if value is None:
         return ()
@@ -107,8 +155,18 @@ def _answers(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-        raise DatasetError(f"{where}: answers must be a string or a list of strings")
+        raise _Bad("answers must be a string or a list of strings")
     return tuple(dict.fromkeys(a.strip() for a in value if a.strip()))
+
+
+def _id(value: Any, key: str) -> str:
+    """An id field as the index takes it (``retriever.validation.check_id``)."""
+    if value is None or value == "":
+        raise _Bad(f"'{key}' is missing")
+    try:
+        return check_id(str(value), key)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def load_beir(folder: Path) -> EvalSet:
@@ -116,21 +174,19 @@ def load_beir(folder: Path) -> EvalSet:
     for name in ("corpus.jsonl", "queries.jsonl"):
         if not (folder / name).is_file():
             raise DatasetError(f"{folder}: not a BEIR folder (no {name})")
-    corpus = []
-    for n, row in _jsonl(folder / "corpus.jsonl"):
-        where = f"{folder / 'corpus.jsonl'}:{n}"
-        text, title = _text(row, "text", where), row.get("title") or ""
-        meta = dict(row.get("metadata") or {}, **({"title": title} if title else {}))
-        corpus.append(Doc(_id(row.get("_id"), where, "_id"), text, meta))
-    qrels = _qrels(folder / "qrels" / "test.tsv")
-    questions = []
-    for n, row in _jsonl(folder / "queries.jsonl"):
-        where = f"{folder / 'queries.jsonl'}:{n}"
-        qid = _id(row.get("_id"), where, "_id")
-        answers = _answers(row.get("answer", row.get("answers")), where)
-        questions.append(
-            Question(qid, _text(row, "text", where), answers, qrels.get(qid, frozenset()))
-        )
+    problems: list[Problem] = []
+    corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
+    corpus = _each(corpus_path, _rows(corpus_path, problems), problems, _beir_doc)
+    query_rows = _rows(queries_path, problems)
+    qrels = _qrels(folder / "qrels" / "test.tsv", problems)
+
+    def question(n: int, row: dict[str, Any]) -> Question:
+        qid = _id(row.get("_id"), "_id")
+        answers = _answers(row.get("answer", row.get("answers")))
+        return Question(qid, _text(row, "text"), answers, qrels.get(qid, frozenset()))
+
+    questions = _each(queries_path, query_rows, problems, question)
+    _raise_any(problems)
     if qrels:  # BEIR evaluates the judged queries only
         questions = [q for q in questions if q.gold_docs]
     if not questions:
@@ -138,21 +194,13 @@ def load_beir(folder: Path) -> EvalSet:
     return EvalSet("beir", folder, questions, corpus)
 
 
-def _missing(where: str, key: str) -> str:
-    raise DatasetError(f"{where}: '{key}' is missing")
+def _beir_doc(n: int, row: dict[str, Any]) -> Doc:
+    text, title = _text(row, "text"), row.get("title") or ""
+    meta = dict(row.get("metadata") or {}, **({"title": title} if title else {}))
+    return Doc(_id(row.get("_id"), "_id"), text, meta)
 
 
-def _id(value: Any, where: str, key: str) -> str:
-    """An id field as the index takes it (printable, at most 256 characters)."""
-    if value is None or value == "":
-        _missing(where, key)
-    try:
-        return check_id(str(value), key)
-    except ValueError as exc:
-        raise DatasetError(f"{where}: {exc}") from None
-
-
-def _qrels(path: Path) -> dict[str, frozenset[str]]:
+def _qrels(path: Path, problems: list[Problem]) -> dict[str, frozenset[str]]:
     if not path.is_file():
         return {}
     found: dict[str, set[str]] = {}
@@ -161,48 +209,57 @@ def _qrels(path: Path) -> dict[str, frozenset[str]]:
             if n == 1 and cells[:1] == ["query-id"]:
                 continue
             if len(cells) < 3:
-                raise DatasetError(f"{path}:{n}: expected query-id, corpus-id, score")
+                problems.append((str(path), n, "expected query-id, corpus-id, score"))
+                continue
             try:
                 relevant = float(cells[2]) > 0
             except ValueError:
-                raise DatasetError(f"{path}:{n}: score {cells[2]!r} is not a number") from None
+                problems.append((str(path), n, f"score {cells[2][:40]!r} is not a number"))
+                continue
             if relevant:
                 found.setdefault(cells[0], set()).add(cells[1])
     return {q: frozenset(d) for q, d in found.items()}
 
 
-def load_squad(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> EvalSet:
+def load_squad(
+    path: Path, rows: list[tuple[int, dict[str, Any]]], problems: list[Problem] | None = None
+) -> EvalSet:
     """One row per question with its ``context``; identical contexts become one document."""
+    problems = [] if problems is None else problems
     docs: dict[str, Doc] = {}
-    questions = []
-    for n, row in rows:
-        where = f"{path}:{n}"
-        context = _text(row, "context", where)
-        doc_id = _id(
-            row.get("context_id") or "ctx-" + hashlib.sha1(context.encode()).hexdigest()[:12],
-            where,
-            "context_id",
-        )
+
+    def question(n: int, row: dict[str, Any]) -> Question:
+        context = _text(row, "context")
+        default = "ctx-" + hashlib.sha1(context.encode()).hexdigest()[:12]
+        doc_id = _id(row.get("context_id") or default, "context_id")
+        answers = _answers(row.get("answers", row.get("answer")))
+        qid, text = _id(row.get("id") or f"q{n}", "id"), _text(row, "question")
         meta = {"title": row["title"]} if isinstance(row.get("title"), str) else {}
         docs.setdefault(doc_id, Doc(doc_id, context, meta))
-        answers = _answers(row.get("answers", row.get("answer")), where)
-        qid = _id(row.get("id") or f"q{n}", where, "id")
-        questions.append(Question(qid, _text(row, "question", where), answers, frozenset({doc_id})))
+        return Question(qid, text, answers, frozenset({doc_id}))
+
+    questions = _each(path, rows, problems, question)
+    _raise_any(problems)
     _unique_ids(questions, path)
     return EvalSet("squad", path, questions, list(docs.values()))
 
 
-def load_qa(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> EvalSet:
+def load_qa(
+    path: Path, rows: list[tuple[int, dict[str, Any]]], problems: list[Problem] | None = None
+) -> EvalSet:
     """``question`` with ``answer``/``answers`` and optional ``id`` and ``doc_ids``."""
-    questions = []
-    for n, row in rows:
-        where = f"{path}:{n}"
+    problems = [] if problems is None else problems
+
+    def question(n: int, row: dict[str, Any]) -> Question:
         doc_ids = row.get("doc_ids") or []
         if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
-            raise DatasetError(f"{where}: 'doc_ids' must be a list of document ids")
-        answers = _answers(row.get("answers", row.get("answer")), where)
-        qid = _id(row.get("id") or f"q{n}", where, "id")
-        questions.append(Question(qid, _text(row, "question", where), answers, frozenset(doc_ids)))
+            raise _Bad("'doc_ids' must be a list of document ids")
+        answers = _answers(row.get("answers", row.get("answer")))
+        qid = _id(row.get("id") or f"q{n}", "id")
+        return Question(qid, _text(row, "question"), answers, frozenset(doc_ids))
+
+    questions = _each(path, rows, problems, question)
+    _raise_any(problems)
     _unique_ids(questions, path)
     return EvalSet("qa", path, questions, None)
 

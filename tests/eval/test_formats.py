@@ -81,12 +81,12 @@ def test_plain_qa_needs_live_and_has_no_corpus(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        (["{not json"], r"q.jsonl:1: bad JSON"),
+        (["{not json"], r"q.jsonl:1: not JSON"),
         (['{"question": "", "answer": "x"}'], r"q.jsonl:1: 'question' must be a non-empty"),
         (['{"question": "a", "answer": 3}'], "answers must be a string"),
         (['{"question": "a", "doc_ids": "d1"}'], "doc_ids"),
         (['{"id": "x", "question": "a"}', '{"id": "x", "question": "b"}'], "appears twice"),
-        (["[1, 2]"], "must be a JSON object"),
+        (["[1, 2]"], r"q.jsonl:1: a JSON object is expected, got an array"),
     ],
 )
 def test_bad_rows_name_file_and_line(tmp_path: Path, lines: list[str], message: str) -> None:
