@@ -1,18 +1,17 @@
 """/v1/files: upload training or evaluation data (one JSONL file) and list the uploads.
 
 An upload is stored as ``DATA_DIR/files/<random id>.jsonl`` with its metadata beside it in
-``<id>.json``; the client's file name is kept as metadata only and never becomes a path. The body
-size is bounded by the service's body limit. Lines are split on ``\n`` only (a JSON string may
-hold U+2028), and every line must be a UTF-8 JSON object of one known shape (chat, alpaca,
-prompt_completion, SQuAD-style, or a task template's fields), else 422: the message names the
-first bad line and ``details`` lists every one (``{"file", "line", "reason"}``, up to
-``SHOWN_PROBLEMS``). The full schema check happens when a job validates its data (tuner.data)
-or an eval run reads it (eval.datasets).
+``<id>.json``; the client's file name is kept as metadata only and never becomes a path. The
+body size is bounded by the service's body limit. Lines are read by ``retriever.jsonl`` (split
+on ``\n`` only, as every JSONL input is), and every line must be a UTF-8 JSON object of one
+known shape (chat, alpaca, prompt_completion, SQuAD-style, or a task template's fields), else
+422: the message names the first bad line and ``details`` lists every one (``{"file", "line",
+"reason"}``, up to ``SHOWN_PROBLEMS``). The full schema check happens when a job validates its
+data (tuner.data) or an eval run reads it (eval.datasets).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -23,6 +22,7 @@ import anyio
 from fastapi import APIRouter, UploadFile
 from pydantic import BaseModel, ConfigDict
 
+from retriever import jsonl
 from retriever.loaders import safe_name
 from service.auth import Reader, Writer
 from service.deps import State
@@ -78,17 +78,15 @@ def sniff(raw: bytes) -> tuple[int, str]:
     found: str | None = None
     records = 0
     problems: list[tuple[int, str]] = []
-    for number, line in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
-        record, why = _record(line)
-        if why:
-            problems.append((number, why))
-        if record is None:
+    for line in jsonl.read_bytes(raw):
+        if line.record is None:
+            problems.append((line.number, line.problem))
             continue
-        shape = next((name for name, keys in SHAPES if keys <= record.keys()), None)
+        shape = next((name for name, keys in SHAPES if keys <= line.record.keys()), None)
         if shape is None:
-            problems.append((number, f"no known format (keys {sorted(record)[:8]})"))
+            problems.append((line.number, f"no known format (keys {sorted(line.record)[:8]})"))
         elif found is not None and shape != found:
-            problems.append((number, f"{shape} record in a {found} file"))
+            problems.append((line.number, f"{shape} record in a {found} file"))
         else:
             found, records = shape, records + 1
     if found is None and not problems:
@@ -96,25 +94,6 @@ def sniff(raw: bytes) -> tuple[int, str]:
     if problems:
         raise BadFile(problems)
     return records, found or ""
-
-
-def _record(line: bytes) -> tuple[dict | None, str]:
-    """(the JSON object on ``line`` or None, why it is not one: empty for a blank line)."""
-    try:
-        text = line.decode("utf-8").removesuffix("\r")
-    except UnicodeDecodeError:
-        return None, "not UTF-8"
-    if not text.strip():
-        return None, ""
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"not JSON ({exc.msg})"
-    except RecursionError:
-        return None, "not JSON (nested too deeply)"
-    if not isinstance(record, dict):
-        return None, "a JSON object is expected"
-    return record, ""
 
 
 def _store(folder: Path, name: str, raw: bytes) -> FileOut:
