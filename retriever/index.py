@@ -31,12 +31,12 @@ from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from retriever.locks import FolderLock, RWLock
 from retriever.sparse import CJK, LiveSparse
 from retriever.store import DocumentRow, NewChunk, Store, now
-from retriever.validation import check_filters, check_id, check_metadata
+from retriever.validation import TEXT_MAX_CHARS as TEXT_MAX_CHARS  # the write bound, named here too
+from retriever.validation import check_filters, check_id, check_metadata, check_text
 
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
 FITTED_KEY = "dense_weights"  # meta: hybrid dense shares fitted per language for one space
-TEXT_MAX_CHARS = 4 * 2**20  # one document's text (a long book); bodies are bounded before this
 
 
 class EmbedderLike(Protocol):
@@ -492,14 +492,9 @@ class Retriever:
 def check_document(doc: DocumentIn, where: str = "") -> str:
     """The document's id (a new random one if it has none); ``InvalidDocument`` whose message
     starts with the bad field, prefixed by ``where`` (``documents[3].``)."""
-    if not isinstance(doc.text, str) or not doc.text.strip():
-        raise InvalidDocument(f"{where}text: must not be empty")
-    if len(doc.text) > TEXT_MAX_CHARS:
-        raise InvalidDocument(
-            f"{where}text: at most {TEXT_MAX_CHARS} characters, got {len(doc.text)}"
-        )
     doc_id = uuid.uuid4().hex if doc.id is None else doc.id
     try:
+        check_text(doc.text, f"{where}text")
         check_id(doc_id, f"{where}id")
         check_metadata(doc.metadata, f"{where}metadata")
     except ValueError as exc:

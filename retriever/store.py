@@ -374,12 +374,24 @@ def _clip(value: Any, depth: int) -> Any:
     if isinstance(value, dict):
         if depth > READ_MAX_DEPTH:
             return _as_text(value)
-        return {k: _clip(v, depth + 1) for k, v in value.items()}
+        return {_whole(k): _clip(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         if depth > READ_MAX_DEPTH:
             return _as_text(value)
         return [_clip(v, depth + 1) for v in value]
-    return value
+    return _whole(value) if isinstance(value, str) else value
+
+
+def _whole(text: str) -> str:
+    """``text`` with any lone surrogate (a ``\\ud800`` escape in stored JSON, which no UTF-8
+    response can carry) replaced by U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _as_text(value: Any) -> str:

@@ -16,6 +16,7 @@ import unicodedata
 from typing import Any
 
 ID_MAX_CHARS = 256
+TEXT_MAX_CHARS = 4 * 2**20  # one document's text (a long book); bodies are bounded before this
 METADATA_MAX_BYTES = 16 * 1024  # the JSON text as stored
 METADATA_MAX_DEPTH = 8  # nested objects and lists, the top-level object counted
 METADATA_MAX_KEY_CHARS = 128
@@ -28,14 +29,21 @@ Scalar = str | int | float | bool | None
 
 
 def _bad_char(ch: str) -> bool:
-    """Control, format (bidi overrides, zero-width), unassigned, surrogate, private-use and
-    line/paragraph separator characters: none has a place in an id."""
+    """Control, format (bidi overrides, zero-width), unassigned, surrogate, private-use,
+    line/paragraph separator and non-ASCII space characters, and U+FFFD (what undecodable bytes
+    became): none has a place in an id, where look-alikes must not coexist."""
     category = unicodedata.category(ch)
-    return category[0] == "C" or category in ("Zl", "Zp")
+    return (
+        category[0] == "C"
+        or category in ("Zl", "Zp")
+        or (category == "Zs" and ch != " ")
+        or (ch == "\ufffd")
+    )
 
 
 def check_id(value: str, field: str = "id") -> str:
-    """A document id: 1..256 printable characters, not only whitespace."""
+    """A document id: 1..256 printable characters, not only whitespace; ``/`` may split it in
+    segments (a file's path), none of them ``.`` or ``..`` (a URL would resolve them away)."""
     if not isinstance(value, str):
         raise ValueError(f"{field}: must be a string")
     if not value.strip():
@@ -43,11 +51,40 @@ def check_id(value: str, field: str = "id") -> str:
     if len(value) > ID_MAX_CHARS:
         raise ValueError(f"{field}: at most {ID_MAX_CHARS} characters, got {len(value)}")
     bad = next((ch for ch in value if _bad_char(ch)), None)
-    if bad is not None:
+    if bad is not None and unicodedata.category(bad)[0] == "C":
         raise ValueError(
             f"{field}: control, format or bidi character U+{ord(bad):04X} is not allowed"
         )
+    if bad is not None:
+        raise ValueError(
+            f"{field}: look-alike character U+{ord(bad):04X} is not allowed (of the spaces, "
+            "only the ASCII one)"
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValueError(f"{field}: '.' and '..' are not allowed as a /-separated part")
     return value
+
+
+def check_text(value: Any, field: str = "text") -> str:
+    """A document's text: not empty, at most 4 Mi characters, valid Unicode (no lone
+    surrogate, which no UTF-8 file or database can hold)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field}: must not be empty")
+    if len(value) > TEXT_MAX_CHARS:
+        raise ValueError(f"{field}: at most {TEXT_MAX_CHARS} characters, got {len(value)}")
+    _check_unicode(value, field)
+    return value
+
+
+def _check_unicode(value: str, field: str) -> None:
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{field}: not valid Unicode (a lone surrogate at character {exc.start})"
+        ) from None
 
 
 def check_metadata(value: Any, field: str = "metadata") -> dict[str, Any]:
@@ -74,6 +111,9 @@ def _check_json(value: Any, path: str, depth: int) -> None:
                     raise ValueError(
                         f"{path}: keys have at most {METADATA_MAX_KEY_CHARS} characters"
                     )
+                if any(unicodedata.category(ch)[0] == "C" for ch in key):
+                    raise ValueError(f"{path}: keys may not hold control or format characters")
+                _check_unicode(key, path)
                 _check_json(item, f"{path}.{key}", depth + 1)
         else:
             for i, item in enumerate(value):
@@ -83,7 +123,10 @@ def _check_json(value: Any, path: str, depth: int) -> None:
 
 
 def _check_scalar(value: Any, path: str) -> None:
-    if value is None or isinstance(value, str | bool):
+    if isinstance(value, str):
+        _check_unicode(value, path)
+        return
+    if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
         if not -INT_BOUND <= value < INT_BOUND:

@@ -47,7 +47,24 @@ def _refused(r: Retriever, doc: DocumentIn, field: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", "a\nb", "a\x7fb", "a\u202eb", "a\u2028b", "a\u200bb", "x" * (ID_MAX_CHARS + 1)],
+    [
+        "",
+        "   ",
+        "a\nb",
+        "a\x7fb",
+        "a\u202eb",
+        "a\u2028b",
+        "a\u200bb",
+        "x" * (ID_MAX_CHARS + 1),
+        "a\u00a0b",  # a look-alike of "a b"
+        "a\u3000b",
+        "\ufffd\ufffd",  # what undecodable bytes in a URL became
+        "a\ud800b",
+        ".",
+        "..",
+        "a/../b",
+        "docs/.",
+    ],
 )
 def test_ids_are_printable_and_bounded(r: Retriever, bad: str) -> None:
     _refused(r, DocumentIn("text", bad), "id")
@@ -55,7 +72,7 @@ def test_ids_are_printable_and_bounded(r: Retriever, bad: str) -> None:
 
 
 def test_an_id_at_its_bound_and_unicode_ids_are_kept(r: Retriever) -> None:
-    for doc_id in ("x" * ID_MAX_CHARS, "guides/zh/启动.txt", "naïve café"):
+    for doc_id in ("x" * ID_MAX_CHARS, "guides/zh/启动.txt", "naïve café", "a..b/.c", "😀"):
         r.upsert(DocumentIn("text", doc_id))
         assert r.get(doc_id).id == doc_id
 
@@ -63,6 +80,17 @@ def test_an_id_at_its_bound_and_unicode_ids_are_kept(r: Retriever) -> None:
 def test_text_is_bounded(r: Retriever) -> None:
     _refused(r, DocumentIn("x" * (TEXT_MAX_CHARS + 1), "big"), "text")
     _refused(r, DocumentIn(" \n", "blank"), "text")
+    _refused(r, DocumentIn("bad \ud800 text", "surrogate"), "text")  # was a 500 at hashing
+    assert len(r) == 0
+
+
+def test_metadata_strings_and_keys_are_valid_unicode_without_controls(r: Retriever) -> None:
+    _refused(r, DocumentIn("t", "d", {"x": "a\ud800"}), "metadata.x")
+    _refused(r, DocumentIn("t", "d", {"x": ["ok", "\udfff"]}), "metadata.x[1]")
+    _refused(r, DocumentIn("t", "d", {"a\x00": 1}), "metadata")
+    _refused(r, DocumentIn("t", "d", {"\ud800": 1}), "metadata")
+    r.upsert(DocumentIn("t", "d", {"emoji": "😀", "with tab": "a\tb"}))
+    assert r.get("d").metadata == {"emoji": "😀", "with tab": "a\tb"}
 
 
 def test_metadata_depth_size_keys_and_numbers_are_bounded(r: Retriever) -> None:
@@ -125,7 +153,7 @@ def _depth(value: Any) -> int:
 def test_rows_that_break_the_bounds_stay_readable(tmp_path: Path) -> None:
     folder = tmp_path / "idx"
     r = Retriever(folder, FakeEmbedder())
-    for doc_id in ("deep", "list", "broken", "bidi"):
+    for doc_id in ("deep", "list", "broken", "bidi", "lone"):
         r.upsert(DocumentIn(f"apt packages {doc_id}", doc_id, {"ok": True}))
     r.close()
     deep = nested(300)
@@ -134,6 +162,7 @@ def test_rows_that_break_the_bounds_stay_readable(tmp_path: Path) -> None:
     plant_row(folder, "list", "[1, 2]")
     plant_row(folder, "broken", '{"a": ')
     plant_row(folder, "bidi", json.dumps({"tag": ["apt"]}), new_id="evil\u202ename")
+    plant_row(folder, "lone", '{"x": "a\\ud800b", "\\udc00": 1}')  # lone surrogates
 
     r = Retriever(folder, FakeEmbedder())
     got = r.get("deep").metadata
@@ -143,9 +172,11 @@ def test_rows_that_break_the_bounds_stay_readable(tmp_path: Path) -> None:
         clipped = clipped["a"]
     assert json.loads(clipped["a"]) == nested(300 - READ_MAX_DEPTH)  # nothing lost: its JSON
     assert r.get("list").metadata == {RAW_METADATA_KEY: "[1, 2]"}
+    lone = r.get("lone").metadata
+    assert lone == {"x": "a\ufffdb", "\ufffd": 1} and json.dumps(lone, ensure_ascii=False).encode()
     assert r.get("broken").metadata == {RAW_METADATA_KEY: '{"a": '}
     assert r.get("evil\u202ename").metadata == {"tag": ["apt"]}
-    assert len(r.documents(0, 10)) == 4
+    assert len(r.documents(0, 10)) == 5
     hits = r.search("apt packages", 10, filters={"tag": "apt"})
     assert sorted(h.doc_id for h in hits) == ["deep", "evil\u202ename"]
     assert len(r.search("apt packages", 10, filters={RAW_METADATA_KEY: "[1, 2]"})) == 1
