@@ -2,23 +2,25 @@
 
 A plain file becomes one document whose id is its path relative to the folder given (so
 re-ingesting a folder updates documents instead of duplicating them). A jsonl line is
-``{"id", "text", "metadata"}`` or BEIR's ``{"_id", "title", "text"}``; lines are split on
-``\n`` only (a JSON string may hold U+2028 or other characters ``str.splitlines`` would split
-on). Every document is checked as the index will check it (``retriever.index.check_document``:
-printable ids, bounded text and metadata), so unreadable input is reported per file, and per
-line of a jsonl file (``name:line``), never fatal to the rest. Knows nothing of chunking.
+``{"id", "text", "metadata"}`` or BEIR's ``{"_id", "title", "text"}``, read by
+``retriever.jsonl`` as every JSONL input is (lines split on ``\n`` only, each decoded alone).
+Every document is checked as the index will check it (ids by ``retriever.validation.check_id``,
+text and metadata by ``retriever.index.check_document``), so unreadable input is reported per
+file, and per line of a jsonl file (``name:line``), never fatal to the rest. Knows nothing of
+chunking.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from retriever import jsonl
 from retriever.errors import InvalidDocument
 from retriever.index import DocumentIn, check_document
+from retriever.validation import ID_MAX_CHARS, check_id
 
 SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
 TITLE_MAX_CHARS = 1000  # a page's title is metadata: keep it well inside the metadata bound
@@ -106,10 +108,23 @@ def load_file(path: Path, root: Path) -> Iterator[DocumentIn | LoadError]:
 
 
 def safe_name(name: str) -> str:
-    """A client-supplied file name made safe as an id: no directories, no control characters."""
+    """A client-supplied file name made safe as an id: no directories, only characters
+    ``check_id`` accepts, no leading dot, and at most ``ID_MAX_CHARS`` with its suffix kept."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in base if c.isprintable()).strip().lstrip(".") or "upload.txt"
-    return base[:200]
+    base = "".join(c for c in base if _id_char(c)).strip().lstrip(".").strip() or "upload.txt"
+    if len(base) > ID_MAX_CHARS:
+        suffix = Path(base).suffix[:16]
+        base = base[: ID_MAX_CHARS - len(suffix)] + suffix
+    return base
+
+
+def _id_char(ch: str) -> bool:
+    """Whether ``check_id`` takes ``ch`` inside an id."""
+    try:
+        check_id(f"x{ch}")
+    except ValueError:
+        return False
+    return True
 
 
 def load_bytes(name: str, data: bytes) -> list[DocumentIn | LoadError]:
@@ -117,12 +132,15 @@ def load_bytes(name: str, data: bytes) -> list[DocumentIn | LoadError]:
     suffix = Path(name).suffix.lower()
     if suffix not in SUFFIXES:
         return [LoadError(name, f"unsupported file type {suffix or '(none)'}")]
+    if suffix == ".jsonl":
+        return list(_jsonl(data, name))
     try:
+        check_id(name)
         raw = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return [LoadError(name, f"unreadable: not UTF-8 ({exc.reason})")]
-    if suffix == ".jsonl":
-        return list(_jsonl(raw, name))
+    except ValueError as exc:
+        return [LoadError(name, str(exc))]
     title, text = html_to_text(raw) if suffix in {".html", ".htm"} else (_md_title(raw), raw)
     if not text.strip():
         return [LoadError(name, "empty document")]
@@ -140,35 +158,27 @@ def _checked(doc: DocumentIn, where: str) -> DocumentIn | LoadError:
     return doc
 
 
-def lines(raw: str) -> Iterator[tuple[int, str]]:
-    """(1-based number, text) of each line of a JSONL text, split on ``\n`` only; a trailing
-    ``\r`` and a leading byte-order mark are dropped."""
-    for n, line in enumerate(raw.removeprefix("\ufeff").split("\n"), 1):
-        yield n, line.removesuffix("\r")
-
-
-def _jsonl(raw: str, source: str) -> Iterator[DocumentIn | LoadError]:
-    for n, line in lines(raw):
-        if not line.strip():
+def _jsonl(data: bytes, source: str) -> Iterator[DocumentIn | LoadError]:
+    for line in jsonl.read_bytes(data):
+        where = f"{source}:{line.number}"
+        row = line.record
+        if row is None:
+            yield LoadError(where, line.problem)
             continue
-        where = f"{source}:{n}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            yield LoadError(where, f"invalid JSON: {exc}")
-            continue
-        except RecursionError:
-            yield LoadError(where, "invalid JSON: nested too deeply")
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        if not isinstance(row.get("text"), str):
             yield LoadError(where, "a line needs a string field 'text'")
             continue
         doc_id = row.get("id", row.get("_id"))
         if isinstance(doc_id, bool) or not isinstance(doc_id, str | int | None):
             yield LoadError(where, "id: must be a string")
             continue
-        if doc_id is not None and str(doc_id).isprintable() and len(str(doc_id)) <= 256:
-            where = f"{where} ({doc_id})"  # a printable id helps find the line; others do not
+        if doc_id is not None:
+            try:
+                doc_id = check_id(str(doc_id))
+            except ValueError as exc:
+                yield LoadError(where, str(exc))
+                continue
+            where = f"{where} ({doc_id})"  # a valid id helps find the line
         if not row["text"].strip():
             yield LoadError(where, "document text is empty")
             continue
@@ -178,9 +188,5 @@ def _jsonl(raw: str, source: str) -> Iterator[DocumentIn | LoadError]:
             continue
         if row.get("title"):
             meta = {**meta, "title": row["title"]}
-        doc = DocumentIn(
-            text=row["text"],
-            id=str(doc_id) if doc_id is not None else None,
-            metadata={"source": source, **meta},
-        )
+        doc = DocumentIn(text=row["text"], id=doc_id, metadata={"source": source, **meta})
         yield _checked(doc, where)
