@@ -4,12 +4,14 @@ A ``System`` is one mode with its adapter: a retrieving mode (rag, hybrid) puts 
 first k passages in the serving prompt, the others ask the question alone; a mode that needs an
 adapter (ft, hybrid) decodes with its fine-tuned adapter, the others with the base model. The
 service's answering pipeline builds each prompt and submits it (``Pipeline.given`` with the
-passages retrieved once per question, then ``Pipeline.submit``). ``System.answer`` answers a
-list of questions, in order; every system answers through the run's one ``Decoder``, the
-batched generation engine with the run's greedy budget: prompts of like length are submitted
-together (less padding in each prefill), answers come back in the questions' order, a stop
-request raises ``tuner.hooks.Cancelled`` (cancelling what is still queued), and each question
-answered is counted for the progress.
+passages retrieved once per question, then ``Pipeline.submit``); the prompt and the answer fit
+the model's context (passages that do not are dropped or cut short), and each answer carries
+the passages its prompt held (``Answer.shown``), which are what its citations can name.
+``System.answer`` answers a list of questions, in order; every system answers through the run's
+one ``Decoder``, the batched generation engine with the run's greedy budget: prompts of like
+length are submitted together (less padding in each prefill), answers come back in the
+questions' order, a stop request raises ``tuner.hooks.Cancelled`` (cancelling what is still
+queued), and each question answered is counted for the progress.
 
 ``generate`` is the run's generation stage: it loads the generator and the adapters once, runs
 the forgetting probe (before the engine starts), every system's answers, then the injection
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from eval import probes, stats
@@ -51,6 +53,7 @@ class Answer:
     text: str
     tokens: int
     latency_s: float
+    shown: list[Hit] = field(default_factory=list)  # the passages the prompt held, in order
 
 
 class Decoder:
@@ -87,7 +90,7 @@ class Decoder:
         out: dict[int, Answer] = {}
         try:
             for i in order:
-                out[i] = self._wait(jobs[i])
+                out[i] = replace(self._wait(jobs[i]), shown=list(prepared[i].hits))
                 if count:
                     self._count()
         except BaseException:
@@ -125,7 +128,8 @@ class System:
         return self.prepare(question, hits, self.decoder.max_new_tokens).prompt
 
     def prepare(self, question: str, hits: Sequence[Hit], max_new_tokens: int) -> Prepared:
-        """The ask as the answering pipeline prepares it, with retrieval already done."""
+        """The ask as the answering pipeline prepares it, with retrieval already done: the
+        first k of ``hits``, less those that do not fit the model's context."""
         ask = Ask.question(question, mode=self.mode, k=self.k)
         shown = hits[: self.k] if retrieves(self.mode) else []
         return self.decoder.pipeline.given(ask, shown, self.adapter, max_new_tokens)

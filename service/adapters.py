@@ -9,7 +9,8 @@ with the engine).
 A request holds the adapter it runs with (``use``): loaded on first use, at most ``max_loaded``
 at once, the least recently used one unloaded to make room. An adapter some request still holds
 (picked, queued or generating) is never unloaded to make room; when every loaded one is held,
-``AdaptersBusy`` says to retry.
+``AdaptersBusy`` says to retry. Nor is it unloaded or deleted by an admin: ``AdapterInUse``
+refuses that until its requests finish. Loads and unloads run one at a time.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VIRTUAL = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")  # PEFT types that add prompt tokens
 
 
 class AdapterNotFound(LookupError):
@@ -37,6 +39,14 @@ class AdapterNotFound(LookupError):
 
 class AdaptersBusy(RuntimeError):
     """Every loaded adapter is held by a running request and no more may be loaded."""
+
+
+class AdapterInUse(RuntimeError):
+    """An adapter a request holds (picked, queued or generating) cannot be unloaded now."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"adapter {name!r} is in use by a request; retry once its requests finish")
+        self.name = name
 
 
 class Use:
@@ -63,7 +73,7 @@ class AdapterSet:
         self._book = threading.Lock()  # guards the use bookkeeping below
         self._uses: dict[str, weakref.WeakSet[Use]] = {}
         self._last_used: dict[str, int] = {}
-        self._leaving: set[str] = set()  # being unloaded to make room: no new holds
+        self._leaving: set[str] = set()  # being unloaded: no new holds
         self._clock = itertools.count()
         self._waiting = 0  # loads/unloads waiting for the lock: the engine stops taking joins
         self._count = threading.Lock()
@@ -116,14 +126,27 @@ class AdapterSet:
     def loaded(self) -> list[str]:
         return sorted(self._loaded)
 
-    def use(self, name: str, max_loaded: int | None = None) -> Use:
-        """Hold ``name`` for one request, loading it first if needed (making room within
-        ``max_loaded``, else the set's own bound). Two first uses at once load it once."""
+    def virtual_tokens(self, name: str) -> int:
+        """Prompt positions ``name`` adds in front of every prompt (prefix, prompt and
+        p-tuning: its ``num_virtual_tokens``); 0 for other kinds."""
+        try:
+            path = self.folder(name) / "adapter_config.json"
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (AdapterNotFound, OSError, ValueError):
+            return 0
+        if not isinstance(config, dict) or config.get("peft_type") not in VIRTUAL:
+            return 0
+        tokens = config.get("num_virtual_tokens")
+        return tokens if isinstance(tokens, int) and tokens > 0 else 0
+
+    def use(self, name: str) -> Use:
+        """Hold ``name`` for one request, loading it first if needed (making room within the
+        set's bound). Two first uses at once load it once."""
         hold = self._hold(name)
         if hold is not None:
             return hold
         with self._loading:
-            self.load(name, max_loaded)
+            self.load(name)
             hold = self._hold(name)
         if hold is None:  # unloaded by an admin between the load and the hold
             raise AdapterNotFound(name, "not loaded")
@@ -156,21 +179,23 @@ class AdapterSet:
                 self._leaving.add(victim)
             try:
                 log.info("adapter %s unloaded to make room (least recently used)", victim)
-                self.unload(victim)
+                self._unload(victim)
+            except AdapterNotFound:
+                pass  # already gone: the room is made all the same
             finally:
                 with self._book:
                     self._leaving.discard(victim)
 
-    def load(self, name: str, max_loaded: int | None = None) -> None:
+    def load(self, name: str) -> None:
         """Load ``name`` (nothing to do when loaded), first unloading the least recently used
-        idle adapters beyond ``max_loaded`` (else the set's own bound)."""
+        idle adapters beyond the set's bound."""
         from peft import PeftModel
 
         path = self.folder(name)
         with self._loading:
             if name in self._loaded:
                 return
-            self._make_room(max_loaded if max_loaded is not None else self.max_loaded)
+            self._make_room(self.max_loaded)
             self._load(name, path, PeftModel)
 
     def _load(self, name: str, path: Path, peft_model: Any) -> None:
@@ -191,7 +216,29 @@ class AdapterSet:
             self.generation += 1
             log.info("adapter %s loaded from %s", name, path)
 
-    def unload(self, name: str) -> None:
+    def unload(
+        self, name: str, *, missing_ok: bool = False, before: Callable[[], Any] | None = None
+    ) -> None:
+        """Unload ``name``; ``AdapterInUse`` while a request holds it. ``before`` runs once no
+        request holds it and none can take a hold (a deletion from the registry), then the
+        unload; ``missing_ok``: nothing to unload is no error."""
+        with self._loading:
+            with self._book:
+                if name in self._leaving or self.in_use(name):
+                    raise AdapterInUse(name)
+                if name not in self._loaded and not missing_ok:
+                    raise AdapterNotFound(name, "not loaded")
+                self._leaving.add(name)
+            try:
+                if before is not None:
+                    before()
+                if name in self._loaded:
+                    self._unload(name)
+            finally:
+                with self._book:
+                    self._leaving.discard(name)
+
+    def _unload(self, name: str) -> None:
         with self._changing():
             if name not in self._loaded:
                 raise AdapterNotFound(name, "not loaded")

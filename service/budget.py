@@ -3,9 +3,11 @@
 The templated prompt (the chat template applied, counted with the engine's own
 ``encode_chat``, so the count is the ids the engine will prefill) must fit the per-request
 budget (``Limits.max_prompt_tokens``), and the prompt plus the answer's ``max_new_tokens`` must
-fit the model's context. Passages that do not fit are dropped, lowest-ranked first; the first
-one that does not fit whole is cut short at a word boundary when some of it fits. A cut passage
-keeps its start and its end moves back, so its span and text are exactly what the prompt held.
+fit the model's context, less the positions a prompt-learning adapter (prefix, prompt or
+p-tuning) puts in front of every prompt. Passages that do not fit are dropped, lowest-ranked
+first; the first one that does not fit whole is cut short at a word boundary when some of it
+fits. A cut passage keeps its start and its end moves back, so its span and text are exactly
+what the prompt held.
 When the prompt does not fit even with no passages, ``PromptTooLong`` carries the count.
 
 Knows nothing of HTTP, of how passages are retrieved or how the prompt is worded: the caller
@@ -42,12 +44,13 @@ class Budget:
     encode: Callable[[Messages], list[int]]  # the engine's chat template + tokenizer
     max_prompt_tokens: int  # the per-request budget
     context: int | None = None  # the model's context in tokens; None: unknown
+    reserved: int = 0  # context positions the adapter takes (its virtual tokens)
 
     def room(self, max_new_tokens: int) -> int:
         """Tokens the prompt may take next to an answer of ``max_new_tokens``."""
         if self.context is None:
             return self.max_prompt_tokens
-        return min(self.max_prompt_tokens, self.context - max_new_tokens)
+        return min(self.max_prompt_tokens, self.context - self.reserved - max_new_tokens)
 
     def count(self, messages: Messages) -> int:
         return len(self.encode(messages))

@@ -6,8 +6,10 @@ in-process ``ragtune ask`` and the eval harness's generation. The answering mode
 once (``MODES``): rag and hybrid retrieve, ft and hybrid run a fine-tuned adapter. The limit
 checks are written once (``check``), each caller naming its own fields (``Surface``). The prompt
 is fitted to the token budget (``service.budget``): passages that do not fit are dropped or cut
-short, and the citations name only what the prompt held. A named adapter in the registry is
-loaded on first use (``AdapterChoice``).
+short, and the citations name only what the prompt held; user text alone over the budget is a
+422 before any adapter is loaded or passage retrieved. A named adapter in the registry is
+loaded on first use (``AdapterChoice``); the eval harness's prompts (``given``) are fitted to
+the model's context only.
 
 It knows nothing of HTTP (callers format the response) nor of how the engine batches, how the
 index searches or how an adapter is stored. Its errors are ``ServiceError`` with a status and a
@@ -16,6 +18,7 @@ code; the app maps them to responses, the CLI to one-line exits.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -239,39 +242,41 @@ def prompt(mode: AnswerMode, messages: Messages, hits: Sequence[Hit]) -> Message
 class AdapterChoice:
     """Which adapter a request runs with: the one named; for ft and hybrid without one, the
     promoted adapter, else the only one loaded; base and rag run on the base model unless one
-    is named. An adapter the registry holds is loaded on first use, at most ``max_loaded`` at
-    once (the least recently used idle one is unloaded to make room)."""
+    is named. An adapter the registry holds is loaded on first use, within the adapter set's
+    bound (the least recently used idle one is unloaded to make room)."""
 
     def __init__(
-        self,
-        adapters: AdapterSet | None,
-        registry: Registry,
-        on_load: Any = None,
-        max_loaded: int | None = None,
+        self, adapters: AdapterSet | None, registry: Registry, on_load: Any = None
     ) -> None:
         self.adapters, self.registry, self.on_load = adapters, registry, on_load
-        self.max_loaded = max_loaded
 
     def loaded(self) -> list[str]:
         return [str(a) for a in self.adapters.loaded()] if self.adapters is not None else []
 
     def pick(self, mode: AnswerMode, adapter: str | None) -> Use | None:
         """The hold on the adapter the request runs with (None: the base model)."""
-        name = self._name(mode, adapter)
-        return None if name is None else self._use(name)
+        name = self.name(mode, adapter)
+        return None if name is None else self.hold(name)
 
-    def _name(self, mode: AnswerMode, adapter: str | None) -> str | None:
-        if adapter is not None:
-            return adapter
-        if not mode.uses_adapter:
-            return None
-        promoted = self.promoted()
-        if promoted is not None:
-            return promoted
-        loaded = self.loaded()
-        if len(loaded) == 1:
-            return loaded[0]
-        raise _no_adapter(mode.name, loaded)
+    def name(self, mode: AnswerMode, adapter: str | None) -> str | None:
+        """The adapter the request runs with (None: the base model), not loaded yet; 404 for a
+        name the registry does not hold as a generator adapter."""
+        if adapter is None:
+            if not mode.uses_adapter:
+                return None
+            adapter = self.promoted()
+        if adapter is None:
+            loaded = self.loaded()
+            if len(loaded) != 1:
+                raise _no_adapter(mode.name, loaded)
+            adapter = loaded[0]
+        if adapter not in self.loaded():
+            self._check_servable(adapter)
+        return adapter
+
+    def virtual_tokens(self, name: str | None) -> int:
+        """Context positions ``name`` puts in front of every prompt (0 for the base model)."""
+        return 0 if name is None or self.adapters is None else self.adapters.virtual_tokens(name)
 
     def promoted(self) -> str | None:
         if self.adapters is None:
@@ -279,13 +284,12 @@ class AdapterChoice:
         record = self.registry.promoted()
         return None if record is None or not record.servable else str(record.id)
 
-    def _use(self, name: str) -> Use:
+    def hold(self, name: str) -> Use:
+        """Hold ``name`` for the request, loading it on first use."""
         assert self.adapters is not None
         before = self.loaded()
-        if name not in before:
-            self._check_servable(name)
         try:
-            use = self.adapters.use(name, self.max_loaded)
+            use = self.adapters.use(name)
         except AdaptersBusy as exc:
             raise ServiceError(503, "adapters_busy", str(exc), {"retry_after": 1}) from None
         if self.on_load is not None and self.loaded() != before:
@@ -329,7 +333,8 @@ def _no_adapter(mode: str, loaded: list[str]) -> ServiceError:
 
 
 class Pipeline:
-    """check -> pick the adapter -> retrieve -> prompt -> fit the budget -> submit.
+    """check -> name the adapter -> the user's text against the budget -> hold (load) the
+    adapter -> retrieve -> prompt -> fit the budget -> submit.
 
     ``engine`` may be None until ``submit`` (the CLI closes the index before it loads the
     generator): the prompt is then fitted at ``submit``. ``retriever`` may be None when no mode
@@ -352,21 +357,19 @@ class Pipeline:
         to the token budget when the engine is known."""
         max_new = check(self.limits, ask, surface)
         mode = answer_mode(ask.mode)
-        use = self._adapter(mode, ask.adapter)
+        name = self._adapter(mode, ask.adapter)
+        prepared = Prepared(ask, mode, name, [], prompt(mode, ask.messages, []), max_new)
+        prepared.surface = surface
+        if self.engine is not None:  # a 422 costs no adapter load and no search
+            self._fit_bare(prepared, self.budget(name))
+        if name is not None:
+            assert self.adapters is not None
+            prepared.use = self.adapters.hold(name)
         t0 = time.perf_counter()
-        hits = self.search(ask) if mode.retrieves and ask.query else []
-        seconds = time.perf_counter() - t0 if mode.retrieves else 0.0
-        prepared = Prepared(
-            ask,
-            mode,
-            use.name if use is not None else None,
-            hits,
-            prompt(mode, ask.messages, hits),
-            max_new,
-            seconds,
-            surface,
-            use=use,
-        )
+        if mode.retrieves and ask.query:
+            prepared.hits = self.search(ask)
+            prepared.prompt = prompt(mode, ask.messages, prepared.hits)
+            prepared.retrieve_s = time.perf_counter() - t0
         return self.fit(prepared) if self.engine is not None else prepared
 
     async def aprepare(self, ask: Ask, surface: Surface = QUERY) -> Prepared:
@@ -382,40 +385,63 @@ class Pipeline:
         hits = self.retriever.search(ask.query or "", ask.k, ask.search, ask.filters, self.reranker)
         return list(hits)
 
-    def budget(self) -> Budget:
-        """How prompts are counted (the engine's own template and tokenizer) and bounded."""
+    def budget(self, adapter: str | None = None, limited: bool = True) -> Budget:
+        """How prompts are counted (the engine's own template and tokenizer) and bounded: by
+        ``max_prompt_tokens`` when ``limited``, and by the model's context less what
+        ``adapter`` puts in front of every prompt."""
         if self.engine is None:
             raise ValueError("this pipeline has no engine to count tokens with")
+        if self.adapters is not None:
+            reserved = self.adapters.virtual_tokens(adapter)
+        elif adapter is not None and getattr(self.engine, "adapters", None) is not None:
+            reserved = self.engine.adapters.virtual_tokens(adapter)  # the eval harness's set
+        else:
+            reserved = 0
         return Budget(
             self.engine.encode_chat,
-            self.limits.max_prompt_tokens,
+            self.limits.max_prompt_tokens if limited else sys.maxsize,
             context_length(self.engine.generator.model),
+            reserved,
         )
 
-    def fit(self, prepared: Prepared) -> Prepared:
+    def fit(self, prepared: Prepared, budget: Budget | None = None) -> Prepared:
         """``prepared`` with only the passages that fit the token budget (lowest-ranked dropped
         first, the last kept maybe cut short); 422 when the prompt is over it with none."""
         if prepared.fitted:
             return prepared
-        budget, surface = self.budget(), prepared.surface
-        if prepared.ask.max_new_tokens is None and budget.context is not None:
-            # an answer length the caller did not set takes at most half the context
-            prepared.max_new_tokens = min(prepared.max_new_tokens, budget.context // 2)
-        room = budget.room(prepared.max_new_tokens)
-        if room < 1:
-            name = surface.max_new_field
-            raise ServiceError(
-                422,
-                f"{name}_too_large",
-                f"{name} must be < {budget.context}, the model's context in tokens",
-            )
+        budget = budget or self.budget(prepared.adapter)
+        room = self._room(prepared, budget)
         mode, messages = prepared.mode, prepared.ask.messages
         try:
             hits, shown, _ = fit(budget, room, lambda h: prompt(mode, messages, h), prepared.hits)
         except PromptTooLong as exc:
-            raise _over_budget(surface.prompt_field, exc, budget, prepared.max_new_tokens) from None
+            raise _over_budget(prepared, exc, budget) from None
         prepared.hits, prepared.prompt, prepared.fitted = hits, shown, True
         return prepared
+
+    def _fit_bare(self, prepared: Prepared, budget: Budget) -> None:
+        """422 when the prompt is over the budget with no passages at all."""
+        room = self._room(prepared, budget)
+        try:
+            fit(budget, room, lambda _: prompt(prepared.mode, prepared.ask.messages, []), [])
+        except PromptTooLong as exc:
+            raise _over_budget(prepared, exc, budget) from None
+
+    def _room(self, prepared: Prepared, budget: Budget) -> int:
+        """Tokens the prompt may take; an answer length the caller did not set is first cut to
+        at most half the context. 422 when the answer alone fills the context."""
+        if prepared.ask.max_new_tokens is None and budget.context is not None:
+            prepared.max_new_tokens = min(prepared.max_new_tokens, budget.context // 2)
+        room = budget.room(prepared.max_new_tokens)
+        if room < 1:
+            name = prepared.surface.max_new_field
+            raise ServiceError(
+                422,
+                f"{name}_too_large",
+                f"{name} must be < {budget.context}, the model's context in tokens"
+                + (f" less the adapter's {budget.reserved}" if budget.reserved else ""),
+            )
+        return room
 
     def submit(self, prepared: Prepared) -> Answer:
         """Queue the prepared ask on the engine; the answer's request streams its text."""
@@ -434,6 +460,13 @@ class Pipeline:
             )
         except ValueError as exc:  # a seed, temperature or stop the engine cannot take
             raise ServiceError(422, "invalid_request", str(exc)) from None
+        except LookupError:  # its adapter was unloaded since it was chosen
+            raise ServiceError(
+                503,
+                "adapter_unloaded",
+                f"adapter {prepared.adapter!r} was unloaded before the request ran; retry",
+                {"retry_after": 1},
+            ) from None
         if prepared.use is not None:
             prepared.use.request = request  # the adapter stays loaded until it finishes
         return Answer(prepared, request, time.perf_counter())
@@ -442,34 +475,48 @@ class Pipeline:
         self, ask: Ask, hits: Sequence[Hit], adapter: str | None, max_new_tokens: int
     ) -> Prepared:
         """A prepared ask whose passages and adapter the caller chose (the eval harness
-        retrieves once per question and names each mode's adapter); no limits apply, the
-        token budget included."""
+        retrieves once per question and names each mode's adapter). No request limits apply,
+        but the prompt and the answer must fit the model's context: passages that do not are
+        dropped or cut short as ``prepare`` does, and ``hits`` are then what the prompt holds."""
         mode = answer_mode(ask.mode)
         shown = list(hits) if mode.retrieves else []
-        return Prepared(
-            ask,
-            mode,
-            adapter,
-            shown,
-            prompt(mode, ask.messages, shown),
-            max_new_tokens,
-            fitted=True,
+        prepared = Prepared(
+            ask, mode, adapter, shown, prompt(mode, ask.messages, shown), max_new_tokens
         )
+        return self.fit(prepared, self.budget(adapter, limited=False))
 
-    def _adapter(self, mode: AnswerMode, adapter: str | None) -> Use | None:
+    def _adapter(self, mode: AnswerMode, adapter: str | None) -> str | None:
         if self.adapters is None:
             if adapter is not None or mode.uses_adapter:
                 raise _no_adapter(mode.name, [])
             return None
-        return self.adapters.pick(mode, adapter)
+        return self.adapters.name(mode, adapter)
 
 
-def _over_budget(field_name: str, exc: PromptTooLong, budget: Budget, max_new: int) -> ServiceError:
-    """The 422 for user text that alone is over the prompt's room, with both counts."""
+def _over_budget(prepared: Prepared, exc: PromptTooLong, budget: Budget) -> ServiceError:
+    """The 422 for a prompt over its room with no passages, with both counts. When the prompt
+    alone would fit but not next to the answer, it names the answer length."""
+    surface, max_new = prepared.surface, prepared.max_new_tokens
+    reserved = f" and {budget.reserved} for the adapter" if budget.reserved else ""
+    left = (budget.context or 0) - budget.reserved - exc.tokens  # for the answer
+    if exc.tokens <= budget.max_prompt_tokens and left >= 1:
+        name = surface.max_new_field
+        return ServiceError(
+            422,
+            f"{name}_too_large",
+            f"{name}: the prompt is {exc.tokens} tokens with no passages, so at most {left} "
+            f"are left for the answer in the model's context of {budget.context} tokens"
+            f"{reserved}; got {max_new}",
+            {"prompt_tokens": exc.tokens, "max_new_tokens": left},
+        )
     if exc.room == budget.max_prompt_tokens:
         bound = f"the per-request prompt budget (max_prompt_tokens) is {budget.max_prompt_tokens}"
     else:
-        bound = f"the model's context of {budget.context} tokens less {max_new} for the answer"
+        bound = (
+            f"the model's context of {budget.context} tokens less {max_new} for the answer"
+            f"{reserved}"
+        )
+    field_name = surface.prompt_field
     return ServiceError(
         422,
         f"{field_name}_too_long",

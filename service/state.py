@@ -89,12 +89,7 @@ class AppState:
             engine=self.engine,
             retriever=self.retriever,
             reranker=self.reranker,
-            adapters=AdapterChoice(
-                self.adapters,
-                self.registry(),
-                self.metrics.adapters.set,
-                max_loaded=self.settings.limits.max_loaded_adapters,
-            ),
+            adapters=AdapterChoice(self.adapters, self.registry(), self.metrics.adapters.set),
         )
 
     def model_ids(self) -> list[str]:

@@ -28,6 +28,7 @@ import math
 import queue
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from service.generation.kvcache import (
@@ -146,16 +147,28 @@ class GenerationEngine:
             try:
                 jobs = [first, *self._take(first.adapter, self.max_batch - 1, self.gather_s)]
                 self._inflight = list(jobs)
-                if self.adapters is None:
-                    self._serve(first.adapter, jobs)
-                else:
-                    with self.adapters.active(first.adapter):
-                        self._serve(first.adapter, jobs)
+                self._batch(first.adapter, jobs)
             except BaseException:  # noqa: BLE001 - the engine thread outlives any fault
                 log.exception("generation failed for %d requests", len(self._inflight))
                 for j in self._inflight:
                     self._fail(j)
             self._inflight = []
+
+    def _batch(self, adapter: str | None, jobs: list[GenerationRequest]) -> None:
+        """Serve ``jobs`` with ``adapter`` active. If it was unloaded since they were submitted,
+        they (all for that adapter) fail with a one-line error."""
+        if self.adapters is None:
+            self._serve(adapter, jobs)
+            return
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self.adapters.active(adapter))
+            except LookupError as exc:
+                log.warning("%d requests failed: %s", len(jobs), exc)
+                for j in jobs:
+                    self._fail(j, f"adapter {adapter!r} is no longer loaded; retry")
+                return
+            self._serve(adapter, jobs)
 
     def _take(self, adapter: str | None, room: int, gap: float | None) -> list[GenerationRequest]:
         """Up to ``room`` waiting jobs for ``adapter``, held-back ones first, then from the queue.
@@ -232,9 +245,9 @@ class GenerationEngine:
         job.deltas.put(None)
         job.done.set()
 
-    def _fail(self, job: GenerationRequest) -> None:
+    def _fail(self, job: GenerationRequest, why: str = "") -> None:
         if not job.done.is_set():
-            job.error = GenerationFailed("generation failed; the server log has the details")
+            job.error = GenerationFailed(why or "generation failed; the server log has the details")
             self._finish(job, "error")
 
     def _fault(self, job: GenerationRequest, where: str) -> None:

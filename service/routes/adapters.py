@@ -1,8 +1,14 @@
 """/v1/adapters: the registry's adapters (lineage, metrics, stale and promoted flags), loading
-and unloading them at runtime, promotion and deletion (admin)."""
+and unloading them at runtime, promotion and deletion (admin). An adapter a request holds is
+neither unloaded nor deleted (409 ``adapter_in_use``). Base models are shown by public name,
+never by folder."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -10,12 +16,15 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from retriever.errors import DocumentNotFound
+from service.adapters import AdapterInUse
 from service.auth import Admin, Reader
 from service.deps import State
 from service.errors import ServiceError
+from service.runtime import public_name
 from service.state import AppState
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+HUB_OR_PRESET = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "smollm2", "HuggingFaceTB/SmolLM2-135M"
 
 
 class Force(BaseModel):
@@ -31,7 +40,7 @@ def _summary(record: Any, loaded: list[str]) -> dict[str, Any]:
         "version": record.version,
         "method": record.method,
         "component": record.component,
-        "base_model": record.base_model,
+        "base_model": _base_model(record.base_model),
         "created": record.created,
         "lineage": record.lineage,
         "metrics": metrics,
@@ -42,6 +51,13 @@ def _summary(record: Any, loaded: list[str]) -> dict[str, Any]:
         "servable": record.servable,
         "loaded": record.id in loaded,
     }
+
+
+def _base_model(name: str) -> str:
+    """The base model a record names, a folder by its last part (a preset or hub id as is)."""
+    if not name or (HUB_OR_PRESET.match(name) and not Path(name).exists()):
+        return name
+    return public_name(name)
 
 
 def _versions(state: AppState, doc_ids: list[str]) -> dict[str, Any]:
@@ -90,10 +106,24 @@ async def load(name: str, state: State, _: Admin) -> dict[str, Any]:
     return {"loaded": state.adapter_set().loaded()}
 
 
+async def _unload(
+    state: AppState, name: str, missing_ok: bool = False, before: Callable[[], Any] | None = None
+) -> None:
+    """Unload ``name`` (after ``before``) in a worker thread; 409 while a request holds it."""
+    adapters = state.adapter_set()
+    try:
+        await anyio.to_thread.run_sync(
+            lambda: adapters.unload(name, missing_ok=missing_ok, before=before)
+        )
+    except AdapterInUse as exc:
+        raise ServiceError(409, "adapter_in_use", str(exc), {"retry_after": 1}) from None
+    state.metrics.adapters.set(len(adapters.loaded()))
+
+
 @router.post("/{name}/unload")
 async def unload(name: str, state: State, _: Admin) -> dict[str, Any]:
-    await anyio.to_thread.run_sync(state.adapter_set().unload, name)
-    state.metrics.adapters.set(len(state.adapter_set().loaded()))
+    """Unload the adapter; refused (409) while a request holds it."""
+    await _unload(state, name)
     return {"loaded": state.adapter_set().loaded()}
 
 
@@ -107,16 +137,19 @@ def promote(adapter_id: str, state: State, _: Admin, body: Force | None = None) 
 
 @router.delete("/{adapter_id}")
 async def delete(adapter_id: str, state: State, _: Admin, force: bool = False) -> dict[str, Any]:
-    """Delete the adapter (the promoted one only with force) and unload it if loaded. The
-    embedder the index uses is never deleted; its rollback target only with force."""
+    """Delete the adapter (the promoted one only with force) and unload it if loaded; refused
+    (409) while a request holds it. The embedder the index uses is never deleted; its rollback
+    target only with force."""
     from service.loading import embedders_in_use
 
     role = embedders_in_use(state.settings).get(adapter_id)
     if role == "embedder" or (role and not force):
         hint = "" if role == "embedder" else "; use force to delete it anyway"
         raise ServiceError(409, "adapter_in_use", f"{adapter_id} is the index's {role}{hint}")
-    state.registry().delete(adapter_id, force=force)
-    if adapter_id in state.adapter_set().loaded():
-        await anyio.to_thread.run_sync(state.adapter_set().unload, adapter_id)
-        state.metrics.adapters.set(len(state.adapter_set().loaded()))
+    registry = state.registry()
+    if state.adapters is None:
+        registry.delete(adapter_id, force=force)
+    else:
+        remove = partial(registry.delete, adapter_id, force=force)
+        await _unload(state, adapter_id, missing_ok=True, before=remove)
     return {"deleted": adapter_id}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -35,12 +36,19 @@ class Job:
 
 
 class Engine:
-    """Answers each prompt with its last message's length; ``finish`` says whether jobs end."""
+    """Answers each prompt with its last message's length; ``finish`` says whether jobs end.
+    Counts one token a word, in a model of ``context`` tokens."""
 
-    def __init__(self, finish: bool = True) -> None:
+    def __init__(self, finish: bool = True, context: int = 4096) -> None:
         self.finish = finish
+        config = SimpleNamespace(max_position_embeddings=context)
+        self.generator = SimpleNamespace(model=SimpleNamespace(config=config))
+        self.adapters = None
         self.submitted: list[tuple[str, int, str | None]] = []
         self.jobs: list[Job] = []
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return [0 for m in messages for _ in m["content"].split()]
 
     def submit(
         self, messages: list[dict], max_new_tokens: int, adapter: Any = None, **_: Any
@@ -82,6 +90,19 @@ def test_a_retrieving_mode_prompts_with_k_passages_and_counts_retrieval_time() -
     (answer,) = rag.answer(["q"], found, max_new_tokens=3, count=False)
     assert answer.latency_s == 0.75 and engine.submitted[0][1:] == (3, "gamma-v1")
     assert rag.decoder.done == 0
+
+
+def test_passages_over_the_context_are_dropped_and_the_answer_names_those_shown() -> None:
+    engine = Engine(context=120)
+    rag = System("rag", None, 3, Decoder(engine, 8, total=1))
+    passages = [hit(" ".join([f"w{i}"] * 40)) for i in range(3)]  # 40 tokens each
+    (answer,) = rag.answer(["q"], [Retrieved(passages, 0.0)], count=False)
+    prompt = rag.prompt("q", passages)
+    assert len(engine.encode_chat(prompt)) + 8 <= 120  # the prompt and the answer fit
+    assert 1 <= len(answer.shown) < 3
+    assert [h.text for h in answer.shown] == [h.text for h in rag.prepare("q", passages, 8).hits]
+    text = " ".join(m["content"] for m in prompt)
+    assert all(h.text in text for h in answer.shown) and passages[2].text not in text
 
 
 def test_a_stop_request_cancels_every_queued_job() -> None:

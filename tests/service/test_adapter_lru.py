@@ -36,9 +36,22 @@ def client(tiny_llama: Path, registry: Path, tmp_path: Path):
     settings = Settings(
         data_dir=data, generator=str(tiny_llama), limits=Limits(max_loaded_adapters=2)
     )
-    loader = tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters")
-    with TestClient(create_app(settings, loader=loader), base_url="http://127.0.0.1") as c:
+    with TestClient(
+        create_app(settings, loader=_bounded(tiny_llama, tmp_path, data)),
+        base_url="http://127.0.0.1",
+    ) as c:
         yield c
+
+
+def _bounded(tiny_llama: Path, tmp_path: Path, data: Path):  # noqa: ANN202 - an app loader
+    """``tiny_loader`` with the adapter set bounded by the settings, as the app's loader does."""
+    tiny = tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters")
+
+    def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
+        tiny(state)
+        state.adapters.max_loaded = state.settings.limits.max_loaded_adapters
+
+    return loader
 
 
 def _ft(client: TestClient, adapter: str) -> dict:
@@ -132,3 +145,42 @@ def test_two_first_uses_at_once_load_once(tiny_llama: Path, registry: Path) -> N
         t.join(timeout=60)
     assert len(holds) == 4 and adapters.loaded() == ["gamma"]
     assert adapters.generation == 1  # one load
+
+
+def test_an_admin_unload_racing_an_eviction_fails_no_request(
+    tiny_llama: Path, registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin unloads the very adapter a first use is evicting, between its pick and its
+    unload: the first use still gets its adapter (no 404 for an unrelated request)."""
+    import service.adapters as module
+    from tuner.models import load_generator
+
+    generator = load_generator(str(tiny_llama), cache_dir=registry.parent / "m")
+    adapters = AdapterSet(generator, registry, max_loaded=1)
+    adapters.load("alpha")
+    admin: list[BaseException | None] = []
+
+    def unload_alpha() -> None:
+        try:
+            adapters.unload("alpha")
+            admin.append(None)
+        except (AdapterNotFound, RuntimeError) as exc:
+            admin.append(exc)
+
+    info = module.log.info
+
+    def racing(msg: str, *args: object) -> None:
+        if "to make room" in msg:  # the victim is picked, its unload not started
+            racer = threading.Thread(target=unload_alpha)
+            racer.start()
+            racer.join(timeout=1)  # runs to its end unless the eviction holds it off
+        info(msg, *args)
+
+    monkeypatch.setattr(module.log, "info", racing)
+    hold = adapters.use("beta")
+    assert hold.name == "beta" and adapters.loaded() == ["beta"]
+    for _ in range(100):  # the admin's unload ends too, with or without an error
+        if admin:
+            break
+        threading.Event().wait(0.05)
+    assert len(admin) == 1 and adapters.loaded() == ["beta"]

@@ -122,3 +122,106 @@ def test_promoted_adapter_serves_ft_and_stale_ones_are_marked(
     assert client.delete("/v1/adapters/gamma-v1?force=true").status_code == 200
     assert "gamma-v1" not in client.get("/v1/adapters").json()["loaded"]
     assert client.get("/v1/adapters/gamma-v1").status_code == 404
+
+
+def _state(client: TestClient):  # noqa: ANN202 - service.state.AppState
+    return client.app.state.ragtune  # type: ignore[attr-defined]
+
+
+def test_the_base_model_is_shown_by_name_not_by_folder(
+    client: TestClient, tiny_llama: Path
+) -> None:
+    listed = client.get("/v1/adapters")
+    shown = client.get("/v1/adapters/alpha")
+    assert [a["base_model"] for a in listed.json()["adapters"]] == [tiny_llama.name] * 2
+    assert shown.json()["base_model"] == tiny_llama.name
+    assert str(tiny_llama) not in listed.text + shown.text
+
+
+def test_an_adapter_a_request_holds_is_neither_unloaded_nor_deleted(client: TestClient) -> None:
+    from service.pipeline import Ask
+
+    pipeline = _state(client).pipeline()
+    prepared = pipeline.prepare(Ask.question("what is debian ?", mode="ft", adapter="alpha"))
+    for r in (client.post("/v1/adapters/alpha/unload"), client.delete("/v1/adapters/alpha")):
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "adapter_in_use"
+    assert client.get("/v1/adapters").json()["loaded"] == ["alpha"]
+    assert client.get("/v1/adapters/alpha").status_code == 200  # still in the registry
+    answer = pipeline.submit(prepared)
+    answer.request.wait(timeout=60)  # the held request runs to its end
+    assert answer.request.finish_reason in ("stop", "length")
+    del prepared, answer
+    assert client.delete("/v1/adapters/alpha").status_code == 200
+    assert client.get("/v1/adapters").json()["loaded"] == []
+    assert client.get("/v1/adapters/alpha").status_code == 404
+
+
+def test_an_adapter_gone_before_submit_is_a_503_not_a_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.errors import ServiceError
+    from service.pipeline import Ask
+
+    state = _state(client)
+    pipeline = state.pipeline()
+    prepared = pipeline.prepare(Ask.question("what is debian ?", mode="ft", adapter="alpha"))
+
+    def gone(*_: object, **__: object) -> None:
+        raise LookupError("adapter 'alpha' is not loaded")
+
+    monkeypatch.setattr(state.engine, "submit", gone)
+    with pytest.raises(ServiceError) as refused:
+        pipeline.submit(prepared)
+    assert refused.value.status == 503 and refused.value.code == "adapter_unloaded"
+    assert "'alpha'" in refused.value.message
+
+
+def test_user_text_over_the_budget_is_refused_before_its_adapter_loads(
+    client: TestClient,
+) -> None:
+    long = " ".join(["debian"] * 3000)
+    body = {"question": long[:3999], "mode": "ft", "adapter": "alpha", "max_new_tokens": 4}
+    r = client.post("/v1/query", json=body)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "question_too_long"
+    assert client.get("/v1/adapters").json()["loaded"] == []  # no load for a refused request
+
+
+def test_a_batch_whose_adapter_vanished_fails_alone_with_one_line(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from contextlib import contextmanager
+
+    from service.adapters import AdapterNotFound
+    from service.generation.engine import GenerationEngine
+    from service.generation.request import GenerationFailed
+    from tuner.models import load_generator
+
+    class Vanishing:
+        """An adapter set that says 'ghost' is loaded, but it is gone when its batch starts."""
+
+        change_waiting, generation = False, 0
+
+        def loaded(self) -> list[str]:
+            return ["ghost"]
+
+        @contextmanager
+        def active(self, name: str | None):  # noqa: ANN202
+            if name is not None:
+                raise AdapterNotFound(name, "not loaded")
+            yield
+
+    generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+    engine = GenerationEngine(generator, adapters=Vanishing())
+    try:
+        msgs = [{"role": "user", "content": "what is debian ?"}]
+        ghost = engine.submit(msgs, 4, adapter="ghost")
+        base = engine.submit(msgs, 4)
+        with pytest.raises(GenerationFailed) as failed:
+            ghost.wait(timeout=60)
+        assert "'ghost'" in str(failed.value) and "no longer loaded" in str(failed.value)
+        assert base.wait(timeout=60).finish_reason in ("stop", "length")
+        again = engine.submit(msgs, 4)  # the engine serves on
+        assert again.wait(timeout=60).finish_reason in ("stop", "length")
+    finally:
+        engine.close()

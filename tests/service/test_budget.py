@@ -153,3 +153,63 @@ def test_ragtune_ask_fits_the_budget_too(tiny_llama: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(main, ["ask", " ".join(["debian"] * 40), "--mode", "base"])
     assert result.exit_code != 0
     assert "tokens" in result.output and "30" in result.output
+
+
+def test_the_eval_harness_prompt_fits_the_context_too(tiny_llama: Path, tmp_path: Path) -> None:
+    with _client(tiny_llama, tmp_path) as client:
+        pipeline = _state(client).pipeline()
+        ranked = pipeline.search(Ask.question(QUESTION, k=6))
+        prepared = pipeline.given(Ask.question(QUESTION), ranked, None, 16)
+        assert len(_state(client).engine.encode_chat(prepared.prompt)) + 16 <= CONTEXT
+        assert 1 <= len(prepared.hits) < len(ranked)  # what the prompt holds, nothing more
+        assert all(h.text in prepared.prompt[0]["content"] for h in prepared.hits)
+
+
+def test_an_answer_too_long_for_the_context_is_blamed_on_its_length(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    question = " ".join(["debian"] * 60)  # fits max_prompt_tokens, not next to 200 new tokens
+    with _client(tiny_llama, tmp_path) as client:
+        bare = len(_state(client).engine.encode_chat([{"role": "user", "content": question}]))
+        r = client.post(
+            "/v1/query", json={"question": question, "mode": "base", "max_new_tokens": 200}
+        )
+        assert r.status_code == 422
+        error = r.json()["error"]
+        assert error["code"] == "max_new_tokens_too_large"
+        assert (
+            error["message"].startswith("max_new_tokens")
+            and f"{CONTEXT - bare}" in error["message"]
+        )
+        assert error["details"] == {"prompt_tokens": bare, "max_new_tokens": CONTEXT - bare}
+        msgs = [{"role": "user", "content": question}]
+        chat = {"model": _state(client).settings.generator, "messages": msgs, "max_tokens": 200}
+        r = client.post("/v1/chat/completions", json={**chat, "retrieval": False})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "max_tokens_too_large"
+
+
+def test_a_prompt_learning_adapter_s_virtual_tokens_take_part_of_the_context(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from service.adapters import AdapterSet
+    from service.pipeline import Pipeline
+
+    folder = tmp_path / "adapters" / "prompted"
+    folder.mkdir(parents=True)
+    config = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 100, "task_type": "CAUSAL_LM"}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(b"")  # never loaded here
+    with _client(tiny_llama, tmp_path) as client:
+        state = _state(client)
+        adapters = AdapterSet(state.generator, tmp_path / "adapters")
+        assert adapters.virtual_tokens("prompted") == 100
+        state.engine.adapters = adapters  # as the eval harness's engine has its set
+        ranked = state.pipeline().search(Ask.question(QUESTION, k=6))
+        pipeline = Pipeline(state.settings.limits, engine=state.engine)
+        prepared = pipeline.given(Ask.question(QUESTION, mode="hybrid"), ranked, "prompted", 16)
+        assert len(state.engine.encode_chat(prepared.prompt)) + 100 + 16 <= CONTEXT
+        plain = pipeline.given(Ask.question(QUESTION, mode="rag"), ranked, None, 16)
+        assert len(prepared.hits) < len(plain.hits) or prepared.hits[-1].end < plain.hits[-1].end
+        state.engine.adapters = None
