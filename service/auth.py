@@ -159,14 +159,14 @@ class Authenticate:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if (
             scope["type"] != "http"
-            or self.settings.auth_disabled
             or scope["path"] in PUBLIC_PATHS
             or scope["method"] == "OPTIONS"  # a CORS preflight carries no key
         ):
             await self.app(scope, receive, send)
             return
         try:
-            principal = self.check(scope)
+            principal = LOCAL_ADMIN if self.settings.auth_disabled else self.check(scope)
+            spend(scope["app"].state.ragtune.limiter, principal)  # 429 before any body too
         except ServiceError as exc:
             await error(exc.status, exc.code, exc.message, exc.details)(scope, receive, send)
             return
@@ -194,22 +194,24 @@ class Authenticate:
             raise
 
 
+def spend(limiter: RateLimiter, principal: Principal) -> None:
+    """One request of ``principal``'s per-key rate limit, or a 429 saying when to retry."""
+    wait = limiter.take(principal.name)
+    if wait > 0:
+        raise ServiceError(
+            429, "rate_limited", "too many requests for this key", {"retry_after": math.ceil(wait)}
+        )
+
+
 def require(scope: str):  # noqa: ANN201 - returns a FastAPI dependency
     def dependency(request: Request) -> Principal:
         state = request.app.state.ragtune
         principal = request.scope.get("state", {}).get("principal")  # set by Authenticate
-        if principal is None:  # auth off: Authenticate passed the request on unchecked
+        if principal is None:  # an app built without Authenticate in front
             principal = authenticate(state.settings, presented_key(request.headers))
+            spend(state.limiter, principal)
         if not principal.allows(scope):
             raise ServiceError(403, "forbidden", f"this key lacks the {scope!r} scope")
-        wait = state.limiter.take(principal.name)
-        if wait > 0:
-            raise ServiceError(
-                429,
-                "rate_limited",
-                "too many requests for this key",
-                {"retry_after": math.ceil(wait)},
-            )
         request.state.principal = principal
         return principal
 

@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         description="browser origins (scheme://host[:port]) allowed to send state-changing "
         "requests with auth on; none by default",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="reverse proxies (addresses) whose X-Forwarded-For names the client; none "
+        "by default: the socket's peer is the client (per-address limits key on it)",
+    )
     api_docs: bool = Field(
         False, description="serve the interactive API docs at /docs (they load assets from a CDN)"
     )
@@ -169,6 +174,19 @@ class Settings(BaseSettings):
         if v not in ("cpu", "cuda", "auto") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {v!r}")
         return v
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        """``scheme://host[:port]`` as browsers send it: lower case, no trailing slash."""
+        out = []
+        for origin in v:
+            normal = origin.strip().lower().rstrip("/")
+            scheme, sep, rest = normal.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                raise ValueError(f"allowed_origins: {origin!r} is not scheme://host[:port]")
+            out.append(normal)
+        return out
 
     @field_validator("data_dir", "models_dir", "embedder_path", "generator_path")
     @classmethod

@@ -28,7 +28,13 @@ def serve(host: str | None, port: int | None) -> None:
         raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_level)
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # X-Forwarded-For only from the proxies named: uvicorn would trust any local process's
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
     )
 
 

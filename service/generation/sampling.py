@@ -38,12 +38,16 @@ def rng(seed: int | None) -> Any:
     return g
 
 
+GREEDY_BELOW = 1e-4  # a temperature under this samples as greedy (a smaller one overflows)
+
+
 def pick(logits: Any, temperature: float, generator: Any) -> Any:
     import torch
 
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax()
-    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+    shifted = logits.float() - logits.float().max()  # the top logit 0: no inf, no NaN
+    probs = torch.softmax(shifted / temperature, dim=-1).cpu()
     return torch.multinomial(probs, 1, generator=generator)[0].to(logits.device)
 
 
