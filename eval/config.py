@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from service.bounds import (
+    BOOTSTRAP_SEED_MAX,
     EVAL_QUESTIONS_MAX,
     K_MAX,
     NEW_TOKENS_MAX,
     RESAMPLES_MAX,
     RESAMPLES_MIN,
-    SEED_MAX,
 )
 from service.pipeline import MODES as ANSWER_MODES
 from service.pipeline import answer_mode
@@ -30,7 +30,7 @@ BOUNDS = {  # option -> (least, most); the HTTP edge (service.routes.evals) has 
     "depth": (1, K_MAX),
     "max_new_tokens": (1, NEW_TOKENS_MAX),
     "limit": (1, EVAL_QUESTIONS_MAX),
-    "seed": (0, SEED_MAX),
+    "seed": (0, BOOTSTRAP_SEED_MAX),
     "resamples": (RESAMPLES_MIN, RESAMPLES_MAX),
     "batch": (1, 256),
     "injection_n": (1, 10_000),

@@ -1,12 +1,13 @@
 """The hard bounds on every request field, and the pydantic types the routes declare them with.
 
-Each number lives once. Ids, metadata and filters are bounded in ``retriever.validation``;
-tuning recipes (hyperparameters, synthetic data, retriever mining) in ``tuner.config``, whose
-tables ``edge_model`` turns into request models; everything else here. A value past a bound is a
-422 naming the field before the route runs. Some bounds are ceilings that a setting tightens
-(``service.settings.Limits``: ``max_k``, ``max_new_tokens``, ``max_question_chars``,
-``max_messages``); the route or the pipeline checks the setting. ``docs/api.md`` has the table.
-Knows nothing of routes or of HTTP.
+Each number lives once. Document ids, metadata and filters are bounded in
+``retriever.validation``; registry ids and names in ``tuner.registry``; uploaded file ids in
+``tuner.prepare``; tuning recipes (hyperparameters, synthetic data, retriever mining) in
+``tuner.config``, whose tables ``edge_model`` turns into request models; everything else here.
+A value past a bound is a 422 naming the field before the route runs. Some bounds are ceilings
+that a setting tightens (``service.settings.Limits``: ``max_k``, ``max_new_tokens``,
+``max_question_chars``, ``max_messages``, ``max_batch_documents``); the route or the pipeline
+checks the setting. ``docs/api.md`` has the table. Knows nothing of routes or of HTTP.
 """
 
 from __future__ import annotations
@@ -29,34 +30,45 @@ from retriever.validation import (
     check_filters,
     check_metadata,
 )
+from tuner import prepare, registry
 
-SEED_MAX = 2**63 - 1  # a signed 64-bit integer
+SAMPLING_SEED_MIN = -(2**63)  # a signed 64-bit integer: OpenAI clients may send a negative one,
+SAMPLING_SEED_MAX = 2**63 - 1  # and the engine (torch's generator) takes any
+BOOTSTRAP_SEED_MAX = 2**63 - 1  # an eval run's seed (numpy's generator: never negative)
 K_MAX = 1000  # passages one search or answer may ask for; Limits.max_k tightens it (50)
 NEW_TOKENS_MAX = 32_768  # answer length; Limits.max_new_tokens tightens it (512)
-TEXT_MAX_CHARS = 100_000  # a question, a query, a chat message; Limits.max_question_chars (4000)
+QUESTION_MAX_CHARS = 100_000  # a question, a query, a chat message; Limits.max_question_chars
 MESSAGES_MAX = 1024  # chat messages; Limits.max_messages tightens it (64)
 STOP_MAX = 4  # stop strings, as OpenAI allows
 STOP_MAX_CHARS = 64
 TEMPERATURE_MAX = 2.0
-ID_MAX_CHARS = 64  # registry ids and names, uploaded file ids, job names
 MODEL_MAX_CHARS = 4096  # a model: a preset, a hub id or a local folder (PATH_MAX)
 OFFSET_MAX = 10**9  # rows skipped by a list page
 PAGE_MAX = 500  # rows in one list page
+DOCUMENTS_MAX = 10_000  # documents in one batch; Limits.max_batch_documents tightens it (256)
+FILES_MAX = 500  # files in one upload (the multipart parser refuses 1000 parts with a 400)
 EVAL_QUESTIONS_MAX = 1_000_000  # an eval run's ``limit``
 RESAMPLES_MIN = 100  # bootstrap resamples of an eval run: fewer make the intervals meaningless,
-RESAMPLES_MAX = 100_000  # more make a (resamples x questions) index array of gigabytes
+RESAMPLES_MAX = 100_000  # more cost time out of proportion (each interval redraws them all)
 
-REGISTRY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # tuner.registry's folder names
-FILE_ID = r"^[A-Za-z0-9_-]{1,64}$"  # POST /v1/files ids
-
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Seed = Annotated[int, Field(ge=SAMPLING_SEED_MIN, le=SAMPLING_SEED_MAX)]
+BootstrapSeed = Annotated[int, Field(ge=0, le=BOOTSTRAP_SEED_MAX)]
 K = Annotated[int, Field(ge=1, le=K_MAX)]
 NewTokens = Annotated[int, Field(ge=1, le=NEW_TOKENS_MAX)]
-Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX_CHARS)]
+Text = Annotated[str, Field(min_length=1, max_length=QUESTION_MAX_CHARS)]
 Offset = Annotated[int, Field(ge=0, le=OFFSET_MAX)]
 PageLimit = Annotated[int, Field(ge=1, le=PAGE_MAX)]
-AdapterId = Annotated[str, Field(min_length=1, max_length=ID_MAX_CHARS, pattern=REGISTRY_ID)]
-FileId = Annotated[str, Field(min_length=1, max_length=ID_MAX_CHARS, pattern=FILE_ID)]
+# registry ids, registry names and uploaded file ids: the rules tuner.registry and tuner.prepare
+# check, so what the edge lets through the tuner takes
+AdapterId = Annotated[
+    str, Field(min_length=1, max_length=registry.FOLDER_MAX_CHARS, pattern=registry.FOLDER.pattern)
+]
+RegistryName = Annotated[
+    str, Field(min_length=1, max_length=registry.NAME_MAX_CHARS, pattern=registry.NAME.pattern)
+]
+FileId = Annotated[
+    str, Field(min_length=1, max_length=prepare.FILE_ID_MAX_CHARS, pattern=prepare.FILE_ID.pattern)
+]
 ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_MAX_CHARS)]
 StopString = Annotated[str, Field(min_length=1, max_length=STOP_MAX_CHARS)]
 StopList = StopString | Annotated[list[StopString], Field(max_length=STOP_MAX)]

@@ -19,7 +19,6 @@ service (files, adapters, limits) before submitting.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import time
@@ -32,11 +31,11 @@ from service.pipeline import MODES, citation
 from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
 from tuner.layout import EVALS
+from tuner.prepare import FILE_ID
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
-FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 OPTIONS = (  # what a client may set; never a path, never an import string (judge)
     "modes",
     "k",
@@ -63,7 +62,7 @@ class EvalSpec:
     name: str = "eval"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.file_id, str) or not FILE_ID.match(self.file_id):
+        if not isinstance(self.file_id, str) or not FILE_ID.fullmatch(self.file_id):
             raise ValueError(f"dataset.file_id: not an uploaded file's id: {self.file_id!r}")
         check_options(self.options)
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from retriever.config import SEARCH_MODES
+from tuner.registry import NAME_RULE, valid_name
 
 METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning", "full", "qlora")
 RETRIEVER_METHODS = ("full", "lora")
@@ -23,7 +24,7 @@ FORMATS = ("auto", "alpaca", "chat", "prompt_completion")
 TEMPLATES = ("chat", "qa", "summarization", "translation", "classification")
 SYNTHETIC_KINDS = ("qa", "raft", "closed_book", "pairs")
 SCHEDULERS = ("linear", "cosine", "constant")
-SEED_MAX = 2**32 - 1  # numpy's seed, which transformers' set_seed sets too
+TRAINING_SEED_MAX = 2**32 - 1  # numpy's legacy seed, which transformers' set_seed sets too
 
 # What each number of a recipe may be, in pydantic's words (ge/gt/le/lt): checked in
 # ``__post_init__`` below, and at the HTTP edge from these same tables (``service.bounds``).
@@ -40,7 +41,7 @@ HYPERPARAMETER_BOUNDS: dict[str, dict[str, float]] = {
     "dropout": {"ge": 0, "lt": 1},
     "num_virtual_tokens": {"ge": 1, "le": 1024},
     "max_length": {"ge": 8, "le": 32_768},
-    "seed": {"ge": 0, "le": SEED_MAX},
+    "seed": {"ge": 0, "le": TRAINING_SEED_MAX},
     "val_fraction": {"ge": 0, "lt": 1},
     "test_fraction": {"ge": 0, "lt": 1},
     "eval_every": {"ge": 1, "le": 1_000_000},
@@ -55,7 +56,7 @@ SYNTHETIC_BOUNDS: dict[str, dict[str, float]] = {
     "distractors": {"ge": 0, "le": 20},
     "p_gold": {"ge": 0, "le": 1},
     "answer_words": {"ge": 0, "le": 1000},
-    "seed": {"ge": 0, "le": SEED_MAX},
+    "seed": {"ge": 0, "le": TRAINING_SEED_MAX},
 }
 RETRIEVER_BOUNDS: dict[str, dict[str, float]] = {
     "negatives": {"ge": 0, "le": 50},
@@ -275,10 +276,10 @@ class Recipe:
             hp.batch_size = 32 if self.component == "retriever" else 4
         _check(bool(self.datasets), "datasets", self.datasets, "needs at least one dataset")
         _check(
-            isinstance(self.name, str) and _valid_name(self.name),
+            isinstance(self.name, str) and valid_name(self.name),
             "name",
             self.name,
-            "1-64 letters, digits, '.', '_' or '-'",
+            NAME_RULE,
         )
         generator = self.component == "generator"
         if generator and self.parent is not None and self.method not in ("lora", "dora", "ia3"):
@@ -325,12 +326,6 @@ def _default_lr(component: str, method: str) -> float:
     if component == "retriever":
         return 2e-5 if method == "full" else 1e-4
     return 2e-4
-
-
-def _valid_name(name: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) is not None
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:

@@ -25,7 +25,10 @@ from retriever.errors import DocumentNotFound
 from tuner.config import DataSpec, Recipe
 
 log = logging.getLogger(__name__)
-FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+FILE_ID_MAX_CHARS = 64  # POST /v1/files ids: written once, here
+FILE_ID = re.compile(
+    rf"^[A-Za-z0-9_-]{{1,{FILE_ID_MAX_CHARS}}}$"
+)  # POST /v1/files ids, written once
 
 
 @dataclass
@@ -192,7 +195,7 @@ def _pairs_hash(pairs: list[Any]) -> str:
 
 
 def _uploaded(file_id: str, files_dir: Path) -> Path:
-    if not FILE_ID.match(file_id):
+    if not FILE_ID.fullmatch(file_id):
         raise ValueError(f"dataset.file_id: not a file id: {file_id!r}")
     path = files_dir / f"{file_id}.jsonl"
     if not path.is_file():

@@ -40,13 +40,22 @@ PROMOTED_FILE = "promoted.json"
 VERSIONS_FILE = "versions.json"  # the highest version each name ever had
 LOCK_FILE = ".registry.lock"
 TMP_PREFIX = ".tmp-"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")  # leaves room for "-v<N>" in 64 chars
+# Names and ids, written once: the service's request types and the recipe's checks use these.
+FOLDER_MAX_CHARS = 64  # an adapter id (its folder's name): what service.adapters accepts
+NAME_MAX_CHARS = 48  # an adapter's name: leaves room for "-v<N>" in an id
+FOLDER = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{FOLDER_MAX_CHARS - 1}}}$")
+NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX_CHARS - 1}}}$")
 ID = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)-v(?P<version>[1-9][0-9]{0,8})$")
-FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # what service.adapters accepts
+NAME_RULE = f"1-{NAME_MAX_CHARS} letters, digits, '.', '_' or '-' (starting with a letter or digit)"
 TEMP = re.compile(r"^\.tmp-(?P<pid>\d+)-[0-9a-f]{8}-")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` may name an adapter (its versions are ``<name>-v<N>``)."""
+    return NAME.fullmatch(name) is not None
 
 
 class RegistryError(RuntimeError):
@@ -101,8 +110,10 @@ class Registry:
 
     def folder(self, adapter_id: str) -> Path:
         """The folder of an existing adapter (what ``PeftModel.from_pretrained`` reads)."""
-        if not FOLDER.match(adapter_id):
-            raise RecordNotFound(adapter_id, "ids are 1-64 letters, digits, '.', '_' or '-'")
+        if not FOLDER.fullmatch(adapter_id):
+            raise RecordNotFound(
+                adapter_id, f"ids are 1-{FOLDER_MAX_CHARS} letters, digits, '.', '_' or '-'"
+            )
         path = self.root / adapter_id
         if not path.is_dir():
             raise RecordNotFound(adapter_id)
@@ -188,7 +199,7 @@ class Registry:
         promoted_id = self._promoted_id()
         records = []
         for path in self.root.iterdir():
-            if not path.is_dir() or path.name.startswith(".") or not FOLDER.match(path.name):
+            if not path.is_dir() or path.name.startswith(".") or not FOLDER.fullmatch(path.name):
                 continue
             try:
                 records.append(self._read(path, promoted_id))
@@ -242,8 +253,8 @@ class Registry:
     ) -> Record:
         """Write a new version of ``name``: ``save_fn(folder)`` writes the weights into a temp
         folder under the root; the record is added, everything fsynced and renamed into place."""
-        if not NAME.match(name):
-            raise RegistryError(f"name {name!r}: 1-48 letters, digits, '.', '_' or '-'")
+        if not valid_name(name):
+            raise RegistryError(f"name {name!r}: {NAME_RULE}")
         parent_record = self.get(parent) if parent is not None else None
         self.root.mkdir(parents=True, exist_ok=True)
         self._clean_temps()

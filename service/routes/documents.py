@@ -18,15 +18,12 @@ from retriever.index import TEXT_MAX_CHARS, DocumentIn
 from retriever.loaders import LoadError, load_bytes, safe_name
 from retriever.validation import ID_MAX_CHARS, check_id
 from service.auth import Reader, Writer
-from service.bounds import OFFSET_MAX, PAGE_MAX, Metadata
+from service.bounds import DOCUMENTS_MAX, FILES_MAX, OFFSET_MAX, PAGE_MAX, Metadata
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
-
-DOCUMENTS_MAX = 10_000  # documents in one batch; Limits.max_batch_documents tightens it (256)
-FILES_MAX = 500  # files in one upload (the multipart parser refuses 1000 parts with a 400)
 
 DocId = Annotated[
     str, Field(min_length=1, max_length=ID_MAX_CHARS), AfterValidator(lambda v: check_id(v, "id"))

@@ -23,10 +23,10 @@ from service.bounds import (
     RESAMPLES_MAX,
     RESAMPLES_MIN,
     AdapterId,
+    BootstrapSeed,
     FileId,
     K,
     NewTokens,
-    Seed,
 )
 from service.deps import State
 from service.errors import ServiceError
@@ -66,7 +66,7 @@ class RunBody(BaseModel):
     max_new_tokens: NewTokens = Field(
         64, description="greedy decoding budget per answer (<= limits.max_new_tokens)"
     )
-    seed: Seed = Field(0, description="bootstrap seed")
+    seed: BootstrapSeed = Field(0, description="bootstrap seed")
     resamples: int = Field(
         10_000, ge=RESAMPLES_MIN, le=RESAMPLES_MAX, description="bootstrap resamples"
     )

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.config import SEARCH_MODES
 from service.auth import Reader, Writer
-from service.bounds import AdapterId, FileId, edge_model, one_of
+from service.bounds import AdapterId, FileId, RegistryName, edge_model, one_of
 from service.deps import State
 from service.errors import ServiceError
 from service.state import AppState
@@ -100,8 +100,10 @@ class JobBody(BaseModel):
         default_factory=RetrieverBody,
         description="tuner.config.RetrieverTuning (component retriever)",
     )
-    name: AdapterId | None = Field(
-        None, description="the adapter's name; default <component>-<method>"
+    name: RegistryName | None = Field(
+        None,
+        description="the adapter's name (its versions are <name>-v<N>); default "
+        "<component>-<method>",
     )
     parent: AdapterId | None = Field(None, description="an adapter id to continue from")
 

@@ -338,3 +338,17 @@ def test_the_values_the_issue_found_are_422_naming_the_field(client: Any) -> Non
         r = client.get("/v1/documents", params={"offset": offset})
         assert r.status_code in (200, 422), (offset, r.text)
         assert r.status_code == 422 or r.json()["documents"] == []
+
+
+def test_a_sampling_seed_is_any_signed_64_bit_integer(client: Any) -> None:
+    """OpenAI clients may send a negative seed, and the engine takes one; a bootstrap seed
+    (numpy's) is never negative."""
+    chat = {"model": client.app.state.ragtune.settings.generator, "max_tokens": 2}
+    chat |= {"retrieval": False, "messages": [{"role": "user", "content": "hi"}]}
+    for seed in (-1, -(2**63)):
+        r = client.post("/v1/chat/completions", json={**chat, "seed": seed})
+        assert r.status_code == 200, (seed, r.text)
+    r = client.post("/v1/chat/completions", json={**chat, "seed": -(2**63) - 1})
+    assert r.status_code == 422 and names(r.json(), "seed"), r.text
+    r = client.post("/v1/eval/runs", json={"dataset": "file-x", "seed": -1})
+    assert r.status_code == 422 and names(r.json(), "seed"), r.text

@@ -14,7 +14,7 @@ import pytest
 from retriever.index import TEXT_MAX_CHARS
 from retriever.store import RAW_METADATA_KEY
 from retriever.validation import ID_MAX_CHARS, METADATA_MAX_DEPTH
-from service.routes.documents import OFFSET_MAX, PAGE_MAX
+from service.bounds import OFFSET_MAX, PAGE_MAX
 from service.settings import Limits, Settings
 from tests.helpers import app_clients, plant_row
 

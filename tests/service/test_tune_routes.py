@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from service.settings import ApiKey, Limits, Settings
 from tests.helpers import app_clients, poll_state
 from tests.tuner.fake_trainer import make_runner
+from tuner.config import recipe_from_dict
 
 CHAT = (
     b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
@@ -161,3 +162,22 @@ def test_scopes(make_client) -> None:
     cancel = f"/v1/tune/jobs/{job_id}/cancel"
     assert client.post(cancel, headers=read).status_code == 403
     assert client.post(cancel, headers=write).status_code in (202, 409)
+
+
+def test_a_job_name_is_bounded_as_the_registry_bounds_it(make_client) -> None:
+    """The registry names a version ``<name>-v<N>`` within 64 characters, so a name is at most
+    48: one longer is refused at the edge (and by the recipe), not after training."""
+    client = make_client()
+    file_id = upload(client, CHAT * 8).json()["id"]
+    body = {"dataset": file_id, "hyperparameters": {"max_steps": 2}}
+    longest, over = "n" * 48, "n" * 49
+    r = client.post("/v1/tune/jobs", json={**body, "name": longest})
+    assert r.status_code == 202, r.text
+    assert poll(client, r.json()["id"], "succeeded")["adapter"] == f"{longest}-v1"
+    r = client.post("/v1/tune/jobs", json={**body, "name": over})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert ["body", "name"] in [d["loc"][:2] for d in r.json()["error"]["details"]]
+    dataset = {"file_id": file_id}
+    assert recipe_from_dict({"name": longest, "datasets": [dataset]}).name == longest
+    with pytest.raises(ValueError, match="name: 1-48 letters"):
+        recipe_from_dict({"name": over, "datasets": [dataset]})
