@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import PurePath
 from typing import Any
 
 from fastapi import FastAPI, Response
@@ -33,7 +32,7 @@ from service.loading import (
     open_retriever,
     reranker_from_settings,
 )
-from service.runtime import configure_torch
+from service.runtime import configure_torch, public_name
 from service.settings import Settings, get_settings
 from service.state import AppState
 
@@ -48,8 +47,8 @@ def shown(identity: dict[str, Any]) -> dict[str, Any]:
     """A loaded model as ``/readyz`` shows it: its name, hub id and kind, never a folder (a
     model configured by folder is named by the folder's last part)."""
     public = {k: identity[k] for k in SHOWN if k in identity}
-    if isinstance(public.get("name"), str) and not identity.get("hub_id"):
-        public["name"] = PurePath(public["name"]).name or public["name"]
+    if isinstance(public.get("name"), str):
+        public["name"] = public_name(public["name"], identity.get("hub_id"))
     return public
 
 

@@ -20,8 +20,8 @@ from retriever.config import SearchMode
 from service.auth import Reader
 from service.bounds import (
     MESSAGES_MAX,
+    QUESTION_MAX_CHARS,
     TEMPERATURE_MAX,
-    TEXT_MAX_CHARS,
     Filters,
     K,
     ModelName,
@@ -33,6 +33,8 @@ from service.deps import State
 from service.errors import ServiceError
 from service.generation.request import GenerationFailed
 from service.pipeline import CHAT, Answer, Ask, mode_for
+from service.runtime import public_name
+from service.state import AppState
 from service.streaming import deltas, failure, sse, wait
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -41,7 +43,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=TEXT_MAX_CHARS, description="limits.max_question_chars")
+    content: str = Field(max_length=QUESTION_MAX_CHARS, description="limits.max_question_chars")
 
 
 class Retrieval(BaseModel):
@@ -69,14 +71,21 @@ class ChatBody(BaseModel):
     retrieval: bool | Retrieval = True
 
 
+def base_id(state: AppState) -> str:
+    """The base model's id in /v1/models and in replies: a folder is named by its last part."""
+    identity = state.generator.identity if state.generator is not None else {}
+    return public_name(state.settings.generator, identity.get("hub_id"))
+
+
 @router.get("/models")
 def models(state: State, _: Reader) -> dict[str, Any]:
-    """The base model and the loaded adapters."""
+    """The base model (by its public id), then the adapters chat can name."""
+    adapters = [m for m in state.model_ids() if m != state.settings.generator]
     return {
         "object": "list",
         "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": "ragtune"}
-            for m in state.model_ids()
+            for m in [base_id(state), *adapters]
         ],
     }
 
@@ -85,12 +94,16 @@ def models(state: State, _: Reader) -> dict[str, Any]:
 async def chat(
     body: ChatBody, request: Request, state: State, _: Reader
 ) -> dict[str, Any] | StreamingResponse:
-    if body.model not in state.model_ids():
+    base = base_id(state)
+    if body.model in (base, state.settings.generator):  # the base model: its id or its setting
+        adapter = None
+    elif body.model in state.model_ids():
+        adapter = body.model
+    else:
         raise ServiceError(404, "model_not_found", f"no model {body.model!r}; see GET /v1/models")
-    adapter = None if body.model == state.settings.generator else body.model
     pipeline = state.pipeline()
     answer = pipeline.submit(await pipeline.aprepare(_ask(body, adapter), CHAT))
-    reply = _Reply(answer, body.model)
+    reply = _Reply(answer, adapter or base)
     if not body.stream:
         await wait(answer.request, request)
         return reply.completion()

@@ -13,6 +13,7 @@ from service.bounds import AdapterId, ModelName
 from service.deps import State
 from service.errors import ServiceError
 from service.reindexing import NoRollback, ReindexBusy
+from service.runtime import public_name
 
 router = APIRouter(prefix="/v1/index", tags=["index"])
 
@@ -38,10 +39,17 @@ def show(state: State, _: Reader) -> dict[str, Any]:
     return {
         "documents": len(retriever),
         "chunks": retriever.chunk_count,
-        "embedder": retriever.embedder.identity,
-        "previous_embedder": retriever.previous_embedder(),
+        "embedder": shown(retriever.embedder.identity),
+        "previous_embedder": shown(retriever.previous_embedder()),
         "reindex": state.reindexer.status().to_dict(),
     }
+
+
+def shown(identity: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An embedder's identity as clients read it: named by its public name, never a folder."""
+    if identity is None or not isinstance(identity.get("name"), str):
+        return identity
+    return {**identity, "name": public_name(identity["name"], identity.get("hub_id"))}
 
 
 @router.get("/reindex")

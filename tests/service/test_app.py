@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,43 @@ def test_interactive_docs_are_off_unless_asked_for() -> None:
     assert schema.status_code == 200 and "/v1/query" in schema.json()["paths"]
     on = TestClient(create_app(Settings(api_docs=True)), base_url=BASE)
     assert on.get("/docs").status_code == 200 and "swagger" in on.get("/docs").text.lower()
+
+
+def test_models_and_index_name_models_by_id_never_by_folder(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A generator and an embedder configured by folder are named by the folder's last part in
+    GET /v1/models, GET /v1/index and chat replies; chat takes that id or the configured value."""
+    from retriever.index import Retriever
+    from service.generation.engine import GenerationEngine
+
+    models = tmp_path / "models"
+
+    def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
+        state.embedder = FakeEmbedder(name=str(models / "e5-small"))
+        state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+        state.engine = GenerationEngine(state.generator, metrics=state.metrics)
+        state.retriever = Retriever(tmp_path / "index", state.embedder)
+        previous = {"name": str(models / "old-embedder"), "hub_id": None, "dim": 64}
+        state.retriever.store.set_meta("previous_embedder", json.dumps(previous))
+
+    settings = Settings(generator=str(tiny_llama), auth_disabled=True)
+    with TestClient(create_app(settings, loader=loader), base_url=BASE) as client:
+        listed = client.get("/v1/models")
+        index = client.get("/v1/index")
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        chat |= {"retrieval": False}
+        replies = [
+            client.post("/v1/chat/completions", json={**chat, "model": model})
+            for model in (tiny_llama.name, str(tiny_llama))
+        ]
+    assert listed.status_code == 200 and [m["id"] for m in listed.json()["data"]] == [
+        tiny_llama.name
+    ]
+    assert index.status_code == 200, index.text
+    assert index.json()["embedder"]["name"] == "e5-small"
+    assert index.json()["previous_embedder"]["name"] == "old-embedder"
+    for r in (listed, index, *replies):
+        assert str(tmp_path) not in r.text and str(tiny_llama.parent) not in r.text, r.text
+    for r in replies:
+        assert r.status_code == 200 and r.json()["model"] == tiny_llama.name, r.text
