@@ -125,7 +125,7 @@ def test_malformed_lines_are_all_reported_with_their_numbers(tmp_path: Path) -> 
         data.read_jsonl(path)
     assert lines_of(exc) == [2, 3, 5, 6, 7]
     messages = dict(exc.value.problems)
-    assert messages[2].startswith("bad JSON")
+    assert messages[2].startswith("not JSON")
     assert messages[3] == "missing field 'completion'"
     assert messages[5] == "empty answer (field 'completion')"
     assert messages[6] == "field 'prompt' must be a string, got int"
