@@ -12,7 +12,7 @@ from service.auth import Admin, Reader
 from service.bounds import AdapterId, ModelName
 from service.deps import State
 from service.errors import ServiceError
-from service.reindexing import NoRollback, ReindexBusy
+from service.reindexing import NoRollback, ReindexBusy, ReindexStatus
 from service.runtime import public_name
 
 router = APIRouter(prefix="/v1/index", tags=["index"])
@@ -41,7 +41,7 @@ def show(state: State, _: Reader) -> dict[str, Any]:
         "chunks": retriever.chunk_count,
         "embedder": shown(retriever.embedder.identity),
         "previous_embedder": shown(retriever.previous_embedder()),
-        "reindex": state.reindexer.status().to_dict(),
+        "reindex": status_shown(state.reindexer.status()),
     }
 
 
@@ -52,9 +52,19 @@ def shown(identity: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**identity, "name": public_name(identity["name"], identity.get("hub_id"))}
 
 
+def status_shown(status: ReindexStatus) -> dict[str, Any]:
+    """A re-embedding's status as clients read it: the target embedder by its name's last part
+    (a folder is never shown; a hub id shows its model part, as the request gave no kind)."""
+    shown = status.to_dict()
+    target = shown.get("target")
+    if isinstance(target, dict) and isinstance(target.get("embedder"), str):
+        shown["target"] = {**target, "embedder": public_name(target["embedder"])}
+    return shown
+
+
 @router.get("/reindex")
 def reindex_status(state: State, _: Reader) -> dict[str, Any]:
-    return state.reindexer.status().to_dict()  # type: ignore[no-any-return]
+    return status_shown(state.reindexer.status())
 
 
 @router.post("/reindex", status_code=202)
@@ -69,4 +79,4 @@ def reindex(body: ReindexBody, state: State, _: Admin) -> dict[str, Any]:
         raise ServiceError(409, "no_rollback", str(exc)) from None
     except ValueError as exc:
         raise ServiceError(422, "invalid_target", str(exc)) from None
-    return status.to_dict()  # type: ignore[no-any-return]
+    return status_shown(status)

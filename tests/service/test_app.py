@@ -96,13 +96,22 @@ def test_models_and_index_name_models_by_id_never_by_folder(
             client.post("/v1/chat/completions", json={**chat, "model": model})
             for model in (tiny_llama.name, str(tiny_llama))
         ]
+        (models / "e5-new").mkdir(parents=True)  # no weights: the re-embedding fails
+        started = client.post("/v1/index/reindex", json={"embedder": str(models / "e5-new")})
+        assert started.status_code == 202, started.text
+        state = client.app.state.ragtune  # type: ignore[attr-defined]
+        assert state.reindexer.join(timeout=30).state == "failed"
+        reindex = [client.get("/v1/index"), client.get("/v1/index/reindex")]
     assert listed.status_code == 200 and [m["id"] for m in listed.json()["data"]] == [
         tiny_llama.name
     ]
     assert index.status_code == 200, index.text
     assert index.json()["embedder"]["name"] == "e5-small"
     assert index.json()["previous_embedder"]["name"] == "old-embedder"
-    for r in (listed, index, *replies):
+    assert [r.json().get("reindex", r.json())["target"] for r in reindex] == [
+        {"embedder": "e5-new", "rollback": False}
+    ] * 2
+    for r in (listed, index, *replies, *reindex):
         assert str(tmp_path) not in r.text and str(tiny_llama.parent) not in r.text, r.text
     for r in replies:
         assert r.status_code == 200 and r.json()["model"] == tiny_llama.name, r.text
