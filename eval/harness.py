@@ -82,7 +82,7 @@ def run_eval(
     t1 = time.perf_counter()
     rows, per_mode = score_rows(options, evalset, retrieved, answers)
     if options.judge:
-        add_judge(options, retrieved, rows, per_mode)
+        add_judge(options, answers, rows, per_mode)
     metrics = {
         "run": _run_info(options, evalset, settings, adapters_for, started, stage),
         **stats.summarize(per_mode, options.resamples, options.seed),

@@ -75,7 +75,7 @@ def score_rows(
     for mode, got in answers.items():
         per_mode[mode] = {}
         for i, (q, answer) in enumerate(zip(evalset.questions, got, strict=True)):
-            shown = retrieved[i].hits[: options.k] if retrieves(mode) else []
+            shown = answer.shown if retrieves(mode) else []  # what the prompt held
             metrics, citations = score_answer(q, mode, answer, shown)
             for name, value in metrics.items():
                 per_mode[mode].setdefault(name, [None] * len(got))[i] = value
@@ -188,19 +188,20 @@ def diagnosis_section(
 
 def add_judge(
     options: EvalOptions,
-    retrieved: list[Retrieved],
+    answers: dict[str, list[Answer]],
     rows: list[dict],
     per_mode: dict[str, dict[str, list]],
 ) -> None:
-    """The user's judge scores every answer; its score becomes one more metric."""
+    """The user's judge scores every answer against the passages its prompt held; its score
+    becomes one more metric."""
     from eval.judge import load_judge, score
 
     assert options.judge is not None
     judge = load_judge(options.judge)
-    n = len(retrieved)
+    n = len(next(iter(answers.values()), []))
     for j, row in enumerate(rows):
         i = j % n  # rows run mode by mode, questions in order
-        shown = retrieved[i].hits[: options.k] if retrieves(row["mode"]) else []
+        shown = answers[row["mode"]][i].shown if retrieves(row["mode"]) else []
         value = score(
             judge, row["question"], row["prediction"], row["gold"], [h.text for h in shown]
         )
