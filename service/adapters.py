@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -26,8 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tuner.registry import FOLDER, FOLDER_MAX_CHARS
+
 log = logging.getLogger(__name__)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VIRTUAL = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")  # PEFT types that add prompt tokens
 
 
@@ -99,8 +99,10 @@ class AdapterSet:
             self.lock.release()
 
     def folder(self, name: str) -> Path:
-        if not NAME.match(name):
-            raise AdapterNotFound(name, "names are 1-64 letters, digits, '.', '_' or '-'")
+        if not FOLDER.fullmatch(name):
+            raise AdapterNotFound(
+                name, f"names are 1-{FOLDER_MAX_CHARS} letters, digits, '.', '_' or '-'"
+            )
         path = self.registry / name
         if not (path / "adapter_config.json").is_file():
             raise AdapterNotFound(name, "not in the adapter registry; see GET /v1/adapters")
@@ -118,7 +120,7 @@ class AdapterSet:
         return sorted(
             p.name
             for p in self.registry.iterdir()
-            if NAME.match(p.name)
+            if FOLDER.fullmatch(p.name)
             and (p / "adapter_model.safetensors").is_file()
             and not _embedder_adapter(p)
         )

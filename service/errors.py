@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
-from service.adapters import AdapterNotFound, AdaptersBusy
+from service.adapters import AdapterInUse, AdapterNotFound, AdaptersBusy
 from tuner.registry import RecordNotFound, RegistryError
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ class ServiceError(Exception):
 DOMAIN: dict[type[Exception], tuple[int, str]] = {
     AdapterNotFound: (404, "adapter_not_found"),
     AdaptersBusy: (503, "adapters_busy"),
+    AdapterInUse: (409, "adapter_in_use"),
     RecordNotFound: (404, "adapter_not_found"),
     RegistryError: (409, "adapter_refused"),
     DocumentNotFound: (404, "document_not_found"),

@@ -98,7 +98,9 @@ def tiny_loader(tiny_llama: Path, tmp: Path, index: str = "index", adapters: Pat
         state.embedder = FakeEmbedder()
         state.generator = load_generator(str(tiny_llama), cache_dir=tmp / "m")
         if adapters is not None:
-            state.adapters = AdapterSet(state.generator, adapters)
+            state.adapters = AdapterSet(
+                state.generator, adapters, max_loaded=state.settings.limits.max_loaded_adapters
+            )
         state.engine = GenerationEngine(
             state.generator, metrics=state.metrics, adapters=state.adapters
         )

@@ -37,21 +37,10 @@ def client(tiny_llama: Path, registry: Path, tmp_path: Path):
         data_dir=data, generator=str(tiny_llama), limits=Limits(max_loaded_adapters=2)
     )
     with TestClient(
-        create_app(settings, loader=_bounded(tiny_llama, tmp_path, data)),
+        create_app(settings, loader=tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters")),
         base_url="http://127.0.0.1",
     ) as c:
         yield c
-
-
-def _bounded(tiny_llama: Path, tmp_path: Path, data: Path):  # noqa: ANN202 - an app loader
-    """``tiny_loader`` with the adapter set bounded by the settings, as the app's loader does."""
-    tiny = tiny_loader(tiny_llama, tmp_path, adapters=data / "adapters")
-
-    def loader(state) -> None:  # noqa: ANN001 - service.app.AppState
-        tiny(state)
-        state.adapters.max_loaded = state.settings.limits.max_loaded_adapters
-
-    return loader
 
 
 def _ft(client: TestClient, adapter: str) -> dict:

@@ -65,7 +65,7 @@ def test_openai_client_chat_plain_and_streamed(server) -> None:
 
     base, model = server[0], server[1]
     client = OpenAI(base_url=f"{base}/v1", api_key=KEY)
-    assert [m.id for m in client.models.list().data] == [model]
+    assert [m.id for m in client.models.list().data] == [Path(model).name]  # never a folder
     out = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": "how to install a package ?"}],
