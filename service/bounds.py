@@ -17,7 +17,15 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+)
 
 from retriever.validation import (
     FILTER_MAX_KEYS,
@@ -113,6 +121,14 @@ Metadata = Annotated[
 ]
 
 
+class Body(BaseModel):
+    """A request body: unknown fields refused (a typo is not silently dropped) and JSON types
+    taken as sent (pydantic's strict mode): ``true`` or ``"3"`` is not a number, ``"yes"`` not a
+    boolean, ``3.5`` not an integer; an integer is still a fine float."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 def one_of(values: Sequence[str]) -> Any:
     """A string that must be one of ``values`` (an enum in the schema, 422 naming the field)."""
 
@@ -137,7 +153,13 @@ def edge_model(
     for f in dataclasses.fields(cls):
         default: Any = None if f.default is dataclasses.MISSING else f.default
         annotation = (types or {}).get(f.name, hints[f.name])
+        if typing.get_origin(annotation) is tuple:  # JSON has arrays only: a list is the tuple
+            annotation = Annotated[annotation, BeforeValidator(_tuple)]
         fields[f.name] = (annotation, Field(default, **bounds.get(f.name, {})))  # type: ignore[call-overload]
-    config = ConfigDict(extra="forbid")
+    config = ConfigDict(extra="forbid", strict=True)  # as ``Body``
     model: type[BaseModel] = create_model(cls.__name__ + "Body", __config__=config, **fields)
     return model
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

@@ -13,11 +13,11 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
 
 from retriever.errors import DocumentNotFound
 from service.adapters import AdapterInUse
 from service.auth import Admin, Reader
+from service.bounds import Body
 from service.deps import State
 from service.errors import ServiceError
 from service.runtime import public_name
@@ -27,8 +27,7 @@ router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 HUB_OR_PRESET = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "smollm2", "HuggingFaceTB/SmolLM2-135M"
 
 
-class Force(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Force(Body):
     force: bool = False
 
 

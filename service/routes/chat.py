@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from retriever.config import SearchMode
 from service.auth import Reader
@@ -22,6 +22,7 @@ from service.bounds import (
     MESSAGES_MAX,
     QUESTION_MAX_CHARS,
     TEMPERATURE_MAX,
+    Body,
     Filters,
     K,
     ModelName,
@@ -40,21 +41,21 @@ from service.streaming import deltas, failure, sse, wait
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Message(Body):
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=QUESTION_MAX_CHARS, description="limits.max_question_chars")
 
 
-class Retrieval(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Retrieval(Body):
     k: K = Field(4, description="at most limits.max_k")
     mode: SearchMode = "hybrid"
     filters: Filters = None
 
 
-class ChatBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+class ChatBody(Body):
+    # strict like every body, but OpenAI clients send fields we do not use
+    model_config = ConfigDict(extra="ignore", strict=True)
     model: ModelName
     messages: list[Message] = Field(
         min_length=1, max_length=MESSAGES_MAX, description="at most limits.max_messages"

@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Path, Query, UploadFile
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag
 
 from retriever.index import TEXT_MAX_CHARS, DocumentIn
 from retriever.loaders import LoadError, load_bytes, safe_name
 from retriever.validation import ID_MAX_CHARS, check_id
 from service.auth import Reader, Writer
-from service.bounds import DOCUMENTS_MAX, FILES_MAX, OFFSET_MAX, PAGE_MAX, Metadata
+from service.bounds import DOCUMENTS_MAX, FILES_MAX, OFFSET_MAX, PAGE_MAX, Body, Metadata
 from service.deps import RetrieverDep, State
 from service.errors import ServiceError
 
@@ -32,15 +32,13 @@ StoredId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS)]  # any id
 NewId = Annotated[StoredId, AfterValidator(lambda v: check_id(v, "doc_id"))]
 
 
-class DocumentBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DocumentBody(Body):
     id: DocId | None = None
     text: str = Field(min_length=1, max_length=TEXT_MAX_CHARS)
     metadata: Metadata = Field(default_factory=dict)
 
 
-class BatchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BatchBody(Body):
     documents: list[DocumentBody] = Field(min_length=1, max_length=DOCUMENTS_MAX)
 
 

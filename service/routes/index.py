@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from service.auth import Admin, Reader
-from service.bounds import AdapterId, ModelName
+from service.bounds import AdapterId, Body, ModelName
 from service.deps import State
 from service.errors import ServiceError
 from service.reindexing import NoRollback, ReindexBusy, ReindexStatus
@@ -18,8 +18,7 @@ from service.runtime import public_name
 router = APIRouter(prefix="/v1/index", tags=["index"])
 
 
-class ReindexBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReindexBody(Body):
     adapter: AdapterId | None = Field(None, description="a fine-tuned embedder's registry id")
     embedder: ModelName | None = Field(None, description="a preset, hub id or local folder")
     rollback: bool = Field(False, description="back to the embedder before the last switch")

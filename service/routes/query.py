@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from retriever.config import SearchMode
 from service.auth import Reader
-from service.bounds import AdapterId, Filters, K, NewTokens, Text
+from service.bounds import AdapterId, Body, Filters, K, NewTokens, Text
 from service.deps import PipelineDep
 from service.generation.request import GenerationFailed
 from service.pipeline import AnswerModeName, Ask, check_search, citation
@@ -20,16 +20,14 @@ from service.streaming import deltas, failure, sse, wait
 router = APIRouter(prefix="/v1", tags=["query"])
 
 
-class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SearchBody(Body):
     query: Text = Field(description="at most limits.max_question_chars")
     k: K = Field(5, description="at most limits.max_k")
     mode: SearchMode = "hybrid"
     filters: Filters = None
 
 
-class QueryBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QueryBody(Body):
     question: Text = Field(description="at most limits.max_question_chars")
     mode: AnswerModeName = "rag"
     k: K = Field(4, description="at most limits.max_k")

@@ -88,9 +88,10 @@ class Schema:
         if kind in ("integer", "number"):
             if "default" in schema and schema["default"] is not None:
                 return schema["default"]
-            if "minimum" in schema:
-                return schema["minimum"]
-            return schema.get("exclusiveMinimum", -1) + 1
+            low = (
+                schema["minimum"] if "minimum" in schema else schema.get("exclusiveMinimum", -1) + 1
+            )
+            return int(low) if kind == "integer" else low  # the schema may write 0 as 0.0
         return False if kind == "boolean" else None
 
     def leaves(self) -> Iterator[Leaf]:

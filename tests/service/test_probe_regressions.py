@@ -144,3 +144,41 @@ def test_allowed_origins_are_read_one_way() -> None:
     for bad in ("ui.example", "https://ui.example/app", "ftp://ui.example"):
         with pytest.raises(ValueError, match="allowed_origins"):
             Settings(allowed_origins=[bad])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/search", {"query": "x", "k": True}, "k"),
+        ("/v1/search", {"query": "x", "k": "3"}, "k"),
+        ("/v1/search", {"query": "x", "k": 3.5}, "k"),
+        ("/v1/query", {"question": "x", "stream": "yes"}, "stream"),
+        ("/v1/query", {"question": "x", "max_new_tokens": True}, "max_new_tokens"),
+        ("/v1/documents", {"text": "x", "id": 7}, "id"),
+        ("/v1/tune/jobs", {"dataset": "f", "hyperparameters": {"rank": True}}, "rank"),
+    ],
+)
+def test_json_types_are_taken_as_sent(
+    tiny_llama: Path, tmp_path: Path, path: str, body: dict[str, Any], field: str
+) -> None:
+    """A boolean or a string is not a number, a string not a boolean: pydantic's lax mode took
+    ``"k": true`` as 1 and ``"stream": "yes"`` as true."""
+    with app_clients(tiny_llama, tmp_path) as make:
+        r = make(Settings()).post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert field in [str(x) for d in r.json()["error"]["details"] for x in d["loc"]]
+
+
+def test_chat_types_are_taken_as_sent_and_its_unknown_fields_still_ignored(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    with app_clients(tiny_llama, tmp_path) as make:
+        client = make(Settings())
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        body = {"model": model, "retrieval": False, "max_tokens": 2, "user": "u1", "top_p": 1}
+        body["messages"] = [{"role": "user", "content": "hi", "name": "x"}]
+        fine = client.post("/v1/chat/completions", json={**body, "temperature": 1})
+        lax = client.post("/v1/chat/completions", json={**body, "temperature": "0.5"})
+        seeded = client.post("/v1/chat/completions", json={**body, "seed": True})
+    assert fine.status_code == 200, fine.text  # an integer is a fine float
+    assert lax.status_code == 422 and seeded.status_code == 422
