@@ -90,11 +90,22 @@ class Surface:
     per: str = ""  # what the text limit applies to, e.g. " per message"
     k_always: bool = True  # check k even when the mode does not retrieve
     prompt_field: str = "question"  # what a prompt over the token budget is blamed on
+    k_loc: tuple[str, ...] = ("k",)  # where k sits in the body (an error's details.loc)
+
+    def text_loc(self, index: int) -> list[str | int]:
+        """Where message ``index``'s text sits in the body."""
+        return ["messages", index, "content"] if self.per else [self.text_field]
 
 
 QUERY = Surface()
 CHAT = Surface(
-    "max_tokens", "message", 256, " per message", k_always=False, prompt_field="messages"
+    "max_tokens",
+    "message",
+    256,
+    " per message",
+    k_always=False,
+    prompt_field="messages",
+    k_loc=("retrieval", "k"),
 )
 
 
@@ -191,36 +202,47 @@ def check(limits: Limits, ask: Ask, surface: Surface = QUERY) -> int:
     max_new = ask.max_new_tokens or min(surface.default_max_new, limits.max_new_tokens)
     if max_new > limits.max_new_tokens:
         name = surface.max_new_field
-        raise ServiceError(422, f"{name}_too_large", f"{name} must be <= {limits.max_new_tokens}")
+        raise over(f"{name}_too_large", f"{name} must be <= {limits.max_new_tokens}", [name])
     if surface.k_always or (answer_mode(ask.mode).retrieves and ask.query):
-        check_k(limits, ask.k)
+        check_k(limits, ask.k, surface.k_loc)
     if len(ask.messages) > limits.max_messages:
-        raise ServiceError(
-            422,
+        raise over(
             "messages_too_many",
             f"messages: at most {limits.max_messages} messages, got {len(ask.messages)}",
+            ["messages"],
         )
-    if any(len(m["content"]) > limits.max_question_chars for m in ask.messages):
-        raise ServiceError(
-            422,
-            f"{surface.text_field}_too_long",
-            f"at most {limits.max_question_chars} characters{surface.per}",
-        )
+    for i, m in enumerate(ask.messages):
+        if len(m["content"]) > limits.max_question_chars:
+            loc = surface.text_loc(i)
+            raise over(
+                f"{surface.text_field}_too_long",
+                f"{'.'.join(map(str, loc))}: at most {limits.max_question_chars} characters"
+                f"{surface.per}, got {len(m['content'])}",
+                loc,
+            )
     return max_new
 
 
-def check_k(limits: Limits, k: int) -> None:
+def over(code: str, message: str, loc: Sequence[str | int], **details: Any) -> ServiceError:
+    """A 422 for a value over a configured limit, naming the field as a validation error does
+    (``details.loc``), with whatever else it measured."""
+    return ServiceError(422, code, message, {"loc": ["body", *loc], **details})
+
+
+def check_k(limits: Limits, k: int, loc: Sequence[str] = ("k",)) -> None:
     """Raise a 422 for more passages than a search may return (every retrieval)."""
     if k > limits.max_k:
-        raise ServiceError(422, "k_too_large", f"k must be <= {limits.max_k}")
+        raise over("k_too_large", f"k must be <= {limits.max_k}", loc)
 
 
 def check_search(limits: Limits, k: int, query: str) -> None:
     """Raise a 422 for a search over the limits (``POST /v1/search``)."""
     check_k(limits, k)
     if len(query) > limits.max_question_chars:
-        raise ServiceError(
-            422, "question_too_long", f"at most {limits.max_question_chars} characters"
+        raise over(
+            "question_too_long",
+            f"query: at most {limits.max_question_chars} characters, got {len(query)}",
+            ["query"],
         )
 
 
@@ -435,11 +457,11 @@ class Pipeline:
         room = budget.room(prepared.max_new_tokens)
         if room < 1:
             name = prepared.surface.max_new_field
-            raise ServiceError(
-                422,
+            raise over(
                 f"{name}_too_large",
                 f"{name} must be < {budget.context}, the model's context in tokens"
                 + (f" less the adapter's {budget.reserved}" if budget.reserved else ""),
+                [name],
             )
         return room
 
@@ -501,13 +523,14 @@ def _over_budget(prepared: Prepared, exc: PromptTooLong, budget: Budget) -> Serv
     left = (budget.context or 0) - budget.reserved - exc.tokens  # for the answer
     if exc.tokens <= budget.max_prompt_tokens and left >= 1:
         name = surface.max_new_field
-        return ServiceError(
-            422,
+        return over(
             f"{name}_too_large",
             f"{name}: the prompt is {exc.tokens} tokens with no passages, so at most {left} "
             f"are left for the answer in the model's context of {budget.context} tokens"
             f"{reserved}; got {max_new}",
-            {"prompt_tokens": exc.tokens, "max_new_tokens": left},
+            [name],
+            prompt_tokens=exc.tokens,
+            max_new_tokens=left,
         )
     if exc.room == budget.max_prompt_tokens:
         bound = f"the per-request prompt budget (max_prompt_tokens) is {budget.max_prompt_tokens}"
@@ -517,10 +540,11 @@ def _over_budget(prepared: Prepared, exc: PromptTooLong, budget: Budget) -> Serv
             f"{reserved}"
         )
     field_name = surface.prompt_field
-    return ServiceError(
-        422,
+    return over(
         f"{field_name}_too_long",
         f"{field_name}: the prompt is {exc.tokens} tokens with no passages; "
         f"at most {exc.room} fit ({bound})",
-        {"prompt_tokens": exc.tokens, "budget": exc.room},
+        [field_name],
+        prompt_tokens=exc.tokens,
+        budget=exc.room,
     )

@@ -122,7 +122,11 @@ def test_user_text_over_the_budget_is_422_with_the_count(tiny_llama: Path, tmp_p
         count = len(encode([{"role": "user", "content": long}]))
         assert error["code"] == "question_too_long" and error["message"].startswith("question")
         assert f"{count} tokens" in error["message"] and "100" in error["message"]
-        assert error["details"] == {"prompt_tokens": count, "budget": 100}
+        assert error["details"] == {
+            "loc": ["body", "question"],
+            "prompt_tokens": count,
+            "budget": 100,
+        }
 
         msgs = [{"role": "user", "content": " ".join(["apt"] * 40)}] * 3
         chat = {"model": _state(client).settings.generator, "messages": msgs, "max_tokens": 4}
@@ -181,7 +185,11 @@ def test_an_answer_too_long_for_the_context_is_blamed_on_its_length(
             error["message"].startswith("max_new_tokens")
             and f"{CONTEXT - bare}" in error["message"]
         )
-        assert error["details"] == {"prompt_tokens": bare, "max_new_tokens": CONTEXT - bare}
+        assert error["details"] == {
+            "loc": ["body", "max_new_tokens"],
+            "prompt_tokens": bare,
+            "max_new_tokens": CONTEXT - bare,
+        }
         msgs = [{"role": "user", "content": question}]
         chat = {"model": _state(client).settings.generator, "messages": msgs, "max_tokens": 200}
         r = client.post("/v1/chat/completions", json={**chat, "retrieval": False})

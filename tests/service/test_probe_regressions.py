@@ -182,3 +182,30 @@ def test_chat_types_are_taken_as_sent_and_its_unknown_fields_still_ignored(
         seeded = client.post("/v1/chat/completions", json={**body, "seed": True})
     assert fine.status_code == 200, fine.text  # an integer is a fine float
     assert lax.status_code == 422 and seeded.status_code == 422
+
+
+def test_a_configured_limit_names_its_field_as_a_validation_error_does(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    limits = Limits(max_question_chars=10, max_k=3, rate_limit_per_minute=0)
+    with app_clients(tiny_llama, tmp_path) as make:
+        client = make(Settings(auth_disabled=True, limits=limits))
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        long = "x" * 11
+        query = client.post("/v1/query", json={"question": long, "mode": "base", "k": 1})
+        search = client.post("/v1/search", json={"query": long, "k": 1})
+        many = client.post("/v1/search", json={"query": "x", "k": 4})
+        msgs = [{"role": "user", "content": "ok"}, {"role": "user", "content": long}]
+        chat = client.post("/v1/chat/completions", json={"model": model, "messages": msgs})
+        k = client.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": msgs[:1], "retrieval": {"k": 4}},
+        )
+    for r, loc in [
+        (query, ["body", "question"]),
+        (search, ["body", "query"]),
+        (many, ["body", "k"]),
+        (chat, ["body", "messages", 1, "content"]),
+        (k, ["body", "retrieval", "k"]),
+    ]:
+        assert r.status_code == 422 and r.json()["error"]["details"]["loc"] == loc, r.text
