@@ -196,7 +196,9 @@ def test_a_configured_limit_names_its_field_as_a_validation_error_does(
         search = client.post("/v1/search", json={"query": long, "k": 1})
         many = client.post("/v1/search", json={"query": "x", "k": 4})
         msgs = [{"role": "user", "content": "ok"}, {"role": "user", "content": long}]
-        chat = client.post("/v1/chat/completions", json={"model": model, "messages": msgs})
+        chat = client.post(
+            "/v1/chat/completions", json={"model": model, "messages": msgs, "retrieval": {"k": 1}}
+        )
         k = client.post(
             "/v1/chat/completions",
             json={"model": model, "messages": msgs[:1], "retrieval": {"k": 4}},
