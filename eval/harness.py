@@ -6,7 +6,10 @@ the run folder says which is better, by how much, and which component is weak.
 from the live index, or from the dataset's own index, ``eval.index_cache``); every mode answers
 as one system (``eval.systems.generate``, with the probes); score every answer
 (``eval.scoring``); bootstrap the intervals (``eval.stats``); diagnose the wrong answers; write
-``metrics.json``, ``results.jsonl``, ``report.md`` and ``report.html`` (``write_run``).
+``metrics.json``, ``results.jsonl``, ``report.md`` and ``report.html`` (``write_run``). The run
+records a dataset inside the run folder (``out``'s parent, as the service lays a run out) by its
+place there, and a model configured by folder by the folder's name, so a report served over
+HTTP names no server path.
 
 Through those modules a run uses the service's pieces (retriever, prompt, engine, adapters)
 directly, never HTTP. A stop request ends the run with ``tuner.hooks.Cancelled``; a run that
@@ -84,7 +87,7 @@ def run_eval(
     if options.judge:
         add_judge(options, answers, rows, per_mode)
     metrics = {
-        "run": _run_info(options, evalset, settings, adapters_for, started, stage),
+        "run": _run_info(options, evalset, settings, adapters_for, started, stage, out.parent),
         **stats.summarize(per_mode, options.resamples, options.seed),
         "performance": performance(answers, stage["generate"]),
         "retrieval": retrieval_section(options, evalset, retrieved),
@@ -167,11 +170,16 @@ def _run_info(
     adapters_for: dict,
     started: datetime,
     stage: dict,
+    run_dir: Path,
 ) -> dict[str, Any]:
     cjk = sum(bool(CJK.search(q.text)) for q in evalset.questions)
+    recorded = options.to_dict()
+    for key in ("dataset", "retrieved"):
+        if recorded[key] is not None:
+            recorded[key] = shown_path(Path(recorded[key]), run_dir)
     return {
         "id": f"eval-{started:%Y%m%d-%H%M%S}",
-        "dataset": str(evalset.path),
+        "dataset": shown_path(Path(evalset.path), run_dir),
         "dataset_kind": evalset.kind,
         "lang": "zh" if cjk > len(evalset.questions) / 2 else "en",
         "questions": len(evalset.questions),
@@ -181,15 +189,28 @@ def _run_info(
         "max_new_tokens": options.max_new_tokens,
         "seed": options.seed,
         "resamples": options.resamples,
-        "generator": str(settings.generator),
-        "embedder": options.embedder_adapter or str(settings.embedder),
+        "generator": shown_model(str(settings.generator)),
+        "embedder": options.embedder_adapter or shown_model(str(settings.embedder)),
         "adapters": adapters_for,
         "live": evalset.corpus is None,
         "concurrency": options.batch,
         "started": started.isoformat(timespec="seconds"),
         "stage_s": stage,
-        "options": options.to_dict(),
+        "options": recorded,
     }
+
+
+def shown_path(path: Path, run_dir: Path) -> str:
+    """``path`` as the run records it: relative to ``run_dir`` when inside it, else as given."""
+    try:
+        return path.resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def shown_model(name: str) -> str:
+    """A model as the run records it: a hub or preset name as is, a folder by its name."""
+    return Path(name).name if Path(name).is_absolute() or Path(name).is_dir() else name
 
 
 def write_run(out: Path, metrics: dict[str, Any], rows: list[dict]) -> None:

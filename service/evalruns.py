@@ -10,7 +10,9 @@ for plain question/answer rows, asks the live index every question and writes
 ``{"row", "question", "seconds", "hits": [citation, ...]}``). SQuAD-style rows carry their
 contexts, so the worker indexes them itself in a fresh temporary index. ``prepare`` then
 rewrites the run's ``recipe.json`` with the ``eval.config.EvalOptions`` the worker runs:
-``dataset``/``retrieved`` relative to the run folder, and ``live``.
+``dataset``/``retrieved`` relative to the run folder, and ``live``. ``served`` is what a client
+reads of a run's folder: its paths relative to the run folder or the data dir, a model folder
+by its last part (runs recorded before the harness wrote relative names hold absolute ones).
 
 Knows nothing of HTTP; the route (``service.routes.evals``) checks what it can against this
 service (files, adapters, limits) before submitting.
@@ -24,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from service.pipeline import MODES, citation
@@ -190,6 +192,32 @@ def _stoppable(lines: Iterator[str], still_wanted: Callable[[], bool] | None) ->
         if still_wanted is not None and i % CANCEL_CHECK_EVERY == 0 and not still_wanted():
             raise Stopped("the run was cancelled while its questions were searched")
         yield line
+
+
+# ---- serving (what a client reads of a run's folder) ------------------------------------------
+def server_paths(run_dir: Path, settings: Settings) -> list[tuple[str, str]]:
+    """(server path, what a client reads instead), longest first: the run folder's paths relative
+    to it, the data dir's relative to that, a model configured by folder as its last part."""
+    pairs = []
+    for folder in (run_dir.as_posix(), Path(settings.data_dir).as_posix()):
+        pairs += [(f"{folder}/", ""), (folder, ".")]
+    for model in (settings.generator, settings.embedder):
+        if PurePath(str(model)).is_absolute():
+            pairs.append((str(model), PurePath(str(model)).name))
+    return sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+def served(value: Any, paths: Sequence[tuple[str, str]]) -> Any:
+    """``value`` (text, or JSON data read from a run's folder) with every ``paths`` replaced."""
+    if isinstance(value, str):
+        for path, shown in paths:
+            value = value.replace(path, shown)
+        return value
+    if isinstance(value, dict):
+        return {served(k, paths): served(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [served(v, paths) for v in value]
+    return value
 
 
 # ---- the runner ---------------------------------------------------------------------------

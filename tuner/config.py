@@ -148,10 +148,13 @@ def _check_target_modules(value: Any) -> None:
     names = [value] if isinstance(value, str) else value
     ok = value is None or (
         isinstance(names, list)
-        and len(names) <= TARGET_MODULES_MAX
+        and 0 < len(names) <= TARGET_MODULES_MAX
         and all(isinstance(n, str) and 0 < len(n) <= TARGET_MODULE_MAX_CHARS for n in names)
     )
-    want = f"a module name or a list of at most {TARGET_MODULES_MAX}, each 1-128 characters"
+    want = (
+        f"a module name or a list of 1 to {TARGET_MODULES_MAX}, each 1-{TARGET_MODULE_MAX_CHARS} "
+        "characters"
+    )
     _check(ok, "hyperparameters.target_modules", value, want)
 
 

@@ -30,6 +30,7 @@ from service.bounds import (
 )
 from service.deps import State
 from service.errors import ServiceError
+from service.evalruns import served, server_paths
 from service.pipeline import ADAPTER_MODES, MODES, AnswerModeName
 from service.state import AppState
 from tuner.jobstore import Job, JobFinished, JobNotFound
@@ -78,7 +79,7 @@ class RunBody(BaseModel):
     probes: bool = Field(True, description="run the forgetting and injection probes")
 
 
-class Progress(BaseModel):
+class EvalProgress(BaseModel):
     model_config = ConfigDict(extra="forbid")
     done: int
     total: int | None
@@ -96,7 +97,7 @@ class RunSummary(BaseModel):
     file_id: str | None
     modes: list[str]
     state: str
-    progress: Progress
+    progress: EvalProgress
     error: str | None
     cancel_requested: bool
     created: float
@@ -120,7 +121,7 @@ def _summary(job: Job) -> dict[str, Any]:
         "file_id": job.recipe.get("file_id"),
         "modes": job.method.split("+"),
         "state": job.state,
-        "progress": Progress(done=job.step, total=job.total),
+        "progress": EvalProgress(done=job.step, total=job.total),
         "error": job.error,
         "cancel_requested": job.cancel_requested,
         "created": job.created,
@@ -129,14 +130,19 @@ def _summary(job: Job) -> dict[str, Any]:
     }
 
 
-def _out(job: Job, run_dir: Path) -> RunOut:
-    metrics = None
-    if job.state == "succeeded":
-        try:
-            metrics = json.loads((run_dir / "report" / "metrics.json").read_text("utf-8"))
-        except (OSError, ValueError):
-            metrics = None
-    return RunOut(**_summary(job), options=job.recipe.get("options", {}), metrics=metrics)
+def _metrics(run_dir: Path, state: AppState) -> dict[str, Any] | None:
+    """The run's ``report/metrics.json`` as a client reads it (``service.evalruns.served``)."""
+    try:
+        raw = json.loads((run_dir / "report" / "metrics.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return served(raw, server_paths(run_dir, state.settings)) if isinstance(raw, dict) else None
+
+
+def _out(job: Job, run_dir: Path, state: AppState) -> RunOut:
+    metrics = _metrics(run_dir, state) if job.state == "succeeded" else None
+    options = served(job.recipe.get("options", {}), server_paths(run_dir, state.settings))
+    return RunOut(**_summary(job), options=options, metrics=metrics)
 
 
 @contextmanager
@@ -215,7 +221,7 @@ def list_runs(state: State, _: Reader) -> RunsOut:
 def get(run_id: str, state: State, _: Reader) -> RunOut:
     with _domain():
         job = state.eval_runs().get(run_id)
-    return _out(job, state.eval_runs().job_dir(job.id))
+    return _out(job, state.eval_runs().job_dir(job.id), state)
 
 
 @router.get("/{run_id}/report", response_class=Response)
@@ -231,13 +237,22 @@ def report(
             409, "eval_run_not_succeeded", f"eval run {run_id} is {job.state}; no report"
         )
     name, media = REPORTS[format]
-    path = state.eval_runs().job_dir(job.id) / "report" / name
+    run_dir = state.eval_runs().job_dir(job.id)
+    path = run_dir / "report" / name
     if not path.is_file():
         raise ServiceError(404, "report_not_found", f"eval run {run_id} has no {name}")
     headers = {"X-Content-Type-Options": "nosniff"}
     if format == "html":
         headers["Content-Security-Policy"] = HTML_POLICY
-    return Response(path.read_bytes(), media_type=media, headers=headers)
+    if format == "json":
+        metrics = _metrics(run_dir, state)
+        if metrics is None:
+            raise ServiceError(404, "report_not_found", f"eval run {run_id} has no readable {name}")
+        body = json.dumps(metrics, ensure_ascii=False).encode()
+    else:
+        text = path.read_text("utf-8", errors="replace")
+        body = served(text, server_paths(run_dir, state.settings)).encode()
+    return Response(body, media_type=media, headers=headers)
 
 
 @router.post("/{run_id}/cancel", status_code=202)
@@ -245,4 +260,4 @@ def cancel(run_id: str, state: State, _: Writer) -> RunOut:
     """Cancel a run: at once before its worker starts, within seconds while it evaluates."""
     with _domain():
         job = state.eval_runs().cancel(run_id)
-    return _out(job, state.eval_runs().job_dir(job.id))
+    return _out(job, state.eval_runs().job_dir(job.id), state)

@@ -5,10 +5,14 @@ never a path on this machine or a model folder: the base model is the service's 
 (``component: "generator"``) or its embedder (``component: "retriever"``). A retriever job that
 succeeds re-embeds the index with its result in the background and switches to it (unless
 ``retriever.activate`` is false), which needs the admin scope like promoting an adapter.
+What can be told at submit is a 422 then, not a job that fails later: a ``parent`` the registry
+does not hold (or of another component or method), and an uploaded file whose recorded format
+(``POST /v1/files`` records one) the dataset's template and format cannot read.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,7 +69,7 @@ HyperparametersBody = edge_model(
     {
         "scheduler": one_of(SCHEDULERS),
         "target_modules": ModuleName
-        | Annotated[list[ModuleName], Field(max_length=TARGET_MODULES_MAX)]
+        | Annotated[list[ModuleName], Field(min_length=1, max_length=TARGET_MODULES_MAX)]
         | None,
     },
 )
@@ -84,10 +88,22 @@ RetrieverBody = edge_model(
 class DatasetBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file_id: FileId | None = Field(None, description="an uploaded file's id")
-    synthetic: SyntheticBody | None = Field(None, description="tuner.config.SyntheticSpec")  # type: ignore[valid-type]
-    format: one_of(FORMATS) = "auto"  # type: ignore[valid-type]
-    template: one_of(TEMPLATES) = "chat"  # type: ignore[valid-type]
-    weight: float = Field(1.0, **WEIGHT_BOUNDS)  # type: ignore[call-overload]
+    synthetic: SyntheticBody | None = Field(  # type: ignore[valid-type]
+        None,
+        description="training data made from the documents in the live index instead of a "
+        "file (kind qa, raft, closed_book; pairs for a retriever job)",
+    )
+    format: one_of(FORMATS) = Field(  # type: ignore[valid-type]
+        "auto", description="the file's record format (auto: read from the file)"
+    )
+    template: one_of(TEMPLATES) = Field(  # type: ignore[valid-type]
+        "chat",
+        description="chat reads chat, alpaca or prompt_completion records; qa, summarization, "
+        "translation and classification read that task's fields",
+    )
+    weight: float = Field(  # type: ignore[call-overload]
+        1.0, description="this dataset's share in a mix of datasets", **WEIGHT_BOUNDS
+    )
 
 
 class JobBody(BaseModel):
@@ -98,17 +114,22 @@ class JobBody(BaseModel):
     hyperparameters: HyperparametersBody = Field(default_factory=HyperparametersBody)  # type: ignore[valid-type]
     retriever: RetrieverBody = Field(  # type: ignore[valid-type]
         default_factory=RetrieverBody,
-        description="tuner.config.RetrieverTuning (component retriever)",
+        description="component retriever only: how hard negatives are mined from the live "
+        "index, and whether the index is re-embedded with the result (activate)",
     )
     name: RegistryName | None = Field(
         None,
         description="the adapter's name (its versions are <name>-v<N>); default "
         "<component>-<method>",
     )
-    parent: AdapterId | None = Field(None, description="an adapter id to continue from")
+    parent: AdapterId | None = Field(
+        None,
+        description="an adapter id in the registry to continue from, of the same component "
+        "(and, for the generator, the same method)",
+    )
 
 
-class Progress(BaseModel):
+class TuneProgress(BaseModel):
     model_config = ConfigDict(extra="forbid")
     step: int
     total: int | None
@@ -127,7 +148,7 @@ class JobSummary(BaseModel):
     component: str
     method: str
     state: str
-    progress: Progress
+    progress: TuneProgress
     eta_s: float | None
     error: str | None
     adapter: str | None
@@ -153,7 +174,9 @@ class JobsOut(BaseModel):
 def _out(job: Job, model: type[JobSummary] = JobOut) -> Any:
     fields = {k: getattr(job, k) for k in model.model_fields if k not in ("progress", "component")}
     component = job.recipe.get("component", "generator")
-    return model(**fields, component=component, progress=Progress(step=job.step, total=job.total))
+    return model(
+        **fields, component=component, progress=TuneProgress(step=job.step, total=job.total)
+    )
 
 
 @contextmanager
@@ -166,6 +189,71 @@ def _domain() -> Iterator[None]:
         raise ServiceError(409, "job_finished", str(exc)) from None
 
 
+# The recorded formats of uploaded files (service.routes.files) that each template reads.
+TEMPLATE_READS = {
+    "chat": ("alpaca", "chat", "prompt_completion"),
+    "qa": ("qa",),
+    "summarization": ("summarization",),
+    "translation": ("translation",),
+    "classification": ("classification",),
+}
+
+
+def _check_file(ds: DatasetBody, component: str, files_dir: Path) -> None:
+    """An uploaded file exists and, for a generator job, holds records its template and format
+    read, as far as the file's recorded format tells (one without is checked while validating)."""
+    if ds.file_id is None:
+        return
+    if not (files_dir / f"{ds.file_id}.jsonl").is_file():
+        raise ValueError(f"dataset: no uploaded file {ds.file_id!r} (POST /v1/files)")
+    if ds.template != "chat" and ds.format != "auto":
+        raise ValueError(
+            f"dataset.format: template {ds.template!r} reads its own fields; leave format auto"
+        )
+    recorded = _recorded_format(files_dir, ds.file_id)
+    if component != "generator" or recorded is None:
+        return
+    reads = TEMPLATE_READS[ds.template] if ds.format == "auto" else (ds.format,)
+    if recorded not in reads:
+        how = f"template {ds.template!r}" + (
+            f", format {ds.format!r}" if ds.format != "auto" else ""
+        )
+        raise ValueError(
+            f"dataset: uploaded file {ds.file_id} holds {recorded} records; {how} reads "
+            f"{', '.join(reads)} (set dataset.template or dataset.format to match the file)"
+        )
+
+
+def _recorded_format(files_dir: Path, file_id: str) -> str | None:
+    """The format ``POST /v1/files`` recorded beside the upload; None when it has none."""
+    try:
+        meta = json.loads((files_dir / f"{file_id}.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
+def _check_parent(body: JobBody, state: AppState) -> None:
+    """``parent`` is in the registry, of the job's component and (generator) method."""
+    from tuner.registry import RecordNotFound, RegistryError
+
+    if body.parent is None:
+        return
+    try:
+        record = state.registry().get(body.parent)
+    except (RecordNotFound, RegistryError):
+        raise ValueError(
+            f"parent: no adapter {body.parent!r} in the registry (GET /v1/adapters)"
+        ) from None
+    if record.component != body.component:
+        raise ValueError(
+            f"parent: {record.id} is a {record.component} adapter, not a {body.component} one"
+        )
+    if body.component == "generator" and record.method != body.method:
+        raise ValueError(f"parent: {record.id} was trained with {record.method}, not {body.method}")
+
+
 def _given(model: BaseModel) -> dict[str, Any]:
     """What the client set in one of the recipe's sections (the tuner fills in the rest)."""
     return model.model_dump(exclude_unset=True)
@@ -175,9 +263,8 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
     """The recipe a job body asks for; the base model is always the service's generator."""
     settings = state.settings
     ds = DatasetBody(file_id=body.dataset) if isinstance(body.dataset, str) else body.dataset
-    known = ds.file_id is None or (state.settings.layout.files / f"{ds.file_id}.jsonl").is_file()
-    if not known:
-        raise ValueError(f"dataset: no uploaded file {ds.file_id!r} (POST /v1/files)")
+    _check_file(ds, body.component, state.settings.layout.files)
+    _check_parent(body, state)
     retriever = body.component == "retriever"
     dataset = ds.model_dump(exclude_none=True, exclude={"synthetic"})
     if ds.synthetic is not None:

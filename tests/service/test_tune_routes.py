@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,56 @@ def test_a_job_name_is_bounded_as_the_registry_bounds_it(make_client) -> None:
     assert recipe_from_dict({"name": longest, "datasets": [dataset]}).name == longest
     with pytest.raises(ValueError, match="name: 1-48 letters"):
         recipe_from_dict({"name": over, "datasets": [dataset]})
+
+
+QA_FILE = b'{"question": "what installs packages", "answer": "apt"}\n'
+
+
+def test_what_could_only_fail_after_202_is_refused_at_submit(make_client, tiny_lora: Path) -> None:
+    """A parent the registry does not hold (or of another component or method), an uploaded
+    file whose recorded format the job cannot read, and an empty ``target_modules`` are 422s
+    naming the field, not a job that fails while validating or training."""
+    from tuner.registry import Registry
+
+    client = make_client()
+    adapters = Registry(Path(client.app.state.ragtune.settings.data_dir) / "adapters")  # type: ignore[attr-defined]
+
+    def weights(folder: Path) -> None:
+        shutil.copytree(tiny_lora, folder, dirs_exist_ok=True)
+
+    adapters.save(weights, name="kept")
+    chat = upload(client, CHAT * 8).json()["id"]
+    qa = upload(client, QA_FILE * 8).json()["id"]
+    hp = {"max_steps": 2}
+    for body, words in (
+        ({"dataset": chat, "parent": "nope"}, "parent: no adapter 'nope'"),
+        ({"dataset": chat, "parent": "kept-v1", "method": "dora"}, "parent: kept-v1 was trained"),
+        (
+            {"dataset": chat, "component": "retriever", "method": "full", "parent": "kept-v1"},
+            "parent: kept-v1 is a generator adapter",
+        ),
+        ({"dataset": qa}, f"dataset: uploaded file {qa} holds qa records"),
+        ({"dataset": {"file_id": qa, "template": "summarization"}}, "dataset: uploaded file"),
+        ({"dataset": {"file_id": chat, "format": "alpaca"}}, "holds chat records"),
+        ({"dataset": chat, "hyperparameters": {"target_modules": []}}, "target_modules"),
+    ):
+        r = client.post("/v1/tune/jobs", json={"hyperparameters": hp, **body})
+        assert r.status_code == 422, (body, r.text)
+        assert words in json.dumps(r.json()), (body, r.json())
+    assert client.get("/v1/tune/jobs").json() == {"jobs": []}
+    for good in (
+        {"dataset": chat, "parent": "kept-v1"},
+        {"dataset": {"file_id": qa, "template": "qa"}},
+        {"dataset": {"file_id": chat, "format": "chat"}},
+        {"dataset": chat, "hyperparameters": {"target_modules": ["q_proj"]}},
+    ):
+        r = client.post("/v1/tune/jobs", json={"hyperparameters": hp, **good})
+        assert r.status_code == 202, (good, r.text)
+    with pytest.raises(ValueError, match="hyperparameters.target_modules"):
+        recipe_from_dict(
+            {
+                "name": "x",
+                "datasets": [{"file_id": chat}],
+                "hyperparameters": {"target_modules": []},
+            }
+        )
