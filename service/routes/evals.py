@@ -23,6 +23,7 @@ from service.bounds import (
     RESAMPLES_MAX,
     RESAMPLES_MIN,
     AdapterId,
+    Body,
     BootstrapSeed,
     FileId,
     K,
@@ -44,13 +45,11 @@ REPORTS = {  # format -> (file in the run's report folder, media type)
 HTML_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
-class DatasetRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DatasetRef(Body):
     file_id: FileId = Field(description="an uploaded file's id (POST /v1/files)")
 
 
-class RunBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunBody(Body):
     dataset: FileId | DatasetRef = Field(description="a file id, or {file_id}")
     modes: list[AnswerModeName] | None = Field(
         None,

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.config import SEARCH_MODES
 from service.auth import Reader, Writer
-from service.bounds import AdapterId, FileId, RegistryName, edge_model, one_of
+from service.bounds import AdapterId, Body, FileId, RegistryName, edge_model, one_of
 from service.deps import State
 from service.errors import ServiceError
 from service.state import AppState
@@ -85,8 +85,7 @@ RetrieverBody = edge_model(
 )
 
 
-class DatasetBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DatasetBody(Body):
     file_id: FileId | None = Field(None, description="an uploaded file's id")
     synthetic: SyntheticBody | None = Field(  # type: ignore[valid-type]
         None,
@@ -106,8 +105,7 @@ class DatasetBody(BaseModel):
     )
 
 
-class JobBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JobBody(Body):
     component: one_of(COMPONENTS) = Field("generator", description="generator or retriever")  # type: ignore[valid-type]
     method: one_of(METHODS) = "lora"  # type: ignore[valid-type]
     dataset: FileId | DatasetBody = Field(description="a file id, or {synthetic: {...}}")

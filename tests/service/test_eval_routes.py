@@ -149,6 +149,10 @@ def test_bad_runs_are_422_and_unknown_ids_404(make_client) -> None:
         ({"dataset": file_id, "modes": ["rag", "rag"]}, run, "each mode once"),
         ({"dataset": file_id, "k": 5, "depth": 4}, run, "depth: must be >= k"),
         ({"dataset": file_id, "k": 0}, edge, "k"),
+        ({"dataset": file_id, "k": True}, edge, "k"),  # strict: JSON types as sent
+        ({"dataset": file_id, "k": "3"}, edge, "k"),
+        ({"dataset": file_id, "probes": "yes"}, edge, "probes"),
+        ({"dataset": {"file_id": 7}}, edge, "file_id"),
         ({"dataset": file_id, "limit": 0}, edge, "limit"),
         ({"dataset": file_id, "resamples": 5}, edge, "resamples"),
         ({"dataset": file_id, "resamples": 10**15}, edge, "resamples"),
