@@ -52,6 +52,7 @@ class DocumentIn:
     text: str
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    where: str | None = field(default=None, compare=False)  # its file (file:line), for errors
 
 
 @dataclass(frozen=True)

@@ -145,9 +145,7 @@ def load_bytes(name: str, data: bytes) -> list[DocumentIn | LoadError]:
     if not text.strip():
         return [LoadError(name, "empty document")]
     title = (title or Path(name).stem)[:TITLE_MAX_CHARS]
-    return [
-        _checked(DocumentIn(text=text, id=name, metadata={"source": name, "title": title}), name)
-    ]
+    return [_checked(DocumentIn(text, name, {"source": name, "title": title}, where=name), name)]
 
 
 def _checked(doc: DocumentIn, where: str) -> DocumentIn | LoadError:
@@ -159,6 +157,7 @@ def _checked(doc: DocumentIn, where: str) -> DocumentIn | LoadError:
 
 
 def _jsonl(data: bytes, source: str) -> Iterator[DocumentIn | LoadError]:
+    first: dict[str, int] = {}  # id -> the line that gave it first
     for line in jsonl.read_bytes(data):
         where = f"{source}:{line.number}"
         row = line.record
@@ -179,6 +178,10 @@ def _jsonl(data: bytes, source: str) -> Iterator[DocumentIn | LoadError]:
                 yield LoadError(where, str(exc))
                 continue
             where = f"{where} ({doc_id})"  # a valid id helps find the line
+            if doc_id in first:
+                yield LoadError(where, f"id {doc_id!r} already given on line {first[doc_id]}")
+                continue
+            first[doc_id] = line.number
         if not row["text"].strip():
             yield LoadError(where, "document text is empty")
             continue
@@ -188,5 +191,5 @@ def _jsonl(data: bytes, source: str) -> Iterator[DocumentIn | LoadError]:
             continue
         if row.get("title"):
             meta = {**meta, "title": row["title"]}
-        doc = DocumentIn(text=row["text"], id=doc_id, metadata={"source": source, **meta})
+        doc = DocumentIn(row["text"], doc_id, {"source": source, **meta}, where=where)
         yield _checked(doc, where)

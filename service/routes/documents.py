@@ -136,6 +136,7 @@ async def upload(
         raise _too_many(len(files), limit, "files")
     docs: list[DocumentIn] = []
     failed: list[dict[str, str]] = []  # a file, or a jsonl file's line ("docs.jsonl:3")
+    given_by: dict[str, str] = {}  # id -> the file (file:line) that gave it first
     for f in files:
         name = safe_name(f.filename or "upload.txt")
         raw = await f.read()
@@ -143,7 +144,12 @@ async def upload(
         for item in items:
             if isinstance(item, LoadError):
                 failed.append({"source": item.source, "reason": item.reason})
+            elif item.id is not None and item.id in given_by:
+                reason = f"id {item.id!r} already given by {given_by[item.id]}"
+                failed.append({"source": item.where or name, "reason": reason})
             else:
+                if item.id is not None:
+                    given_by[item.id] = item.where or name
                 docs.append(item)
     if len(docs) > limit:
         raise _too_many(len(docs), limit, "files")

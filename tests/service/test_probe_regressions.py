@@ -211,3 +211,31 @@ def test_a_configured_limit_names_its_field_as_a_validation_error_does(
         (k, ["body", "retrieval", "k"]),
     ]:
         assert r.status_code == 422 and r.json()["error"]["details"]["loc"] == loc, r.text
+
+
+def test_an_upload_giving_one_id_twice_keeps_the_first_and_names_where_the_second_is(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """It rejected the whole upload with 'documents[1].id appears twice', naming neither the
+    file nor the line."""
+    twice = '{"id": "z1", "text": "first"}\n{"id": "z1", "text": "again"}\n'
+    other = '{"id": "z1", "text": "from another file"}\n{"id": "z2", "text": "new"}\n'
+    files = [
+        ("files", ("a.jsonl", twice.encode(), "application/octet-stream")),
+        ("files", ("b.jsonl", other.encode(), "application/octet-stream")),
+        ("files", ("same.txt", b"one", "text/plain")),
+        ("files", ("dir/same.txt", b"two", "text/plain")),
+    ]
+    with app_clients(tiny_llama, tmp_path) as make:
+        client = make(Settings())
+        r = client.post("/v1/documents/upload", files=files)
+        kept = client.get("/v1/documents/z1").json()["text"]
+    assert r.status_code == 201, r.text
+    assert sorted(d["id"] for d in r.json()["documents"]) == ["same.txt", "z1", "z2"]
+    assert kept == "first"
+    failed = {f["source"]: f["reason"] for f in r.json()["failed"]}
+    assert failed == {
+        "a.jsonl:2 (z1)": "id 'z1' already given on line 1",
+        "b.jsonl:1 (z1)": "id 'z1' already given by a.jsonl:1 (z1)",
+        "same.txt": "id 'same.txt' already given by same.txt",
+    }
