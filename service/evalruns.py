@@ -53,6 +53,8 @@ OPTIONS = (  # what a client may set; never a path, never an import string (judg
 )
 SEARCH_MODE = "hybrid"  # what the harness asks a fresh index, so live and fresh runs compare
 CANCEL_CHECK_EVERY = 25  # questions between looks at whether the run was cancelled
+SHOWN_PROBLEMS = 100  # bad dataset lines in a 422's details, as POST /v1/files lists them
+NAMED_PROBLEMS = 8  # bad dataset lines named in the message (a failed run's one-line error)
 
 
 @dataclass(frozen=True)
@@ -118,28 +120,64 @@ def _int_at_least(options: dict[str, Any], name: str, least: int) -> None:
 
 
 # ---- preparation (this process) -------------------------------------------------------------
-def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of every non-empty line; ``ValueError`` naming a bad line."""
+class BadDataset(ValueError):
+    """Every bad line of a run's dataset, as (line number, reason): the message counts them and
+    names the first ``NAMED_PROBLEMS`` (a failed run's error is this one line), ``details()``
+    lists the first ``SHOWN_PROBLEMS`` as ``POST /v1/files`` does."""
+
+    def __init__(self, file: str, problems: Sequence[tuple[int, str]]) -> None:
+        self.file, self.problems = file, list(problems)
+        lines = "; ".join(f"line {n}: {why}" for n, why in self.problems[:NAMED_PROBLEMS])
+        more = len(self.problems) - NAMED_PROBLEMS
+        count = f"{len(self.problems)} bad line{'s' if len(self.problems) > 1 else ''}"
+        super().__init__(
+            f"dataset {file}: {count}: {lines}" + (f"; {more} more" if more > 0 else "")
+        )
+
+    def details(self) -> list[dict[str, Any]]:
+        shown = self.problems[:SHOWN_PROBLEMS]
+        return [{"file": self.file, "line": n, "reason": why} for n, why in shown]
+
+
+def read_rows(path: Path, file: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every non-empty line of ``path`` (uploaded file ``file``);
+    ``BadDataset`` listing every line that is not a JSON object."""
     from tuner.data import jsonl_records
 
     rows, problems = jsonl_records(path)
     if problems:
-        line, why = problems[0]
-        raise ValueError(f"dataset line {line}: {why}")
+        raise BadDataset(file, problems)
     if not rows:
-        raise ValueError("dataset: the file holds no records")
+        raise BadDataset(file, [(1, "the file holds no records")])
     return rows
 
 
-def questions_of(rows: Sequence[tuple[int, dict[str, Any]]]) -> list[str]:
-    """Every row's question; ``ValueError`` naming the first line without one."""
-    out = []
+def questions_of(rows: Sequence[tuple[int, dict[str, Any]]], file: str) -> list[str]:
+    """Every row's question; ``BadDataset`` listing every line without one."""
+    out, problems = [], []
     for number, record in rows:
         question = record.get("question")
         if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"dataset line {number}: 'question' must be a non-empty string")
-        out.append(question)
+            problems.append((number, "'question' must be a non-empty string"))
+        else:
+            out.append(question)
+    if problems:
+        raise BadDataset(file, problems)
     return out
+
+
+def is_live(rows: Sequence[tuple[int, dict[str, Any]]]) -> bool:
+    """Plain question/answer rows are asked against the live index; SQuAD-style rows carry
+    their contexts and get a fresh index of their own."""
+    return "context" not in rows[0][1]
+
+
+def check_dataset(path: Path, file: str) -> None:
+    """What ``prepare_run`` reads of uploaded file ``file``, checked before a run is submitted;
+    ``BadDataset`` listing every bad line."""
+    rows = read_rows(path, file)
+    if is_live(rows):
+        questions_of(rows, file)
 
 
 def search_lines(
@@ -173,12 +211,12 @@ def prepare_run(
     source = files_dir / f"{spec.file_id}.jsonl"
     if not source.is_file():
         raise ValueError(f"dataset: no uploaded file {spec.file_id!r} (POST /v1/files)")
-    rows = read_rows(source)
+    rows = read_rows(source, spec.file_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, run_dir / "dataset.jsonl")
     options = {**spec.options, "dataset": "dataset.jsonl", "live": False}
-    if "context" not in rows[0][1]:  # plain question/answer rows: ask the live index
-        questions = questions_of(rows)[: spec.options.get("limit") or None]
+    if is_live(rows):
+        questions = questions_of(rows, spec.file_id)[: spec.options.get("limit") or None]
         lines = search_lines(retriever, questions, spec.options.get("depth", 20), reranker)
         atomic_write_lines(run_dir / "retrieved.jsonl", _stoppable(lines, still_wanted))
         options.update(live=True, retrieved="retrieved.jsonl")

@@ -31,7 +31,7 @@ from service.bounds import (
 )
 from service.deps import State
 from service.errors import ServiceError
-from service.evalruns import served, server_paths
+from service.evalruns import BadDataset, check_dataset, served, server_paths
 from service.pipeline import ADAPTER_MODES, MODES, AnswerModeName
 from service.state import AppState
 from tuner.jobstore import Job, JobFinished, JobNotFound
@@ -157,8 +157,10 @@ def _domain() -> Iterator[None]:
 def spec_dict(body: RunBody, state: AppState) -> dict[str, Any]:
     """The run's spec; ``ValueError`` for what this service can tell is wrong."""
     file_id = body.dataset if isinstance(body.dataset, str) else body.dataset.file_id
-    if not (state.settings.layout.files / f"{file_id}.jsonl").is_file():
+    path = state.settings.layout.files / f"{file_id}.jsonl"
+    if not path.is_file():
         raise ValueError(f"dataset: no uploaded file {file_id!r} (POST /v1/files)")
+    check_dataset(path, file_id)
     limits = state.settings.limits
     if body.depth > limits.max_k:
         raise ValueError(f"depth: at most {limits.max_k} (the service's max_k), got {body.depth}")
@@ -206,6 +208,8 @@ def create(body: RunBody, state: State, _: Writer) -> RunCreated:
     validating, then the worker evaluates every mode on them."""
     try:
         run_id = state.eval_runs().submit(spec_dict(body, state))
+    except BadDataset as exc:
+        raise ServiceError(422, "invalid_eval_run", str(exc), exc.details()) from None
     except ValueError as exc:
         raise ServiceError(422, "invalid_eval_run", str(exc)) from None
     return RunCreated(id=run_id, state=state.eval_runs().get(run_id).state)

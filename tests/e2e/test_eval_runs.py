@@ -81,5 +81,8 @@ def test_eval_run_over_http_with_the_real_worker(
             assert "data:image/png;base64," in page.text
             md = http.get(f"/v1/eval/runs/{run_id}/report", params={"format": "md"})
             assert md.status_code == 200 and "| hybrid |" in md.text
+            assert metrics["run"]["dataset"] == "dataset.jsonl"  # never a server path
+            for served in (json.dumps(got), page.text, md.text):
+                assert str(data) not in served and str(tiny_llama) not in served
     finally:
         server.should_exit = True

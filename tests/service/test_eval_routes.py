@@ -180,17 +180,46 @@ def test_bad_runs_are_422_and_unknown_ids_404(make_client) -> None:
         assert r.status_code == 404 and r.json()["error"]["code"] == "eval_run_not_found"
 
 
-def test_bad_data_and_a_failing_worker_fail_the_run(make_client) -> None:
+def test_every_bad_line_of_a_dataset_is_a_422_at_submit(make_client) -> None:
+    """Each line without a question, and each line of a stored file that is not a JSON object,
+    is listed with the file and its line number (not only the first, and not after a 202)."""
     client = make_client()
-    rows = [QA[0], {"question": " ", "answer": "nothing"}]
+    rows = [QA[0], {"question": " ", "answer": "x"}, QA[1], {"question": 5, "answer": "y"}]
     bad = upload(client, jsonl(rows))["id"]
-    run_id = client.post("/v1/eval/runs", json={"dataset": bad}).json()["id"]
-    run = poll(client, run_id, "failed")
-    assert run["error"] == "dataset line 2: 'question' must be a non-empty string"
-    assert run["started"] is None and run["metrics"] is None
-    r = client.get(f"/v1/eval/runs/{run_id}/report")
-    assert r.status_code == 409 and r.json()["error"]["code"] == "eval_run_not_succeeded"
+    r = client.post("/v1/eval/runs", json={"dataset": bad})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_eval_run", r.text
+    error = r.json()["error"]
+    assert error["message"].startswith(f"dataset {bad}: 2 bad lines: line 2: 'question'")
+    assert [(d["file"], d["line"]) for d in error["details"]] == [(bad, 2), (bad, 4)]
+    assert all("non-empty string" in d["reason"] for d in error["details"])
 
+    stored = client.app.state.ragtune.settings.layout.files / f"{bad}.jsonl"  # type: ignore[attr-defined]
+    stored.write_bytes(jsonl([QA[0]]) + b"{not json\n" + jsonl([QA[1]]) + b"[1]\n" * 150)
+    error = client.post("/v1/eval/runs", json={"dataset": bad}).json()["error"]
+    assert error["message"].startswith(f"dataset {bad}: 151 bad lines: line 2: not JSON")
+    assert [d["line"] for d in error["details"]] == [2, *range(4, 103)]  # the first 100
+    assert client.get("/v1/eval/runs").json() == {"runs": []}
+
+
+def test_a_dataset_spoiled_after_submit_fails_the_run_naming_every_line(tmp_path: Path) -> None:
+    from service.evalruns import BadDataset, EvalSpec, prepare_run
+
+    files = tmp_path / "files"
+    files.mkdir()
+    rows = [{"question": "", "answer": "a"}, QA[0], {"answer": "b"}]
+    (files / "file-abc.jsonl").write_bytes(jsonl(rows))
+    with pytest.raises(BadDataset) as caught:
+        prepare_run(EvalSpec("file-abc"), tmp_path / "run", files_dir=files, retriever=None)
+    assert caught.value.problems == [
+        (1, "'question' must be a non-empty string"),
+        (3, "'question' must be a non-empty string"),
+    ]
+    assert str(caught.value).startswith("dataset file-abc: 2 bad lines: line 1: ")
+    assert "line 3: 'question'" in str(caught.value)
+
+
+def test_a_failing_worker_fails_the_run(make_client) -> None:
+    client = make_client()
     good = upload(client, jsonl(QA))["id"]
     run_id = client.post("/v1/eval/runs", json={"dataset": good, "seed": 666}).json()["id"]
     run = poll(client, run_id, "failed")
