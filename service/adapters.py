@@ -37,6 +37,14 @@ class AdapterNotFound(LookupError):
         self.name = name
 
 
+class AdapterUnusable(RuntimeError):
+    """The registry holds the adapter but its files cannot be loaded (damaged weights)."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"adapter {name!r} cannot be loaded: {why}")
+        self.name = name
+
+
 class AdaptersBusy(RuntimeError):
     """Every loaded adapter is held by a running request and no more may be loaded."""
 
@@ -107,7 +115,9 @@ class AdapterSet:
         if not (path / "adapter_config.json").is_file():
             raise AdapterNotFound(name, "not in the adapter registry; see GET /v1/adapters")
         if not (path / "adapter_model.safetensors").is_file():
-            raise AdapterNotFound(name, "only safetensors adapters are loaded")
+            raise AdapterNotFound(
+                name, "has no adapter_model.safetensors (only safetensors weights are loaded)"
+            )
         if _embedder_adapter(path):
             raise AdapterNotFound(
                 name, "an embedder (retriever) adapter: activate it with POST /v1/index/reindex"
@@ -194,11 +204,19 @@ class AdapterSet:
         from peft import PeftModel
 
         path = self.folder(name)
+        _check_weights(name, path)
         with self._loading:
             if name in self._loaded:
                 return
             self._make_room(self.max_loaded)
-            self._load(name, path, PeftModel)
+            try:
+                self._load(name, path, PeftModel)
+            except (AdapterInUse, AdaptersBusy):
+                raise
+            except Exception as exc:  # noqa: BLE001 - damaged files: a clear refusal, logged
+                log.exception("adapter %s could not be loaded", name)
+                why = "its files are damaged or do not fit the model"
+                raise AdapterUnusable(name, why) from exc
 
     def _load(self, name: str, path: Path, peft_model: Any) -> None:
         with self._changing():
@@ -277,3 +295,15 @@ def _embedder_adapter(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("task_type") == "FEATURE_EXTRACTION"
+
+
+def _check_weights(name: str, path: Path) -> None:
+    """``AdapterUnusable`` unless the weights file's header reads as safetensors (a damaged
+    file is refused before any layer is added to the model)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as weights:
+            weights.keys()
+    except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the file is damaged
+        raise AdapterUnusable(name, "its adapter_model.safetensors is damaged") from exc

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
-from service.adapters import AdapterInUse, AdapterNotFound, AdaptersBusy
+from service.adapters import AdapterInUse, AdapterNotFound, AdaptersBusy, AdapterUnusable
 from tuner.registry import RecordNotFound, RegistryError
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ DOMAIN: dict[type[Exception], tuple[int, str]] = {
     AdapterNotFound: (404, "adapter_not_found"),
     AdaptersBusy: (503, "adapters_busy"),
     AdapterInUse: (409, "adapter_in_use"),
+    AdapterUnusable: (409, "adapter_unusable"),
     RecordNotFound: (404, "adapter_not_found"),
     RegistryError: (409, "adapter_refused"),
     DocumentNotFound: (404, "document_not_found"),

@@ -173,3 +173,24 @@ def test_an_admin_unload_racing_an_eviction_fails_no_request(
             break
         threading.Event().wait(0.05)
     assert len(admin) == 1 and adapters.loaded() == ["beta"]
+
+
+def test_a_damaged_adapter_is_a_409_naming_it_and_the_others_still_serve(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """A corrupt weights file was a 500 (SafetensorError: header too large) on first use."""
+    data_dir = client.app.state.ragtune.settings.data_dir  # type: ignore[attr-defined]
+    weights = Path(data_dir) / "adapters" / "gamma" / "adapter_model.safetensors"
+    weights.write_bytes(b"\xff" * 64)
+    before = _ft(client, "alpha")["answer"]
+    body = {"question": "what is debian ?", "mode": "ft", "adapter": "gamma", "max_new_tokens": 4}
+    r = client.post("/v1/query", json=body)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "adapter_unusable" and "'gamma'" in error["message"]
+    assert str(data_dir) not in r.text and "safetensors_rust" not in r.text
+    assert _loaded(client) == ["alpha"]
+    assert _ft(client, "alpha")["answer"] == before  # the model was not touched
+    weights.unlink()
+    r = client.post("/v1/query", json=body)
+    assert r.status_code in (404, 409) and "gamma" in r.text and str(data_dir) not in r.text
