@@ -154,10 +154,11 @@ def test_a_forward_that_keeps_failing_fails_only_the_request_it_fails_for(
         if armed and ids.shape[1] > 1 and bool((ids == poison).any()):
             raise RuntimeError("injected fault in /secret/forward.py")
 
-    expected = _alone(gen, 10)
+    n = 40  # steps of slack for the bad request to join while all four still decode
+    expected = _alone(gen, n)
     assert not any("paris" in text for text in expected)
     _wrap_forward(monkeypatch, gen.model, fault)
-    jobs = [engine.submit(msgs(q), 10) for q in PROMPTS]
+    jobs = [engine.submit(msgs(q), n) for q in PROMPTS]
     while any(len(j.tokens) < 2 for j in jobs):
         assert not any(j.done.wait(0.001) for j in jobs)
     bad = engine.submit(msgs("paris paris paris"), 10)
