@@ -1,17 +1,29 @@
-"""BM25 over stemmed words (Latin scripts) and character bigrams (CJK), via bm25s.
+"""BM25 over stemmed words (Latin scripts) and CJK characters, via bm25s.
 
 English words are lowercased, stripped of common stopwords and Snowball-stemmed (PyStemmer);
 on the Debian FAQ (English, with Reference distractors) that lifts BM25 recall@10 from 0.633 to
 0.667 and MRR@10 from 0.401 to 0.463 over plain lowercased words.
 
+CJK runs (Chinese, Japanese kana, Hangul) are read twice: a field of character bigrams and a
+field of single characters, each its own BM25 index over the same chunks, a chunk's score the
+mean of the two (Latin words sit in both fields). On the Debian FAQ zh set, sparse only
+(R@1 / R@5 / R@10 / MRR@10): bigrams alone 0.367 / 0.660 / 0.728 / 0.487, unigrams alone
+0.333 / 0.653 / 0.735 / 0.466, both in one index 0.347 / 0.639 / 0.748 / 0.474, the two fields
+0.367 / 0.687 / 0.776 / 0.505. English ranks every query identically under each, and an index
+with no CJK text builds one field only. Measured with
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cjk_analysis.py --lang en zh
+
 bm25s has no incremental update, so ``LiveSparse`` keeps a base index plus a small delta of chunks
 written since, and rebuilds the base only when the delta or the removals pass a fraction of it
-(costs measured in benchmarks/retriever_bench.py).
+(costs measured in benchmarks/retriever_bench.py). Nothing is persisted: an index opened again
+builds its BM25 from the stored chunk texts at its first sparse search.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -35,39 +47,96 @@ def _stopwords() -> frozenset[str]:
     return frozenset(STOPWORDS_EN_PLUS)
 
 
-def tokenize(text: str) -> list[str]:
-    """Stemmed words without stopwords, plus character bigrams of CJK runs (a lone character
-    stays a unigram)."""
+CjkAnalysis = Callable[[str], list[str]]  # one CJK run -> its tokens
+
+
+def cjk_bigrams(run: str) -> list[str]:
+    """Overlapping character bigrams; a lone character stays a unigram."""
+    return [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+
+
+def cjk_unigrams(run: str) -> list[str]:
+    """Every character on its own."""
+    return list(run)
+
+
+def cjk_unigrams_bigrams(run: str) -> list[str]:
+    """Every character, each followed by the bigram that starts with it."""
+    tokens: list[str] = []
+    for i, char in enumerate(run):
+        tokens.append(char)
+        if i + 1 < len(run):
+            tokens.append(run[i : i + 2])
+    return tokens
+
+
+# The fields SparseIndex scores by default: the text under each of these CJK analyses is its own
+# BM25 index, and a chunk's score is the mean over fields (chosen in benchmarks/cjk_analysis.py).
+FIELDS: tuple[CjkAnalysis, ...] = (cjk_bigrams, cjk_unigrams)
+
+
+def tokenize(text: str, cjk: CjkAnalysis = cjk_bigrams) -> list[str]:
+    """Stemmed words without stopwords, plus the tokens of each CJK run under ``cjk``. Latin
+    words are the same whatever ``cjk`` is."""
     text = text.lower()
     stop = _stopwords()
     tokens = _stemmer().stemWords([w for w in _WORD.findall(text) if w not in stop])
     for run in CJK.findall(text):
-        tokens += [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+        tokens += cjk(run)
     return tokens
 
 
-class SparseIndex:
-    """BM25 over a fixed list of (chunk id, text); build a new one when the texts change."""
+class _Field:
+    """One bm25s index over the texts under one CJK analysis."""
 
-    def __init__(self, ids: list[int], texts: list[str]) -> None:
+    def __init__(self, texts: list[str], cjk: CjkAnalysis) -> None:
         import bm25s
 
+        self.cjk = cjk
+        corpus = [tokenize(t, cjk) or ["\u0000"] for t in texts]
+        self.vocab = {tok for doc in corpus for tok in doc}
+        self.bm25 = bm25s.BM25()
+        self.bm25.index(corpus, show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray | None:
+        """BM25 score of every text for ``query``; None when no query token is in the vocabulary."""
+        tokens = [t for t in tokenize(query, self.cjk) if t in self.vocab]
+        return np.asarray(self.bm25.get_scores(tokens), dtype=np.float64) if tokens else None
+
+
+class SparseIndex:
+    """BM25 over a fixed list of (chunk id, text); build a new one when the texts change.
+
+    Each of ``fields`` (CJK analyses) is its own BM25 index over the same texts, and a chunk
+    scores the mean over fields. Text without CJK reads the same in every field, so its ranking
+    and scores are those of a single index; when no text has CJK, only the first field is built.
+    """
+
+    def __init__(
+        self, ids: list[int], texts: list[str], fields: tuple[CjkAnalysis, ...] = FIELDS
+    ) -> None:
+        if not fields:
+            raise ValueError("fields must name at least one CJK analysis")
+        if not any(CJK.search(t) for t in texts):
+            fields = fields[:1]  # every field would be the same index
         self.ids = np.asarray(ids, dtype=np.int64)
-        self._bm25 = bm25s.BM25()
-        self._vocab: set[str] = set()
-        if ids:
-            corpus = [tokenize(t) or ["\u0000"] for t in texts]
-            self._vocab = {tok for doc in corpus for tok in doc}
-            self._bm25.index(corpus, show_progress=False)
+        self._fields = [_Field(texts, cjk) for cjk in fields] if ids else []
+        self._n_fields = len(fields)
+
+    @property
+    def vocabulary(self) -> int:
+        """Distinct tokens over all fields."""
+        return len(set().union(*(f.vocab for f in self._fields)))
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        tokens = [t for t in tokenize(query) if t in self._vocab]
-        if not tokens or len(self.ids) == 0:
+        per_field = [s for s in (f.scores(query) for f in self._fields) if s is not None]
+        if not per_field:
             return []
-        k = min(k, len(self.ids))
-        docs, scores = self._bm25.retrieve([tokens], k=k, show_progress=False)
-        pairs = zip(docs[0], scores[0], strict=True)
-        return [(int(self.ids[d]), float(s)) for d, s in pairs if s > 0]
+        total = np.sum(per_field, axis=0) / self._n_fields  # (n_texts,)
+        k = min(k, len(total))
+        top = np.argpartition(-total, k - 1)[:k]
+        top = top[np.lexsort((top, -total[top]))]  # best first, ties by position
+        return [(int(self.ids[d]), float(total[d])) for d in top if total[d] > 0]
 
 
 class LiveSparse:

@@ -2,13 +2,79 @@
 
 from __future__ import annotations
 
-from retriever.sparse import LiveSparse, tokenize
+import pytest
+
+from retriever.sparse import (
+    LiveSparse,
+    SparseIndex,
+    cjk_bigrams,
+    cjk_unigrams,
+    cjk_unigrams_bigrams,
+    tokenize,
+)
 
 
 def test_tokenize_english_and_chinese() -> None:
     assert tokenize("How do I install packages?") == ["instal", "packag"]
     assert tokenize("如何安装 apt-get") == ["apt-get", "如何", "何安", "安装"]
     assert tokenize("包") == ["包"]
+
+
+@pytest.mark.parametrize(
+    ("text", "bigrams", "unigrams", "both"),
+    [
+        (
+            "安装软件",
+            ["安装", "装软", "软件"],
+            list("安装软件"),
+            ["安", "安装", "装", "装软", "软", "软件", "件"],
+        ),
+        (
+            "ひらがな",
+            ["ひら", "らが", "がな"],
+            list("ひらがな"),
+            ["ひ", "ひら", "ら", "らが", "が", "がな", "な"],
+        ),
+        ("한국어", ["한국", "국어"], list("한국어"), ["한", "한국", "국", "국어", "어"]),
+        ("包", ["包"], ["包"], ["包"]),
+    ],
+)
+def test_cjk_analyses(text: str, bigrams: list[str], unigrams: list[str], both: list[str]) -> None:
+    assert tokenize(text, cjk_bigrams) == bigrams
+    assert tokenize(text, cjk_unigrams) == unigrams
+    assert tokenize(text, cjk_unigrams_bigrams) == both
+
+
+def test_latin_words_are_the_same_under_every_cjk_analysis() -> None:
+    text = "Installing 软件包 with apt-get，然后 Reboot"
+    assert tokenize(text, cjk_unigrams) == [
+        "instal",
+        "apt-get",
+        "reboot",
+        "软",
+        "件",
+        "包",
+        "然",
+        "后",
+    ]
+    for cjk in (cjk_bigrams, cjk_unigrams_bigrams):
+        assert tokenize(text, cjk)[:3] == ["instal", "apt-get", "reboot"]
+
+
+def test_query_sharing_only_characters_finds_the_document() -> None:
+    index = SparseIndex([1, 2], ["安装软件的方法", "今天天气很好"])
+    assert [cid for cid, _ in index.search("件软装安", 2)] == [1]  # no bigram in common
+
+
+def test_bigram_match_ranks_above_a_character_match() -> None:
+    index = SparseIndex([1, 2, 3], ["件软装安", "安装软件", "今天天气很好"])
+    assert [cid for cid, _ in index.search("安装软件", 3)] == [2, 1]
+
+
+def test_text_without_cjk_scores_as_one_field() -> None:
+    texts = ["install packages with apt", "configure the network", "apt removes packages"]
+    one, two = SparseIndex([1, 2, 3], texts, (cjk_bigrams,)), SparseIndex([1, 2, 3], texts)
+    assert two.search("apt packages", 3) == one.search("apt packages", 3)
 
 
 def test_live_sparse_follows_writes_with_few_rebuilds() -> None:
