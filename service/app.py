@@ -116,8 +116,8 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     )
     app.state.ragtune = state
     responses.install(app)
-    # the last added runs first: guard, CORS, keys, body limit, metrics, then the routes
-    app.middleware("http")(state.metrics.middleware)
+    # the last added runs first: metrics (so refusals are counted too), guard, CORS, keys, body
+    # limit, then the routes
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(Authenticate, settings=settings)
     if settings.allowed_origins and not settings.auth_disabled:
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
             expose_headers=["Retry-After"],
         )
     app.add_middleware(BrowserGuard, settings=settings)
+    app.middleware("http")(state.metrics.middleware)
     from service.routes import adapters, chat, documents, evals, files, index, query, tune
 
     app.include_router(adapters.router)

@@ -233,24 +233,26 @@ def _stoppable(lines: Iterator[str], still_wanted: Callable[[], bool] | None) ->
 
 
 # ---- serving (what a client reads of a run's folder) ------------------------------------------
-def server_paths(run_dir: Path, settings: Settings) -> list[tuple[str, str]]:
-    """(server path, what a client reads instead), longest first: the run folder's paths relative
-    to it, the data dir's relative to that, a model configured by folder as its last part."""
-    pairs = []
-    for folder in (run_dir.as_posix(), Path(settings.data_dir).as_posix()):
-        pairs += [(f"{folder}/", ""), (folder, ".")]
+def server_paths(run_dir: Path, settings: Settings) -> list[tuple[str, str, str]]:
+    """(server folder, what a client reads for a path below it, for the folder alone): the run
+    folder's paths relative to it, the data dir's relative to that, a model configured by folder
+    as its last part (``tuner.jobstore.hide_folders`` replaces them, longest first, only where
+    they stand as whole paths)."""
+    folders = [(run_dir.resolve().as_posix(), "", "."), (settings.data_dir.as_posix(), "", ".")]
     for model in (settings.generator, settings.embedder):
         if PurePath(str(model)).is_absolute():
-            pairs.append((str(model), PurePath(str(model)).name))
-    return sorted(pairs, key=lambda pair: -len(pair[0]))
+            name = PurePath(str(model)).name
+            folders.append((str(model), f"{name}/", name))
+    return folders
 
 
-def served(value: Any, paths: Sequence[tuple[str, str]]) -> Any:
-    """``value`` (text, or JSON data read from a run's folder) with every ``paths`` replaced."""
+def served(value: Any, paths: Sequence[tuple[str, str, str]]) -> Any:
+    """``value`` (text, or JSON data read from a run's folder) with every server folder of
+    ``paths`` replaced where it stands as a path."""
+    from tuner.jobstore import hide_folders
+
     if isinstance(value, str):
-        for path, shown in paths:
-            value = value.replace(path, shown)
-        return value
+        return hide_folders(value, paths)
     if isinstance(value, dict):
         return {served(k, paths): served(v, paths) for k, v in value.items()}
     if isinstance(value, list):

@@ -191,7 +191,9 @@ class Settings(BaseSettings):
     @field_validator("data_dir", "models_dir", "embedder_path", "generator_path")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
-        return v.expanduser() if v is not None else None
+        """``~`` expanded and made absolute: a relative folder would be matched as a word when
+        server paths are hidden from clients."""
+        return v.expanduser().resolve() if v is not None else None
 
     @property
     def layout(self) -> DataLayout:

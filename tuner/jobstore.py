@@ -42,7 +42,12 @@ FINISHED = ("succeeded", "failed", "cancelled")
 LOG_TAIL_LINES = 20
 ERROR_MAX_CHARS = 500  # a job's one-line error
 _ABSOLUTE = re.compile(r"(?<![\w.~-])/[^\s'\"`,;:()\[\]{}<>]+")
-_CLASS_NAME = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*: ")  # "OSError: ", "peft.tuners.X: "
+# "OSError: ", "RecordNotFound: ", "peft.tuners.X: " (a dotted name, or one that reads as an
+# exception's); "CUDA: out of memory" and "Error: ..." are messages, not class names
+_CLASS_NAME = re.compile(
+    r"^(?:(?:[a-z_]\w*\.)+[A-Z]\w*|[A-Z]\w*(?:Error|Exception|NotFound|Unavailable|Busy|Refused"
+    r"|Failed|Mismatch|Invalid\w*|Unusable|InUse|Cancelled|Exit|Interrupt|Warning)): ?"
+)
 _NOT_THE_ERROR = ("Traceback", "---", "During handling", "The above exception")
 
 
@@ -294,16 +299,33 @@ def one_line(error: str | None, root: Path | None = None) -> str | None:
     if line.startswith("Traceback"):
         raised = [x for x in lines if not x[0].isspace() and not x.startswith(_NOT_THE_ERROR)]
         line = raised[-1] if raised else "the job failed"
-    line = _CLASS_NAME.sub(_builtin_only, line.strip()) or "the job failed"
-    for known in _known_roots(root):
-        line = line.replace(known.as_posix().rstrip("/") + "/", "" if known == root else "…/")
+    line = _CLASS_NAME.sub(_builtin_only, line.lstrip()).strip() or "the job failed"
+    shown = [(k, "" if k == root else "…/", "." if k == root else "…") for k in _known_roots(root)]
+    line = hide_folders(line, shown)
     return _ABSOLUTE.sub(_short_path, line)[:ERROR_MAX_CHARS]
+
+
+def hide_folders(text: str, folders: Sequence[tuple[Path | str, str, str]]) -> str:
+    """``text`` with each absolute ``folder`` replaced where it stands as a whole path: its
+    ``folder/`` prefix by ``below`` and the folder alone by ``alone``; ``/data`` in ``/database``
+    or in a URL's ``https://host/data/x`` is left alone. Longest folders first."""
+    for folder, below, alone in sorted(folders, key=lambda f: -len(str(f[0]))):
+        path = Path(folder).as_posix().rstrip("/")
+        if not path.startswith("/") or path == "":
+            continue  # a relative folder could match any word
+        pattern = re.compile(rf"(?<![\w.~/:-]){re.escape(path)}(/|(?![\w.-]))")
+
+        def shown(match: re.Match[str], below: str = below, alone: str = alone) -> str:
+            return below if match.group(1) == "/" else alone
+
+        text = pattern.sub(shown, text)
+    return text
 
 
 def _builtin_only(match: re.Match[str]) -> str:
     """Keep Python's own exception names (``OSError: ``); drop those of ragtune and its
     libraries, which say nothing to a client."""
-    named = getattr(builtins, match.group(0)[:-2], None)
+    named = getattr(builtins, match.group(0).rstrip(" ").rstrip(":"), None)
     return match.group(0) if isinstance(named, type) and issubclass(named, BaseException) else ""
 
 

@@ -7,6 +7,7 @@ an extra ``citations`` field (``retrieval: false`` in the body turns retrieval o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -103,7 +104,10 @@ async def chat(
     else:
         raise ServiceError(404, "model_not_found", f"no model {body.model!r}; see GET /v1/models")
     pipeline = state.pipeline()
-    answer = pipeline.submit(await pipeline.aprepare(_ask(body, adapter), CHAT))
+    # a limit on the answer's length names the field the client sent it in
+    named = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
+    surface = dataclasses.replace(CHAT, max_new_field=named)
+    answer = pipeline.submit(await pipeline.aprepare(_ask(body, adapter), surface))
     reply = _Reply(answer, adapter or base)
     if not body.stream:
         await wait(answer.request, request)

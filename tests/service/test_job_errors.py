@@ -133,3 +133,36 @@ def test_one_line_hides_internal_names_but_keeps_text_that_only_looks_like_a_pat
     )
     spaced = one_line(f"OSError: cannot read {Path.cwd()}/my data/x.py", data)
     assert spaced == "OSError: cannot read …/my data/x.py"
+
+
+def test_hiding_paths_touches_only_whole_paths_and_keeps_messages_whole() -> None:
+    data = Path("/data")  # the Docker image's data dir
+    assert one_line("ValueError: bad /data/jobs/x.jsonl", data) == "ValueError: bad jobs/x.jsonl"
+    assert one_line("ValueError: asks about /database", data) == "ValueError: asks about /database"
+    assert (
+        one_line("OSError: see https://hf.co/data/x", data) == "OSError: see https://hf.co/data/x"
+    )
+    assert one_line("CUDA: out of memory", data) == "CUDA: out of memory"
+    assert one_line("Error: the base model is gone", data) == "Error: the base model is gone"
+    assert one_line("AdapterNotFound: ", data) == "the job failed"
+
+
+def test_a_relative_data_dir_is_made_absolute_so_no_word_is_taken_for_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from service.evalruns import served, server_paths
+    from service.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(data_dir=Path("data"))
+    assert settings.data_dir == tmp_path / "data"
+    run = settings.data_dir / "evals" / "run-1"
+    record = {"dataset": f"{run}/dataset.jsonl", "dataset_kind": "squad", "metadata_keys": 1}
+    assert served(record, server_paths(run, settings)) == {
+        "dataset": "dataset.jsonl",
+        "dataset_kind": "squad",
+        "metadata_keys": 1,
+    }
+    assert one_line("ValueError: metadata/tags is not valid", settings.data_dir) == (
+        "ValueError: metadata/tags is not valid"
+    )

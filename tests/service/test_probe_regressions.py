@@ -239,3 +239,26 @@ def test_an_upload_giving_one_id_twice_keeps_the_first_and_names_where_the_secon
         "b.jsonl:1 (z1)": "id 'z1' already given by a.jsonl:1 (z1)",
         "same.txt": "id 'same.txt' already given by same.txt",
     }
+
+
+def test_refusals_before_the_routes_are_counted_in_the_metrics(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    with app_clients(tiny_llama, tmp_path) as make:
+        client = make(_keyed())
+        assert client.get("/v1/documents").status_code == 401
+        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert any('status="401"' in line for line in metrics.splitlines())
+
+
+def test_an_answer_length_over_the_limit_names_the_field_it_came_in(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    with app_clients(tiny_llama, tmp_path) as make:
+        client = make(Settings(limits=Limits(max_new_tokens=8)))
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        body = {"model": model, "retrieval": False, "messages": [{"role": "user", "content": "x"}]}
+        new = client.post("/v1/chat/completions", json={**body, "max_completion_tokens": 9})
+        old = client.post("/v1/chat/completions", json={**body, "max_tokens": 9})
+    assert new.json()["error"]["details"]["loc"] == ["body", "max_completion_tokens"]
+    assert old.json()["error"]["details"]["loc"] == ["body", "max_tokens"]
