@@ -7,7 +7,9 @@ disabled for base-model requests. Loading and unloading wait for the running bat
 with the engine).
 
 A request holds the adapter it runs with (``use``): loaded on first use, at most ``max_loaded``
-at once, the least recently used one unloaded to make room. An adapter some request still holds
+at once, the least recently used one unloaded to make room once the new one has loaded (a load
+that fails unloads nothing, leaves the model as it was, and is refused at once until the
+adapter's files change). An adapter some request still holds
 (picked, queued or generating) is never unloaded to make room; when every loaded one is held,
 ``AdaptersBusy`` says to retry. Nor is it unloaded or deleted by an admin: ``AdapterInUse``
 refuses that until its requests finish. Loads and unloads run one at a time.
@@ -43,6 +45,7 @@ class AdapterUnusable(RuntimeError):
     def __init__(self, name: str, why: str) -> None:
         super().__init__(f"adapter {name!r} cannot be loaded: {why}")
         self.name = name
+        self.why = why
 
 
 class AdaptersBusy(RuntimeError):
@@ -82,6 +85,7 @@ class AdapterSet:
         self._uses: dict[str, weakref.WeakSet[Use]] = {}
         self._last_used: dict[str, int] = {}
         self._leaving: set[str] = set()  # being unloaded: no new holds
+        self._unusable: dict[str, tuple[tuple[int, ...], str]] = {}  # name: (files' stamp, why)
         self._clock = itertools.count()
         self._waiting = 0  # loads/unloads waiting for the lock: the engine stops taking joins
         self._count = threading.Lock()
@@ -177,64 +181,92 @@ class AdapterSet:
         """Whether a request still holds ``name``."""
         return any(u.held for u in list(self._uses.get(name, ())))
 
-    def _make_room(self, bound: int | None) -> None:
-        """Unload least recently used adapters no request holds until one more fits."""
-        while bound is not None and len(self._loaded) >= bound:
-            with self._book:
-                idle = [n for n in self._loaded if n not in self._leaving and not self.in_use(n)]
-                if not idle:
-                    raise AdaptersBusy(
-                        f"all {len(self._loaded)} loaded adapters are in use "
-                        f"(at most {bound} are loaded at once); retry shortly"
-                    )
-                victim = min(idle, key=lambda n: self._last_used.get(n, -1))
-                self._leaving.add(victim)
+    def _pick_room(self, bound: int | None) -> list[str]:
+        """The least recently used adapters no request holds that must go for one more to fit,
+        marked leaving (no new holds); ``AdaptersBusy`` when too few are idle."""
+        with self._book:
+            over = 0 if bound is None else len(self._loaded) - bound + 1
+            if over <= 0:
+                return []
+            idle = [n for n in self._loaded if n not in self._leaving and not self.in_use(n)]
+            if len(idle) < over:
+                raise AdaptersBusy(
+                    f"all {len(self._loaded)} loaded adapters are in use "
+                    f"(at most {bound} are loaded at once); retry shortly"
+                )
+            victims = sorted(idle, key=lambda n: self._last_used.get(n, -1))[:over]
+            self._leaving.update(victims)
+            return victims
+
+    def _evict(self, victims: list[str]) -> None:
+        for victim in victims:
             try:
                 log.info("adapter %s unloaded to make room (least recently used)", victim)
                 self._unload(victim)
             except AdapterNotFound:
                 pass  # already gone: the room is made all the same
-            finally:
-                with self._book:
-                    self._leaving.discard(victim)
 
     def load(self, name: str) -> None:
-        """Load ``name`` (nothing to do when loaded), first unloading the least recently used
-        idle adapters beyond the set's bound."""
+        """Load ``name`` (nothing to do when loaded), then unload the least recently used idle
+        adapters beyond the set's bound. A load that fails evicts nothing, leaves the model as
+        it was, and is remembered: until the adapter's files change it is refused at once."""
         from peft import PeftModel
 
         path = self.folder(name)
-        _check_weights(name, path)
+        if name in self._loaded:
+            return
+        stamp = _stamp(path)
+        known = self._unusable.get(name)
+        if known is not None and known[0] == stamp:
+            raise AdapterUnusable(name, known[1])
         with self._loading:
             if name in self._loaded:
                 return
-            self._make_room(self.max_loaded)
             try:
-                self._load(name, path, PeftModel)
-            except (AdapterInUse, AdaptersBusy):
+                _check_weights(name, path)
+            except AdapterUnusable as exc:
+                self._unusable[name] = (stamp, exc.why)
                 raise
-            except Exception as exc:  # noqa: BLE001 - damaged files: a clear refusal, logged
-                log.exception("adapter %s could not be loaded", name)
-                why = "its files are damaged or do not fit the model"
-                raise AdapterUnusable(name, why) from exc
+            victims = self._pick_room(self.max_loaded)
+            try:
+                with self._changing():  # one drained batch for the load and its evictions
+                    try:
+                        self._load(name, path, PeftModel)
+                    except Exception as exc:  # noqa: BLE001 - damaged files: a clear refusal
+                        log.exception("adapter %s could not be loaded", name)
+                        why = "its files are damaged or do not fit the model"
+                        self._unusable[name] = (stamp, why)
+                        raise AdapterUnusable(name, why) from exc
+                    self._evict(victims)
+            finally:
+                with self._book:
+                    self._leaving.difference_update(victims)
+            self._unusable.pop(name, None)
 
     def _load(self, name: str, path: Path, peft_model: Any) -> None:
-        with self._changing():
-            if name in self._loaded:
-                return
-            model = self.generator.model
-            if isinstance(model, peft_model):
+        """Add ``name`` to the model; on failure take out whatever the attempt added."""
+        model = self.generator.model
+        if isinstance(model, peft_model):
+            try:
                 model.load_adapter(str(path), adapter_name=name)
-            else:
+            except BaseException:
+                if name in model.peft_config:
+                    model.delete_adapter(name)
+                raise
+        else:
+            try:
                 self.generator.model = peft_model.from_pretrained(
                     model, str(path), adapter_name=name
                 )
-            self.generator.model.eval()
-            with self._book:
-                self._loaded[name] = path
-                self._last_used[name] = next(self._clock)
-            self.generation += 1
-            log.info("adapter %s loaded from %s", name, path)
+            except BaseException:
+                _strip_adapter_layers(model)  # the base model as it was before the attempt
+                raise
+        self.generator.model.eval()
+        with self._book:
+            self._loaded[name] = path
+            self._last_used[name] = next(self._clock)
+        self.generation += 1
+        log.info("adapter %s loaded from %s", name, path)
 
     def unload(
         self, name: str, *, missing_ok: bool = False, before: Callable[[], Any] | None = None
@@ -307,3 +339,39 @@ def _check_weights(name: str, path: Path) -> None:
             weights.keys()
     except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the file is damaged
         raise AdapterUnusable(name, "its adapter_model.safetensors is damaged") from exc
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """The adapter files' modification times and sizes: a failed load is retried once they
+    change."""
+    stamp: list[int] = []
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        try:
+            info = (path / file).stat()
+        except OSError:
+            stamp += [-1, -1]
+        else:
+            stamp += [info.st_mtime_ns, info.st_size]
+    return tuple(stamp)
+
+
+def _strip_adapter_layers(model: Any) -> None:
+    """Put back the base modules a failed first ``PeftModel.from_pretrained`` wrapped in adapter
+    layers (it injects them into the model it is given before it reads the weights)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    kinds = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+    wrapped = [key for key, module in model.named_modules() if isinstance(module, kinds)]
+    for key in wrapped:
+        if any(key.startswith(outer + ".") for outer in wrapped):
+            continue  # inside a layer put back whole
+        parent_key, _, child = key.rpartition(".")
+        layer = model.get_submodule(key)
+        if isinstance(layer, BaseTunerLayer):
+            base = layer.get_base_layer()
+        else:
+            base = layer.original_module
+        setattr(model.get_submodule(parent_key), child, base)
+    if "peft_config" in vars(model):
+        del model.peft_config

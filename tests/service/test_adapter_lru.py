@@ -194,3 +194,91 @@ def test_a_damaged_adapter_is_a_409_naming_it_and_the_others_still_serve(
     weights.unlink()
     r = client.post("/v1/query", json=body)
     assert r.status_code in (404, 409) and "gamma" in r.text and str(data_dir) not in r.text
+
+
+@pytest.fixture
+def misfit(registry: Path, tmp_path: Path) -> Path:
+    """The registry plus ``misfit``: gamma's weights under a config whose rank is doubled (the
+    safetensors header reads fine; the shapes do not fit the layers the config asks for)."""
+    import json
+    import shutil
+
+    root = tmp_path / "adapters"
+    shutil.copytree(registry, root)
+    shutil.copytree(root / "gamma", root / "misfit")
+    config = json.loads((root / "misfit" / "adapter_config.json").read_text())
+    config["r"] *= 2
+    (root / "misfit" / "adapter_config.json").write_text(json.dumps(config))
+    return root
+
+
+def _logits(generator: object) -> object:
+    import torch
+
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        return generator.model(input_ids=ids).logits  # type: ignore[attr-defined]
+
+
+def test_an_adapter_that_does_not_fit_evicts_nothing_and_leaves_no_layers(
+    tiny_llama: Path, misfit: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank mismatch was caught only after the LRU adapter was unloaded, left ``misfit``
+    registered in the model, and was retried (evicting another) on every request naming it."""
+    import json
+
+    from service.adapters import AdapterUnusable
+    from tuner.models import load_generator
+
+    generator = load_generator(str(tiny_llama), cache_dir=misfit.parent / "m")
+    adapters = AdapterSet(generator, misfit, max_loaded=1)
+    adapters.load("alpha")
+    before, generation = _logits(generator), adapters.generation
+    tries: list[str] = []
+    load = AdapterSet._load
+
+    def counted(self: AdapterSet, name: str, *args: object) -> None:
+        tries.append(name)
+        load(self, name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AdapterSet, "_load", counted)
+    for _ in range(2):
+        with pytest.raises(AdapterUnusable, match="'misfit'"):
+            adapters.use("misfit")
+        assert adapters.loaded() == ["alpha"]
+        assert list(generator.model.peft_config) == ["alpha"]
+    assert tries == ["misfit"]  # the second request is refused without a load
+    assert adapters.generation == generation  # nothing changed: cached keys stay valid
+    with adapters.active("alpha"):
+        assert (_logits(generator) == before).all()  # type: ignore[attr-defined]
+    adapters.use("beta")
+    assert adapters.loaded() == ["beta"] and list(generator.model.peft_config) == ["beta"]
+    config_file = misfit / "misfit" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["r"] //= 2  # fixed on disk: tried again
+    config_file.write_text(json.dumps(config) + "\n")
+    adapters.use("misfit")
+    assert adapters.loaded() == ["misfit"] and tries == ["misfit", "beta", "misfit"]
+
+
+def test_a_first_adapter_that_does_not_fit_leaves_the_base_model_as_it_was(
+    tiny_llama: Path, misfit: Path
+) -> None:
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from service.adapters import AdapterUnusable
+    from tuner.models import load_generator
+
+    generator = load_generator(str(tiny_llama), cache_dir=misfit.parent / "m")
+    base, before = generator.model, _logits(generator)
+    keys = sorted(base.state_dict())
+    adapters = AdapterSet(generator, misfit, max_loaded=1)
+    with pytest.raises(AdapterUnusable):
+        adapters.load("misfit")
+    assert generator.model is base and not isinstance(base, PeftModel)
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.modules())
+    assert sorted(base.state_dict()) == keys and not hasattr(base, "peft_config")
+    assert (_logits(generator) == before).all()  # type: ignore[attr-defined]
+    adapters.load("alpha")
+    assert list(generator.model.peft_config) == ["alpha"]
