@@ -5,8 +5,9 @@ ids = SQLite chunk ids) and BM25 are views rebuilt from it on open. A write embe
 lock, then under the write lock commits to SQLite and applies the change to FAISS, so a search
 (under the read lock) sees a document's old chunks or its new ones, never a mix, and a write is
 visible to the next search once it returns. Every write is checked against
-``retriever.validation`` (ids, metadata) and ``TEXT_MAX_CHARS`` (``InvalidDocument``), every
-search's filters against ``check_filters`` (``InvalidSearch``); reads serve any stored row.
+``retriever.validation`` (a new id by ``check_id``, a stored one by ``check_any_id``; metadata)
+and ``TEXT_MAX_CHARS`` (``InvalidDocument``), every search's filters against ``check_filters``
+(``InvalidSearch``); reads serve any stored row.
 Knows nothing of HTTP or generation.
 """
 
@@ -32,7 +33,13 @@ from retriever.locks import FolderLock, RWLock
 from retriever.sparse import CJK, LiveSparse
 from retriever.store import DocumentRow, NewChunk, Store, now
 from retriever.validation import TEXT_MAX_CHARS as TEXT_MAX_CHARS  # the write bound, named here too
-from retriever.validation import check_filters, check_id, check_metadata, check_text
+from retriever.validation import (
+    check_any_id,
+    check_filters,
+    check_id,
+    check_metadata,
+    check_text,
+)
 
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
@@ -53,6 +60,9 @@ class DocumentIn:
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     where: str | None = field(default=None, compare=False)  # its file (file:line), for errors
+    # the id as its file gave it, before ``normal_id``: a write updates the row stored under it
+    # when none is stored under ``id`` (a re-ingest of a file an older loader named)
+    stored_as: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -214,9 +224,13 @@ class Retriever:
         self._maybe_snapshot()
         return [p.result if isinstance(p, _Plan) else p for p in plans]
 
+    def has(self, doc_id: str) -> bool:
+        """Whether a document is stored under ``doc_id``."""
+        return self.store.document(doc_id) is not None
+
     def _plan(self, docs: Sequence[DocumentIn]) -> list[_Plan | WriteResult]:
         ids = [
-            check_document(d, f"documents[{i}]." if len(docs) > 1 else "")
+            check_document(d, f"documents[{i}]." if len(docs) > 1 else "", self.has)
             for i, d in enumerate(docs)
         ]
         seen: dict[str, int] = {}
@@ -490,17 +504,38 @@ class Retriever:
         return fusion.weighted(lists)
 
 
-def check_document(doc: DocumentIn, where: str = "") -> str:
-    """The document's id (a new random one if it has none); ``InvalidDocument`` whose message
-    starts with the bad field, prefixed by ``where`` (``documents[3].``)."""
+def check_document(
+    doc: DocumentIn, where: str = "", stored: Callable[[str], bool] | None = None
+) -> str:
+    """The id the document is written under: its own, or its ``stored_as`` when only that one
+    is stored, or a new random one if it has none; ``InvalidDocument`` whose message starts
+    with the bad field, prefixed by ``where`` (``documents[3].``). An id that ``stored`` says
+    is stored is held to ``check_any_id`` (a row stored before the newer id rules can still be
+    updated), any other to ``check_id``; without ``stored`` every id is taken as new."""
     doc_id = uuid.uuid4().hex if doc.id is None else doc.id
     try:
         check_text(doc.text, f"{where}text")
-        check_id(doc_id, f"{where}id")
+        check_any_id(doc_id, f"{where}id")
+        if stored is None or not stored(doc_id):
+            if _stored_as(doc, stored):
+                doc_id = doc.stored_as or doc_id
+            else:
+                check_id(doc_id, f"{where}id")
         check_metadata(doc.metadata, f"{where}metadata")
     except ValueError as exc:
         raise InvalidDocument(str(exc)) from None
     return doc_id
+
+
+def _stored_as(doc: DocumentIn, stored: Callable[[str], bool] | None) -> bool:
+    """Whether the document updates the row stored under its ``stored_as``."""
+    if stored is None or doc.stored_as is None:
+        return False
+    try:
+        check_any_id(doc.stored_as)
+    except ValueError:
+        return False
+    return stored(doc.stored_as)
 
 
 def _matches(metadata: dict[str, Any], filters: dict[str, Any] | None) -> bool:

@@ -2,7 +2,9 @@
 
 The service checks request bodies with these same rules at the edge (a 422 naming the field);
 the index checks them again on every write, so a file loaded from disk or a library caller is
-held to the same bounds. Reads never check: a row stored before a bound existed stays readable.
+held to the same bounds. Ids have two tiers: ``check_id`` for a new id, ``check_any_id`` for one
+already stored (a row stored before the look-alike and dot-segment rules can still be updated).
+Reads never check: a row stored before a bound existed stays readable.
 
 Each check raises ``ValueError`` whose message starts with the offending field's path
 (``metadata.a.b``, ``filters.tags[3]``), which pydantic turns into a 422 naming the field.
@@ -28,33 +30,46 @@ FILTER_MAX_STRING_CHARS = 1024
 Scalar = str | int | float | bool | None
 
 
-def _bad_char(ch: str) -> bool:
-    """Control, format (bidi overrides, zero-width), unassigned, surrogate, private-use,
-    line/paragraph separator and non-ASCII space characters, and U+FFFD (what undecodable bytes
-    became): none has a place in an id, where look-alikes must not coexist."""
+def _control(ch: str) -> bool:
+    """Control, format (bidi overrides, zero-width), unassigned, surrogate, private-use and
+    line/paragraph separator characters: none has a place in any id."""
     category = unicodedata.category(ch)
-    return (
-        category[0] == "C"
-        or category in ("Zl", "Zp")
-        or (category == "Zs" and ch != " ")
-        or (ch == "\ufffd")
-    )
+    return category[0] == "C" or category in ("Zl", "Zp")
 
 
-def check_id(value: str, field: str = "id") -> str:
-    """A document id: 1..256 printable characters, not only whitespace; ``/`` may split it in
-    segments (a file's path), none of them ``.`` or ``..`` (a URL would resolve them away)."""
+def _look_alike(ch: str) -> bool:
+    """A space other than the ASCII one, or U+FFFD (what undecodable bytes became): refused in
+    new ids, where look-alikes must not coexist."""
+    return (unicodedata.category(ch) == "Zs" and ch != " ") or ch == "\ufffd"
+
+
+def check_any_id(value: str, field: str = "id") -> str:
+    """An id any write takes, one already stored included: 1..256 characters, not only
+    whitespace, no control, format (bidi, zero-width) or line/paragraph separator character.
+    ``check_id``'s further rules hold for new ids only, so a row stored before them can still
+    be updated under its id."""
     if not isinstance(value, str):
         raise ValueError(f"{field}: must be a string")
     if not value.strip():
         raise ValueError(f"{field}: must not be empty or only whitespace")
     if len(value) > ID_MAX_CHARS:
         raise ValueError(f"{field}: at most {ID_MAX_CHARS} characters, got {len(value)}")
-    bad = next((ch for ch in value if _bad_char(ch)), None)
+    bad = next((ch for ch in value if _control(ch)), None)
     if bad is not None and unicodedata.category(bad)[0] == "C":
         raise ValueError(
             f"{field}: control, format or bidi character U+{ord(bad):04X} is not allowed"
         )
+    if bad is not None:
+        raise ValueError(f"{field}: line or paragraph separator U+{ord(bad):04X} is not allowed")
+    return value
+
+
+def check_id(value: str, field: str = "id") -> str:
+    """A new document id: what ``check_any_id`` takes, with no look-alike space, no U+FFFD and
+    no ``.`` or ``..`` segment (``/`` may split it in segments, a file's path; a URL would
+    resolve those away)."""
+    check_any_id(value, field)
+    bad = next((ch for ch in value if _look_alike(ch)), None)
     if bad is not None:
         raise ValueError(
             f"{field}: look-alike character U+{ord(bad):04X} is not allowed (of the spaces, "
@@ -63,6 +78,19 @@ def check_id(value: str, field: str = "id") -> str:
     if any(part in (".", "..") for part in value.split("/")):
         raise ValueError(f"{field}: '.' and '..' are not allowed as a /-separated part")
     return value
+
+
+def normal_id(value: str, spaces: bool = False) -> str:
+    """The id a loader gives a file or a jsonl line: ``value`` without ``.`` segments
+    (``./docs/a.md`` and ``docs/./a.md``, as ``find .`` prints them, are ``docs/a.md``) and,
+    with ``spaces``, with every other space (Unicode Zs: U+00A0, U+202F, U+3000; macOS puts
+    U+202F in screenshot names) as an ASCII one. ``..`` stays (what it means depends on the
+    folder); an id that would be left blank is returned as it was, for ``check_id`` to refuse."""
+    if spaces:
+        value = "".join(" " if unicodedata.category(ch) == "Zs" else ch for ch in value)
+    parts = value.split("/")
+    joined = "/".join(part for part in parts if part != ".")
+    return joined if joined.strip() and "." in parts else value
 
 
 def check_text(value: Any, field: str = "text") -> str:

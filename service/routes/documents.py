@@ -3,8 +3,10 @@
 Bodies are checked here with the index's own rules (``retriever.validation``: printable ids of
 at most 256 characters, metadata at most 8 deep and 16 KiB; ``retriever.index.TEXT_MAX_CHARS``)
 so a bad field is a 422 naming it (``body.batch.documents.3.metadata``). Reading and deleting
-take any id a stored row may have (rows written before these rules stay reachable); writing
-(POST, PUT) takes only valid ones.
+take any id a stored row may have (rows written before these rules stay reachable); POST takes
+only ids valid for a new document. PUT takes any id a write may hold (``check_any_id``) and
+lets the index decide the rest: a row stored before the look-alike and dot-segment rules can be
+updated under its id, a new id breaking them is a 422 naming ``doc_id`` in the path.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Path, Query, UploadFile
 from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag
 
+from retriever.errors import InvalidDocument
 from retriever.index import TEXT_MAX_CHARS, DocumentIn
 from retriever.loaders import LoadError, load_bytes, safe_name
-from retriever.validation import ID_MAX_CHARS, check_id
+from retriever.validation import ID_MAX_CHARS, check_any_id, check_id
 from service.auth import Reader, Writer
 from service.bounds import DOCUMENTS_MAX, FILES_MAX, OFFSET_MAX, PAGE_MAX, Body, Metadata
 from service.deps import RetrieverDep, State
@@ -29,7 +32,7 @@ DocId = Annotated[
     str, Field(min_length=1, max_length=ID_MAX_CHARS), AfterValidator(lambda v: check_id(v, "id"))
 ]
 StoredId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS)]  # any id a row may have
-NewId = Annotated[StoredId, AfterValidator(lambda v: check_id(v, "doc_id"))]
+WriteId = Annotated[StoredId, AfterValidator(lambda v: check_any_id(v, "doc_id"))]
 
 
 class DocumentBody(Body):
@@ -108,10 +111,21 @@ def get(doc_id: StoredId, retriever: RetrieverDep, _: Reader) -> DocumentOut:
 
 
 @router.put("/{doc_id:path}")
-def replace(doc_id: NewId, body: DocumentBody, retriever: RetrieverDep, _: Writer) -> Written:
+def replace(doc_id: WriteId, body: DocumentBody, retriever: RetrieverDep, _: Writer) -> Written:
+    """Replace the document stored under ``doc_id``, or add it: the id rules for a new
+    document apply only when none is stored (the index decides)."""
     if body.id not in (None, doc_id):
         raise ServiceError(422, "id_mismatch", "the body's id differs from the path's")
-    return Written(**retriever.upsert(DocumentIn(body.text, doc_id, body.metadata)).__dict__)
+    try:
+        result = retriever.upsert(DocumentIn(body.text, doc_id, body.metadata))
+    except InvalidDocument as exc:
+        field, _sep, why = str(exc).partition(": ")
+        if field != "id":
+            raise
+        msg = f"Value error, doc_id: {why}"  # as the path's own checks word a refusal
+        detail = [{"loc": ["path", "doc_id"], "msg": msg}]
+        raise ServiceError(422, "invalid_request", "the request is not valid", detail) from None
+    return Written(**result.__dict__)
 
 
 @router.delete("/{doc_id:path}")
@@ -140,7 +154,7 @@ async def upload(
     for f in files:
         name = safe_name(f.filename or "upload.txt")
         raw = await f.read()
-        items = await anyio.to_thread.run_sync(load_bytes, name, raw)
+        items = await anyio.to_thread.run_sync(load_bytes, name, raw, retriever.has)
         for item in items:
             if isinstance(item, LoadError):
                 failed.append({"source": item.source, "reason": item.reason})

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retriever.index import DocumentIn
+import pytest
+
+from retriever.errors import InvalidDocument
+from retriever.index import DocumentIn, Retriever
 from retriever.loaders import LoadError, html_to_text, iter_files, load_file, safe_name
 from retriever.validation import ID_MAX_CHARS, check_id
+from tests.fakes import FakeEmbedder
+from tests.helpers import plant_row
 
 
 def _load(path: Path, root: Path) -> list:
@@ -155,3 +160,97 @@ def test_safe_names_are_valid_ids_that_keep_their_type() -> None:
     assert safe_name("\u200b.hidden") == "hidden"
     assert safe_name("") == "upload.txt" and safe_name("...") == "upload.txt"
     assert check_id(safe_name("a\u00a0b\u3000c.md")) == safe_name("a\u00a0b\u3000c.md")
+
+
+def test_find_style_jsonl_ids_lose_their_dot_segments(tmp_path: Path) -> None:
+    f = tmp_path / "found.jsonl"
+    rows = [
+        {"id": "./docs/a.md", "text": "one"},
+        {"id": "docs/./b.md", "text": "two"},
+        {"id": "docs/a.md", "text": "the same id as line 1"},
+        {"id": "x/../y", "text": "'..' is refused only when the index says it is new"},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = _load(f, tmp_path)
+    docs = [i for i in items if isinstance(i, DocumentIn)]
+    assert [(d.id, d.stored_as) for d in docs] == [
+        ("docs/a.md", "./docs/a.md"),
+        ("docs/b.md", "docs/./b.md"),
+        ("x/../y", None),
+    ]
+    [repeat] = [i for i in items if isinstance(i, LoadError)]
+    assert repeat.source == f"{f}:3 (docs/a.md)" and "already given on line 1" in repeat.reason
+    with_index = list(load_file(f, tmp_path, stored=lambda doc_id: False))
+    [refused] = [i for i in with_index if isinstance(i, LoadError) and i.source.endswith(":4")]
+    assert refused.reason.startswith("id: '.' and '..'")
+
+
+def test_look_alike_spaces_in_file_names_are_ascii_spaces_here_and_in_safe_name(
+    tmp_path: Path,
+) -> None:
+    names = ["Meeting\u00a0notes.md", "Screenshot 2024-05-01 at 10.00.00\u202fAM.txt"]
+    for name in names:
+        (tmp_path / name).write_text("# T\n\nbody")
+    ids = [d.id for d in (_load(tmp_path / n, tmp_path)[0] for n in names)]
+    assert ids == ["Meeting notes.md", "Screenshot 2024-05-01 at 10.00.00 AM.txt"]
+    assert [safe_name(n) for n in names] == ids
+    assert safe_name("uploads/a\u00a0b\u3000c.md") == "a b c.md"
+
+
+def test_reingest_of_input_stored_before_the_id_rules_updates_it(tmp_path: Path) -> None:
+    """Files and lines an older loader stored under ids the newer rules refuse (look-alike
+    spaces, './' paths, '..' segments) are updated in place, by the CLI's path (the index
+    decides) and by the upload's (the loader asks the index), never duplicated or refused."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Meeting\u00a0notes.md").write_text("# Notes\n\nagenda")
+    rows = [
+        {"id": "./docs/a.md", "text": "a"},
+        {"id": "a\u00a0b", "text": "nbsp"},
+        {"id": "x/../y", "text": "dots"},
+    ]
+    (src / "found.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    as_stored = {  # the id each document had, as the loader gives it
+        str(d.stored_as or d.id): d
+        for f, root in iter_files([src])
+        for d in load_file(f, root)
+        if isinstance(d, DocumentIn)
+    }
+    assert sorted(as_stored) == ["./docs/a.md", "Meeting\u00a0notes.md", "a\u00a0b", "x/../y"]
+    folder = tmp_path / "idx"
+    r = Retriever(folder, FakeEmbedder())
+    for i, doc in enumerate(as_stored.values()):
+        r.upsert(DocumentIn(doc.text, f"p{i}", doc.metadata))
+    r.close()
+    for i, (doc_id, doc) in enumerate(as_stored.items()):
+        plant_row(folder, f"p{i}", json.dumps(doc.metadata), new_id=doc_id)
+
+    r = Retriever(folder, FakeEmbedder())
+    for stored in (None, r.has):  # the CLI's ingest, then the upload's
+        items = [i for f, root in iter_files([src]) for i in load_file(f, root, stored)]
+        docs = [i for i in items if isinstance(i, DocumentIn)]
+        assert len(docs) == len(items), items
+        assert {w.status for w in r.upsert_many(docs)} == {"unchanged"}
+    assert sorted(d.id for d in r.documents(0, 10)) == sorted(as_stored)
+    (src / "Meeting\u00a0notes.md").write_text("# Notes\n\nnew agenda")
+    [changed] = load_file(src / "Meeting\u00a0notes.md", src)
+    assert isinstance(changed, DocumentIn) and r.upsert(changed).status == "updated"
+    assert r.get("Meeting\u00a0notes.md").text.endswith("new agenda")
+    assert len(r) == 4
+    r.close()
+
+
+def test_a_new_id_the_rules_refuse_is_refused_by_the_index_or_by_the_line(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "new.jsonl"
+    f.write_text('{"id": "a\\u00a0b", "text": "nbsp"}\n{"id": "ok", "text": "fine"}\n')
+    r = Retriever(tmp_path / "idx", FakeEmbedder())
+    [nbsp, ok] = _load(f, tmp_path)  # no index at hand: the index decides
+    with pytest.raises(InvalidDocument, match="^id: look-alike character U\\+00A0"):
+        r.upsert(nbsp)
+    [line, ok] = list(load_file(f, tmp_path, r.has))
+    assert isinstance(line, LoadError) and line.source == f"{f}:1"
+    assert line.reason.startswith("id: look-alike character U+00A0")
+    assert isinstance(ok, DocumentIn) and r.upsert(ok).status == "added" and len(r) == 1
+    r.close()

@@ -22,6 +22,7 @@ from retriever.validation import (
     METADATA_MAX_BYTES,
     METADATA_MAX_DEPTH,
     METADATA_MAX_KEY_CHARS,
+    normal_id,
 )
 from tests.fakes import FakeEmbedder
 from tests.helpers import plant_row
@@ -187,3 +188,42 @@ def test_rows_that_break_the_bounds_stay_readable(tmp_path: Path) -> None:
 def test_a_page_past_the_end_is_empty_however_far(r: Retriever) -> None:
     r.upsert(DocumentIn("text", "a"))
     assert r.documents(10**30, 10) == [] and [d.id for d in r.documents(0, 10**30)] == ["a"]
+
+
+@pytest.mark.parametrize("legacy", ["a\u00a0b", "./docs/a.md", "x/../y", "\ufffd\ufffd.md"])
+def test_an_id_stored_before_the_newer_rules_can_still_be_updated(
+    tmp_path: Path, legacy: str
+) -> None:
+    folder = tmp_path / "idx"
+    r = Retriever(folder, FakeEmbedder())
+    r.upsert(DocumentIn("old text", "placeholder"))
+    r.close()
+    plant_row(folder, "placeholder", "{}", new_id=legacy)  # what an older version stored
+
+    r = Retriever(folder, FakeEmbedder())
+    assert r.upsert(DocumentIn("new text", legacy)).status == "updated"
+    assert r.get(legacy).text == "new text" and len(r) == 1
+    _refused(r, DocumentIn("text", legacy.replace("a", "c") + "-new"), "id")  # a new id: refused
+    assert len(r) == 1
+    r.close()
+
+
+def test_a_stored_id_with_a_control_character_is_still_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "idx"
+    r = Retriever(folder, FakeEmbedder())
+    r.upsert(DocumentIn("old text", "placeholder"))
+    r.close()
+    plant_row(folder, "placeholder", "{}", new_id="evil\u202ename")
+    r = Retriever(folder, FakeEmbedder())
+    _refused(r, DocumentIn("new text", "evil\u202ename"), "id")
+    assert r.get("evil\u202ename").text == "old text"
+    r.close()
+
+
+def test_normal_ids_drop_dot_segments_and_map_look_alike_spaces() -> None:
+    assert normal_id("./docs/a.md") == "docs/a.md" and normal_id("a/./b/.") == "a/b"
+    assert normal_id("././x") == "x" and normal_id("a/../b") == "a/../b"
+    assert normal_id(".") == "." and normal_id("./") == "./"  # nothing left: check_id refuses
+    assert normal_id("10.00.00\u202fAM\u00a0x.png") == "10.00.00\u202fAM\u00a0x.png"
+    assert normal_id("10.00.00\u202fAM\u00a0x.png", spaces=True) == "10.00.00 AM x.png"
+    assert normal_id("a\ufffdb", spaces=True) == "a\ufffdb"

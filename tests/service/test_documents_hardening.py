@@ -159,3 +159,62 @@ def test_training_uploads_split_on_newline_and_list_every_bad_line(client: Any) 
         ("t.jsonl", 5),
         ("t.jsonl", 6),
     ]
+
+
+def test_put_updates_a_stored_id_the_newer_rules_refuse_and_refuses_a_new_one(
+    client: Any, tmp_path: Path
+) -> None:
+    for doc_id in ("nbsp", "dots"):
+        assert client.post("/v1/documents", json={"id": doc_id, "text": "old"}).status_code == 201
+    plant_row(tmp_path / "index", "nbsp", "{}", new_id="Meeting\u00a0notes.md")
+    plant_row(tmp_path / "index", "dots", "{}", new_id="x/../y")
+    for doc_id, path in [
+        ("Meeting\u00a0notes.md", "Meeting\u00a0notes.md"),
+        ("x/../y", "x/%2E%2E/y"),  # the client would resolve a plain '..' away
+    ]:
+        r = client.put(f"/v1/documents/{path}", json={"text": "new text"})
+        assert r.status_code == 200 and r.json()["id"] == doc_id, r.text
+        assert r.json()["status"] == "updated"
+        assert client.get(f"/v1/documents/{path}").json()["text"] == "new text"
+    assert client.get("/v1/documents").json()["total"] == 2
+    refused(
+        client.put("/v1/documents/new\u00a0id", json={"text": "t"}), ["path", "doc_id"], "U+00A0"
+    )
+    refused(
+        client.put("/v1/documents/new/%2E%2E/id", json={"text": "t"}), ["path", "doc_id"], "'..'"
+    )
+    refused(
+        client.put("/v1/documents/new\u202eid", json={"text": "t"}), ["path", "doc_id"], "U+202E"
+    )
+    assert client.get("/v1/documents").json()["total"] == 2
+
+
+def test_uploads_map_look_alike_spaces_and_dot_segments_and_update_stored_ids(
+    client: Any, tmp_path: Path
+) -> None:
+    assert client.post("/v1/documents", json={"id": "p", "text": "old"}).status_code == 201
+    plant_row(tmp_path / "index", "p", "{}", new_id="a\u00a0b")  # a line an older version took
+    lines = [
+        {"id": "./docs/a.md", "text": "found by find"},
+        {"id": "a\u00a0b", "text": "updated in place"},
+        {"id": "c\u00a0d", "text": "a new look-alike id"},
+    ]
+    raw = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines).encode()
+    files = [
+        ("files", ("Meeting\u00a0notes.md", b"# Notes\n\nagenda", "text/markdown")),
+        ("files", ("at 10.00.00\u202fAM.txt", b"screenshot text", "text/plain")),
+        ("files", ("docs.jsonl", raw, "application/octet-stream")),
+    ]
+    r = client.post("/v1/documents/upload", files=files)
+    assert r.status_code == 201, r.text
+    written = {d["id"]: d["status"] for d in r.json()["documents"]}
+    assert written == {
+        "Meeting notes.md": "added",
+        "at 10.00.00 AM.txt": "added",
+        "docs/a.md": "added",
+        "a\u00a0b": "updated",
+    }
+    [failed] = r.json()["failed"]
+    assert failed["source"] == "docs.jsonl:3" and "U+00A0" in failed["reason"]
+    assert client.get("/v1/documents/a\u00a0b").json()["text"] == "updated in place"
+    assert client.get("/v1/documents").json()["total"] == 4
