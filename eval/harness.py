@@ -38,7 +38,7 @@ from eval.scoring import (
     retrieval_section,
     score_rows,
 )
-from eval.systems import generate
+from eval.systems import Answer, generate
 from retriever.index import Retriever
 from retriever.sparse import CJK
 from tuner.durable import atomic_write_text
@@ -84,6 +84,7 @@ def run_eval(
     )
     t1 = time.perf_counter()
     rows, per_mode = score_rows(options, evalset, retrieved, answers)
+    over_long = mark_over_long(evalset, answers, rows)
     if options.judge:
         add_judge(options, answers, rows, per_mode)
     metrics = {
@@ -95,6 +96,11 @@ def run_eval(
         "probes": {"forgetting": forgetting, "injection": injection} if options.probes else None,
         "judge": judge_info(options.judge) if options.judge else None,
     }
+    metrics["run"]["max_new_tokens_used"] = (
+        max((a.max_new_tokens for got in answers.values() for a in got), default=0)
+        or options.max_new_tokens
+    )
+    metrics["run"]["over_long"] = over_long
     stage["statistics"] = time.perf_counter() - t1
     metrics["run"]["wall_s"] = time.perf_counter() - t0
     write_run(out, metrics, rows)
@@ -160,6 +166,31 @@ def _retrieval(
         return search_all(live, evalset.questions, options, settings, stage)
     with fresh_index(evalset, settings, options.embedder_adapter, stage) as index:
         return search_all(index, evalset.questions, options, settings, stage)
+
+
+def mark_over_long(
+    evalset: EvalSet, answers: dict[str, list[Answer]], rows: list[dict]
+) -> list[dict[str, Any]]:
+    """The answers whose question was over the model's context: cut from its end to fit
+    (``cut_chars``) or left unanswered (``unanswered``, the answer empty and scored as such),
+    each named by mode, query id and its place among the dataset's questions (1-based); their
+    rows of ``results.jsonl`` (``rows``, in ``score_rows`` order) say the same."""
+    found: list[dict[str, Any]] = []
+    each = [(mode, i, a) for mode, got in answers.items() for i, a in enumerate(got)]
+    for row, (mode, i, answer) in zip(rows, each, strict=True):
+        if not (answer.cut_chars or answer.unanswered):
+            continue
+        note: dict[str, Any] = {
+            "mode": mode,
+            "query_id": evalset.questions[i].id,
+            "question": i + 1,
+        }
+        if answer.cut_chars:
+            row["question_cut_chars"] = note["cut_chars"] = answer.cut_chars
+        if answer.unanswered:
+            row["unanswered"] = note["unanswered"] = answer.unanswered
+        found.append(note)
+    return found
 
 
 # ---- the run folder -------------------------------------------------------------------------

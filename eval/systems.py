@@ -5,8 +5,10 @@ first k passages in the serving prompt, the others ask the question alone; a mod
 adapter (ft, hybrid) decodes with its fine-tuned adapter, the others with the base model. The
 service's answering pipeline builds each prompt and submits it (``Pipeline.given`` with the
 passages retrieved once per question, then ``Pipeline.submit``); the prompt and the answer fit
-the model's context (passages that do not are dropped or cut short), and each answer carries
-the passages its prompt held (``Answer.shown``), which are what its citations can name.
+the model's context (passages that do not are dropped or cut short; a question that does not
+fit even alone is cut from its end, or when nothing of it fits, left with an empty answer that
+says why: one over-long question never fails the run), and each answer carries the passages
+its prompt held (``Answer.shown``), which are what its citations can name.
 ``System.answer`` answers a list of questions, in order; every system answers through the run's
 one ``Decoder``, the batched generation engine with the run's greedy budget: prompts of like
 length are submitted together (less padding in each prefill), answers come back in the
@@ -35,6 +37,7 @@ from eval import probes, stats
 from eval.config import EvalOptions, retrieves
 from eval.index_cache import Retrieved
 from retriever.index import Hit
+from service.errors import ServiceError
 from service.pipeline import Ask, Pipeline, Prepared
 from service.settings import Limits
 from tuner.hooks import Cancelled
@@ -54,6 +57,9 @@ class Answer:
     tokens: int
     latency_s: float
     shown: list[Hit] = field(default_factory=list)  # the passages the prompt held, in order
+    max_new_tokens: int = 0  # the answer length used (at most half the model's context)
+    cut_chars: int = 0  # characters cut from the question's end to fit the context
+    unanswered: str | None = None  # why no prompt could be built (the answer is empty)
 
 
 class Decoder:
@@ -90,9 +96,12 @@ class Decoder:
         out: dict[int, Answer] = {}
         try:
             for i in order:
-                out[i] = replace(self._wait(jobs[i]), shown=list(prepared[i].hits))
+                got = self._wait(jobs[i])
+                out[i] = replace(
+                    got, shown=list(prepared[i].hits), max_new_tokens=prepared[i].max_new_tokens
+                )
                 if count:
-                    self._count()
+                    self.count()
         except BaseException:
             for job in jobs.values():
                 job.cancel()
@@ -107,7 +116,8 @@ class Decoder:
         seconds = (job.finished_at or 0.0) - (job.started_at or job.queued_at)
         return Answer(job.text.strip(), len(job.tokens), seconds)
 
-    def _count(self) -> None:
+    def count(self) -> None:
+        """One more question answered, for the progress."""
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
@@ -129,10 +139,12 @@ class System:
 
     def prepare(self, question: str, hits: Sequence[Hit], max_new_tokens: int) -> Prepared:
         """The ask as the answering pipeline prepares it, with retrieval already done: the
-        first k of ``hits``, less those that do not fit the model's context."""
+        first k of ``hits``, less those that do not fit the model's context, and the question
+        cut from its end when it does not fit even alone (``ServiceError`` 422 when not even an
+        empty question fits)."""
         ask = Ask.question(question, mode=self.mode, k=self.k)
         shown = hits[: self.k] if retrieves(self.mode) else []
-        return self.decoder.pipeline.given(ask, shown, self.adapter, max_new_tokens)
+        return self.decoder.pipeline.given(ask, shown, self.adapter, max_new_tokens, cut=True)
 
     def answer(
         self,
@@ -144,16 +156,44 @@ class System:
     ) -> list[Answer]:
         """Answers to ``questions`` (``retrieved[i]`` is what retrieval found for the i-th), in
         order; a retrieving mode's latency includes its retrieval's seconds. ``max_new_tokens``
-        (default: the run's) caps each answer; ``count=False`` keeps them out of the progress."""
+        (default: the run's) caps each answer; ``count=False`` keeps them out of the progress.
+        A question over the model's context is cut to fit (``Answer.cut_chars``); one that
+        cannot fit at all gets an empty answer saying why (``Answer.unanswered``), and the
+        other questions are answered all the same."""
         budget = max_new_tokens or self.decoder.max_new_tokens
-        asks = [self.prepare(q, r.hits, budget) for q, r in zip(questions, retrieved, strict=True)]
-        got = self.decoder.decode(asks, count=count)
+        asks, got = self._prepare_all(questions, retrieved, budget, count)
+        decoded = self.decoder.decode(list(asks.values()), count=count)
+        for (i, prepared), answer in zip(asks.items(), decoded, strict=True):
+            cut = len(questions[i]) - len(prepared.ask.query or "")
+            if cut:
+                log.warning("%s: question %d cut by %d characters", self.mode, i + 1, cut)
+            got[i] = replace(answer, cut_chars=cut)
+        ordered = [got[i] for i in range(len(questions))]
         if not retrieves(self.mode):
-            return got
+            return ordered
         return [
             replace(a, latency_s=a.latency_s + r.seconds)
-            for a, r in zip(got, retrieved, strict=True)
+            for a, r in zip(ordered, retrieved, strict=True)
         ]
+
+    def _prepare_all(
+        self, questions: Sequence[str], retrieved: Sequence[Retrieved], budget: int, count: bool
+    ) -> tuple[dict[int, Prepared], dict[int, Answer]]:
+        """Each question's prepared ask by position, and the empty answers of those that
+        cannot fit the model's context at all (counted for the progress when ``count``)."""
+        asks: dict[int, Prepared] = {}
+        empty: dict[int, Answer] = {}
+        for i, (q, r) in enumerate(zip(questions, retrieved, strict=True)):
+            try:
+                asks[i] = self.prepare(q, r.hits, budget)
+            except ServiceError as exc:
+                if exc.status != 422:
+                    raise
+                log.warning("%s: question %d left unanswered: %s", self.mode, i + 1, exc.message)
+                empty[i] = Answer("", 0, 0.0, unanswered=exc.message)
+                if count:
+                    self.decoder.count()
+        return asks, empty
 
 
 def generate(

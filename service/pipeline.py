@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from service.adapters import AdaptersBusy
@@ -494,18 +494,32 @@ class Pipeline:
         return Answer(prepared, request, time.perf_counter())
 
     def given(
-        self, ask: Ask, hits: Sequence[Hit], adapter: str | None, max_new_tokens: int
+        self,
+        ask: Ask,
+        hits: Sequence[Hit],
+        adapter: str | None,
+        max_new_tokens: int,
+        *,
+        cut: bool = False,
     ) -> Prepared:
         """A prepared ask whose passages and adapter the caller chose (the eval harness
         retrieves once per question and names each mode's adapter). No request limits apply,
         but the prompt and the answer must fit the model's context: passages that do not are
-        dropped or cut short as ``prepare`` does, and ``hits`` are then what the prompt holds."""
+        dropped or cut short as ``prepare`` does, and ``hits`` are then what the prompt holds.
+        With ``cut``, a question whose prompt is over the context even with no passages is cut
+        from its end until it fits (the result's ``ask`` holds what was asked); a 422 still
+        when not even an empty question fits. ``max_new_tokens`` of the result is the answer
+        length used (cut to at most half the context, as for a request that sets none)."""
         mode = answer_mode(ask.mode)
         shown = list(hits) if mode.retrieves else []
         prepared = Prepared(
             ask, mode, adapter, shown, prompt(mode, ask.messages, shown), max_new_tokens
         )
-        return self.fit(prepared, self.budget(adapter, limited=False))
+        budget = self.budget(adapter, limited=False)
+        if cut:
+            prepared.ask = _cut_to_fit(prepared, self._room(prepared, budget), budget)
+            prepared.prompt = prompt(mode, prepared.ask.messages, shown)
+        return self.fit(prepared, budget)
 
     def _adapter(self, mode: AnswerMode, adapter: str | None) -> str | None:
         if self.adapters is None:
@@ -513,6 +527,32 @@ class Pipeline:
                 raise _no_adapter(mode.name, [])
             return None
         return self.adapters.name(mode, adapter)
+
+
+def _cut_to_fit(prepared: Prepared, room: int, budget: Budget) -> Ask:
+    """``prepared.ask`` with its question (the last user message) cut to the longest start
+    whose prompt, with no passages, fits ``room`` tokens; as it was when it fits whole or when
+    not even an empty question fits (``fit`` then says how far over it is)."""
+    ask, mode = prepared.ask, prepared.mode
+    last = max((i for i, m in enumerate(ask.messages) if m["role"] == "user"), default=None)
+    if last is None:
+        return ask
+    text = ask.messages[last]["content"]
+
+    def cut_to(n: int) -> Ask:
+        messages = [*ask.messages[:last], {**ask.messages[last], "content": text[:n]}]
+        return replace(ask, messages=[*messages, *ask.messages[last + 1 :]])
+
+    def fits(n: int) -> bool:
+        return budget.count(prompt(mode, cut_to(n).messages, [])) <= room
+
+    if fits(len(text)) or not fits(0):
+        return ask
+    kept, over = 0, len(text)  # fits(kept), not fits(over)
+    while over - kept > 1:
+        middle = (kept + over) // 2
+        kept, over = (middle, over) if fits(middle) else (kept, middle)
+    return cut_to(kept)
 
 
 def _over_budget(prepared: Prepared, exc: PromptTooLong, budget: Budget) -> ServiceError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -43,7 +44,7 @@ class Engine:
         self.finish = finish
         config = SimpleNamespace(max_position_embeddings=context)
         self.generator = SimpleNamespace(model=SimpleNamespace(config=config))
-        self.adapters = None
+        self.adapters: Any = None
         self.submitted: list[tuple[str, int, str | None]] = []
         self.jobs: list[Job] = []
 
@@ -119,3 +120,68 @@ def test_what_each_mode_does() -> None:
     assert diagnosed_mode(("hybrid", "rag")) == "rag"
     assert diagnosed_mode(("base", "hybrid")) == "hybrid"
     assert diagnosed_mode(("base", "ft")) is None
+
+
+def test_a_question_over_the_context_is_cut_or_left_unanswered_not_fatal() -> None:
+    """One over-long question raised a 422 inside the eval worker and failed the whole run
+    (after the modes before it had spent their generation); the answer length the pipeline
+    used (half the context) was recorded nowhere."""
+    long_q = " ".join(f"w{i}" for i in range(50))  # 50 tokens; the context is 40
+    engine, seen = Engine(context=40), []
+    decoder = Decoder(engine, 64, total=9, progress=lambda d, t: seen.append(d))
+    got = System("base", None, 1, decoder).answer(
+        ["short one", long_q, "another"], [Retrieved([], 0.0)] * 3
+    )
+    assert [a.max_new_tokens for a in got] == [20] * 3  # 64 asked, at most half the context
+    assert [a.cut_chars for a in got] == [0, len(long_q) - len(engine.submitted[2][0]), 0]
+    asked = engine.submitted[2][0]  # submitted longest last
+    assert long_q.startswith(asked) and 0 < len(asked.split()) <= 20 and got[1].cut_chars > 0
+    assert all(a.unanswered is None for a in got) and got[1].text == str(len(asked))
+
+    engine.adapters = SimpleNamespace(virtual_tokens=lambda name: 15)  # 5 tokens left
+    prefix = System("ft", "prefix", 1, decoder).answer(
+        ["short one", long_q], [Retrieved([], 0.0)] * 2
+    )
+    assert prefix[0].cut_chars == 0 and prefix[1].cut_chars > 0
+    engine.adapters = SimpleNamespace(virtual_tokens=lambda name: 20)  # no room at all
+    none = System("ft", "prefix", 1, decoder).answer(["short one"], [Retrieved([], 0.0)])
+    assert (
+        none[0].text == ""
+        and none[0].tokens == 0
+        and "max_new_tokens" in (none[0].unanswered or "")
+    )
+    assert seen == list(range(1, 7))  # every question counted, answered or not
+
+
+@pytest.mark.slow
+def test_a_run_with_an_over_long_question_finishes_and_says_so(
+    squad_file: Path, eval_settings: Any, tmp_path: Path
+) -> None:
+    """The tiny Llama reads 256 tokens: the question of 300 words is cut in both modes (rag's
+    template is longer), the run ends, and metrics.json records the answer length used (half
+    the context), not only the one asked."""
+    import json
+
+    from eval.config import EvalOptions
+    from eval.harness import run_eval
+
+    long_q = " ".join(["debian"] * 300)
+    row = {"id": "long", "context": "debian is an os", "question": long_q, "answers": ["os"]}
+    with squad_file.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    options = EvalOptions(
+        dataset=squad_file, modes=("base", "rag"), max_new_tokens=200, probes=False, resamples=100
+    )
+    metrics = run_eval(options, tmp_path / "run", eval_settings)
+    run = metrics["run"]
+    assert run["max_new_tokens"] == 200 and run["max_new_tokens_used"] == 128
+    assert [(n["mode"], n["query_id"], n["question"]) for n in run["over_long"]] == [
+        ("base", "long", 7),
+        ("rag", "long", 7),
+    ]
+    assert all(n["cut_chars"] > 0 and "unanswered" not in n for n in run["over_long"])
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    marked = [r for r in rows if "question_cut_chars" in r]
+    assert [(r["mode"], r["query_id"]) for r in marked] == [("base", "long"), ("rag", "long")]
+    assert all(r["question"] == long_q for r in marked)  # the row keeps what was asked

@@ -221,3 +221,28 @@ def test_a_prompt_learning_adapter_s_virtual_tokens_take_part_of_the_context(
         plain = pipeline.given(Ask.question(QUESTION, mode="rag"), ranked, None, 16)
         assert len(prepared.hits) < len(plain.hits) or prepared.hits[-1].end < plain.hits[-1].end
         state.engine.adapters = None
+
+
+def test_the_eval_harness_cuts_a_question_over_the_context_to_the_longest_start_that_fits(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A question whose prompt is over the context even with no passages was a 422 that
+    failed a whole eval run; with ``cut`` it is cut from its end, just short of overflowing."""
+    from service.errors import ServiceError
+
+    long_q = " ".join(["debian"] * 300)
+    with _client(tiny_llama, tmp_path) as client:
+        pipeline = _state(client).pipeline()
+        ranked = pipeline.search(Ask.question(QUESTION, k=3))
+        with pytest.raises(ServiceError) as refused:
+            pipeline.given(Ask.question(long_q, mode="rag"), ranked, None, 16)
+        assert refused.value.status == 422
+        prepared = pipeline.given(Ask.question(long_q, mode="rag"), ranked, None, 16, cut=True)
+        asked = prepared.ask.query or ""
+        assert 0 < len(asked) < len(long_q) and long_q.startswith(asked)
+        assert len(_state(client).engine.encode_chat(prepared.prompt)) + 16 <= CONTEXT
+        assert prepared.hits == [] and prepared.max_new_tokens == 16
+        with pytest.raises(ServiceError):  # one more character would not fit
+            pipeline.given(Ask.question(long_q[: len(asked) + 1], mode="rag"), [], None, 16)
+        short = pipeline.given(Ask.question(QUESTION, mode="rag"), ranked, None, 16, cut=True)
+        assert short.ask.query == QUESTION and short.hits  # a question that fits is left whole
