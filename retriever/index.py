@@ -26,12 +26,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from retriever import fusion, snapshot
-from retriever.chunking import Chunk, split
+from retriever.chunking import (
+    TEXT_VERSION,
+    Chunk,
+    Sections,
+    document_title,
+    embedding_text,
+    is_markdown,
+    split,
+)
 from retriever.config import SEARCH_MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
 from retriever.locks import FolderLock, RWLock
 from retriever.sparse import CJK, LiveSparse
-from retriever.store import DocumentRow, NewChunk, Store, now
+from retriever.store import ChunkContext, DocumentRow, NewChunk, Store, now
 from retriever.validation import TEXT_MAX_CHARS as TEXT_MAX_CHARS  # the write bound, named here too
 from retriever.validation import (
     check_any_id,
@@ -44,6 +52,8 @@ from retriever.validation import (
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
 FITTED_KEY = "dense_weights"  # meta: hybrid dense shares fitted per language for one space
+TEXT_KEY = "embedding_text"  # meta: the TEXT_VERSION of the active space (absent: 1)
+CONTEXT_KEY = "chunk_context"  # meta: set once every chunk's title and section are filled
 
 
 class EmbedderLike(Protocol):
@@ -82,6 +92,8 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any]
+    title: str = ""  # the document's title
+    section: str = ""  # the heading path of the chunk's section ("Install > apt")
 
 
 def _hash(text: str) -> str:
@@ -98,13 +110,24 @@ class _Plan:
 
     record: DocumentRow
     pieces: list[Chunk]
+    title: str
     result: WriteResult
     chunks: list[NewChunk] = field(default_factory=list)
 
 
-def space_of(identity: dict[str, Any]) -> str:
-    """The vector-space key of an embedder: a short hash of its identity."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+def space_of(identity: dict[str, Any], text_version: int = TEXT_VERSION) -> str:
+    """The vector-space key of an embedder and of what it embeds (``TEXT_VERSION``): a short
+    hash of both (of the identity alone for version 1, the spaces indexes were built in before
+    chunks carried their context)."""
+    key: Any = identity if text_version == 1 else {"embedder": identity, "text": text_version}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def text_for(chunk: ChunkContext | NewChunk, text_version: int) -> str:
+    """What a chunk is embedded as in a space of ``text_version``."""
+    if text_version == 1:
+        return chunk.text
+    return embedding_text(chunk.title, chunk.section, chunk.text)
 
 
 def stored_identity(folder: Path, which: str = "embedder") -> dict[str, Any] | None:
@@ -144,11 +167,22 @@ class Retriever:
         self.embedder = embedder
         self._lock = RWLock()
         self._write_lock = threading.Lock()  # one writer at a time, embedding included
-        self._sparse = LiveSparse(self.store.chunk_texts)
+        self._sparse = LiveSparse(self._sparse_texts)
         self._sparse_lock = threading.Lock()
-        self._shadow: tuple[EmbedderLike, str] | None = None  # a re-embedding in progress
+        self._shadow: tuple[EmbedderLike, str, int] | None = None  # a re-embedding in progress
         self._fitted: tuple[str, dict[str, float]] | None = None  # (space, weight per language)
         self.space = self._check_identity()
+        self.text_version = int(self.store.get_meta(TEXT_KEY) or 1)
+        self._fill_contexts()
+        if self.text_version < TEXT_VERSION:
+            log.warning(
+                "the index at %s was embedded without chunk context (text version %d, this "
+                "ragtune embeds version %d); it keeps working as it was: run 'ragtune reindex' "
+                "to re-embed it with titles and sections",
+                folder,
+                self.text_version,
+                TEXT_VERSION,
+            )
         self._index, self._snap_seq = snapshot.load(
             folder, self.store, self.space, self.config.vector_index, embedder.dim
         )
@@ -160,6 +194,8 @@ class Retriever:
         if stored is None:
             self.store.set_meta("embedder", mine)
             self.store.set_meta("space", space_of(self.embedder.identity))
+            self.store.set_meta(TEXT_KEY, str(TEXT_VERSION))
+            self.store.set_meta(CONTEXT_KEY, "1")
         elif stored != mine:
             self.close()
             raise EmbedderMismatch(
@@ -167,6 +203,37 @@ class Retriever:
                 "open it with that embedder or run 'ragtune reindex' to re-embed"
             )
         return self.store.get_meta("space") or space_of(self.embedder.identity)
+
+    @property
+    def needs_reembedding(self) -> bool:
+        """Whether the index's vectors were made from older embedding text (without chunk
+        context): ``reindex`` with the same embedder brings it up to ``TEXT_VERSION``."""
+        return self.text_version < TEXT_VERSION
+
+    def _fill_contexts(self) -> None:
+        """Give the chunks of an index written before chunks carried their context their
+        document's title and section, once (BM25 reads them at once, vectors at a reindex)."""
+        if self.store.get_meta(CONTEXT_KEY):
+            return
+        rows: list[tuple[int, str, str]] = []
+        doc: DocumentRow | None = None
+        sections = Sections("")
+        for cid, doc_id, start in self.store.chunk_spans():
+            if doc is None or doc.id != doc_id:
+                doc = self.store.document(doc_id)
+                if doc is None:
+                    continue
+                title = document_title(doc.text, doc.metadata)
+                sections = Sections(doc.text, title, is_markdown(doc.text, doc.metadata))
+            rows.append((cid, title, sections.at(start)))
+        self.store.set_contexts(rows)
+        self.store.set_meta(CONTEXT_KEY, "1")
+        log.info("filled the title and section of %d chunks", len(rows))
+
+    def _sparse_texts(self) -> tuple[list[int], list[str]]:
+        """Ids and BM25 texts (with their context) of every live chunk."""
+        rows = self.store.chunk_contexts()
+        return [r.id for r in rows], [text_for(r, TEXT_VERSION) for r in rows]
 
     def close(self) -> None:
         """Snapshot the vector index, then release the store and the folder."""
@@ -219,7 +286,7 @@ class Retriever:
                     if ids:
                         vectors = [c.vectors[self.space] for p in todo for c in p.chunks]
                         self._index.add(np.asarray(ids, dtype=np.int64), np.vstack(vectors))
-                    texts = [c.text for p in todo for c in p.chunks]
+                    texts = [text_for(c, TEXT_VERSION) for p in todo for c in p.chunks]
                     self._sparse.apply(gone, ids, texts)
         self._maybe_snapshot()
         return [p.result if isinstance(p, _Plan) else p for p in plans]
@@ -253,37 +320,54 @@ class Retriever:
             record = DocumentRow(
                 doc_id, version, doc.text, doc.metadata, digest, old.created if old else t, t
             )
-            pieces = split(doc.text, self.config.chunk_size, self.config.chunk_overlap)
+            title = document_title(doc.text, doc.metadata)
+            markdown = is_markdown(doc.text, doc.metadata)
+            size, overlap = self.config.chunk_size, self.config.chunk_overlap
+            pieces = split(doc.text, size, overlap, markdown, title)
             status = "updated" if old else "added"
-            plans.append(_Plan(record, pieces, WriteResult(doc_id, version, status, len(pieces))))
+            result = WriteResult(doc_id, version, status, len(pieces))
+            plans.append(_Plan(record, pieces, title, result))
         return plans
 
     def _embed_plans(self, plans: list[_Plan]) -> None:
         """Fill each plan's chunks with vectors for the active space (and a shadow one, during
         a re-embedding), embedding only content not already stored, in one batched call."""
-        spaces = [(self.embedder, self.space)]
+        spaces = [(self.embedder, self.space, self.text_version)]
         if self._shadow is not None:
             spaces.append(self._shadow)
-        hashes = [[_hash(c.text) for c in p.pieces] for p in plans]
-        texts = {
-            h: c.text
-            for p, hs in zip(plans, hashes, strict=True)
-            for c, h in zip(p.pieces, hs, strict=True)
-        }
-        vectors: dict[str, dict[str, np.ndarray]] = {}
-        for embedder, space in spaces:
+        for p in plans:
+            p.chunks = [
+                NewChunk(c.ordinal, c.start, c.end, c.text, "", {}, p.title, c.section)
+                for c in p.pieces
+            ]
+        for embedder, space, version in spaces:
+            # the reuse key is the text embedded, its context included
+            texts = {
+                _hash(text_for(c, version)): text_for(c, version) for p in plans for c in p.chunks
+            }
             known = self.store.vectors_by_hash(space, list(texts))
             todo = [h for h in texts if h not in known]
             if todo:
                 fresh = embedder.encode([texts[h] for h in todo])  # (len(todo), dim)
                 known.update(zip(todo, fresh, strict=True))
-            vectors[space] = known
-        for p, hs in zip(plans, hashes, strict=True):
+            for p in plans:
+                for c in p.chunks:
+                    h = _hash(text_for(c, version))
+                    c.vectors[space], c.hashes[space] = known[h], h
+        for p in plans:
             p.chunks = [
                 NewChunk(
-                    c.ordinal, c.start, c.end, c.text, h, {s: v[h] for s, v in vectors.items()}
+                    c.ordinal,
+                    c.start,
+                    c.end,
+                    c.text,
+                    _hash(text_for(c, TEXT_VERSION)),
+                    c.vectors,
+                    c.title,
+                    c.section,
+                    c.hashes,
                 )
-                for c, h in zip(p.pieces, hs, strict=True)
+                for c in p.chunks
             ]
 
     def delete(self, doc_ids: Sequence[str]) -> None:
@@ -320,18 +404,17 @@ class Retriever:
         if new_space == self.space:
             return {"switched": False, "reason": "already built with this embedder"}
         with self._write_lock:
-            self._shadow = (embedder, new_space)
+            self._shadow = (embedder, new_space, TEXT_VERSION)
         try:
             done, total = 0, self.chunk_count
             while True:
                 if stop is not None and stop.is_set():
                     return {"switched": False, "reason": "stopped", "embedded": done}
-                ids, texts, hashes = self.store.missing_vectors(new_space, batch)
-                if not ids:
+                rows = self.store.missing_vectors(new_space, batch)
+                if not rows:
                     break
-                vectors = embedder.encode(texts)  # (len(ids), dim)
-                self.store.put_vectors(new_space, list(zip(ids, hashes, vectors, strict=True)))
-                done += len(ids)
+                self._embed_missing(embedder, new_space, rows)
+                done += len(rows)
                 if progress:
                     progress(done, total)
             with self._write_lock:
@@ -340,10 +423,9 @@ class Retriever:
             self._shadow = None
 
     def _switch(self, embedder: EmbedderLike, new_space: str) -> dict[str, Any]:
-        ids, texts, hashes = self.store.missing_vectors(new_space, 1 << 30)
-        if ids:  # written between the last batch and the write lock
-            vecs = embedder.encode(texts)
-            self.store.put_vectors(new_space, list(zip(ids, hashes, vecs, strict=True)))
+        rows = self.store.missing_vectors(new_space, 1 << 30)
+        if rows:  # written between the last batch and the write lock
+            self._embed_missing(embedder, new_space, rows)
         index = snapshot.rebuild(self.store, new_space, self.config.vector_index, embedder.dim)
         with self._lock.write():
             previous = self.space
@@ -351,12 +433,21 @@ class Retriever:
             self.store.set_meta("previous_space", previous)
             self.store.set_meta("embedder", json.dumps(embedder.identity, sort_keys=True))
             self.store.set_meta("space", new_space)
+            self.store.set_meta("previous_embedding_text", str(self.text_version))
+            self.store.set_meta(TEXT_KEY, str(TEXT_VERSION))
             self.embedder, self.space, self._index = embedder, new_space, index
+            self.text_version = TEXT_VERSION
         dropped = self.store.drop_spaces([new_space, previous])  # older ones: no way back to them
         if dropped:
             log.info("re-embedding: dropped %d vectors of spaces before the previous one", dropped)
         self.snapshot()
         return {"switched": True, "from": previous, "to": new_space, "chunks": len(index)}
+
+    def _embed_missing(self, embedder: EmbedderLike, space: str, rows: list[ChunkContext]) -> None:
+        texts = [text_for(r, TEXT_VERSION) for r in rows]
+        vectors = embedder.encode(texts)  # (len(rows), dim)
+        hashes = [_hash(t) for t in texts]
+        self.store.put_vectors(space, list(zip([r.id for r in rows], hashes, vectors, strict=True)))
 
     # ---- reads --------------------------------------------------------------------------
     def documents(self, offset: int = 0, limit: int = 100) -> list[DocumentRow]:
@@ -420,7 +511,19 @@ class Retriever:
             row = rows.get(cid)
             if row is None or not _matches(row.metadata, filters):
                 continue
-            hits.append(Hit(row.doc_id, cid, row.start, row.end, score, row.text, row.metadata))
+            hits.append(
+                Hit(
+                    row.doc_id,
+                    cid,
+                    row.start,
+                    row.end,
+                    score,
+                    row.text,
+                    row.metadata,
+                    row.title,
+                    row.section,
+                )
+            )
             if len(hits) == k:
                 break
         return hits

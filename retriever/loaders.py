@@ -39,6 +39,7 @@ class LoadError:
 class _TextOfHTML(HTMLParser):
     SKIP = {"script", "style", "noscript", "template"}
     BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "section"}
+    HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -54,6 +55,8 @@ class _TextOfHTML(HTMLParser):
             self._in_title = True
         elif tag in self.BLOCK:
             self.parts.append("\n")
+            if tag in self.HEADINGS:  # kept as a Markdown heading line for the splitter
+                self.parts.append("#" * int(tag[1]) + " ")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self.SKIP and self._skip:
@@ -71,11 +74,13 @@ class _TextOfHTML(HTMLParser):
 
 
 def html_to_text(html: str) -> tuple[str, str]:
-    """(title, text) of an HTML page, scripts and styles dropped, blocks on their own lines."""
+    """(title, text) of an HTML page, scripts and styles dropped, blocks on their own lines,
+    headings as Markdown heading lines (``## Install``) so the splitter cuts at them."""
     parser = _TextOfHTML()
     parser.feed(html)
     lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
-    return parser.title.strip(), "\n".join(line for line in lines if line)
+    kept = (line for line in lines if line and line.lstrip("#"))  # no empty heading
+    return parser.title.strip(), "\n".join(kept)
 
 
 def _md_title(text: str) -> str:

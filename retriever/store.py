@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL REFERENCES documents(id),
     ordinal INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, text TEXT NOT NULL,
-    hash TEXT NOT NULL);
+    hash TEXT NOT NULL, title TEXT NOT NULL DEFAULT '', section TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS vectors (
     space TEXT NOT NULL, chunk_id INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
     hash TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (space, chunk_id));
@@ -78,6 +78,8 @@ class ChunkRow:
     end: int
     text: str
     metadata: dict[str, Any]
+    title: str = ""
+    section: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,17 @@ class NewChunk:
     text: str
     hash: str
     vectors: dict[str, np.ndarray]  # space -> (dim,) float32
+    title: str = ""  # the document's title and the chunk's heading path: its context
+    section: str = ""
+    hashes: dict[str, str] = field(default_factory=dict)  # space -> hash, where not ``hash``
+
+
+@dataclass(frozen=True)
+class ChunkContext:
+    id: int
+    text: str
+    title: str
+    section: str
 
 
 def _blob(v: np.ndarray) -> bytes:
@@ -128,11 +141,20 @@ class Store:
                     f"{self.path} has store schema {found}, this ragtune reads "
                     f"{SCHEMA_VERSION}; re-ingest into a new data dir"
                 )
+            self._add_context_columns()
         elif tables:
             raise ValueError(f"{self.path} is not a ragtune store")
         else:
             self._db.executescript(SCHEMA)
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _add_context_columns(self) -> None:
+        """Give a store written before chunks carried their context its title and section
+        columns (empty until ``set_contexts`` fills them)."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(chunks)")}
+        for name in ("title", "section"):
+            if name not in have:
+                self._db.execute(f"ALTER TABLE chunks ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -198,15 +220,18 @@ class Store:
         added = []
         for c in chunks:
             cur = self._db.execute(
-                "INSERT INTO chunks (doc_id, ordinal, start, end, text, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (doc.id, c.ordinal, c.start, c.end, c.text, c.hash),
+                "INSERT INTO chunks (doc_id, ordinal, start, end, text, hash, title, section) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc.id, c.ordinal, c.start, c.end, c.text, c.hash, c.title, c.section),
             )
             cid = int(cur.lastrowid or 0)
             added.append(cid)
             self._db.executemany(
                 "INSERT INTO vectors VALUES (?, ?, ?, ?)",
-                [(space, cid, c.hash, _blob(v)) for space, v in c.vectors.items()],
+                [
+                    (space, cid, c.hashes.get(space, c.hash), _blob(v))
+                    for space, v in c.vectors.items()
+                ],
             )
         self._advance(len(added))  # the chunk_added trigger logged one change per chunk
         return removed, added
@@ -241,12 +266,14 @@ class Store:
         marks = ",".join("?" * len(ids))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT c.id, c.doc_id, c.ordinal, c.start, c.end, c.text, d.metadata "
-                f"FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+                f"SELECT c.id, c.doc_id, c.ordinal, c.start, c.end, c.text, d.metadata, c.title, "
+                f"c.section FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({marks})",
                 [int(i) for i in ids],
             ).fetchall()
         return {
-            r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], read_metadata(r[6])) for r in rows
+            r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], r[5], read_metadata(r[6]), r[7], r[8])
+            for r in rows
         }
 
     def chunk_texts(self) -> tuple[list[int], list[str]]:
@@ -254,6 +281,28 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
         return [int(r[0]) for r in rows], [r[1] for r in rows]
+
+    def chunk_contexts(self) -> list[ChunkContext]:
+        """Every live chunk with its title and section, in id order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, text, title, section FROM chunks ORDER BY id"
+            ).fetchall()
+        return [ChunkContext(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    def chunk_spans(self) -> list[tuple[int, str, int]]:
+        """(id, document id, start) of every live chunk, by document."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, doc_id, start FROM chunks ORDER BY doc_id, id")
+            return [(int(r[0]), r[1], int(r[2])) for r in rows.fetchall()]
+
+    def set_contexts(self, rows: Sequence[tuple[int, str, str]]) -> None:
+        """Set (chunk id, title, section) of existing chunks, in one transaction."""
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "UPDATE chunks SET title=?, section=? WHERE id=?",
+                [(title, section, cid) for cid, title, section in rows],
+            )
 
     def live_ids(self) -> np.ndarray:
         with self._lock:
@@ -281,15 +330,15 @@ class Store:
         out_ids = np.array([r[0] for r in rows], dtype=np.int64)
         return out_ids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
-    def missing_vectors(self, space: str, limit: int) -> tuple[list[int], list[str], list[str]]:
-        """Up to ``limit`` live chunks with no vector in ``space``: (ids, texts, hashes)."""
+    def missing_vectors(self, space: str, limit: int) -> list[ChunkContext]:
+        """Up to ``limit`` live chunks with no vector in ``space``, with their context."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT c.id, c.text, c.hash FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM "
-                "vectors v WHERE v.space=? AND v.chunk_id=c.id) ORDER BY c.id LIMIT ?",
+                "SELECT c.id, c.text, c.title, c.section FROM chunks c WHERE NOT EXISTS (SELECT "
+                "1 FROM vectors v WHERE v.space=? AND v.chunk_id=c.id) ORDER BY c.id LIMIT ?",
                 (space, limit),
             ).fetchall()
-        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+        return [ChunkContext(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def put_vectors(self, space: str, rows: Sequence[tuple[int, str, np.ndarray]]) -> None:
         """Store vectors for chunks that still exist (a chunk deleted meanwhile is skipped)."""

@@ -191,6 +191,8 @@ def citation(h: Hit, with_metadata: bool = True) -> dict[str, Any]:
         "end": h.end,
         "score": h.score,
         "text": h.text,
+        "title": h.title,
+        "section": h.section,
     }
     if with_metadata:
         out["metadata"] = h.metadata

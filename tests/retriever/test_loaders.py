@@ -37,7 +37,7 @@ def test_html_drops_scripts_and_keeps_blocks() -> None:
         "<h1>Head</h1><p>one &amp; two</p><script>evil()</script>"
         "<p>中文段落</p></body></html>"
     )
-    assert title == "T" and text == "Head\none & two\n中文段落"
+    assert title == "T" and text == "# Head\none & two\n中文段落"  # headings as Markdown
 
 
 def test_jsonl_lines_with_errors_reported_by_line(tmp_path: Path) -> None:

@@ -42,6 +42,18 @@ def test_quickstart_flow(client: TestClient) -> None:
     ).json()
     assert q["mode"] == "rag" and q["usage"]["completion_tokens"] == 4
     assert [c["doc_id"] for c in q["citations"]] == ["apt-basics"]
+    assert q["citations"][0]["title"] == "" and q["citations"][0]["section"] == ""
+    client.put(
+        "/v1/documents/apt-basics",
+        json={"text": "# Apt\n\n## Install\n\nrun apt install as root.", "metadata": {}},
+    )
+    found = client.post("/v1/search", json={"query": "apt install", "mode": "sparse"}).json()
+    top = found["results"][0]
+    assert (top["title"], top["section"], top["text"]) == (
+        "Apt",
+        "Install",
+        "## Install\n\nrun apt install as root.",
+    )
     assert client.delete("/v1/documents/apt-basics").status_code == 200
     s = client.post("/v1/search", json={"query": "install package", "mode": "sparse"}).json()
     assert s["results"] == []

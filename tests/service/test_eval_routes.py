@@ -96,7 +96,17 @@ def test_a_live_run_searches_here_and_serves_its_report(make_client) -> None:
     assert all(isinstance(x["seconds"], float) and x["seconds"] >= 0 for x in lines)
     assert [x["hits"][0]["doc_id"] for x in lines] == ["apt", "grub", "bash"]
     hit = lines[0]["hits"][0]
-    assert set(hit) == {"doc_id", "chunk_id", "start", "end", "score", "text", "metadata"}
+    assert set(hit) == {
+        "doc_id",
+        "chunk_id",
+        "start",
+        "end",
+        "score",
+        "text",
+        "title",
+        "section",
+        "metadata",
+    }
     assert hit["text"] == DOCS[0]["text"] and 1 <= len(lines[0]["hits"]) <= 5
     assert (folder / "dataset.jsonl").read_bytes() == jsonl(QA, blank=True)
     options = json.loads((folder / "recipe.json").read_text())["options"]
