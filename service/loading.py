@@ -23,6 +23,8 @@ def embedder_from_settings(settings: Settings) -> Embedder:
         device=pick_device(settings.device),
         local_path=settings.embedder_path,
         offline=settings.offline,
+        backend=settings.retrieval.embedding_backend,
+        cache_dir=settings.model_cache,
     )
 
 
@@ -37,7 +39,9 @@ def generator_from_settings(settings: Settings) -> Generator:
 
 
 def retriever_config(settings: Settings) -> RetrieverConfig:
-    return RetrieverConfig(**settings.retrieval.model_dump(exclude={"reranker"}))
+    return RetrieverConfig(
+        **settings.retrieval.model_dump(exclude={"reranker", "embedding_backend"})
+    )
 
 
 def reranker_from_settings(settings: Settings) -> Any:
@@ -86,15 +90,22 @@ def embedder_record(adapter_id: str, settings: Settings) -> tuple[Any, Path]:
 
 def embedder_for(identity: dict[str, Any], settings: Settings) -> Embedder:
     """The embedder an index identity names: a fine-tuned one from the registry, or a preset,
-    hub id or folder (the configured local copy when it is the configured embedder)."""
+    hub id or folder (the configured local copy when it is the configured embedder). A stored
+    identity names its backend (none: torch); a bare ``{"name": ...}`` takes the configured one,
+    so ``ragtune reindex`` re-embeds an index into the configured backend."""
     if identity.get("adapter"):
         return tuned_embedder(str(identity["adapter"]), settings)
     name = str(identity["name"])
+    stored = "weights" in identity
     return load_embedder(
         name,
         device=pick_device(settings.device),
         local_path=settings.embedder_path if name == settings.embedder else None,
         offline=settings.offline,
+        backend=str(
+            identity.get("backend", "torch" if stored else settings.retrieval.embedding_backend)
+        ),
+        cache_dir=settings.model_cache,
     )
 
 

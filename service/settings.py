@@ -115,6 +115,11 @@ class Retrieval(BaseModel):
     )
     candidates: int = Field(50, ge=1, description="per-list depth before fusion")
     reranker: str | None = Field(None, description="cross-encoder folder or hub id; unset = none")
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="what runs the embedder: torch, or an ONNX export (float32 or int8) made once "
+        "under models_dir; needs ragtune[onnx]; vectors differ, so switching re-embeds the index",
+    )
 
 
 class Settings(BaseSettings):
