@@ -23,7 +23,7 @@ from pathlib import Path
 from retriever import jsonl
 from retriever.errors import InvalidDocument
 from retriever.index import DocumentIn, check_document
-from retriever.validation import ID_MAX_CHARS, check_any_id, check_id, normal_id
+from retriever.validation import ID_MAX_CHARS, check_any_id, check_id, id_char, normal_id
 
 Stored = Callable[[str], bool]  # whether the index stores a document under an id
 SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
@@ -123,20 +123,11 @@ def safe_name(name: str) -> str:
     ``check_id`` accepts (a look-alike space made an ASCII one, as the loader makes it in a
     file's id), no leading dot, and at most ``ID_MAX_CHARS`` with its suffix kept."""
     base = normal_id(name.replace("\\", "/").rsplit("/", 1)[-1], spaces=True)
-    base = "".join(c for c in base if _id_char(c)).strip().lstrip(".").strip() or "upload.txt"
+    base = "".join(c for c in base if id_char(c)).strip().lstrip(".").strip() or "upload.txt"
     if len(base) > ID_MAX_CHARS:
         suffix = Path(base).suffix[:16]
         base = base[: ID_MAX_CHARS - len(suffix)] + suffix
     return base
-
-
-def _id_char(ch: str) -> bool:
-    """Whether ``check_id`` takes ``ch`` inside an id."""
-    try:
-        check_id(f"x{ch}")
-    except ValueError:
-        return False
-    return True
 
 
 def load_bytes(

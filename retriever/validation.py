@@ -43,6 +43,11 @@ def _look_alike(ch: str) -> bool:
     return (unicodedata.category(ch) == "Zs" and ch != " ") or ch == "\ufffd"
 
 
+def id_char(ch: str) -> bool:
+    """Whether a new id may hold ``ch`` (``check_id``'s character rules)."""
+    return not _control(ch) and not _look_alike(ch)
+
+
 def check_any_id(value: str, field: str = "id") -> str:
     """An id any write takes, one already stored included: 1..256 characters, not only
     whitespace, no control, format (bidi, zero-width) or line/paragraph separator character.
