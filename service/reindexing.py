@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.loading import embedder_for, embedder_record, tuned_embedder
-from tuner.jobstore import one_line
+from tuner.jobstore import client_error
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Reindexer:
         except Exception as exc:  # noqa: BLE001 - recorded on the status, the index is untouched
             log.exception("re-embedding failed; the index keeps its current embedder")
             with self._lock:
-                error = one_line(f"{type(exc).__name__}: {exc}", self._state.settings.data_dir)
+                error = client_error(f"{type(exc).__name__}: {exc}", self._state.settings.data_dir)
                 self._status.state, self._status.error = "failed", error
                 self._status.finished = time.time()
             return

@@ -7,7 +7,7 @@ runner, the routes) and the worker processes (``tuner.worker``, ``eval.worker``)
 call opens its own short connection. The workers share ``start_heartbeat`` and
 ``record_failure`` (the traceback to the log, a one-line error on the job).
 
-A job's ``error`` is what clients read, so it is always one line (``one_line``): the exception's
+A job's ``error`` is what clients read, so it is always one line (``client_error``): the exception's
 type and first line, absolute paths under the data dir made relative to it and others cut to
 their last part. It is made so when written and again when read, so a record written by an
 older version that holds a traceback is served as one line too; the full traceback lives in
@@ -232,7 +232,7 @@ class JobStore:
             job_id,
             "state NOT IN ('succeeded', 'failed', 'cancelled')",
             state=state,
-            error=one_line(error, self.root),
+            error=client_error(error, self.root),
             problems=json.dumps([list(p) for p in problems]),
             adapter=adapter,
             finished=time.time(),
@@ -284,7 +284,7 @@ class JobStore:
         return row["cancel_at"] if row else None
 
 
-def one_line(error: str | None, root: Path | None = None) -> str | None:
+def client_error(error: str | None, root: Path | None = None) -> str | None:
     """``error`` as one line a client may read: the first line (of a traceback, its exception
     line) without the class name of an exception that is not Python's own, paths under ``root``
     relative to it, and any other server path (under the home, temp, install or working folder,
@@ -369,7 +369,7 @@ def _job(row: sqlite3.Row, points: Sequence[sqlite3.Row], root: Path | None = No
         loss_curve=[[p["step"], p["loss"]] for p in points if p["loss"] is not None],
         val_losses=[[p["step"], p["val_loss"]] for p in points if p["val_loss"] is not None],
         eta_s=eta,
-        error=one_line(row["error"], root),
+        error=client_error(row["error"], root),
         problems=json.loads(row["problems"]),
         adapter=row["adapter"],
         pid=row["pid"],

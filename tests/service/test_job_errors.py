@@ -17,7 +17,7 @@ from tests.helpers import app_clients
 from tests.tuner.fake_trainer import make_runner
 from tuner import worker as tune_worker
 from tuner.config import recipe_from_dict
-from tuner.jobstore import JobStore, one_line
+from tuner.jobstore import JobStore, client_error
 
 TRACEBACK = """Traceback (most recent call last):
   File "/srv/ragtune/.venv/lib/python3.11/site-packages/tuner/train.py", line 40, in train
@@ -30,14 +30,14 @@ FileNotFoundError: [Errno 2] No such file: '{data}/jobs/job-1/data/train.jsonl'
 
 def test_one_line_keeps_the_error_and_drops_the_traceback_and_paths(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    line = one_line(TRACEBACK.format(data=data), data)
+    line = client_error(TRACEBACK.format(data=data), data)
     assert line == "FileNotFoundError: [Errno 2] No such file: 'jobs/job-1/data/train.jsonl'"
-    other = one_line("OSError: cannot read /etc/ragtune/secret.json: denied\nmore", data)
+    other = client_error("OSError: cannot read /etc/ragtune/secret.json: denied\nmore", data)
     assert other == "OSError: cannot read secret.json: denied"
-    assert one_line("worker exited with code -9\n--- log.txt ---\nTraceback ...", data) == (
+    assert client_error("worker exited with code -9\n--- log.txt ---\nTraceback ...", data) == (
         "worker exited with code -9"
     )
-    assert one_line(None, data) is None and one_line("x" * 5000, data) == "x" * 500
+    assert client_error(None, data) is None and client_error("x" * 5000, data) == "x" * 500
 
 
 def _plant_failed(store: JobStore, job_id: str, error: str) -> None:
@@ -126,25 +126,29 @@ def test_one_line_hides_internal_names_but_keeps_text_that_only_looks_like_a_pat
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    assert one_line("RecordNotFound: adapter 'nope' not found", data) == "adapter 'nope' not found"
-    assert one_line("peft.tuners.NoMatchingPeftModuleError: no q_proj", data) == "no q_proj"
-    assert one_line("ValueError: upload it first (POST /v1/files), 1/2 done", data) == (
+    missing = client_error("RecordNotFound: adapter 'nope' not found", data)
+    assert missing == "adapter 'nope' not found"
+    assert client_error("peft.tuners.NoMatchingPeftModuleError: no q_proj", data) == "no q_proj"
+    assert client_error("ValueError: upload it first (POST /v1/files), 1/2 done", data) == (
         "ValueError: upload it first (POST /v1/files), 1/2 done"
     )
-    spaced = one_line(f"OSError: cannot read {Path.cwd()}/my data/x.py", data)
+    spaced = client_error(f"OSError: cannot read {Path.cwd()}/my data/x.py", data)
     assert spaced == "OSError: cannot read …/my data/x.py"
 
 
 def test_hiding_paths_touches_only_whole_paths_and_keeps_messages_whole() -> None:
     data = Path("/data")  # the Docker image's data dir
-    assert one_line("ValueError: bad /data/jobs/x.jsonl", data) == "ValueError: bad jobs/x.jsonl"
-    assert one_line("ValueError: asks about /database", data) == "ValueError: asks about /database"
+    inside = client_error("ValueError: bad /data/jobs/x.jsonl", data)
+    assert inside == "ValueError: bad jobs/x.jsonl"
+    beside = client_error("ValueError: asks about /database", data)
+    assert beside == "ValueError: asks about /database"
     assert (
-        one_line("OSError: see https://hf.co/data/x", data) == "OSError: see https://hf.co/data/x"
+        client_error("OSError: see https://hf.co/data/x", data)
+        == "OSError: see https://hf.co/data/x"
     )
-    assert one_line("CUDA: out of memory", data) == "CUDA: out of memory"
-    assert one_line("Error: the base model is gone", data) == "Error: the base model is gone"
-    assert one_line("AdapterNotFound: ", data) == "the job failed"
+    assert client_error("CUDA: out of memory", data) == "CUDA: out of memory"
+    assert client_error("Error: the base model is gone", data) == "Error: the base model is gone"
+    assert client_error("AdapterNotFound: ", data) == "the job failed"
 
 
 def test_a_relative_data_dir_is_made_absolute_so_no_word_is_taken_for_it(
@@ -163,6 +167,6 @@ def test_a_relative_data_dir_is_made_absolute_so_no_word_is_taken_for_it(
         "dataset_kind": "squad",
         "metadata_keys": 1,
     }
-    assert one_line("ValueError: metadata/tags is not valid", settings.data_dir) == (
+    assert client_error("ValueError: metadata/tags is not valid", settings.data_dir) == (
         "ValueError: metadata/tags is not valid"
     )
