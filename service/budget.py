@@ -68,15 +68,16 @@ def context_length(model: Any) -> int | None:
 
 def fit(
     budget: Budget, room: int, build: Callable[[list[Hit]], Messages], hits: Sequence[Hit]
-) -> tuple[list[Hit], Messages, int]:
+) -> tuple[list[Hit], Messages, list[int]]:
     """The passages that fit in ``room`` tokens (in rank order, the last maybe cut short), the
-    prompt ``build`` makes of them and its token count. Raises ``PromptTooLong`` when the
-    prompt is over ``room`` with no passages."""
+    prompt ``build`` makes of them and its token ids (the engine prefills these, so it need not
+    encode the prompt again). Raises ``PromptTooLong`` when the prompt is over ``room`` with no
+    passages."""
     ranked = list(hits)
     messages = build(ranked)
-    tokens = budget.count(messages)
-    if tokens <= room:
-        return ranked, messages, tokens
+    ids = budget.encode(messages)
+    if len(ids) <= room:
+        return ranked, messages, ids
     bare = budget.count(build([]))
     if bare > room:
         raise PromptTooLong(bare, room)
@@ -93,7 +94,7 @@ def fit(
     if cut is not None:
         kept.append(cut)
     messages = build(kept)
-    return kept, messages, budget.count(messages)
+    return kept, messages, budget.encode(messages)
 
 
 def _cut(hit: Hit, fits: Callable[[Hit], bool]) -> Hit | None:

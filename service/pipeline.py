@@ -137,7 +137,8 @@ class Ask:
 @dataclass(eq=False)
 class Prepared:
     """An ask made ready for the engine: its mode, adapter, passages and prompt. ``fitted``
-    once the prompt is fitted to the token budget (``hits`` are then the passages it holds);
+    once the prompt is fitted to the token budget (``hits`` are then the passages it holds,
+    ``prompt_ids`` its tokens, counted there and prefilled as they are);
     ``use`` holds the adapter loaded until the answer is generated."""
 
     ask: Ask
@@ -149,6 +150,7 @@ class Prepared:
     retrieve_s: float = 0.0
     surface: Surface = QUERY
     fitted: bool = False
+    prompt_ids: list[int] | None = None  # the fitted prompt as the engine encodes it
     use: Use | None = None
 
 
@@ -437,10 +439,11 @@ class Pipeline:
         room = self._room(prepared, budget)
         mode, messages = prepared.mode, prepared.ask.messages
         try:
-            hits, shown, _ = fit(budget, room, lambda h: prompt(mode, messages, h), prepared.hits)
+            hits, shown, ids = fit(budget, room, lambda h: prompt(mode, messages, h), prepared.hits)
         except PromptTooLong as exc:
             raise _over_budget(prepared, exc, budget) from None
-        prepared.hits, prepared.prompt, prepared.fitted = hits, shown, True
+        prepared.hits, prepared.prompt, prepared.prompt_ids = hits, shown, ids
+        prepared.fitted = True
         return prepared
 
     def _fit_bare(self, prepared: Prepared, budget: Budget) -> None:
@@ -481,6 +484,7 @@ class Pipeline:
                 temperature=ask.temperature,
                 seed=ask.seed,
                 adapter=prepared.adapter,
+                prompt_ids=prepared.prompt_ids,
             )
         except ValueError as exc:  # a seed, temperature or stop the engine cannot take
             raise ServiceError(422, "invalid_request", str(exc)) from None

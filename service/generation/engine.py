@@ -102,7 +102,10 @@ class GenerationEngine:
         temperature: float = 0.0,
         seed: int | None = None,
         adapter: str | None = None,
+        prompt_ids: list[int] | None = None,
     ) -> GenerationRequest:
+        """Queue ``messages`` for generation; ``prompt_ids``, when given, are ``encode_chat`` of
+        them already made (the answering pipeline counted the prompt with it)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if isinstance(temperature, bool) or not (
@@ -115,7 +118,7 @@ class GenerationEngine:
         sampler = rng(seed)  # ValueError for a seed torch cannot take
         if adapter is not None and (self.adapters is None or adapter not in self.adapters.loaded()):
             raise LookupError(f"adapter {adapter!r} is not loaded")
-        prompt = self.encode_chat(messages)
+        prompt = list(prompt_ids) if prompt_ids is not None else self.encode_chat(messages)
         job = GenerationRequest(prompt, max_new_tokens, stops, temperature, seed, adapter)
         job.sampler, job.text_stream = sampler, TextStream(self._decode, stops)
         self._queue.put(job)
