@@ -66,7 +66,7 @@ class BrowserGuard:
         self.local_only = settings.auth_disabled
         # with auth off only the server's own pages may write; the list is for auth on
         allowed = [] if settings.auth_disabled else settings.allowed_origins
-        self.allowed = frozenset(o.strip().lower().rstrip("/") for o in allowed)
+        self.allowed = frozenset(allowed)  # normalised by Settings, as _foreign reads Origin
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # lifespan; the app has no websocket routes
