@@ -29,3 +29,24 @@ def weighted(lists: list[tuple[float, Ranked]]) -> Ranked:
             norm = (s - lo) / span if span > 0 else 1.0
             fused[cid] = fused.get(cid, 0.0) + weight * norm
     return sorted(fused.items(), key=lambda kv: -kv[1])
+
+
+def pick_share(scores: dict[float, np.ndarray], z: float = 1.645) -> tuple[float, str]:
+    """The dense share to fuse with, from per-query scores under each share (0 = sparse only,
+    1 = dense only, both required): the share with the best mean when it beats the better single
+    side by more than ``z`` standard errors of the paired differences (one-sided, 95% by
+    default), else that single side, so fusion is never chosen on noise. Returns the share and
+    why."""
+    if 0.0 not in scores or 1.0 not in scores:
+        raise ValueError("scores must hold the single sides, shares 0.0 and 1.0")
+    single = max((0.0, 1.0), key=lambda w: float(scores[w].mean()))
+    best = max(sorted(scores), key=lambda w: float(scores[w].mean()))
+    if best == single:
+        return single, "no fused share beats the better single side"
+    diff = scores[best] - scores[single]  # (n_queries,)
+    se = float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
+    if float(diff.mean()) > z * se:
+        return best, f"beats the better single side by {diff.mean():.3f} (se {se:.3f})"
+    return single, f"share {best:.1f} beats the better single side by {diff.mean():.3f}, " + (
+        f"within noise (se {se:.3f})"
+    )

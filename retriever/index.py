@@ -38,6 +38,7 @@ from retriever.chunking import (
 from retriever.config import SEARCH_MODES, RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
 from retriever.locks import FolderLock, RWLock
+from retriever.pseudo import pseudo_queries
 from retriever.sparse import CJK, LiveSparse
 from retriever.store import ChunkContext, DocumentRow, NewChunk, Store, now
 from retriever.validation import TEXT_MAX_CHARS as TEXT_MAX_CHARS  # the write bound, named here too
@@ -52,6 +53,9 @@ from retriever.validation import (
 log = logging.getLogger(__name__)
 DB_NAME = "ragtune.sqlite"
 FITTED_KEY = "dense_weights"  # meta: hybrid dense shares fitted per language for one space
+SHARE_GRID = tuple(i / 10 for i in range(11))  # dense shares tried by a fit, both sides alone too
+FIT_MIN_CHUNKS = 200  # fewer chunks give too few pseudo-queries to fit on
+FIT_MIN_QUERIES = 30  # a language with fewer pseudo-queries keeps its default share
 TEXT_KEY = "embedding_text"  # meta: the TEXT_VERSION of the active space (absent: 1)
 CONTEXT_KEY = "chunk_context"  # meta: set once every chunk's title and section are filled
 
@@ -545,6 +549,21 @@ class Retriever:
             return self.config.foreign_dense_weight
         return self.config.dense_weight
 
+    def fusion_shares(self) -> dict[str, Any]:
+        """The hybrid dense share in use per query language, and how each was chosen."""
+        raw = self.store.get_meta(FITTED_KEY)
+        body = json.loads(raw) if raw else {}
+        fitted = self._fitted_weights()
+        shares = {
+            lang: self.dense_weight_for("中文" if lang == "zh" else "x") for lang in ("en", "zh")
+        }
+        return {
+            "dense_share": shares,
+            "fitted": sorted(fitted),
+            "method": body.get("method") if fitted else None,
+            "why": body.get("why", {}) if fitted else {},
+        }
+
     def _fitted_weights(self) -> dict[str, float]:
         cached = self._fitted
         if cached is None or cached[0] != self.space:
@@ -554,46 +573,98 @@ class Retriever:
             cached = self._fitted = (self.space, weights)
         return cached[1]
 
+    @property
+    def fusion_fit_due(self) -> bool:
+        """Whether ``fit_fusion`` should run: never fitted for this vector space, or the index
+        has changed size by a quarter since, and it holds enough chunks to sample from."""
+        if self.chunk_count < FIT_MIN_CHUNKS:
+            return False
+        raw = self.store.get_meta(FITTED_KEY)
+        body = json.loads(raw) if raw else {}
+        if body.get("space") != self.space or "chunks" not in body:
+            return True
+        return abs(self.chunk_count - int(body["chunks"])) > 0.25 * int(body["chunks"])
+
+    def fit_fusion(self, queries: int = 400, seed: int = 0, k: int = 10) -> dict[str, Any]:
+        """Fit the hybrid dense share per query language without labelled questions, on
+        pseudo-queries from the index's own chunks (``retriever.pseudo``: a sentence whose own
+        chunk is held out, answered by another chunk of its document). See
+        ``fit_dense_weights`` for how a share is chosen and stored."""
+        with self._lock.read():
+            spans = self.store.chunk_spans()
+            texts = dict(zip(*self.store.chunk_texts(), strict=True))
+        rows = [(cid, doc_id, texts[cid]) for cid, doc_id, _ in spans if cid in texts]
+        pseudo = pseudo_queries(rows, queries, seed=seed)
+        items = [(p.text, p.doc_id, p.held_out) for p in pseudo]
+        return self._fit_shares(items, k, method="pseudo-queries")
+
     def fit_dense_weights(
-        self,
-        labelled: Sequence[tuple[str, str]],
-        k: int = 10,
-        grid: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
-        min_queries: int = 20,
+        self, labelled: Sequence[tuple[str, str]], k: int = 10, min_queries: int = 20
     ) -> dict[str, Any]:
         """Fit the hybrid dense share per query language (zh, en) on labelled ``(query,
-        doc_id)`` pairs (e.g. a tuner's held-out pseudo-queries): the share whose fused top
-        ``k`` holds the document most often, ties going to the configured default. Stored for
-        the current vector space (a switch leaves it behind); languages with fewer than
-        ``min_queries`` keep the defaults. Returns what was fitted, with the recall per share."""
+        doc_id)`` pairs. Each share of ``SHARE_GRID`` scores each query by the mean of its
+        document's recall at 5, ``k`` and 2``k`` and its reciprocal rank in the top ``k``;
+        ``fusion.pick_share`` takes the best share only where it beats the better single side
+        beyond noise. Stored for the current vector space (a switch leaves it behind);
+        languages with fewer than ``min_queries`` keep the defaults. Returns what was fitted,
+        with recall@k per share."""
+        items = [(query, doc_id, None) for query, doc_id in labelled]
+        return self._fit_shares(items, k, method="labelled", min_queries=min_queries)
+
+    def _fit_shares(
+        self,
+        items: Sequence[tuple[str, str, int | None]],
+        k: int,
+        method: str,
+        min_queries: int = FIT_MIN_QUERIES,
+    ) -> dict[str, Any]:
         depth = max(self.config.candidates, k)
-        groups: dict[str, list[tuple[str, str]]] = {}
-        for query, doc_id in labelled:
-            groups.setdefault("zh" if CJK.search(query) else "en", []).append((query, doc_id))
-        report: dict[str, Any] = {"space": self.space, "k": k, "weights": {}, "recall": {}}
-        for lang, items in sorted(groups.items()):
-            if len(items) < min_queries:
+        groups: dict[str, list[tuple[str, str, int | None]]] = {}
+        for item in items:
+            groups.setdefault("zh" if CJK.search(item[0]) else "en", []).append(item)
+        report: dict[str, Any] = {
+            "space": self.space,
+            "method": method,
+            "chunks": self.chunk_count,
+            "k": k,
+            "queries": {lang: len(group) for lang, group in sorted(groups.items())},
+            "weights": {},
+            "recall": {},
+            "why": {},
+        }
+        for lang, group in sorted(groups.items()):
+            if len(group) < min_queries:
                 continue
-            default = self.dense_weight_for(items[0][0])
             lists = []
             with self._lock.read():
-                vectors = self.embedder.encode([q for q, _ in items])  # (n, dim)
-                for (query, doc_id), qvec in zip(items, vectors, strict=True):
-                    lists.append(
-                        (doc_id, self._index.search(qvec, depth), self._sparse_search(query, depth))
-                    )
-                owners = self.store.chunks(sorted({cid for _, d, s in lists for cid, _ in d + s}))
-            recall = {}
-            for w in grid:
-                found = 0
-                for doc_id, dense, sparse in lists:
-                    top = self._fuse(dense, sparse, w)[:k]
-                    found += any(owners[c].doc_id == doc_id for c, _ in top if c in owners)
-                recall[w] = found / len(lists)
-            best = max(grid, key=lambda w: (recall[w], -abs(w - default)))
-            report["weights"][lang] = best
-            report["recall"][lang] = {str(w): round(r, 4) for w, r in recall.items()}
-            log.info("hybrid dense share for %s fitted on %d queries: %.1f", lang, len(items), best)
+                vectors = self.embedder.encode([q for q, _, _ in group])  # (n, dim)
+                for (query, doc_id, held), qvec in zip(group, vectors, strict=True):
+                    dense = [h for h in self._index.search(qvec, depth + 1) if h[0] != held]
+                    sparse = [h for h in self._sparse_search(query, depth + 1) if h[0] != held]
+                    lists.append((doc_id, dense[:depth], sparse[:depth]))
+                owners = self.store.chunks(sorted({c for _, d, s in lists for c, _ in d + s}))
+            scores, recall = {}, {}
+            for w in SHARE_GRID:
+                ranks = [
+                    _doc_rank(self._fuse(dense, sparse, w), owners, doc_id, 2 * k)
+                    for doc_id, dense, sparse in lists
+                ]
+                scores[w] = np.array([_rank_score(r, k) for r in ranks])
+                recall[str(w)] = round(sum(r < k for r in ranks) / len(ranks), 4)
+            share, why = fusion.pick_share(scores)
+            report["weights"][lang], report["recall"][lang], report["why"][lang] = (
+                share,
+                recall,
+                why,
+            )
+            log.info(
+                "hybrid dense share for %s (%s, %d queries): %.1f, %s",
+                lang,
+                method,
+                len(group),
+                share,
+                why,
+            )
         self.store.set_meta(FITTED_KEY, json.dumps(report))
         self._fitted = None
         return report
@@ -601,10 +672,37 @@ class Retriever:
     def _fuse(
         self, dense: list[tuple[int, float]], sparse: list[tuple[int, float]], w: float
     ) -> list[tuple[int, float]]:
+        if w <= 0.0 or w >= 1.0:  # one side only, exactly as that mode ranks
+            return list(dense if w >= 1.0 else sparse)
         lists = [(w, dense), (1 - w, sparse)]
         if self.config.fusion == "rrf":
             return fusion.rrf(lists, self.config.rrf_k)
         return fusion.weighted(lists)
+
+
+def _doc_rank(
+    ranked: list[tuple[int, float]], owners: dict[int, Any], doc_id: str, depth: int
+) -> int:
+    """Where ``doc_id`` first appears among the distinct documents of ``ranked`` (0 = first),
+    or ``depth`` when not within the first ``depth`` of them."""
+    seen: list[str] = []
+    for cid, _ in ranked:
+        owner = owners.get(cid)
+        if owner is None or owner.doc_id in seen:
+            continue
+        if owner.doc_id == doc_id:
+            return len(seen)
+        seen.append(owner.doc_id)
+        if len(seen) == depth:
+            break
+    return depth
+
+
+def _rank_score(rank: int, k: int) -> float:
+    """A query's score for fitting: the mean of hit@5, hit@k and hit@2k and the reciprocal
+    rank within the top k; smoother than recall@k alone, so fewer shares tie on noise."""
+    hits = (rank < 5) + (rank < k) + (rank < 2 * k)
+    return (hits / 3 + (1 / (rank + 1) if rank < k else 0.0)) / 2
 
 
 def check_document(

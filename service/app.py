@@ -23,6 +23,7 @@ from service import responses
 from service.adapters import AdapterSet
 from service.auth import Authenticate, Reader, check_bind
 from service.evalruns import make_eval_runner
+from service.fusionfit import FusionFitter
 from service.generation.engine import GenerationEngine
 from service.guard import BrowserGuard
 from service.limits import BodyLimit
@@ -74,6 +75,19 @@ def load_models(state: AppState) -> None:
     state.loaded["index"] = {"documents": len(state.retriever)}
 
 
+def refresh_old_index(state: AppState) -> None:
+    """Start re-embedding an index whose chunks were embedded without their title and section
+    (an index from an older ragtune), with the embedder in use, unless settings say not to.
+    Searches keep the old vectors until the atomic switch, so nothing waits for it."""
+    retriever = state.retriever
+    if retriever is None or not retriever.needs_reembedding:
+        return
+    if not state.settings.retrieval.reembed_old_index:
+        log.warning("the index needs re-embedding with chunk context; reembed_old_index is off")
+        return
+    state.reindexer.start({"refresh": True}, reason="startup: chunks embedded without context")
+
+
 def create_app(settings: Settings | None = None, loader: Loader = load_models) -> FastAPI:
     """Build the app; ``loader`` fills the state at startup (tests pass a tiny one)."""
     settings = settings or get_settings()
@@ -94,6 +108,10 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         if state.evals is None:
             state.evals = make_eval_runner(state)
         state.evals.start()
+        refresh_old_index(state)
+        fitter = FusionFitter(state)
+        if settings.retrieval.fit_fusion:
+            fitter.start()
         state.ready = True
         log.info("ready on %s:%s", settings.host, settings.port)
         yield
@@ -101,6 +119,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         await anyio.to_thread.run_sync(state.jobs.close)  # a running job resumes next start
         await anyio.to_thread.run_sync(state.evals.close)  # a running eval starts over then
         await anyio.to_thread.run_sync(state.reindexer.close)  # stops after its current batch
+        await anyio.to_thread.run_sync(fitter.close)
         if state.engine is not None:
             state.engine.close()
         if state.retriever is not None:
@@ -158,6 +177,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         body: dict[str, Any] = {"ready": state.ready, "models": models}
         if state.retriever is not None:
             body["documents"] = len(state.retriever)
+            body["needs_reembedding"] = state.retriever.needs_reembedding
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     return app

@@ -6,7 +6,9 @@ thread: searches and writes go on against the old vectors while every chunk is e
 shadow space, writes made meanwhile are embedded into both, and the switch is one swap under
 the index's write lock. One re-embedding at a time; ``status()`` says how far it is. A target is
 ``{"adapter": id}`` (a fine-tuned embedder from the registry), ``{"embedder": name}`` (a preset,
-hub id or folder) or ``{"rollback": True}`` (the embedder before the last switch).
+hub id or folder), ``{"rollback": True}`` (the embedder before the last switch) or
+``{"refresh": True}`` (the embedder in use, for an index whose chunks were embedded without
+their context: ``Retriever.needs_reembedding``; the app starts it at startup).
 
 Knows nothing of HTTP; the app's job runner calls ``start`` when a retriever job succeeds.
 """
@@ -93,6 +95,8 @@ class Reindexer:
     def _loader(self, target: dict[str, Any]) -> Any:
         """A function loading the target's embedder; what can be checked now is checked now."""
         settings = self._state.settings
+        if target.get("refresh"):
+            return lambda: self._state.embedder
         if target.get("rollback"):
             identity = self._state.index().previous_embedder()
             if not identity:
@@ -107,7 +111,7 @@ class Reindexer:
         if target.get("embedder"):
             name = str(target["embedder"])
             return lambda: embedder_for({"name": name}, settings)
-        raise ValueError("target: one of adapter, embedder or rollback")
+        raise ValueError("target: one of adapter, embedder, rollback or refresh")
 
     def _check_adapter(self, adapter_id: str) -> None:
         embedder_record(adapter_id, self._state.settings)

@@ -115,6 +115,16 @@ class Retrieval(BaseModel):
     )
     candidates: int = Field(50, ge=1, description="per-list depth before fusion")
     reranker: str | None = Field(None, description="cross-encoder folder or hub id; unset = none")
+    fit_fusion: bool = Field(
+        True,
+        description="fit the hybrid dense share per query language on pseudo-queries from the "
+        "index's own chunks, in the background, whenever the index has changed by a quarter",
+    )
+    reembed_old_index: bool = Field(
+        True,
+        description="at startup, re-embed in the background an index whose chunks were embedded "
+        "without their title and section (searches go on meanwhile)",
+    )
     embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
         "torch",
         description="what runs the embedder: torch, or an ONNX export (float32 or int8) made once "

@@ -40,6 +40,9 @@ def show(state: State, _: Reader) -> dict[str, Any]:
         "chunks": retriever.chunk_count,
         "embedder": shown(retriever.embedder.identity),
         "previous_embedder": shown(retriever.previous_embedder()),
+        # chunks embedded without their title and section (an older index) until re-embedded
+        "needs_reembedding": retriever.needs_reembedding,
+        "fusion": retriever.fusion_shares(),
         "reindex": status_shown(state.reindexer.status()),
     }
 

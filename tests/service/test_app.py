@@ -115,3 +115,41 @@ def test_models_and_index_name_models_by_id_never_by_folder(
         assert str(tmp_path) not in r.text and str(tiny_llama.parent) not in r.text, r.text
     for r in replies:
         assert r.status_code == 200 and r.json()["model"] == tiny_llama.name, r.text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_an_index_embedded_without_context_is_re_embedded_at_startup(
+    tiny_llama: Path, tmp_path: Path, enabled: bool
+) -> None:
+    """An index from before chunks carried their title and section is re-embedded with them in
+    the background as the app starts (unless reembed_old_index is off), and says so meanwhile."""
+    from retriever.index import DocumentIn, Retriever
+    from tests.retriever.test_context import GUIDE, Recording, _make_old
+
+    folder = tmp_path / "index"
+    embedder = Recording()
+    old = Retriever(folder, embedder)
+    old.upsert(DocumentIn(GUIDE, "guide.md", {"title": "Guide"}))
+    old.close()
+    _make_old(folder, embedder)
+    embedder.seen.clear()
+
+    def loader(state: AppState) -> None:
+        state.embedder = embedder
+        state.generator = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+        state.retriever = Retriever(folder, embedder)
+
+    settings = Settings(generator=str(tiny_llama), auth_disabled=True)
+    settings.retrieval.reembed_old_index = enabled
+    with TestClient(create_app(settings, loader=loader), base_url=BASE) as client:
+        state = client.app.state.ragtune  # type: ignore[attr-defined]
+        status = state.reindexer.join(timeout=30)
+        ready, index = client.get("/readyz").json(), client.get("/v1/index").json()
+    if enabled:
+        assert status.state == "succeeded" and status.reason.startswith("startup"), status
+        assert status.result["switched"] and status.target == {"refresh": True}
+        assert not ready["needs_reembedding"] and not index["needs_reembedding"]
+        assert any(t.startswith("Guide — ") for t in embedder.seen)  # now with the context
+    else:
+        assert status.state == "idle"
+        assert ready["needs_reembedding"] and index["needs_reembedding"]
