@@ -38,10 +38,12 @@ def generator_from_settings(settings: Settings) -> Generator:
     )
 
 
+# retrieval settings the service acts on itself, not the index
+SERVICE_RETRIEVAL = {"reranker", "embedding_backend", "fit_fusion", "reembed_old_index"}
+
+
 def retriever_config(settings: Settings) -> RetrieverConfig:
-    return RetrieverConfig(
-        **settings.retrieval.model_dump(exclude={"reranker", "embedding_backend"})
-    )
+    return RetrieverConfig(**settings.retrieval.model_dump(exclude=SERVICE_RETRIEVAL))
 
 
 def reranker_from_settings(settings: Settings) -> Any:

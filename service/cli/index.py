@@ -55,6 +55,11 @@ def ingest(paths: tuple[Path, ...], batch: int) -> None:
                             failures.append(f"{path} ({doc.id}): {exc}")
                 for result in results:
                     counts[result.status] += 1
+        if settings.retrieval.fit_fusion and retriever.fusion_fit_due:
+            shares = retriever.fit_fusion()["weights"]  # as the service would, in the background
+            click.echo(
+                "hybrid dense share fitted: " + ", ".join(f"{k} {v}" for k, v in shares.items())
+            )
     finally:
         retriever.close()
     for line in failures[:20]:
