@@ -636,13 +636,15 @@ class Retriever:
             if len(group) < min_queries:
                 continue
             lists = []
-            with self._lock.read():
-                vectors = self.embedder.encode([q for q, _, _ in group])  # (n, dim)
-                for (query, doc_id, held), qvec in zip(group, vectors, strict=True):
+            # encoded outside the lock, searched one query at a time under it, so writes wait
+            # for one search at most (a switch meanwhile stores the fit for the old space)
+            vectors = self.embedder.encode([q for q, _, _ in group])  # (n, dim)
+            for (query, doc_id, held), qvec in zip(group, vectors, strict=True):
+                with self._lock.read():
                     dense = [h for h in self._index.search(qvec, depth + 1) if h[0] != held]
                     sparse = [h for h in self._sparse_search(query, depth + 1) if h[0] != held]
-                    lists.append((doc_id, dense[:depth], sparse[:depth]))
-                owners = self.store.chunks(sorted({c for _, d, s in lists for c, _ in d + s}))
+                lists.append((doc_id, dense[:depth], sparse[:depth]))
+            owners = self.store.chunks(sorted({c for _, d, s in lists for c, _ in d + s}))
             scores, recall = {}, {}
             for w in SHARE_GRID:
                 ranks = [
