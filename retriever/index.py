@@ -674,9 +674,9 @@ class Retriever:
     def _fuse(
         self, dense: list[tuple[int, float]], sparse: list[tuple[int, float]], w: float
     ) -> list[tuple[int, float]]:
-        if w <= 0.0 or w >= 1.0:  # one side only, exactly as that mode ranks
-            return list(dense if w >= 1.0 else sparse)
         lists = [(w, dense), (1 - w, sparse)]
+        if w <= 0.0 or w >= 1.0:  # that side alone: its own order, the fused score's scale
+            lists = [(1.0, dense if w >= 1.0 else sparse)]
         if self.config.fusion == "rrf":
             return fusion.rrf(lists, self.config.rrf_k)
         return fusion.weighted(lists)

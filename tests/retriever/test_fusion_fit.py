@@ -80,6 +80,8 @@ def test_noise_vectors_are_fitted_out_and_the_fit_follows_the_index(tmp_path: Pa
     hybrid = [(h.chunk_id, h.doc_id) for h in r.search(query, 8, mode="hybrid")]
     sparse = [(h.chunk_id, h.doc_id) for h in r.search(query, 50, mode="sparse")]
     assert hybrid == sparse[:8]
+    scores = [h.score for h in r.search(query, 8, mode="hybrid")]
+    assert scores[0] == 1.0 and all(0.0 <= s <= 1.0 for s in scores)  # the fused scale
     assert r.fusion_shares()["method"] == "pseudo-queries"
     r.upsert_many(_docs(130)[90:])  # a quarter more: due again
     assert r.fusion_fit_due
