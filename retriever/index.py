@@ -174,7 +174,8 @@ class Retriever:
         self._sparse = LiveSparse(self._sparse_texts)
         self._sparse_lock = threading.Lock()
         self._shadow: tuple[EmbedderLike, str, int] | None = None  # a re-embedding in progress
-        self._fitted: tuple[str, dict[str, float]] | None = None  # (space, weight per language)
+        # ((space, fusion method), weight per language) of the stored fit
+        self._fitted: tuple[tuple[str, str], dict[str, float]] | None = None
         self.space = self._check_identity()
         self.text_version = int(self.store.get_meta(TEXT_KEY) or 1)
         self._fill_contexts()
@@ -566,12 +567,18 @@ class Retriever:
 
     def _fitted_weights(self) -> dict[str, float]:
         cached = self._fitted
-        if cached is None or cached[0] != self.space:
+        if cached is None or cached[0] != (self.space, self.config.fusion):
             raw = self.store.get_meta(FITTED_KEY)
             body = json.loads(raw) if raw else {}
-            weights = body.get("weights", {}) if body.get("space") == self.space else {}
-            cached = self._fitted = (self.space, weights)
+            weights = body.get("weights", {}) if self._fit_applies(body) else {}
+            cached = self._fitted = ((self.space, self.config.fusion), weights)
         return cached[1]
+
+    def _fit_applies(self, fit: dict[str, Any]) -> bool:
+        """Whether a stored fit was made for this vector space and fusion method (a fit made
+        before fits named their method applies to the default, ``weighted``)."""
+        method = fit.get("fusion", "weighted")
+        return fit.get("space") == self.space and method == self.config.fusion
 
     @property
     def fusion_fit_due(self) -> bool:
@@ -581,7 +588,7 @@ class Retriever:
             return False
         raw = self.store.get_meta(FITTED_KEY)
         body = json.loads(raw) if raw else {}
-        if body.get("space") != self.space or "chunks" not in body:
+        if not self._fit_applies(body) or "chunks" not in body:
             return True
         return abs(self.chunk_count - int(body["chunks"])) > 0.25 * int(body["chunks"])
 
@@ -625,6 +632,7 @@ class Retriever:
         report: dict[str, Any] = {
             "space": self.space,
             "method": method,
+            "fusion": self.config.fusion,
             "chunks": self.chunk_count,
             "k": k,
             "queries": {lang: len(group) for lang, group in sorted(groups.items())},

@@ -83,6 +83,9 @@ def test_noise_vectors_are_fitted_out_and_the_fit_follows_the_index(tmp_path: Pa
     scores = [h.score for h in r.search(query, 8, mode="hybrid")]
     assert scores[0] == 1.0 and all(0.0 <= s <= 1.0 for s in scores)  # the fused scale
     assert r.fusion_shares()["method"] == "pseudo-queries"
+    r.config.fusion = "rrf"  # the fit was made for weighted fusion: not used for rrf
+    assert r.dense_weight_for("topic3 detail3") == 0.5 and r.fusion_fit_due
+    r.config.fusion = "weighted"
     r.upsert_many(_docs(130)[90:])  # a quarter more: due again
     assert r.fusion_fit_due
     r.close()
