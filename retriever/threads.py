@@ -1,71 +1,91 @@
 """Thread settings that keep a search fast when the CPU is shared (an ingest, a generation, a
 training job or another program on the same cores).
 
-Two settings, both on by default, both measured on 2 cores already busy with other work
-(Debian FAQ en, 2091 chunks, all-MiniLM-L6-v2; ``benchmarks/retriever_bench.py --only latency``):
+torch and faiss each carry their own GNU OpenMP runtime. By default an idle worker of either
+spins for a while after every parallel region, on the core that the other thread of its team or
+a neighbour needs, and one query's encode is a few hundred short parallel regions. Measured on 2
+cores already busy with other work (Debian FAQ en, 2,091 chunks, all-MiniLM-L6-v2, dense p50;
+``benchmarks/retriever_bench.py --only latency``):
 
-- **Passive OpenMP waiting** (``OMP_WAIT_POLICY=PASSIVE``). torch and faiss each carry their own
-  GNU OpenMP runtime; by default an idle worker of either spins for a while after every parallel
-  region, taking the core that the other thread of the team, or a neighbour, needs. One query's
-  encode is a few hundred short parallel regions, so it is the spinning that made a dense search
-  wait: p50 95 ms, and 770 ms beside a numpy matmul loop, against 21 ms and 72 ms with passive
-  waiting. A runtime reads the variable once, when it loads, so ``prefer_passive_wait`` has to run
-  before torch or faiss is imported; ``retriever.vectors`` calls it before importing faiss, which
-  is before anything of ragtune loads torch. An ``OMP_WAIT_POLICY`` the user set is kept.
-- **One thread for one query** (``query_threads``). Encoding one short text has too little work to
-  share between threads: on one thread it took 20 ms instead of 95 ms with spinning workers and
-  110 ms instead of 770 ms beside the matmul loop, and no worse with passive waiting. A batch (an
-  ingest, a re-embedding) keeps the configured count. faiss needs no limit: a flat or HNSW search
-  of one query already runs on one thread (limiting it measured the same).
+| settings                                  | alone  | beside a numpy matmul loop |
+| ----------------------------------------- | ------ | -------------------------- |
+| libraries' defaults (spinning, 2 threads) | 209 ms | 671 ms                     |
+| passive waiting, 2 threads per query      | 24 ms  | 39 ms                      |
+| passive waiting, 1 thread per query       | 25 ms  | 100 ms                     |
 
-``torch.set_num_threads`` is per thread for a thread that has used torch, but a thread using torch
-for the first time takes the last value set by any thread. So ``for_texts`` restores the
-configured count (not the calling thread's previous one) and a batch re-asserts it, so a worker
+- **Passive waiting** (``OMP_WAIT_POLICY=PASSIVE``) is the fix. A runtime reads the variable
+  once, as it loads, so ``prefer_passive_wait`` runs before torch or faiss is imported:
+  ``retriever.vectors`` calls it before importing faiss, which is before ragtune loads torch,
+  and ``service.runtime.configure_torch`` again. An ``OMP_WAIT_POLICY`` the user set is kept.
+- **One thread per query** only where torch's workers may still spin: torch was imported before
+  the passive default could reach it, or the user chose another policy. There a one-text encode
+  runs on one thread (209 ms -> 20 ms alone, 770 ms -> 110 ms beside the loop, measured without
+  passive waiting); with passive waiting the second thread is worth keeping (the table above).
+  A batch (an ingest, a re-embedding) always runs on the configured count. faiss needs no
+  limit: a flat or HNSW search of one query already runs on one thread (a limit measured the
+  same).
+
+``torch.set_num_threads`` is per thread for a thread that has used torch, but a thread using
+torch for the first time takes the last value set by any thread. So ``for_texts`` restores the
+configured count (not the calling thread's previous one) and a batch re-asserts it: a worker
 thread first used during another thread's query never stays at one thread.
 
-``RAGTUNE_THREAD_LIMITS=0`` turns both settings off (torch's and OpenMP's defaults stand);
-``RAGTUNE_QUERY_THREADS`` sets the count for one query (default 1). Knows nothing of indexes or
-models.
+``RAGTUNE_THREAD_LIMITS=0`` turns the automatic settings off (the libraries' defaults stand);
+``RAGTUNE_QUERY_THREADS=N`` sets the torch threads of one query whatever the wait policy (0: no
+limit). Knows nothing of indexes or models.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-LIMITS_ENV = "RAGTUNE_THREAD_LIMITS"  # "0": leave every thread setting at the libraries' default
-QUERY_THREADS_ENV = "RAGTUNE_QUERY_THREADS"  # torch threads for a one-text encode (default 1)
+LIMITS_ENV = "RAGTUNE_THREAD_LIMITS"  # "0": no automatic setting, the libraries' defaults stand
+QUERY_THREADS_ENV = "RAGTUNE_QUERY_THREADS"  # torch threads of a one-text encode (0: no limit)
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"  # read by each OpenMP runtime when it loads
 QUERY_TEXTS = 1  # encodes of at most this many texts are queries; larger ones are batches
+SPINNING_QUERY_THREADS = 1  # a query's threads where torch's workers may spin
 
 _batch_threads: int | None = None  # the count a batch runs with; None: torch's, read once
+_torch_first: bool | None = None  # torch was imported before prefer_passive_wait first ran
+_torch_policy: str | None = None  # the wait policy then (torch's, when it had loaded first)
 
 
 def enabled() -> bool:
-    """Whether ragtune applies its thread settings (``RAGTUNE_THREAD_LIMITS`` is not ``0``)."""
+    """Whether ragtune applies its automatic thread settings (``RAGTUNE_THREAD_LIMITS`` != 0)."""
     return os.environ.get(LIMITS_ENV, "1").strip() != "0"
 
 
 def prefer_passive_wait() -> None:
     """Make idle OpenMP workers sleep instead of spinning, unless the user chose a policy or
-    turned the settings off. Only runtimes loaded after this call see it."""
+    turned the settings off. Only runtimes loaded after this call see it, so the first call
+    notes whether torch had loaded already (and with which policy)."""
+    global _torch_first, _torch_policy
+    if _torch_first is None:
+        _torch_first, _torch_policy = "torch" in sys.modules, os.environ.get(WAIT_POLICY_ENV)
     if enabled():
         os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
 
 
+def torch_waits_passively() -> bool:
+    """Whether torch's OpenMP runtime loaded (or will load) with passive waiting."""
+    policy = _torch_policy if _torch_first else os.environ.get(WAIT_POLICY_ENV)
+    return (policy or "").strip().upper() == "PASSIVE"
+
+
 def query_threads() -> int:
-    """torch threads for one query's encode; 0 when the limit is off."""
-    if not enabled():
+    """torch threads for one query's encode; 0 for no limit. ``RAGTUNE_QUERY_THREADS`` when
+    set, else one thread where torch's workers may spin, else no limit."""
+    raw = os.environ.get(QUERY_THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit():
+            raise ValueError(f"{QUERY_THREADS_ENV}: a whole number >= 0, got {raw!r}")
+        return int(raw)
+    if not enabled() or torch_waits_passively():
         return 0
-    raw = os.environ.get(QUERY_THREADS_ENV, "1").strip()
-    try:
-        count = int(raw)
-    except ValueError:
-        raise ValueError(f"{QUERY_THREADS_ENV}: a whole number >= 0, got {raw!r}") from None
-    if count < 0:
-        raise ValueError(f"{QUERY_THREADS_ENV}: a whole number >= 0, got {raw!r}")
-    return count
+    return SPINNING_QUERY_THREADS
 
 
 def configure(batch_threads: int | None) -> None:

@@ -1,7 +1,8 @@
-"""The search-latency thread settings (``retriever.threads``) apply where they claim: a query's
-encode on one torch thread, restored after; a batch, in any thread, on the configured count;
-passive OpenMP waiting set before faiss loads. No timings here: the latencies they buy are
-measured in benchmarks/retriever_bench.py (``--only latency``)."""
+"""The search-latency thread settings (``retriever.threads``) apply where they claim: passive
+OpenMP waiting set before faiss and torch load; where torch's workers may spin anyway, a query's
+encode on one torch thread, restored after; a batch, in any thread, on the configured count. No
+timings here: the latencies they buy are measured in benchmarks/retriever_bench.py
+(``--only latency``)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,14 @@ class CountingModel:
 
 
 @pytest.fixture(autouse=True)
-def _batch_count(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _spinning_torch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As if torch had loaded before the passive default, with no policy: queries limited."""
     before = torch.get_num_threads()
     for var in (threads.LIMITS_ENV, threads.QUERY_THREADS_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(threads, "_batch_threads", None)
+    monkeypatch.setattr(threads, "_torch_first", True)
+    monkeypatch.setattr(threads, "_torch_policy", None)
     threads.configure(BATCH)
     yield
     torch.set_num_threads(before)
@@ -102,17 +106,32 @@ def test_a_batch_in_a_thread_first_used_during_a_query_keeps_the_batch_count(
     assert torch.get_num_threads() == BATCH
 
 
-def test_the_limits_can_be_turned_off_or_resized(
+def test_no_limit_where_torch_waits_passively(
+    embedder: Embedder, model: CountingModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(threads, "_torch_policy", "passive")  # loaded first, user's policy
+    embedder.encode(["query"])
+    monkeypatch.setattr(threads, "_torch_first", False)  # loads after: the variable now counts
+    monkeypatch.setenv(threads.WAIT_POLICY_ENV, "PASSIVE")
+    embedder.encode(["query"])
+    monkeypatch.setenv(threads.WAIT_POLICY_ENV, "ACTIVE")
+    embedder.encode(["query"])
+    assert model.seen == [(1, BATCH), (1, BATCH), (1, 1)]
+
+
+def test_the_limit_can_be_turned_off_or_set(
     embedder: Embedder, model: CountingModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(threads.LIMITS_ENV, "0")
     embedder.encode(["off"])
+    monkeypatch.setenv(threads.QUERY_THREADS_ENV, "1")  # a set count holds even then
+    embedder.encode(["one"])
     monkeypatch.setenv(threads.LIMITS_ENV, "1")
     monkeypatch.setenv(threads.QUERY_THREADS_ENV, "0")
     embedder.encode(["off too"])
     monkeypatch.setenv(threads.QUERY_THREADS_ENV, "2")
     embedder.encode(["two"])
-    assert model.seen == [(1, BATCH), (1, BATCH), (1, 2)]
+    assert model.seen == [(1, BATCH), (1, 1), (1, BATCH), (1, 2)]
     monkeypatch.setenv(threads.QUERY_THREADS_ENV, "many")
     with pytest.raises(ValueError, match=threads.QUERY_THREADS_ENV):
         embedder.encode(["bad"])
@@ -134,17 +153,24 @@ def test_passive_wait_is_a_default_only(
     assert os.environ.get(threads.WAIT_POLICY_ENV) == want
 
 
-def test_passive_wait_is_set_by_the_time_faiss_loads() -> None:
-    """In a fresh interpreter: the variable is there when ``retriever.vectors`` has imported
-    faiss (an OpenMP runtime reads it once, as it loads)."""
-    env = {k: v for k, v in os.environ.items() if k not in (threads.WAIT_POLICY_ENV,)}
+@pytest.mark.parametrize(
+    ("first", "want"),
+    [
+        ("import retriever.vectors; import torch", "PASSIVE 0"),  # as ragtune loads: no limit
+        ("import torch; import retriever.vectors", "PASSIVE 1"),  # torch's runtime spins
+    ],
+)
+def test_passive_wait_is_set_before_faiss_loads(first: str, want: str) -> None:
+    """In a fresh interpreter: the variable is there once ``retriever.vectors`` has imported
+    faiss (an OpenMP runtime reads it as it loads), and queries are limited only when torch
+    had loaded before it."""
+    env = {k: v for k, v in os.environ.items() if k != threads.WAIT_POLICY_ENV}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     code = (
-        "import sys, os; import retriever.vectors; "
-        "assert 'faiss' in sys.modules and 'torch' not in sys.modules; "
-        "print(os.environ.get('OMP_WAIT_POLICY'))"
+        "import os; from retriever import threads; "
+        f"{first}; print(os.environ.get('OMP_WAIT_POLICY'), threads.query_threads())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "PASSIVE"
+    assert out.stdout.strip() == want
