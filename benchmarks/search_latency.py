@@ -51,6 +51,7 @@ SIDE_ENV = {  # the environment each side's child runs with, over one without OW
 }
 INGEST_BATCH = 8  # documents per upsert_many in the concurrent ingest
 INGEST_CHARS = 1200  # each fresh document: about two chunks
+BATCH_TEXTS = 64  # texts of the quiet batch-encode timing (what an ingest costs on each side)
 GOAL = 3.0  # p50 under a concurrent ingest or beside a CPU hog, over the quiet p50 (goal 7)
 HOG = "import numpy as np\na = np.random.rand(1000, 1000)\nwhile True:\n    a @ a\n"
 OWN_ENV = ("RAGTUNE_THREAD_LIMITS", "RAGTUNE_QUERY_THREADS", "OMP_WAIT_POLICY")
@@ -155,6 +156,16 @@ def time_queries(rag: Any, queries: list[str]) -> tuple[dict[str, list[float]], 
     return lat, tops
 
 
+def batch_rate(embedder: Any, texts: list[str]) -> float:
+    """Texts per second of one batch encode, the best of two (nothing else of ours running)."""
+    best = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        embedder.encode(texts)
+        best = max(best, len(texts) / (time.perf_counter() - t0))
+    return best
+
+
 def child(index: Path, data: Path, lo: int, count: int) -> dict[str, Any]:
     """One side's measurements over questions ``lo:lo+count``, on a copy of the index.
 
@@ -170,7 +181,8 @@ def child(index: Path, data: Path, lo: int, count: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "index"
         shutil.copytree(index, folder, ignore=shutil.ignore_patterns("index.lock"))
-        rag = Retriever(folder, load_embedder(offline=True))
+        embedder = load_embedder(offline=True)
+        rag = Retriever(folder, embedder)
         for q in questions[-10:]:  # warm-up; builds BM25
             for mode in MODES:
                 rag.search(q, K, mode=mode)
@@ -180,6 +192,7 @@ def child(index: Path, data: Path, lo: int, count: int) -> dict[str, Any]:
             "batch_threads": threads.batch_threads(),
         }
         out["alone"], out["top_k"] = time_queries(rag, queries)
+        out["batch_texts_per_s"] = batch_rate(embedder, texts[lo : lo + BATCH_TEXTS])
         with Ingest(rag, texts) as ingest:
             out["ingest"], _ = time_queries(rag, queries)
         out["ingest_docs_per_s"] = len(ingest.ids) / ingest.seconds
@@ -220,7 +233,8 @@ def side_table(parts: list[dict[str, Any]]) -> dict[str, Any]:
             if cond != "alone":
                 cell["vs_alone"] = round(cell["p50_ms"] / table["alone"][mode]["p50_ms"], 2)
             table.setdefault(cond, {})[mode] = cell
-    table["ingest_docs_per_s"] = round(statistics.median(p["ingest_docs_per_s"] for p in parts), 1)
+    for key in ("ingest_docs_per_s", "batch_texts_per_s"):
+        table[key] = round(statistics.median(p[key] for p in parts), 1)
     table["settings"] = {
         k: parts[0][k] for k in ("omp_wait_policy", "query_threads", "batch_threads")
     }
@@ -285,7 +299,10 @@ def print_table(r: dict[str, Any]) -> None:
             print(line)
     for side in sides:
         s = r[side]
-        print(f"{side}: {s['settings']}, concurrent ingest {s['ingest_docs_per_s']} docs/s")
+        print(
+            f"{side}: {s['settings']}, quiet batch encode {s['batch_texts_per_s']} texts/s, "
+            f"concurrent ingest {s['ingest_docs_per_s']} docs/s"
+        )
     if r["same_dense_top_k_fraction"] is not None:
         print(f"same dense top-{K} on every side: {r['same_dense_top_k_fraction']:.2%}")
     print(f"goal: p50 beside an ingest or a hog <= {GOAL}x the alone p50")

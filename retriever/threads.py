@@ -5,13 +5,14 @@ torch and faiss each carry their own GNU OpenMP runtime. By default an idle work
 spins for a while after every parallel region, on the core that the other thread of its team or
 a neighbour needs, and one query's encode is a few hundred short parallel regions. Measured on 2
 cores already busy with other work (Debian FAQ en, 2,091 chunks, all-MiniLM-L6-v2, dense p50;
-``benchmarks/retriever_bench.py --only latency``):
+``benchmarks/retriever_bench.py --only latency --latency-sides before,spin-1,passive-1,after``):
 
-| settings                                  | alone  | beside a numpy matmul loop |
-| ----------------------------------------- | ------ | -------------------------- |
-| libraries' defaults (spinning, 2 threads) | 209 ms | 671 ms                     |
-| passive waiting, 2 threads per query      | 24 ms  | 39 ms                      |
-| passive waiting, 1 thread per query       | 25 ms  | 100 ms                     |
+| settings                                  | alone | beside a numpy matmul loop |
+| ----------------------------------------- | ----- | -------------------------- |
+| libraries' defaults (spinning, 2 threads) | 75 ms | 577 ms                     |
+| spinning, 1 thread per query              | 23 ms | 78 ms                      |
+| passive waiting, 1 thread per query       | 20 ms | 79 ms                      |
+| passive waiting, 2 threads per query      | 22 ms | 38 ms (the default)        |
 
 - **Passive waiting** (``OMP_WAIT_POLICY=PASSIVE``) is the fix. A runtime reads the variable
   once, as it loads, so ``prefer_passive_wait`` runs before torch or faiss is imported:
@@ -19,16 +20,17 @@ cores already busy with other work (Debian FAQ en, 2,091 chunks, all-MiniLM-L6-v
   and ``service.runtime.configure_torch`` again. An ``OMP_WAIT_POLICY`` the user set is kept.
 - **One thread per query** only where torch's workers may still spin: torch was imported before
   the passive default could reach it, or the user chose another policy. There a one-text encode
-  runs on one thread (209 ms -> 20 ms alone, 770 ms -> 110 ms beside the loop, measured without
-  passive waiting); with passive waiting the second thread is worth keeping (the table above).
+  runs on one thread (the second row); with passive waiting the second thread is worth keeping
+  (the last two rows).
   A batch (an ingest, a re-embedding) always runs on the configured count. faiss needs no
   limit: a flat or HNSW search of one query already runs on one thread (a limit measured the
   same).
 
 ``torch.set_num_threads`` is per thread for a thread that has used torch, but a thread using
 torch for the first time takes the last value set by any thread. So ``for_texts`` restores the
-configured count (not the calling thread's previous one) and a batch re-asserts it: a worker
-thread first used during another thread's query never stays at one thread.
+configured count (not the calling thread's previous one) and, while queries are limited, a
+batch re-asserts it: a worker thread first used during another thread's query never stays at one
+thread.
 
 ``RAGTUNE_THREAD_LIMITS=0`` turns the automatic settings off (the libraries' defaults stand);
 ``RAGTUNE_QUERY_THREADS=N`` sets the torch threads of one query whatever the wait policy (0: no
