@@ -131,8 +131,8 @@ class Embedder:
         return identity
 
     def encode(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Unit-normalised float32 vectors, shape (len(texts), dim); one text (a query) on one
-        torch thread, a batch on the configured count (``retriever.threads``)."""
+        """Unit-normalised float32 vectors, shape (len(texts), dim); one text (a query) on the
+        torch threads ``retriever.threads`` gives it, a batch on the configured count."""
         with threads.for_texts(len(texts)):
             vectors = self.model.encode(
                 texts,

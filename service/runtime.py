@@ -24,7 +24,7 @@ def configure_logging(level: str = "info") -> None:
 def configure_torch(settings: Settings) -> None:
     """Apply the thread count to batches (torch's default, all cores, when it is unset) and the
     search-latency thread settings of ``retriever.threads``: passive OpenMP waiting, set before
-    torch loads, and one thread for a query's encode."""
+    torch loads (one thread per query instead, where torch had loaded first)."""
     from retriever import threads
 
     threads.prefer_passive_wait()
