@@ -5,10 +5,14 @@ random unit vectors, looked up by text through a cached embedder), so it measure
 not the model: ingest, deletes one at a time and in one batch, dense search latency, and that a
 deleted document never comes back. The encode part loads the real all-MiniLM-L6-v2 and compares
 raw ``SentenceTransformer.encode`` with ragtune's ``upsert_many`` on a smaller sample, to show
-how close ingest gets to the embedding bound. Prints a table and writes
-benchmarks/results/retriever_bench.json.
+how close ingest gets to the embedding bound. The latency part (benchmarks/search_latency.py)
+times dense, sparse and hybrid searches of the Debian FAQ questions with the real MiniLM alone,
+beside a concurrent ingest and beside a CPU-bound process, before and after ragtune's thread
+settings (``retriever.threads``). Prints a table and merges its parts into
+benchmarks/results/retriever_bench.json (keys it did not run are kept).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/retriever_bench.py --n 20000 --queries 200
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/retriever_bench.py --only latency
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -32,8 +37,10 @@ import numpy as np
 from retriever.config import RetrieverConfig
 from retriever.index import DocumentIn, Retriever
 
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script: import the sibling section
 warnings.filterwarnings("ignore", message=".*langchain-community.*")
 
+import search_latency  # noqa: E402
 from langchain_community.docstore.in_memory import InMemoryDocstore  # noqa: E402
 from langchain_community.vectorstores import FAISS  # noqa: E402
 from langchain_community.vectorstores.utils import DistanceStrategy  # noqa: E402
@@ -43,6 +50,7 @@ DIM = 384
 K = 10
 ENCODE_BATCH = 32  # retriever.embedder.Embedder.encode's default
 EXTRA_CORPUS = Path("/tmp/dfaq-en/corpus.jsonl")
+FAQ_EN = Path("data/debian-faq-en")  # BEIR; `ragtune data debian-faq --lang en --out` it
 GOALS = {  # name -> (goal, higher is better)
     "delete_one_by_one_speedup": (20.0, True),
     "search_p50_vs_raw_faiss": (1.2, False),
@@ -429,6 +437,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", choices=["all", "stores", "latency"], default="all", help="which parts to run"
+    )
     parser.add_argument("--n", type=int, default=20000, help="documents (one chunk each)")
     parser.add_argument("--queries", type=int, default=200, help="dense searches timed")
     parser.add_argument(
@@ -446,20 +457,62 @@ def main() -> None:
         help="JSONL with a 'text' field whose sentences make up to a quarter of the corpus",
     )
     parser.add_argument(
+        "--latency-data", type=Path, default=FAQ_EN, help="BEIR folder: corpus and questions"
+    )
+    parser.add_argument(
+        "--latency-index",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "ragtune-latency-index",
+        help="where the latency part indexes --latency-data (once; reused when present)",
+    )
+    parser.add_argument(
+        "--latency-rounds", type=int, default=4, help="before/after pairs of child processes"
+    )
+    parser.add_argument(
+        "--latency-questions", type=int, default=25, help="questions searched per round and side"
+    )
+    parser.add_argument(
+        "--latency-sides",
+        default=",".join(search_latency.SIDES),
+        help=f"comma-separated, of {', '.join(search_latency.SIDE_ENV)}",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "retriever_bench.json"
     )
     args = parser.parse_args()
+    sides = tuple(args.latency_sides.split(","))
+    if not sides or any(side not in search_latency.SIDE_ENV for side in sides):
+        parser.error(f"--latency-sides: each one of {', '.join(search_latency.SIDE_ENV)}")
     if args.n < 100 or args.queries < 1:
         parser.error("--n must be >= 100 and --queries >= 1")
+    if args.only != "stores" and not (args.latency_data / "queries.jsonl").is_file():
+        parser.error(f"--latency-data {args.latency_data}: no queries.jsonl there")
     if args.faiss_threads > 0:
         faiss.omp_set_num_threads(args.faiss_threads)
     t0 = time.perf_counter()
-    result = run(args)
-    result["total_s"] = time.perf_counter() - t0
+    result: dict[str, Any] = {}
+    if args.only != "latency":
+        result = run(args)
+    if args.only != "stores":
+        print("search latency: alone, beside an ingest, beside a CPU hog", flush=True)
+        result["latency"] = search_latency.measure(
+            args.latency_index,
+            args.latency_data,
+            args.latency_rounds,
+            args.latency_questions,
+            sides,
+        )
+    if "search" in result:  # the stores' total, as before the latency part existed
+        result["total_s"] = time.perf_counter() - t0
+    merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    merged.update(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result)
-    print(f"\nwrote {args.out} ({result['total_s']:.0f} s)")
+    args.out.write_text(json.dumps(merged, indent=2) + "\n")
+    if "search" in result:
+        print_table(result)
+    if "latency" in result:
+        search_latency.print_table(result["latency"])
+    print(f"\nwrote {args.out} ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

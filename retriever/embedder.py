@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retriever import threads
 from retriever.sources import ModelPreset, PackageSource, ResolvedModel, resolve
 
 if TYPE_CHECKING:
@@ -130,14 +131,17 @@ class Embedder:
         return identity
 
     def encode(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Unit-normalised float32 vectors, shape (len(texts), dim)."""
-        return self.model.encode(
-            texts,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=progress,
-        ).astype("float32", copy=False)
+        """Unit-normalised float32 vectors, shape (len(texts), dim); one text (a query) on the
+        torch threads ``retriever.threads`` gives it, a batch on the configured count."""
+        with threads.for_texts(len(texts)):
+            vectors = self.model.encode(
+                texts,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=progress,
+            )
+        return vectors.astype("float32", copy=False)
 
 
 def weights_fingerprint(path: Path) -> str:

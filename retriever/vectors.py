@@ -14,8 +14,12 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-import faiss
-import numpy as np
+from retriever import threads
+
+threads.prefer_passive_wait()  # before faiss (and later torch) load OpenMP: see retriever.threads
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 class VectorIndex(Protocol):

@@ -22,11 +22,13 @@ def configure_logging(level: str = "info") -> None:
 
 
 def configure_torch(settings: Settings) -> None:
-    """Apply the thread count; torch's default (all cores) stands when it is unset."""
-    import torch
+    """Apply the thread count to batches (torch's default, all cores, when it is unset) and the
+    search-latency thread settings of ``retriever.threads``: passive OpenMP waiting, set before
+    torch loads (one thread per query instead, where torch had loaded first)."""
+    from retriever import threads
 
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    threads.prefer_passive_wait()
+    threads.configure(settings.threads)
 
 
 def quiet_transformers() -> None:
