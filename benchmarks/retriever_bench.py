@@ -4,7 +4,8 @@ Side by side in one process. The 20k part feeds both stores the same precomputed
 random unit vectors, looked up by text through a cached embedder), so it measures the stores and
 not the model: ingest, deletes one at a time and in one batch, dense search latency, and that a
 deleted document never comes back. The encode part loads the real all-MiniLM-L6-v2 and compares
-raw ``SentenceTransformer.encode`` with ragtune's ``upsert_many`` on a smaller sample, to show
+raw fp32 ``SentenceTransformer.encode`` with ragtune's ``upsert_many`` on each embedding backend
+(``--backends``; ``--only encode`` runs just this part) on a smaller sample, to show
 how close ingest gets to the embedding bound. The latency part (benchmarks/search_latency.py)
 times dense, sparse and hybrid searches of the Debian FAQ questions with the real MiniLM alone,
 beside a concurrent ingest and beside a CPU-bound process, before and after ragtune's thread
@@ -237,10 +238,13 @@ def own_text_check(rag: Retriever, lc: FAISS, doc_ids: list[str], text_of: dict)
     return found
 
 
-def encode_bound(texts: list[str], rounds: int = 4) -> dict:
-    """Raw SentenceTransformer.encode vs ragtune upsert_many with the real MiniLM, texts/s.
+def encode_bound(texts: list[str], backends: list[str], cache: Path, rounds: int = 4) -> dict:
+    """Raw fp32 ``SentenceTransformer.encode`` vs ragtune ``upsert_many`` on each embedding
+    backend (``retriever.embedder.EMBEDDING_BACKENDS``) with the real MiniLM, texts/s.
 
-    Alternates the two over ``rounds`` slices of ``texts`` so machine noise hits both alike.
+    Runs the slices of ``texts`` in ``rounds``, each slice through raw encode and then every
+    backend's ingest in an order rotated per round, so machine noise hits them alike. Exports
+    are made under ``cache`` before timing (kept, so a rerun reuses them).
     """
     import torch
     from transformers.utils import logging as hf_logging
@@ -248,17 +252,19 @@ def encode_bound(texts: list[str], rounds: int = 4) -> dict:
     from retriever.embedder import load_embedder
 
     hf_logging.disable_progress_bar()
-    emb = load_embedder(offline=True)
-    emb.model.encode(texts[:64], batch_size=ENCODE_BATCH)  # warm-up
-    raw_s = rag_s = 0.0
+    embedders = {b: load_embedder(offline=True, backend=b, cache_dir=cache) for b in backends}
+    raw = load_embedder(offline=True).model  # plain fp32 torch, the reference
+    for emb in [raw, *(e.model for e in embedders.values())]:
+        emb.encode(texts[:64], batch_size=ENCODE_BATCH)  # warm-up
+    seconds = {name: 0.0 for name in ["raw-fp32", *backends]}
     step = -(-len(texts) // rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        rag = Retriever(Path(tmp), emb, RetrieverConfig())
-        for lo in range(0, len(texts), step):
+        stores = {b: Retriever(Path(tmp) / b, e, RetrieverConfig()) for b, e in embedders.items()}
+        for n, lo in enumerate(range(0, len(texts), step)):
             part = texts[lo : lo + step]
             docs = [DocumentIn(t, f"e{lo + j}") for j, t in enumerate(part)]
-            raw_s += timed(
-                lambda p=part: emb.model.encode(
+            seconds["raw-fp32"] += timed(
+                lambda p=part: raw.encode(
                     p,
                     batch_size=ENCODE_BATCH,
                     convert_to_numpy=True,
@@ -266,15 +272,20 @@ def encode_bound(texts: list[str], rounds: int = 4) -> dict:
                     show_progress_bar=False,
                 )
             )
-            rag_s += timed(lambda d=docs: rag.upsert_many(d))
+            for b in backends[n % len(backends) :] + backends[: n % len(backends)]:
+                seconds[b] += timed(lambda d=docs, b=b: stores[b].upsert_many(d))
             print(f"  encoded {lo + len(part)}/{len(texts)} with each", flush=True)
-        rag.close()
+        for store in stores.values():
+            store.close()
+    per_s = {name: len(texts) / s for name, s in seconds.items()}
     return {
         "texts": len(texts),
         "batch_size": ENCODE_BATCH,
         "torch_threads": torch.get_num_threads(),
-        "raw_encode_texts_per_s": len(texts) / raw_s,
-        "ragtune_upsert_texts_per_s": len(texts) / rag_s,
+        "raw_encode_texts_per_s": per_s["raw-fp32"],
+        "ragtune_upsert_texts_per_s": per_s.get("torch", 0.0),
+        "ingest_texts_per_s": {b: per_s[b] for b in backends},
+        "ingest_vs_raw_fp32_encode": {b: per_s[b] / per_s["raw-fp32"] for b in backends},
     }
 
 
@@ -321,6 +332,14 @@ def ratios(r: dict) -> dict[str, float]:
     return out
 
 
+def print_encode(e: dict) -> None:
+    """The encode part: raw fp32 texts/s, then each backend's ingest and its ratio to it."""
+    print(f"{'raw fp32 encode (texts/s)':34} {e['raw_encode_texts_per_s']:10.1f}")
+    for backend, per_s in e.get("ingest_texts_per_s", {}).items():
+        ratio = e["ingest_vs_raw_fp32_encode"][backend]
+        print(f"{'ingest ' + backend + ' (texts/s)':34} {per_s:10.1f}  {ratio:.2f}x raw fp32")
+
+
 def print_table(r: dict) -> None:
     n, d, s = r["config"]["n"], r["delete"], r["search"]
     rows = [
@@ -354,11 +373,7 @@ def print_table(r: dict) -> None:
         print(f"{'BM25 full rebuild + search (ms)':34} {sp['full_rebuild_ms']:10.1f}")
         print(f"{'BM25 warm search p50 (ms)':34} {sp['warm_search_p50_ms']:10.2f}")
     if "encode" in r:
-        e = r["encode"]
-        print(
-            f"{'ingest real MiniLM (texts/s)':34} {e['ragtune_upsert_texts_per_s']:10.1f} "
-            f"{'':>10} {e['raw_encode_texts_per_s']:10.1f}  (raw = SentenceTransformer.encode)"
-        )
+        print_encode(r["encode"])
     print()
     for name, value in r["ratios"].items():
         if name not in GOALS:
@@ -430,7 +445,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.encode_sample > 0:
         print(f"encode bound: {args.encode_sample} texts with the real MiniLM", flush=True)
         sample = random.Random(args.seed).sample(corpus, min(args.encode_sample, args.n))
-        result["encode"] = encode_bound(sample)
+        result["encode"] = encode_bound(sample, args.backends, args.export_cache)
     result["ratios"] = ratios(result)
     return result
 
@@ -438,12 +453,27 @@ def run(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", choices=["all", "stores", "latency"], default="all", help="which parts to run"
+        "--only",
+        choices=["all", "stores", "encode", "latency"],
+        default="all",
+        help="which parts to run (encode: only the backends' ingest against raw encode)",
     )
     parser.add_argument("--n", type=int, default=20000, help="documents (one chunk each)")
     parser.add_argument("--queries", type=int, default=200, help="dense searches timed")
     parser.add_argument(
         "--encode-sample", type=int, default=1000, help="texts for the real-MiniLM part; 0 skips"
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch"],
+        help="embedding backends whose ingest the encode part times against raw fp32 encode",
+    )
+    parser.add_argument(
+        "--export-cache",
+        type=Path,
+        default=Path("data") / "embedders",
+        help="where the non-torch backends' exports are made once and reused",
     )
     parser.add_argument("--ingest-batch", type=int, default=1000, help="documents per write call")
     parser.add_argument("--seed", type=int, default=0)
@@ -485,15 +515,20 @@ def main() -> None:
         parser.error(f"--latency-sides: each one of {', '.join(search_latency.SIDE_ENV)}")
     if args.n < 100 or args.queries < 1:
         parser.error("--n must be >= 100 and --queries >= 1")
-    if args.only != "stores" and not (args.latency_data / "queries.jsonl").is_file():
+    if args.only in ("all", "latency") and not (args.latency_data / "queries.jsonl").is_file():
         parser.error(f"--latency-data {args.latency_data}: no queries.jsonl there")
     if args.faiss_threads > 0:
         faiss.omp_set_num_threads(args.faiss_threads)
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
-    if args.only != "latency":
+    if args.only in ("all", "stores"):
         result = run(args)
-    if args.only != "stores":
+    if args.only == "encode":
+        corpus = make_corpus(args.encode_sample, args.seed, extra_sentences(args.extra_corpus))
+        print(f"encode bound: {len(corpus)} texts, backends {' '.join(args.backends)}", flush=True)
+        result["encode"] = encode_bound(corpus, args.backends, args.export_cache)
+        result["encode"]["ragtune_commit"] = ragtune_commit()
+    if args.only in ("all", "latency"):
         print("search latency: alone, beside an ingest, beside a CPU hog", flush=True)
         result["latency"] = search_latency.measure(
             args.latency_index,
@@ -510,6 +545,8 @@ def main() -> None:
     args.out.write_text(json.dumps(merged, indent=2) + "\n")
     if "search" in result:
         print_table(result)
+    elif "encode" in result:
+        print_encode(result["encode"])
     if "latency" in result:
         search_latency.print_table(result["latency"])
     print(f"\nwrote {args.out} ({time.perf_counter() - t0:.0f} s)")
