@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retriever.exports import (
-    EMBEDDING_BACKENDS as EMBEDDING_BACKENDS,  # re-exported: the registry callers know
+    EMBEDDING_BACKENDS,  # noqa: F401  (re-exported: callers know the registry by this module)
     backend_spec,
     ensure_export,
     load_runtime,

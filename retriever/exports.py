@@ -95,6 +95,11 @@ INSTALL_HINT = {
 }
 
 
+def missing(runtime: str) -> ImportError:
+    """The error for a backend whose runtime is not installed, saying what to install."""
+    return ImportError(f"the {runtime} embedding backends need {INSTALL_HINT[runtime]}")
+
+
 def backend_spec(name: str) -> BackendSpec:
     spec = EMBEDDING_BACKENDS.get(name)
     if spec is None:
@@ -223,7 +228,7 @@ def export_onnx(model: SentenceTransformer, out: Path, *, int8: bool) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.transformers import optimizer
     except ImportError as exc:
-        raise ImportError(f"the ONNX embedding backends need {INSTALL_HINT['onnx']}") from exc
+        raise missing("onnx") from exc
     import torch
 
     raw = out.with_name("traced.onnx")
@@ -240,7 +245,8 @@ def export_onnx(model: SentenceTransformer, out: Path, *, int8: bool) -> None:
             opset_version=17,
             dynamo=False,
         )
-    config = model[0].model.config
+    inner: Any = model[0].model
+    config = inner.config
     fused = optimizer.optimize_model(  # opt_level 0: the Python fusions only, portable
         str(raw),
         model_type="bert",
@@ -270,7 +276,7 @@ def onnx_module(path: Path, config: Any) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ImportError(f"the ONNX embedding backends need {INSTALL_HINT['onnx']}") from exc
+        raise missing("onnx") from exc
     import torch
 
     options = ort.SessionOptions()
@@ -312,7 +318,7 @@ def export_openvino(model: SentenceTransformer, out: Path, *, int8: bool) -> Non
     try:
         import openvino as ov
     except ImportError as exc:
-        raise ImportError(f"the OpenVINO embedding backends need {INSTALL_HINT['openvino']}") from exc
+        raise missing("openvino") from exc
     import torch
 
     with torch.no_grad():
@@ -334,7 +340,7 @@ def quantize_openvino(converted: Any, model: SentenceTransformer, names: list[st
     try:
         import nncf
     except ImportError as exc:
-        raise ImportError(f"openvino-int8 needs {INSTALL_HINT['openvino']}") from exc
+        raise missing("openvino") from exc
     import numpy as np
 
     texts = calibration_texts()
@@ -363,7 +369,7 @@ def openvino_module(path: Path, config: Any) -> Any:
     try:
         import openvino as ov
     except ImportError as exc:
-        raise ImportError(f"the OpenVINO embedding backends need {INSTALL_HINT['openvino']}") from exc
+        raise missing("openvino") from exc
     import torch
 
     compiled = ov.Core().compile_model(
