@@ -7,9 +7,10 @@ recipe, under a file lock and behind a marker, and is then run by a small torch 
 stands in for the HF transformer, so tokenizer, pooling and normalisation stay
 sentence-transformers' own. This module knows nothing of presets, indexes or pooling.
 
-Measured on 2 shared cores (avx512_vnni, amx_int8), 600-character Debian FAQ chunks, texts/s
-against raw fp32 ``SentenceTransformer.encode`` (benchmarks/embed_backends.py, medians of
-interleaved rounds): see docs/retriever.md for the table.
+Measured on 2 shared cores (avx512_vnni, amx_int8), 600-character Debian FAQ chunks, against
+raw fp32 ``SentenceTransformer.encode`` (benchmarks/embed_backends.py, medians of interleaved
+rounds): onnx-int8 2.0-2.6x, openvino-int8 3.8-5x, recall@10 within 0.01 on en and zh; the
+table is in docs/models.md (Embedding backends).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ EMBEDDING_BACKENDS: dict[str, BackendSpec] = {
             "openvino-int8",
             "openvino",
             int8=True,
-            recipe="openvino-trace-nncf-transformer-int8-calib-v1",
+            recipe="openvino-trace-nncf-transformer-int8-calib-v2",
             notes="OpenVINO model, int8 weights and activations (NNCF, calibrated once)",
         ),
     ]
@@ -394,6 +395,7 @@ def openvino_module(path: Path, config: Any) -> Any:
     return stand_in(run, wanted, config)
 
 
+# Changing these changes openvino-int8's activation ranges, hence its vectors: bump its recipe.
 CALIBRATION_SENTENCES = (
     "How do I install a package from the command line?",
     "The server returned an error after the upgrade, and the log file shows a permission problem.",
@@ -425,14 +427,18 @@ CALIBRATION_SENTENCES = (
     "Die Brücke wird im Sommer wegen Bauarbeiten für drei Wochen gesperrt.",
     "apt-get update && apt-get install -y build-essential python3-dev",
     "Error 404: the page /docs/install.html could not be found on this server.",
+    "| package | version | size |\n|---------+---------+------|\n| apt     | 2.6.1   | 1.4M |",
+    "+--------------------+\n| stable  |  testing |\n+--------------------+",
+    'for f in *.deb; do\n    dpkg -i "$f" || echo "failed: $f" >&2\ndone',
 )
 
 
 def calibration_texts(count: int = 64, seed: int = 0) -> list[str]:
     """Texts of 1 to 12 sentences drawn (seeded) from ``CALIBRATION_SENTENCES``: questions,
-    prose, commands, some Chinese, French and German, so activation ranges cover queries and
-    chunk-length passages without shipping a corpus. On the Debian FAQ, calibrating on these
-    instead of its own chunks gave the same speed; cosine to torch mean 0.996 against 0.997."""
+    prose, commands, a table and a shell loop, some Chinese, French and German, so activation
+    ranges cover queries and chunk-length passages without shipping a corpus. Without the table,
+    box and loop lines, ASCII-table chunks of the Debian FAQ fell to cosine 0.91 to torch's
+    (en mean 0.990, 1st percentile 0.961); with them, 0.974 (mean 0.995, p1 0.987)."""
     rng = random.Random(seed)
     return [
         " ".join(rng.choice(CALIBRATION_SENTENCES) for _ in range(1 + i % 12)) for i in range(count)
