@@ -9,8 +9,9 @@ sentence-transformers' own. This module knows nothing of presets, indexes or poo
 
 Measured on 2 shared cores (avx512_vnni, amx_int8), 600-character Debian FAQ chunks, against
 raw fp32 ``SentenceTransformer.encode`` (benchmarks/embed_backends.py, medians of interleaved
-rounds): onnx-int8 2.0-2.6x, openvino-int8 3.8-5x, recall@10 within 0.01 on en and zh; the
-table is in docs/models.md (Embedding backends).
+rounds): onnx-int8 1.5x quiet, 2-2.6x loaded; openvino-int8 3.2x quiet, 3.8-5x loaded;
+recall@10 within 0.01 of fp32 on en and zh. The table is in docs/models.md (Embedding
+backends).
 """
 
 from __future__ import annotations
