@@ -125,10 +125,11 @@ class Retrieval(BaseModel):
         description="at startup, re-embed in the background an index whose chunks were embedded "
         "without their title and section (searches go on meanwhile)",
     )
-    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+    embedding_backend: Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"] = Field(
         "torch",
-        description="what runs the embedder: torch, or an ONNX export (float32 or int8) made once "
-        "under models_dir; needs ragtune[onnx]; vectors differ, so switching re-embeds the index",
+        description="what runs the embedder: torch, or an export made once under models_dir, run "
+        "by onnxruntime (onnx, onnx-int8; needs ragtune[onnx]) or OpenVINO (openvino, "
+        "openvino-int8; needs ragtune[openvino]); vectors differ, so switching re-embeds the index",
     )
 
 
