@@ -5,15 +5,19 @@ random unit vectors, looked up by text through a cached embedder), so it measure
 not the model: ingest, deletes one at a time and in one batch, dense search latency, and that a
 deleted document never comes back. The encode part loads the real all-MiniLM-L6-v2 and compares
 raw fp32 ``SentenceTransformer.encode`` with ragtune's ``upsert_many`` on each embedding backend
-(``--backends``; ``--only encode`` runs just this part) on a smaller sample, to show
-how close ingest gets to the embedding bound. The latency part (benchmarks/search_latency.py)
-times dense, sparse and hybrid searches of the Debian FAQ questions with the real MiniLM alone,
-beside a concurrent ingest and beside a CPU-bound process, before and after ragtune's thread
-settings (``retriever.threads``). Prints a table and merges its parts into
-benchmarks/results/retriever_bench.json (keys it did not run are kept).
+(``--backends``) on a smaller sample, to show how close ingest gets to the embedding bound;
+``--only encode`` instead ingests the real Debian FAQ documents (``--latency-data``) on each
+backend against raw fp32 encode of the very texts ragtune embeds for them (chunks with their
+context). The latency part (benchmarks/search_latency.py) times dense, sparse and hybrid
+searches of the Debian FAQ questions with the real MiniLM alone, beside a concurrent ingest and
+beside a CPU-bound process, before and after ragtune's thread settings (``retriever.threads``).
+Prints a table and merges its parts into benchmarks/results/retriever_bench.json (keys it did
+not run are kept).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/retriever_bench.py --n 20000 --queries 200
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/retriever_bench.py --only latency
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/retriever_bench.py --only encode \
+        --encode-sample 600 --backends torch onnx-int8 openvino openvino-int8
 """
 
 from __future__ import annotations
@@ -289,6 +293,83 @@ def encode_bound(texts: list[str], backends: list[str], cache: Path, rounds: int
     }
 
 
+def real_documents(folder: Path, limit: int) -> list[DocumentIn]:
+    """Up to ``limit`` documents of a ``ragtune data`` BEIR folder, as a user would add them."""
+    docs = []
+    for path in sorted((folder / "documents").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            docs.append(DocumentIn(d["text"], d["id"], d.get("metadata") or {}))
+    return docs[:limit]
+
+
+def encode_documents(docs: list[DocumentIn], backends: list[str], cache: Path) -> dict:
+    """Ingest of real documents on each backend against raw fp32 ``encode`` of exactly the
+    texts ragtune embeds for them (each chunk with its title and section), in chunks/s.
+
+    Rounds of documents alternate raw encode and every backend's ``upsert_many``, the backends'
+    order rotated per round, so machine noise hits them alike.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from retriever.chunking import document_title, embedding_text, is_markdown, split
+    from retriever.embedder import load_embedder
+
+    hf_logging.disable_progress_bar()
+    config = RetrieverConfig()
+
+    def embedded(doc: DocumentIn) -> list[str]:
+        title = document_title(doc.text, doc.metadata)
+        pieces = split(
+            doc.text,
+            config.chunk_size,
+            config.chunk_overlap,
+            is_markdown(doc.text, doc.metadata),
+            title,
+        )
+        return [embedding_text(title, c.section, c.text) for c in pieces]
+
+    embedders = {b: load_embedder(offline=True, backend=b, cache_dir=cache) for b in backends}
+    raw = load_embedder(offline=True).model  # plain fp32 torch, the reference
+    texts = [t for d in docs for t in embedded(d)]
+    for model in [raw, *(e.model for e in embedders.values())]:
+        model.encode(texts[:64], batch_size=ENCODE_BATCH)  # warm-up
+    seconds = {name: 0.0 for name in ["raw-fp32", *backends]}
+    rounds = 4
+    step = -(-len(docs) // rounds)
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {b: Retriever(Path(tmp) / b, e, config) for b, e in embedders.items()}
+        for n, lo in enumerate(range(0, len(docs), step)):
+            part = docs[lo : lo + step]
+            part_texts = [t for d in part for t in embedded(d)]
+            seconds["raw-fp32"] += timed(
+                lambda p=part_texts: raw.encode(
+                    p,
+                    batch_size=ENCODE_BATCH,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            )
+            for b in backends[n % len(backends) :] + backends[: n % len(backends)]:
+                seconds[b] += timed(lambda d=part, b=b: stores[b].upsert_many(d))
+            print(f"  ingested {lo + len(part)}/{len(docs)} documents with each", flush=True)
+        chunks = stores[backends[0]].chunk_count
+        for store in stores.values():
+            store.close()
+    assert chunks == len(texts), (chunks, len(texts))  # both sides embedded the same chunks
+    per_s = {name: len(texts) / s for name, s in seconds.items()}
+    return {
+        "documents": len(docs),
+        "chunks": len(texts),
+        "mean_chunk_chars": round(sum(map(len, texts)) / len(texts)),
+        "batch_size": ENCODE_BATCH,
+        "raw_encode_texts_per_s": per_s["raw-fp32"],
+        "ingest_texts_per_s": {b: per_s[b] for b in backends},
+        "ingest_vs_raw_fp32_encode": {b: per_s[b] / per_s["raw-fp32"] for b in backends},
+    }
+
+
 def ragtune_commit() -> str:
     """The commit the retriever code was measured at, marked dirty if it had local edits."""
     root = Path(__file__).resolve().parent.parent
@@ -456,12 +537,15 @@ def main() -> None:
         "--only",
         choices=["all", "stores", "encode", "latency"],
         default="all",
-        help="which parts to run (encode: only the backends' ingest against raw encode)",
+        help="which parts to run (encode: real documents' ingest per backend against raw encode)",
     )
     parser.add_argument("--n", type=int, default=20000, help="documents (one chunk each)")
     parser.add_argument("--queries", type=int, default=200, help="dense searches timed")
     parser.add_argument(
-        "--encode-sample", type=int, default=1000, help="texts for the real-MiniLM part; 0 skips"
+        "--encode-sample",
+        type=int,
+        default=1000,
+        help="texts (documents with --only encode) for the real-MiniLM part; 0 skips",
     )
     parser.add_argument(
         "--backends",
@@ -515,7 +599,7 @@ def main() -> None:
         parser.error(f"--latency-sides: each one of {', '.join(search_latency.SIDE_ENV)}")
     if args.n < 100 or args.queries < 1:
         parser.error("--n must be >= 100 and --queries >= 1")
-    if args.only in ("all", "latency") and not (args.latency_data / "queries.jsonl").is_file():
+    if args.only != "stores" and not (args.latency_data / "queries.jsonl").is_file():
         parser.error(f"--latency-data {args.latency_data}: no queries.jsonl there")
     if args.faiss_threads > 0:
         faiss.omp_set_num_threads(args.faiss_threads)
@@ -524,10 +608,13 @@ def main() -> None:
     if args.only in ("all", "stores"):
         result = run(args)
     if args.only == "encode":
-        corpus = make_corpus(args.encode_sample, args.seed, extra_sentences(args.extra_corpus))
-        print(f"encode bound: {len(corpus)} texts, backends {' '.join(args.backends)}", flush=True)
-        result["encode"] = encode_bound(corpus, args.backends, args.export_cache)
-        result["encode"]["ragtune_commit"] = ragtune_commit()
+        docs = real_documents(args.latency_data, args.encode_sample)
+        print(
+            f"encode bound: {len(docs)} documents, backends {' '.join(args.backends)}", flush=True
+        )
+        result["encode_real"] = encode_documents(docs, args.backends, args.export_cache)
+        result["encode_real"]["data"] = str(args.latency_data)
+        result["encode_real"]["ragtune_commit"] = ragtune_commit()
     if args.only in ("all", "latency"):
         print("search latency: alone, beside an ingest, beside a CPU hog", flush=True)
         result["latency"] = search_latency.measure(
@@ -545,8 +632,8 @@ def main() -> None:
     args.out.write_text(json.dumps(merged, indent=2) + "\n")
     if "search" in result:
         print_table(result)
-    elif "encode" in result:
-        print_encode(result["encode"])
+    elif "encode_real" in result:
+        print_encode(result["encode_real"])
     if "latency" in result:
         search_latency.print_table(result["latency"])
     print(f"\nwrote {args.out} ({time.perf_counter() - t0:.0f} s)")
