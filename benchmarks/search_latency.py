@@ -48,13 +48,16 @@ SIDE_ENV = {  # the environment each side's child runs with, over one without OW
     "spin-1": {"RAGTUNE_THREAD_LIMITS": "0", "RAGTUNE_QUERY_THREADS": "1"},
     "passive-1": {"RAGTUNE_QUERY_THREADS": "1"},
     "after": {},
+    # libgomp spins GOMP_SPINCOUNT iterations before sleeping (PASSIVE: none, default 300,000)
+    "spin-20k": {"RAGTUNE_THREAD_LIMITS": "0", "GOMP_SPINCOUNT": "20000"},
+    "spin-2k": {"RAGTUNE_THREAD_LIMITS": "0", "GOMP_SPINCOUNT": "2000"},
 }
 INGEST_BATCH = 8  # documents per upsert_many in the concurrent ingest
 INGEST_CHARS = 1200  # each fresh document: about two chunks
 BATCH_TEXTS = 64  # texts of the quiet batch-encode timing (what an ingest costs on each side)
 GOAL = 3.0  # p50 under a concurrent ingest or beside a CPU hog, over the quiet p50 (goal 7)
 HOG = "import numpy as np\na = np.random.rand(1000, 1000)\nwhile True:\n    a @ a\n"
-OWN_ENV = ("RAGTUNE_THREAD_LIMITS", "RAGTUNE_QUERY_THREADS", "OMP_WAIT_POLICY")
+OWN_ENV = ("RAGTUNE_THREAD_LIMITS", "RAGTUNE_QUERY_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
