@@ -541,8 +541,10 @@ class Retriever:
         """The dense share for ``query``: the one fitted for its language on this vector space
         (``fit_dense_weights``), else lower when it is written in a script (CJK) that an
         English-only embedder was not trained on."""
+        return self._share_for(query_language(query))
+
+    def _share_for(self, lang: str) -> float:
         fitted = self._fitted_weights()
-        lang = "zh" if CJK.search(query) else "en"
         if lang in fitted:
             return float(fitted[lang])
         languages = getattr(self.embedder, "languages", None)
@@ -552,25 +554,25 @@ class Retriever:
 
     def fusion_shares(self) -> dict[str, Any]:
         """The hybrid dense share in use per query language, and how each was chosen."""
-        raw = self.store.get_meta(FITTED_KEY)
-        body = json.loads(raw) if raw else {}
+        fit = self._stored_fit()
         fitted = self._fitted_weights()
-        shares = {
-            lang: self.dense_weight_for("中文" if lang == "zh" else "x") for lang in ("en", "zh")
-        }
         return {
-            "dense_share": shares,
+            "dense_share": {lang: self._share_for(lang) for lang in ("en", "zh")},
             "fitted": sorted(fitted),
-            "method": body.get("method") if fitted else None,
-            "why": body.get("why", {}) if fitted else {},
+            "method": fit.get("method") if fitted else None,
+            "why": fit.get("why", {}) if fitted else {},
         }
+
+    def _stored_fit(self) -> dict[str, Any]:
+        """The last fit's report as stored (``{}`` when none)."""
+        raw = self.store.get_meta(FITTED_KEY)
+        return json.loads(raw) if raw else {}
 
     def _fitted_weights(self) -> dict[str, float]:
         cached = self._fitted
         if cached is None or cached[0] != (self.space, self.config.fusion):
-            raw = self.store.get_meta(FITTED_KEY)
-            body = json.loads(raw) if raw else {}
-            weights = body.get("weights", {}) if self._fit_applies(body) else {}
+            fit = self._stored_fit()
+            weights = fit.get("weights", {}) if self._fit_applies(fit) else {}
             cached = self._fitted = ((self.space, self.config.fusion), weights)
         return cached[1]
 
@@ -586,11 +588,10 @@ class Retriever:
         has changed size by a quarter since, and it holds enough chunks to sample from."""
         if self.chunk_count < FIT_MIN_CHUNKS:
             return False
-        raw = self.store.get_meta(FITTED_KEY)
-        body = json.loads(raw) if raw else {}
-        if not self._fit_applies(body) or "chunks" not in body:
+        fit = self._stored_fit()
+        if not self._fit_applies(fit) or "chunks" not in fit:
             return True
-        return abs(self.chunk_count - int(body["chunks"])) > 0.25 * int(body["chunks"])
+        return abs(self.chunk_count - int(fit["chunks"])) > 0.25 * int(fit["chunks"])
 
     def fit_fusion(self, queries: int = 400, seed: int = 0, k: int = 10) -> dict[str, Any]:
         """Fit the hybrid dense share per query language without labelled questions, on
@@ -628,7 +629,7 @@ class Retriever:
         depth = max(self.config.candidates, k)
         groups: dict[str, list[tuple[str, str, int | None]]] = {}
         for item in items:
-            groups.setdefault("zh" if CJK.search(item[0]) else "en", []).append(item)
+            groups.setdefault(query_language(item[0]), []).append(item)
         report: dict[str, Any] = {
             "space": self.space,
             "method": method,
@@ -688,6 +689,12 @@ class Retriever:
         if self.config.fusion == "rrf":
             return fusion.rrf(lists, self.config.rrf_k)
         return fusion.weighted(lists)
+
+
+def query_language(text: str) -> str:
+    """The language a hybrid share is kept for: ``zh`` for text with CJK characters, else
+    ``en``."""
+    return "zh" if CJK.search(text) else "en"
 
 
 def _doc_rank(
