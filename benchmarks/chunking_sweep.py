@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from retrieval_quality import load_dataset, read_beir  # noqa: E402
+from retrieval_quality import forget_fit, load_dataset, read_beir, search_report  # noqa: E402
 
-from eval.metrics import dedupe, retrieval_report  # noqa: E402
 from retriever.config import RetrieverConfig  # noqa: E402
 from retriever.embedder import load_embedder  # noqa: E402
-from retriever.index import FITTED_KEY, DocumentIn, Retriever  # noqa: E402
+from retriever.index import DocumentIn, Retriever  # noqa: E402
 
 
 def measure(folder: Path, index: Path, embedder, size: int, overlap: int) -> dict:
@@ -34,22 +33,16 @@ def measure(folder: Path, index: Path, embedder, size: int, overlap: int) -> dic
     for i in range(0, len(docs), 64):
         r.upsert_many([DocumentIn(d["text"], d["id"], d["metadata"]) for d in docs[i : i + 64]])
     out: dict = {"chunks": r.chunk_count, "ingest_s": round(time.perf_counter() - started, 1)}
-    r.store.set_meta(FITTED_KEY, "{}")  # unfitted first: the configured default shares
-    for label, mode in [
-        ("dense", "dense"),
-        ("sparse", "sparse"),
-        ("hybrid", "hybrid"),
-        ("fit", ""),
-    ]:
-        if label == "fit":  # then the share fitted on pseudo-queries, as the service does
-            out["fitted_share"] = r.fit_fusion()["weights"]
-            label, mode = "hybrid fitted", "hybrid"
-        runs = {
-            q["_id"]: dedupe([h.doc_id for h in r.search(q["text"], k=30, mode=mode)])
-            for q in queries
-        }
-        report = retrieval_report(runs, qrels)
-        out[label] = {m: round(report[m], 3) for m in ("recall@10", "mrr@10")}
+    forget_fit(r)  # unfitted first: the configured default shares
+
+    def scores(mode: str) -> dict[str, float]:
+        report = search_report(r, queries, qrels, mode)
+        return {m: report[m] for m in ("recall@10", "mrr@10")}
+
+    for mode in ("dense", "sparse", "hybrid"):
+        out[mode] = scores(mode)
+    out["fitted_share"] = r.fit_fusion()["weights"]  # then fitted, as the service does
+    out["hybrid fitted"] = scores("hybrid")
     r.close()
     return out
 

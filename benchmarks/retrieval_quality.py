@@ -84,6 +84,24 @@ def read_beir(folder: Path) -> tuple[list[dict], list[dict], dict[str, set[str]]
     return docs, queries, qrels
 
 
+def search_report(
+    r: Retriever, queries: list[dict], qrels: dict[str, set[str]], mode: str = "hybrid", k: int = 10
+) -> dict[str, float]:
+    """Recall@1/5/10 and MRR@10 of ``r`` on ``queries``, each query's distinct documents from
+    its top ``3k`` chunks, rounded to three places."""
+    runs = {
+        q["_id"]: dedupe([h.doc_id for h in r.search(q["text"], k=k * 3, mode=mode)])
+        for q in queries
+    }
+    return {m: round(v, 3) for m, v in retrieval_report(runs, qrels).items()}
+
+
+def forget_fit(r: Retriever) -> None:
+    """Drop a stored fusion fit, so the configured shares apply (a fit kept from an earlier run
+    would override them)."""
+    r.store.set_meta(FITTED_KEY, "{}")
+
+
 def evaluate(folder: Path, embedder, index_dir: Path, k: int = 10) -> dict[str, dict[str, float]]:
     docs, queries, qrels = read_beir(folder)
     results = {}
@@ -94,7 +112,7 @@ def evaluate(folder: Path, embedder, index_dir: Path, k: int = 10) -> dict[str, 
         r.upsert_many([DocumentIn(d["text"], d["id"], d["metadata"]) for d in docs[i : i + 64]])
     if r.needs_reembedding:  # an index kept from a ragtune that embedded bare chunk texts
         r.reindex(embedder)
-    r.store.set_meta(FITTED_KEY, "{}")  # a fit kept from an earlier run would override the rows
+    forget_fit(r)
     print(
         f"{folder.name}: {len(docs)} documents, {r.chunk_count} chunks, "
         f"ingest (or check) took {time.perf_counter() - t0:.1f}s"
@@ -103,15 +121,10 @@ def evaluate(folder: Path, embedder, index_dir: Path, k: int = 10) -> dict[str, 
         r.config.fusion = fusion
         r.config.dense_weight = defaults.dense_weight if weight is None else weight
         r.config.foreign_dense_weight = defaults.foreign_dense_weight if weight is None else weight
-        runs = {
-            q["_id"]: dedupe([h.doc_id for h in r.search(q["text"], k=k * 3, mode=mode)])
-            for q in queries
-        }
-        results[label] = {m: round(v, 3) for m, v in retrieval_report(runs, qrels).items()}
+        results[label] = search_report(r, queries, qrels, mode, k)
     r.config = RetrieverConfig()
     fit = r.fit_fusion()  # what the service runs in the background once the index is built
-    runs = {q["_id"]: dedupe([h.doc_id for h in r.search(q["text"], k=k * 3)]) for q in queries}
-    results[FITTED] = {m: round(v, 3) for m, v in retrieval_report(runs, qrels).items()}
+    results[FITTED] = search_report(r, queries, qrels, "hybrid", k)
     results["fit"] = {key: fit[key] for key in ("queries", "weights", "why", "recall")}
     r.close()
     runs = one_vector_per_document(docs, queries, embedder, k)

@@ -242,15 +242,17 @@ def own_text_check(rag: Retriever, lc: FAISS, doc_ids: list[str], text_of: dict)
     return found
 
 
-def encode_bound(texts: list[str], backends: list[str], cache: Path, rounds: int = 4) -> dict:
-    """Raw fp32 ``SentenceTransformer.encode`` vs ragtune ``upsert_many`` on each embedding
-    backend (``retriever.embedder.EMBEDDING_BACKENDS``) with the real MiniLM, texts/s.
-
-    Runs the slices of ``texts`` in ``rounds``, each slice through raw encode and then every
-    backend's ingest in an order rotated per round, so machine noise hits them alike. Exports
-    are made under ``cache`` before timing (kept, so a rerun reuses them).
-    """
-    import torch
+def time_ingest(
+    parts: list[tuple[list[str], list[DocumentIn]]],
+    backends: list[str],
+    cache: Path,
+    config: RetrieverConfig,
+) -> tuple[dict[str, float], int]:
+    """Seconds spent by raw fp32 ``encode`` of each part's texts and by each backend's
+    ``upsert_many`` of its documents, part by part, the backends' order rotated per part so
+    machine noise hits them alike; and the chunks the first backend's index ended with.
+    Exports are made under ``cache`` (kept, so a rerun reuses them), and every model is warmed
+    up on the first part's texts before timing."""
     from transformers.utils import logging as hf_logging
 
     from retriever.embedder import load_embedder
@@ -258,18 +260,16 @@ def encode_bound(texts: list[str], backends: list[str], cache: Path, rounds: int
     hf_logging.disable_progress_bar()
     embedders = {b: load_embedder(offline=True, backend=b, cache_dir=cache) for b in backends}
     raw = load_embedder(offline=True).model  # plain fp32 torch, the reference
-    for emb in [raw, *(e.model for e in embedders.values())]:
-        emb.encode(texts[:64], batch_size=ENCODE_BATCH)  # warm-up
+    for model in [raw, *(e.model for e in embedders.values())]:
+        model.encode(parts[0][0][:64], batch_size=ENCODE_BATCH)  # warm-up
     seconds = {name: 0.0 for name in ["raw-fp32", *backends]}
-    step = -(-len(texts) // rounds)
+    done = 0
     with tempfile.TemporaryDirectory() as tmp:
-        stores = {b: Retriever(Path(tmp) / b, e, RetrieverConfig()) for b, e in embedders.items()}
-        for n, lo in enumerate(range(0, len(texts), step)):
-            part = texts[lo : lo + step]
-            docs = [DocumentIn(t, f"e{lo + j}") for j, t in enumerate(part)]
+        stores = {b: Retriever(Path(tmp) / b, e, config) for b, e in embedders.items()}
+        for n, (texts, docs) in enumerate(parts):
             seconds["raw-fp32"] += timed(
-                lambda p=part: raw.encode(
-                    p,
+                lambda t=texts: raw.encode(
+                    t,
                     batch_size=ENCODE_BATCH,
                     convert_to_numpy=True,
                     normalize_embeddings=True,
@@ -278,18 +278,48 @@ def encode_bound(texts: list[str], backends: list[str], cache: Path, rounds: int
             )
             for b in backends[n % len(backends) :] + backends[: n % len(backends)]:
                 seconds[b] += timed(lambda d=docs, b=b: stores[b].upsert_many(d))
-            print(f"  encoded {lo + len(part)}/{len(texts)} with each", flush=True)
+            done += len(docs)
+            print(f"  ingested {done} documents with each", flush=True)
+        chunks = stores[backends[0]].chunk_count
         for store in stores.values():
             store.close()
-    per_s = {name: len(texts) / s for name, s in seconds.items()}
+    return seconds, chunks
+
+
+def ingest_rates(seconds: dict[str, float], texts: int, backends: list[str]) -> dict:
+    """Texts/s of raw encode and of each backend's ingest, and each backend's ratio to raw."""
+    per_s = {name: texts / s for name, s in seconds.items()}
+    return {
+        "raw_encode_texts_per_s": per_s["raw-fp32"],
+        "ingest_texts_per_s": {b: per_s[b] for b in backends},
+        "ingest_vs_raw_fp32_encode": {b: per_s[b] / per_s["raw-fp32"] for b in backends},
+    }
+
+
+def encode_bound(texts: list[str], backends: list[str], cache: Path, rounds: int = 4) -> dict:
+    """Raw fp32 ``SentenceTransformer.encode`` vs ragtune ``upsert_many`` on each embedding
+    backend (``retriever.embedder.EMBEDDING_BACKENDS``) with the real MiniLM, texts/s.
+
+    ``texts`` are timed in ``rounds`` slices, one document each (see ``time_ingest``).
+    """
+    import torch
+
+    step = -(-len(texts) // rounds)
+    parts = [
+        (
+            texts[lo : lo + step],
+            [DocumentIn(t, f"e{lo + j}") for j, t in enumerate(texts[lo : lo + step])],
+        )
+        for lo in range(0, len(texts), step)
+    ]
+    seconds, _ = time_ingest(parts, backends, cache, RetrieverConfig())
+    rates = ingest_rates(seconds, len(texts), backends)
     return {
         "texts": len(texts),
         "batch_size": ENCODE_BATCH,
         "torch_threads": torch.get_num_threads(),
-        "raw_encode_texts_per_s": per_s["raw-fp32"],
-        "ragtune_upsert_texts_per_s": per_s.get("torch", 0.0),
-        "ingest_texts_per_s": {b: per_s[b] for b in backends},
-        "ingest_vs_raw_fp32_encode": {b: per_s[b] / per_s["raw-fp32"] for b in backends},
+        **rates,
+        "ragtune_upsert_texts_per_s": rates["ingest_texts_per_s"].get("torch", 0.0),
     }
 
 
@@ -307,15 +337,10 @@ def encode_documents(docs: list[DocumentIn], backends: list[str], cache: Path) -
     """Ingest of real documents on each backend against raw fp32 ``encode`` of exactly the
     texts ragtune embeds for them (each chunk with its title and section), in chunks/s.
 
-    Rounds of documents alternate raw encode and every backend's ``upsert_many``, the backends'
-    order rotated per round, so machine noise hits them alike.
+    The documents are timed in 4 rounds (see ``time_ingest``).
     """
-    from transformers.utils import logging as hf_logging
-
     from retriever.chunking import document_title, embedding_text, is_markdown, split
-    from retriever.embedder import load_embedder
 
-    hf_logging.disable_progress_bar()
     config = RetrieverConfig()
 
     def embedded(doc: DocumentIn) -> list[str]:
@@ -329,44 +354,21 @@ def encode_documents(docs: list[DocumentIn], backends: list[str], cache: Path) -
         )
         return [embedding_text(title, c.section, c.text) for c in pieces]
 
-    embedders = {b: load_embedder(offline=True, backend=b, cache_dir=cache) for b in backends}
-    raw = load_embedder(offline=True).model  # plain fp32 torch, the reference
-    texts = [t for d in docs for t in embedded(d)]
-    for model in [raw, *(e.model for e in embedders.values())]:
-        model.encode(texts[:64], batch_size=ENCODE_BATCH)  # warm-up
-    seconds = {name: 0.0 for name in ["raw-fp32", *backends]}
     rounds = 4
     step = -(-len(docs) // rounds)
-    with tempfile.TemporaryDirectory() as tmp:
-        stores = {b: Retriever(Path(tmp) / b, e, config) for b, e in embedders.items()}
-        for n, lo in enumerate(range(0, len(docs), step)):
-            part = docs[lo : lo + step]
-            part_texts = [t for d in part for t in embedded(d)]
-            seconds["raw-fp32"] += timed(
-                lambda p=part_texts: raw.encode(
-                    p,
-                    batch_size=ENCODE_BATCH,
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
-            )
-            for b in backends[n % len(backends) :] + backends[: n % len(backends)]:
-                seconds[b] += timed(lambda d=part, b=b: stores[b].upsert_many(d))
-            print(f"  ingested {lo + len(part)}/{len(docs)} documents with each", flush=True)
-        chunks = stores[backends[0]].chunk_count
-        for store in stores.values():
-            store.close()
+    parts = [
+        ([t for d in docs[lo : lo + step] for t in embedded(d)], docs[lo : lo + step])
+        for lo in range(0, len(docs), step)
+    ]
+    texts = [t for part_texts, _ in parts for t in part_texts]
+    seconds, chunks = time_ingest(parts, backends, cache, config)
     assert chunks == len(texts), (chunks, len(texts))  # both sides embedded the same chunks
-    per_s = {name: len(texts) / s for name, s in seconds.items()}
     return {
         "documents": len(docs),
         "chunks": len(texts),
         "mean_chunk_chars": round(sum(map(len, texts)) / len(texts)),
         "batch_size": ENCODE_BATCH,
-        "raw_encode_texts_per_s": per_s["raw-fp32"],
-        "ingest_texts_per_s": {b: per_s[b] for b in backends},
-        "ingest_vs_raw_fp32_encode": {b: per_s[b] / per_s["raw-fp32"] for b in backends},
+        **ingest_rates(seconds, len(texts), backends),
     }
 
 
