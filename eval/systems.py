@@ -211,14 +211,18 @@ def generate(
     adapter). Each stage's seconds go into ``stage``."""
     from service.adapters import AdapterSet
     from service.generation.engine import GenerationEngine
+    from service.generation.quant import quantise_for_serving
     from service.loading import generator_from_settings
 
     gen = generator_from_settings(settings)
+    quantise_for_serving(gen.model, settings.generator_precision)  # the probe sees it too
     adapters = AdapterSet(gen, settings.layout.adapters)
     for adapter in dict.fromkeys(adapters_for.values()):
         adapters.load(adapter)
     forgetting = _forgetting(options, gen, adapters, adapters_for, settings, stage)
-    engine = GenerationEngine(gen, max_batch=options.batch, adapters=adapters)
+    engine = GenerationEngine(
+        gen, max_batch=options.batch, adapters=adapters, precision=settings.generator_precision
+    )
     try:
         total = len(questions) * len(options.modes)
         decoder = Decoder(engine, options.max_new_tokens, total, progress, should_stop)

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 Loader = Callable[[AppState], None]
-SHOWN = ("name", "hub_id", "source", "dim", "adapter", "documents")  # what /readyz tells anyone
+# what /readyz tells anyone of a loaded model
+SHOWN = ("name", "hub_id", "source", "dim", "adapter", "precision", "documents")
 
 
 def shown(identity: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +59,10 @@ def load_models(state: AppState) -> None:
     state.embedder = index_embedder(state.settings)  # a fine-tuned one if the index uses it
     state.loaded["embedder"] = state.embedder.identity
     state.generator = generator_from_settings(state.settings)
-    state.loaded["generator"] = state.generator.identity
+    state.loaded["generator"] = {
+        **state.generator.identity,
+        "precision": state.settings.generator_precision,
+    }
     state.adapters = AdapterSet(
         state.generator,
         state.settings.layout.adapters,
@@ -69,6 +73,7 @@ def load_models(state: AppState) -> None:
         max_batch=state.settings.limits.max_batch_generation,
         metrics=state.metrics,
         adapters=state.adapters,
+        precision=state.settings.generator_precision,
     )
     state.retriever = open_retriever(state.settings, state.embedder)
     state.reranker = reranker_from_settings(state.settings)

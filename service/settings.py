@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     generator_path: Path | None = Field(
         None, description="explicit local weights (folder or .gguf)"
     )
+    generator_precision: Literal["fp32", "int4"] = Field(
+        "fp32",
+        description="serving weights of the generator's linear layers: fp32, or int4 (CPU only; "
+        "4-bit groups of 32, exact for a Q4_1 GGUF; adapters keep their own precision)",
+    )
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = all cores")
     offline: bool | None = Field(

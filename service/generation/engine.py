@@ -18,7 +18,9 @@ The engine knows nothing of retrieval or HTTP.
 
 On CPU the engine stores each linear layer's weight column-major (same values, transposed
 memory layout; see ``prefer_column_major``): MKL multiplies a small batch by a weight laid out
-that way about 4x faster, which is what makes batching pay on a CPU.
+that way about 4x faster, which is what makes batching pay on a CPU. With ``precision="int4"``
+the base model's linear layers decode from 4-bit copies of their weights instead
+(``service.generation.quant``); adapters keep their own precision.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class GenerationEngine:
         max_gather_s: float = 0.25,
         prefix_min_tokens: int = 8,
         prefix_max_tokens: int = 2048,
+        precision: str = "fp32",
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -66,6 +69,10 @@ class GenerationEngine:
         self.max_batch = max_batch
         self.metrics = metrics
         self.adapters = adapters  # service.adapters.AdapterSet, or None: base model only
+        self.precision = precision
+        from service.generation.quant import quantise_for_serving  # imports torch
+
+        quantise_for_serving(generator.model, precision)  # ValueError off the CPU for int4
         if generator.model.device.type == "cpu":
             prefer_column_major(generator.model)
         # A new batch waits for a burst of requests to board: until none has arrived for
@@ -451,10 +458,14 @@ def prefer_column_major(model: Any) -> int:
     import torch
     from torch import nn
 
+    from service.generation.quant import Int4Linear
+
     moved = 0
     with torch.no_grad():
         for module in model.modules():
             weight = getattr(module, "weight", None)
+            if isinstance(module, Int4Linear):
+                continue  # decodes from its int4 copy; the head gathers rows of this weight
             if isinstance(module, nn.Linear) and weight is not None and weight.is_contiguous():
                 weight.data = weight.data.t().contiguous().t()
                 moved += 1
