@@ -221,7 +221,11 @@ def generate(
         adapters.load(adapter)
     forgetting = _forgetting(options, gen, adapters, adapters_for, settings, stage)
     engine = GenerationEngine(
-        gen, max_batch=options.batch, adapters=adapters, precision=settings.generator_precision
+        gen,
+        max_batch=options.batch,
+        adapters=adapters,
+        precision=settings.generator_precision,
+        decode_threads=settings.decode_threads,
     )
     try:
         total = len(questions) * len(options.modes)

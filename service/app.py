@@ -74,6 +74,7 @@ def load_models(state: AppState) -> None:
         metrics=state.metrics,
         adapters=state.adapters,
         precision=state.settings.generator_precision,
+        decode_threads=state.settings.decode_threads,
     )
     state.retriever = open_retriever(state.settings, state.embedder)
     state.reranker = reranker_from_settings(state.settings)

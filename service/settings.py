@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     )
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = all cores")
+    decode_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads of a generation decode step; unset = timed per batch "
+        "size (1 or threads, whichever decodes faster here); prefills use threads",
+    )
     offline: bool | None = Field(
         None, description="never try the hub; unset = follow HF_HUB_OFFLINE"
     )

@@ -95,7 +95,12 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
         generator = generator_from_settings(settings)
     except ModelNotAvailable as exc:
         raise click.ClickException(str(exc)) from None
-    engine = GenerationEngine(generator, max_batch=1, precision=settings.generator_precision)
+    engine = GenerationEngine(
+        generator,
+        max_batch=1,
+        precision=settings.generator_precision,
+        decode_threads=settings.decode_threads,
+    )
     try:
         answer = Pipeline(settings.limits, engine=engine).submit(prepared)  # fits the budget
         answer.request.wait()

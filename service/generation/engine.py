@@ -43,6 +43,7 @@ from service.generation.kvcache import (
 )
 from service.generation.request import GenerationFailed, GenerationRequest
 from service.generation.sampling import TextStream, eos_ids, pick, rng
+from service.generation.stepthreads import StepThreads, torch_threads
 from tuner.models import Generator
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class GenerationEngine:
         prefix_min_tokens: int = 8,
         prefix_max_tokens: int = 2048,
         precision: str = "fp32",
+        decode_threads: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -70,6 +72,10 @@ class GenerationEngine:
         self.metrics = metrics
         self.adapters = adapters  # service.adapters.AdapterSet, or None: base model only
         self.precision = precision
+        on_cpu = generator.model.device.type == "cpu"
+        # a decode step's torch threads: fixed, or timed per batch size (service.generation
+        # .stepthreads); off the CPU torch's threads do not decode
+        self.step_threads = StepThreads(decode_threads) if on_cpu else None
         from service.generation.quant import quantise_for_serving  # imports torch
 
         quantise_for_serving(generator.model, precision)  # ValueError off the CPU for int4
@@ -86,6 +92,7 @@ class GenerationEngine:
             GenerationRequest
         ] = []  # the running batch's requests, failed together on error
         self._arg_for: tuple[Any, str] | None = None
+        self._lean_for: tuple[int, int] | None = None  # (model, adapter generation) made lean
         self._eos = eos_ids(generator.model, generator.tokenizer)  # fixed for the model's life
         self.prefixes = PrefixCache(min_tokens=prefix_min_tokens, max_tokens=prefix_max_tokens)
         self._queue: queue.Queue[GenerationRequest | None] = queue.Queue()
@@ -318,6 +325,12 @@ class GenerationEngine:
         if self._arg_for is None or self._arg_for[0] is not model:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             self._arg_for = (model, cache_arg(base))
+        generation = getattr(self.adapters, "generation", 0)
+        if self._lean_for != (id(model), generation):  # an adapter came: its layers go lean
+            from service.generation.leanlora import make_lean  # imports torch
+
+            make_lean(model)
+            self._lean_for = (id(model), generation)
         return model, self._arg_for[1]
 
     def _prefill(self, jobs: list[GenerationRequest], adapter: str | None) -> Rows | None:
@@ -375,14 +388,19 @@ class GenerationEngine:
 
         model, cache_arg = self._model()
         mask = torch.cat([rows.mask, torch.ones_like(rows.next_ids)], dim=1)  # (rows, width + 1)
-        out = model(
-            input_ids=rows.next_ids,
-            attention_mask=None if bool(mask.all()) else mask,
-            position_ids=rows.positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_arg: rows.cache},
-        )
+        count = self.step_threads.pick(len(rows.jobs)) if self.step_threads else None
+        started = time.perf_counter()
+        with torch_threads(count):
+            out = model(
+                input_ids=rows.next_ids,
+                attention_mask=None if bool(mask.all()) else mask,
+                position_ids=rows.positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_arg: rows.cache},
+            )
+        if self.step_threads is not None:
+            self.step_threads.record(len(rows.jobs), count, time.perf_counter() - started)
         rows.cache, rows.mask, rows.positions = getattr(out, cache_arg), mask, rows.positions + 1
         return self._pick(rows, out.logits[:, -1, :].float())
 

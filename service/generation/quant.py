@@ -88,8 +88,17 @@ class Int4Linear(nn.Linear):
         )
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
+    def exact(self, x: torch.Tensor) -> bool:
+        """Whether this call multiplies by the float32 weight: many rows (a prefill), another
+        dtype, or gradients wanted (the int4 kernel has no derivative)."""
+        return (
+            x.numel() > INT4_MAX_ROWS * self.in_features
+            or x.dtype != torch.float32
+            or torch.is_grad_enabled()
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > INT4_MAX_ROWS * self.in_features or x.dtype != torch.float32:
+        if self.exact(x):
             return F.linear(x, self.weight, self.bias)
         y = self.int4(x)
         return y + self.bias if self.bias is not None else y
@@ -99,7 +108,7 @@ class RescoredHead(Int4Linear):
     """The output head: int4 logits, with the best ``RESCORE`` of each row made exact."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > INT4_MAX_ROWS * self.in_features or x.dtype != torch.float32:
+        if self.exact(x):
             return F.linear(x, self.weight, self.bias)
         logits = self.int4(x)
         if self.bias is not None:

@@ -401,3 +401,67 @@ def test_many_stop_strings_of_a_few_lengths_still_cut_at_the_right_one() -> None
         if stopped:
             break
     assert stopped and shown == "w0 w1 w2 w3 w4 w5 w6 "
+
+
+def test_decode_steps_run_on_the_decode_threads_and_the_count_comes_back(gen) -> None:
+    """With decode_threads set, every decode step runs on it and every prefill on the
+    configured count, which is every thread's again afterwards."""
+    from retriever import threads
+
+    before = threads.batch_threads()
+    threads.configure(2)
+    seen: list[tuple[int, int]] = []  # (new tokens, torch threads)
+
+    def record(module: Any, args: Any, kwargs: dict) -> None:
+        seen.append((kwargs["input_ids"].shape[1], torch.get_num_threads()))
+
+    hook = gen.model.register_forward_pre_hook(record, with_kwargs=True)
+    engine = GenerationEngine(gen, max_batch=4, decode_threads=1)
+    try:
+        jobs = [engine.submit(msgs(PROMPTS[i]), 6) for i in range(3)]
+        assert all(job.wait(60).tokens for job in jobs)
+        assert torch.get_num_threads() == 2  # this thread's count never moved
+    finally:
+        engine.close()
+        hook.remove()
+        threads.configure(before)
+    prefills = {t for width, t in seen if width > 1}
+    steps = {t for width, t in seen if width == 1}
+    assert prefills == {2} and steps == {1}, seen
+
+
+def test_decode_threads_below_one_are_refused(gen) -> None:
+    with pytest.raises(ValueError, match="decode_threads must be >= 1"):
+        GenerationEngine(gen, decode_threads=0)
+
+
+def test_step_threads_time_both_counts_then_run_the_faster_per_batch_size() -> None:
+    from retriever import threads
+    from service.generation.stepthreads import RETRY, TRIALS, StepThreads
+
+    before = threads.batch_threads()
+    threads.configure(2)
+    try:
+        chooser = StepThreads()
+        cost = {(1, 1): 0.02, (1, 2): 0.04, (16, 1): 0.09, (16, 2): 0.05}  # seconds per step
+        picks: dict[int, list[int]] = {1: [], 16: []}
+        for _ in range(TRIALS * 2 + 10):
+            for rows in (1, 16):
+                count = chooser.pick(rows)
+                assert count is not None
+                picks[rows].append(count)
+                chooser.record(rows, count, cost[(rows, count)])
+        for rows in (1, 16):  # each count timed TRIALS times, then the faster one only
+            assert sorted(picks[rows][: 2 * TRIALS]) == [1] * TRIALS + [2] * TRIALS
+        assert set(picks[1][2 * TRIALS :]) == {1} and set(picks[16][2 * TRIALS :]) == {2}
+        assert chooser.chosen() == {1: 1, 16: 2}
+        later = [chooser.pick(1) for _ in range(RETRY)]  # the slower is timed again, once
+        assert later.count(2) == 1
+        for _ in range(TRIALS * 3):  # the machine changed: 2 threads became faster at 1 row
+            chooser.record(1, 2, 0.01)
+        assert chooser.pick(1) == 2
+        assert StepThreads(fixed=1).pick(16) == 1
+        threads.configure(1)
+        assert StepThreads().pick(1) is None  # one core: nothing to choose
+    finally:
+        threads.configure(before)

@@ -55,12 +55,14 @@ def test_int4_output_is_float32_up_to_bfloat16_activations_and_not_so_off_the_gr
     x = torch.randn(4, 128)
     grid = on_grid(256, 128)
     exact = F.linear(x, grid)
-    got = Int4Linear(linear(grid))(x)
+    with torch.inference_mode():  # as the engine decodes
+        got = Int4Linear(linear(grid))(x)
     assert got.dtype == torch.float32 and got.shape == (4, 256)
     err_grid = (got - exact).abs().max() / exact.abs().max()
     assert err_grid < 0.02
     noisy = grid + torch.randn_like(grid) * 0.002  # off the grid: int4 rounds it
-    err_off = (Int4Linear(linear(noisy))(x) - F.linear(x, noisy)).abs().max()
+    with torch.inference_mode():
+        err_off = (Int4Linear(linear(noisy))(x) - F.linear(x, noisy)).abs().max()
     assert err_off / exact.abs().max() > 2 * err_grid
 
 
@@ -71,10 +73,16 @@ def test_a_long_input_is_multiplied_by_the_float32_weight_and_bias_is_kept() -> 
     long = torch.randn(INT4_MAX_ROWS + 1, 64)
     assert torch.equal(layer(long), F.linear(long, base.weight, base.bias))
     short = torch.randn(2, 3, 64)  # batch and sequence dims are kept
-    out = layer(short)
+    with torch.inference_mode():
+        out = layer(short)
     assert out.shape == (2, 3, 64)
     rows = layer.int4(short.reshape(6, 64)).reshape(2, 3, 64)
     assert torch.equal(out, rows + base.bias)
+    with torch.enable_grad():  # gradients wanted: the float32 weight, which has a derivative
+        out = layer(short.requires_grad_())
+        assert torch.equal(out, F.linear(short, base.weight, base.bias))
+        out.sum().backward()
+    assert short.grad is not None
 
 
 def test_the_head_gives_its_best_candidates_their_exact_logits() -> None:
@@ -83,8 +91,9 @@ def test_the_head_gives_its_best_candidates_their_exact_logits() -> None:
     head = RescoredHead(linear(weight))
     x = torch.randn(5, 64)
     exact = F.linear(x, weight)
-    got = head(x)
-    rough = head.int4(x)
+    with torch.inference_mode():
+        got = head(x)
+        rough = head.int4(x)
     assert not torch.allclose(rough, exact, atol=1e-3)
     assert torch.equal(got.argmax(-1), exact.argmax(-1))
     top = rough.topk(RESCORE, dim=-1).indices
@@ -240,3 +249,46 @@ def test_the_engine_serves_int4_with_per_request_adapters(
             assert any(isinstance(m, Int4Linear) for m in gen.model.modules())
     assert answers["int4"][0] != answers["int4"][1]
     assert answers["int4"] == answers["fp32"]
+
+
+@pytest.mark.parametrize("method", ["lora", "lora_bias", "dora"])
+def test_the_lean_lora_forward_gives_peft_s_logits(
+    method: str, tiny_llama: Path, tmp_path: Path
+) -> None:
+    """Serving's lean LoRA forward computes what PEFT's does (DoRA, a variant, is left to
+    PEFT), on fp32 and on int4 base layers; with gradients on, PEFT's own forward runs."""
+    import peft
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from service.generation.leanlora import MARK, make_lean
+
+    config = peft_configs()["dora" if method == "dora" else "lora"]
+    if method == "lora_bias":
+        config = peft.LoraConfig(
+            task_type=peft.TaskType.CAUSAL_LM,
+            r=4,
+            target_modules="all-linear",
+            init_lora_weights=False,
+            lora_bias=True,
+        )
+    torch.manual_seed(5)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), config).save_pretrained(
+        tmp_path / "a", safe_serialization=True
+    )
+    ids = torch.tensor([[1, 5, 9, 12, 14, 20, 2, 1, 24, 3]])
+    for precision in ("fp32", "int4"):
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+        quantise_for_serving(base, precision)
+        model = PeftModel.from_pretrained(base, str(tmp_path / "a"), is_trainable=True).eval()
+        expected = last_logits(model, ids)
+        assert make_lean(model) == 14
+        assert make_lean(model) == 0  # once per layer
+        assert all(
+            getattr(m, MARK, False) for n, m in model.named_modules() if n.endswith("q_proj")
+        )
+        assert torch.allclose(last_logits(model, ids), expected, atol=1e-5)
+        with torch.enable_grad():  # PEFT's own forward: gradients reach the adapter
+            model(input_ids=ids).logits.sum().backward()
+        grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+        assert grads and all(g is not None for g in grads)
