@@ -7,7 +7,7 @@ drives each with the identical client: streamed OpenAI chat completions over loo
 ``--max-tokens`` new tokens, first 1 client, then 16 concurrent clients; then time to first token
 for RAG prompts of about 800 tokens (the Debian FAQ's own chunks in ragtune's grounded
 template: k=6 of its 600-character chunks make ~800 tokens, k=4 ~550), each prompt different
-so neither server's prompt cache answers it. Reports tokens/s
+so neither server's prompt cache holds more than the shared template head. Reports tokens/s
 (completion tokens over wall time), latency p50/p95 and time to first token p50 per server and
 level, and the ratios the goals name. Writes benchmarks/results/llama_cpp_compare.json.
 
@@ -159,8 +159,8 @@ def start_llama(
     where = ["--host", "127.0.0.1", "--port", str(port)]
     cmd = [str(binary), "-m", str(gguf), "-t", str(threads), "-np", str(slots)]
     cmd += ["-c", str(slots * 1024), *where, *extra]
-    log = (LLAMA_DIR / "llama-server.log").open("w")  # its own log, for a crash's reason
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=SHELL_ENV)
+    with (LLAMA_DIR / "llama-server.log").open("w") as log:  # its own log, for a crash's reason
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=SHELL_ENV)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, f"{url}/health")
     return proc, url

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -110,6 +111,22 @@ def batch_threads() -> int:
     return _batch_threads
 
 
+_seen = threading.local()
+
+
+def _own_count() -> None:
+    """Give a thread its configured count once, on its first encode: a thread new to torch
+    takes the last count any thread set, and the generation engine sets one for its decode
+    steps."""
+    if getattr(_seen, "set", False):
+        return
+    import torch
+
+    if torch.get_num_threads() != batch_threads():
+        torch.set_num_threads(batch_threads())
+    _seen.set = True
+
+
 @contextmanager
 def for_texts(count: int) -> Iterator[None]:
     """Run an encode of ``count`` texts in the calling thread with the torch threads it should
@@ -117,6 +134,7 @@ def for_texts(count: int) -> Iterator[None]:
     """
     single = query_threads()
     if not single:
+        _own_count()
         yield
         return
     import torch

@@ -94,6 +94,28 @@ def refresh_old_index(state: AppState) -> None:
     state.reindexer.start({"refresh": True}, reason="startup: chunks embedded without context")
 
 
+def load_in_own_thread(loader: Loader, state: AppState) -> None:
+    """Run ``loader`` in a thread of its own that ends with it. Loading runs torch's parallel
+    work, and a thread that has keeps an OpenMP pool for its life; an anyio worker lives on to
+    serve requests, and a second pool beside the engine's makes libgomp throttle every worker's
+    waiting (see ``service.generation.stepthreads``)."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loader(state)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="ragtune-load")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
 def create_app(settings: Settings | None = None, loader: Loader = load_models) -> FastAPI:
     """Build the app; ``loader`` fills the state at startup (tests pass a tiny one)."""
     settings = settings or get_settings()
@@ -107,7 +129,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         log.info(
             "loading models (embedder %s, generator %s)", settings.embedder, settings.generator
         )
-        await anyio.to_thread.run_sync(loader, state)
+        await anyio.to_thread.run_sync(load_in_own_thread, loader, state)
         if state.jobs is None:
             state.jobs = tune.make_job_runner(state)
         state.jobs.start()

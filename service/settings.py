@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     generator_precision: Literal["fp32", "int4"] = Field(
         "fp32",
         description="serving weights of the generator's linear layers: fp32, or int4 (CPU only; "
-        "4-bit groups of 32, exact for a Q4_1 GGUF; adapters keep their own precision)",
+        "4-bit groups of 32, the codes exact for a Q4_1 GGUF; adapters keep their own precision)",
     )
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = all cores")

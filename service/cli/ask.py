@@ -95,12 +95,15 @@ def _ask_here(body: dict[str, Any]) -> dict[str, Any]:
         generator = generator_from_settings(settings)
     except ModelNotAvailable as exc:
         raise click.ClickException(str(exc)) from None
-    engine = GenerationEngine(
-        generator,
-        max_batch=1,
-        precision=settings.generator_precision,
-        decode_threads=settings.decode_threads,
-    )
+    try:
+        engine = GenerationEngine(
+            generator,
+            max_batch=1,
+            precision=settings.generator_precision,
+            decode_threads=settings.decode_threads,
+        )
+    except ValueError as exc:  # int4 off the CPU
+        raise click.ClickException(str(exc)) from None
     try:
         answer = Pipeline(settings.limits, engine=engine).submit(prepared)  # fits the budget
         answer.request.wait()

@@ -13,12 +13,14 @@ Why int4 with bfloat16 activations, measured on SmolLM2-135M (``benchmarks/quant
 - fbgemm's dynamic int8 (``quantize_dynamic``) is 1.55x but quantises the activations too: greedy
   tokens agree with float32's at 0.28 of positions (0.51 with one activation scale per row).
 - The int4 kernel is fast only with bfloat16 inputs (float32 inputs take a slow path): 2.5-3x
-  float32 for 1 to 4 rows, 1.4x at 16, about even at 32 and slower beyond. So a call of more than
-  ``INT4_MAX_ROWS`` rows (a prompt's prefill) multiplies the float32 weight instead.
+  float32 for 1 to 4 rows, 1.4x at 16, about even at 32 and slower beyond. So decode steps (one
+  new token per row, up to the engine's batch) read the int4 copy, and a prompt's prefill (many
+  tokens per row) multiplies the float32 weight instead.
 - The packaged model is a Q4_1 GGUF: its linear weights are groups of 32 on a 16-level grid, so
-  the int4 copy holds them exactly (the greedy tokens differ from float32's only through the
-  bfloat16 activations: 0.94 of positions agree). For weights of any other origin it is the usual
-  round-to-nearest int4 and loses what rounding loses.
+  the int4 copy holds each weight's 4-bit code exactly; the group's scale and zero are kept in
+  bfloat16, as the kernel wants them, which rounds them (the GGUF's are float16). With the
+  bfloat16 activations that is all that differs from float32: 0.94 of greedy positions agree.
+  For weights of any other origin it is the usual round-to-nearest int4.
 
 The output head (tied to the embeddings, Q8_0 in the GGUF, a fifth of the model's bytes) is read
 the same way, but a few hundredths of a logit decide a greedy token: ``RescoredHead`` takes the
@@ -27,7 +29,9 @@ token is float32's whenever float32's best is among them.
 
 Adapters stay in their own precision: a quantised layer is still an ``nn.Linear`` with its
 float32 weight (PEFT wraps it, LoRA and IA3 add or scale around its output, DoRA reads the
-weight for its norm). Training never sees these layers: they exist only in a serving model.
+weight for its norm). Training never sees these layers: they exist only in a serving model,
+and a call that wants gradients takes the float32 weight. The int4 copy is made once: a serving
+model's float32 weights must not change in place afterwards (nothing in the service merges).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "int4")
 GROUP = 32  # inputs per scale and zero
-INT4_MAX_ROWS = 32  # more rows in one call (a prefill): the float32 weight is faster
+INT4_MAX_ROWS = 32  # a 2-d input of more rows multiplies the float32 weight
 RESCORE = 64  # head candidates given their exact logit
 
 
@@ -75,6 +79,7 @@ class Int4Linear(nn.Linear):
 
     def __init__(self, linear: nn.Linear) -> None:
         nn.Module.__init__(self)
+        self.train(linear.training)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
         packed, scales_zeros = pack_int4(linear.weight)
@@ -89,13 +94,12 @@ class Int4Linear(nn.Linear):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def exact(self, x: torch.Tensor) -> bool:
-        """Whether this call multiplies by the float32 weight: many rows (a prefill), another
-        dtype, or gradients wanted (the int4 kernel has no derivative)."""
-        return (
-            x.numel() > INT4_MAX_ROWS * self.in_features
-            or x.dtype != torch.float32
-            or torch.is_grad_enabled()
-        )
+        """Whether this call multiplies by the float32 weight: anything but a decode step
+        (one new token per row; a 2-d input counts each row as one), another dtype, or
+        gradients wanted (the int4 kernel has no derivative). Deciding per step, not per
+        call size, keeps a request's tokens the same whatever shares its batch."""
+        step = x.shape[-2] == 1 if x.dim() >= 3 else x.shape[0] <= INT4_MAX_ROWS
+        return not step or x.dtype != torch.float32 or torch.is_grad_enabled()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.exact(x):
@@ -137,18 +141,16 @@ def quantise_for_serving(model: Any, precision: str) -> int:
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int4 serving is for the CPU; on a GPU serve fp32 (or train qlora)")
     head = output_head(model)
+    adapters = adapter_owned(model)  # an adapter's own layers and copies keep their precision
     done = 0
     for parent in list(model.modules()):
-        if is_tuner_layer(parent):
-            continue  # its base_layer was seen as a child; its adapters are not ours
+        if id(parent) in adapters:
+            continue
         for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or not fits_int4(child):
-                continue
-            if is_tuner_layer(child):
-                continue
-            setattr(parent, name, RescoredHead(child) if child is head else Int4Linear(child))
-            done += 1
-    for module in model.modules():  # layers a PEFT tuner layer wraps
+            if type(child) is nn.Linear and fits_int4(child) and id(child) not in adapters:
+                setattr(parent, name, RescoredHead(child) if child is head else Int4Linear(child))
+                done += 1
+    for module in model.modules():  # the layers PEFT tuner layers wrap
         base = getattr(module, "base_layer", None) if is_tuner_layer(module) else None
         if type(base) is nn.Linear and fits_int4(base):
             module.base_layer = Int4Linear(base)
@@ -163,6 +165,20 @@ def output_head(model: Any) -> Any:
         return get() if callable(get) else None
     except (AttributeError, NotImplementedError):
         return None
+
+
+def adapter_owned(model: Any) -> set[int]:
+    """ids of the modules an adapter owns: a tuner layer itself and everything in it but its
+    base layer (lora_A, lora_B, their dicts), and what a modules_to_save wrapper holds."""
+    owned: set[int] = set()
+    for module in model.modules():
+        wrapper = is_tuner_layer(module) or type(module).__name__ == "ModulesToSaveWrapper"
+        if not wrapper:
+            continue
+        base = getattr(module, "base_layer", None) if is_tuner_layer(module) else None
+        keep = {id(m) for m in base.modules()} if base is not None else set()
+        owned.update(id(m) for m in module.modules() if id(m) not in keep)
+    return owned
 
 
 def is_tuner_layer(module: Any) -> bool:

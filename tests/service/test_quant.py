@@ -72,14 +72,17 @@ def test_a_long_input_is_multiplied_by_the_float32_weight_and_bias_is_kept() -> 
     assert layer.weight is base.weight and layer.bias is base.bias  # the same parameters
     long = torch.randn(INT4_MAX_ROWS + 1, 64)
     assert torch.equal(layer(long), F.linear(long, base.weight, base.bias))
-    short = torch.randn(2, 3, 64)  # batch and sequence dims are kept
+    step = torch.randn(3, 1, 64)  # a decode step: one new token per row
     with torch.inference_mode():
-        out = layer(short)
-    assert out.shape == (2, 3, 64)
-    rows = layer.int4(short.reshape(6, 64)).reshape(2, 3, 64)
+        out = layer(step)
+        prompt = torch.randn(2, 3, 64)  # a prefill: several tokens per row, however few in all
+        assert torch.equal(layer(prompt), F.linear(prompt, base.weight, base.bias))
+    assert out.shape == (3, 1, 64)
+    rows = layer.int4(step.reshape(3, 64)).reshape(3, 1, 64)
     assert torch.equal(out, rows + base.bias)
     with torch.enable_grad():  # gradients wanted: the float32 weight, which has a derivative
-        out = layer(short.requires_grad_())
+        short = step.clone().requires_grad_()
+        out = layer(short)
         assert torch.equal(out, F.linear(short, base.weight, base.bias))
         out.sum().backward()
     assert short.grad is not None
@@ -194,14 +197,25 @@ def test_every_peft_method_serves_on_int4_weights_in_its_own_precision(
             assert type(module) is nn.Linear, name
 
 
+@pytest.mark.parametrize("rank", [8, 32])  # adapter layers the int4 kernel could take
 def test_a_model_wrapped_by_peft_first_has_only_its_base_layers_quantised(
-    tiny_llama: Path,
+    rank: int, tiny_llama: Path
 ) -> None:
+    import peft
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), peft_configs()["lora"])
-    assert quantise_for_serving(model, "int4") == 14
+    config = peft.LoraConfig(
+        task_type=peft.TaskType.CAUSAL_LM,
+        r=rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+        modules_to_save=["gate_proj"],
+    )
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), config)
+    assert quantise_for_serving(model, "int4") == 12  # 4 wrapped + up, down; gate is saved
+    saved = [m for n, m in model.named_modules() if "modules_to_save" in n]
+    assert saved and all(type(m) is not Int4Linear for m in saved)
     kinds = {type(m).__name__ for n, m in model.named_modules() if n.endswith("base_layer")}
     assert kinds == {"Int4Linear"}
     assert all(
