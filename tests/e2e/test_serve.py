@@ -63,7 +63,12 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
         assert ready is not None and ready.status_code == 200, "server never became ready"
         models = ready.json()["models"]
         assert models["embedder"]["name"] == "all-MiniLM-L6-v2"
-        assert models["generator"] == {"name": tiny_llama.name, "hub_id": None, "source": "path"}
+        assert models["generator"] == {
+            "name": tiny_llama.name,
+            "hub_id": None,
+            "source": "path",
+            "precision": "fp32",
+        }
         assert str(tmp_path) not in ready.text and str(tiny_llama) not in ready.text  # no folders
         assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
         # the README's quickstart: add a document, ask, delete it
