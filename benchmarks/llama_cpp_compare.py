@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from serve_bench import QUESTIONS  # the same questions as ragtune's own serving benchmark
 
 # The environment as the user's shell gave it, before ragtune's modules set their own defaults
 # in this process (OMP_WAIT_POLICY=PASSIVE, which makes llama.cpp's OpenMP threads sleep between
@@ -50,16 +51,6 @@ SHELL_ENV = dict(os.environ)
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_DIR = ROOT / "data" / "llama.cpp"
 SDIST = "llama-cpp-python==0.3.36"
-QUESTIONS = [
-    "What is Debian?",
-    "How do I install a package?",
-    "What is a kernel?",
-    "How do I update my system?",
-    "What is a mirror?",
-    "Who maintains Debian?",
-    "What is the difference between stable and testing?",
-    "How do I remove a package?",
-]
 
 
 # ---- llama.cpp ---------------------------------------------------------------------------------

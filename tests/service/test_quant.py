@@ -133,22 +133,10 @@ def peft_configs() -> dict[str, Any]:
     import peft
 
     causal = peft.TaskType.CAUSAL_LM
+    lora = {"task_type": causal, "r": 4, "lora_alpha": 32, "target_modules": "all-linear"}
     return {
-        "lora": peft.LoraConfig(
-            task_type=causal,
-            r=4,
-            lora_alpha=32,
-            target_modules="all-linear",
-            init_lora_weights=False,
-        ),
-        "dora": peft.LoraConfig(
-            task_type=causal,
-            r=4,
-            lora_alpha=32,
-            target_modules="all-linear",
-            init_lora_weights=False,
-            use_dora=True,
-        ),
+        "lora": peft.LoraConfig(**lora, init_lora_weights=False),
+        "dora": peft.LoraConfig(**lora, init_lora_weights=False, use_dora=True),
         "ia3": peft.IA3Config(task_type=causal, init_ia3_weights=False),
         "prefix_tuning": peft.PrefixTuningConfig(task_type=causal, num_virtual_tokens=4),
         "prompt_tuning": peft.PromptTuningConfig(task_type=causal, num_virtual_tokens=4),
