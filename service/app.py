@@ -136,6 +136,10 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         if state.evals is None:
             state.evals = make_eval_runner(state)
         state.evals.start()
+        if settings.answer_log.enabled and state.answers is None:
+            from service.answerlog import AnswerLog
+
+            state.answers = AnswerLog(settings.layout.answers, settings.answer_log.retention_days)
         refresh_old_index(state)
         fitter = FusionFitter(state)
         if settings.retrieval.fit_fusion:
@@ -150,6 +154,8 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         await anyio.to_thread.run_sync(fitter.close)
         if state.engine is not None:
             state.engine.close()
+        if state.answers is not None:
+            await anyio.to_thread.run_sync(state.answers.close)  # after the last answer
         if state.retriever is not None:
             state.retriever.close()
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from service.adapters import AdaptersBusy
+from service.answerlog import new_id, prompt_sha256, sha256
 from service.budget import Budget, PromptTooLong, context_length, fit
 from service.errors import ServiceError
 from tuner.prompts import rag_messages
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from retriever.index import Hit, Retriever
     from retriever.rerank import Reranker
     from service.adapters import AdapterSet, Use
+    from service.answerlog import AnswerLog
     from service.generation.engine import GenerationEngine, GenerationRequest
     from service.settings import Limits
     from tuner.registry import Registry
@@ -91,6 +93,7 @@ class Surface:
     k_always: bool = True  # check k even when the mode does not retrieve
     prompt_field: str = "question"  # what a prompt over the token budget is blamed on
     k_loc: tuple[str, ...] = ("k",)  # where k sits in the body (an error's details.loc)
+    name: str = "query"  # the endpoint, as the answer log records it
 
     def text_loc(self, index: int) -> list[str | int]:
         """Where message ``index``'s text sits in the body."""
@@ -106,6 +109,7 @@ CHAT = Surface(
     k_always=False,
     prompt_field="messages",
     k_loc=("retrieval", "k"),
+    name="chat",
 )
 
 
@@ -161,6 +165,7 @@ class Answer:
     prepared: Prepared
     request: GenerationRequest
     submitted_at: float
+    id: str = ""  # the answer's id, which feedback names (service.answerlog)
 
     @property
     def text(self) -> str:
@@ -182,6 +187,32 @@ class Answer:
             "retrieve_s": round(self.prepared.retrieve_s, 4),
             "generate_s": round(time.perf_counter() - self.submitted_at, 4),
         }
+
+
+def answer_record(answer_id: str, prepared: Prepared, request: GenerationRequest) -> dict:
+    """What the answer log keeps of a finished answer: what was asked and shown, never who."""
+    return {
+        "id": answer_id,
+        "created": time.time(),
+        "surface": prepared.surface.name,
+        "mode": prepared.mode.name,
+        "adapter": prepared.adapter,
+        "messages": prepared.ask.messages,
+        "passages": [
+            {
+                "doc_id": h.doc_id,
+                "chunk_id": h.chunk_id,
+                "start": h.start,
+                "end": h.end,
+                "sha256": sha256(h.text),
+            }
+            for h in prepared.hits
+        ],  # fmt: skip
+        "prompt_sha256": prompt_sha256(prepared.prompt),
+        "prompt_tokens": len(request.prompt_ids),
+        "answer": request.text.strip(),
+        "finish_reason": request.finish_reason,
+    }
 
 
 def citation(h: Hit, with_metadata: bool = True) -> dict[str, Any]:
@@ -374,9 +405,10 @@ class Pipeline:
         retriever: Retriever | None = None,
         reranker: Reranker | None = None,
         adapters: AdapterChoice | None = None,
+        answer_log: AnswerLog | None = None,
     ) -> None:
         self.limits, self.engine, self.retriever = limits, engine, retriever
-        self.reranker, self.adapters = reranker, adapters
+        self.reranker, self.adapters, self.answer_log = reranker, adapters, answer_log
 
     def prepare(self, ask: Ask, surface: Surface = QUERY) -> Prepared:
         """Check ``ask``, choose its adapter, retrieve its passages and build its prompt, fitted
@@ -476,6 +508,14 @@ class Pipeline:
             raise ValueError("this pipeline has no engine to generate with")
         prepared = self.fit(prepared)
         ask = prepared.ask
+        answer_id = new_id()
+        on_finish = None
+        if self.answer_log is not None:
+            answer_log = self.answer_log
+
+            def on_finish(request: GenerationRequest) -> None:
+                answer_log.add(answer_record(answer_id, prepared, request))
+
         try:
             request = self.engine.submit(
                 prepared.prompt,
@@ -485,6 +525,7 @@ class Pipeline:
                 seed=ask.seed,
                 adapter=prepared.adapter,
                 prompt_ids=prepared.prompt_ids,
+                on_finish=on_finish,
             )
         except ValueError as exc:  # a seed, temperature or stop the engine cannot take
             raise ServiceError(422, "invalid_request", str(exc)) from None
@@ -497,7 +538,7 @@ class Pipeline:
             ) from None
         if prepared.use is not None:
             prepared.use.request = request  # the adapter stays loaded until it finishes
-        return Answer(prepared, request, time.perf_counter())
+        return Answer(prepared, request, time.perf_counter(), answer_id)
 
     def given(
         self,

@@ -97,6 +97,17 @@ class Limits(BaseModel):
         return 0 if auth_disabled else 120
 
 
+class AnswerLogSettings(BaseModel):
+    """The record of each answer that feedback refers to (service.answerlog)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="keep a record of every answer (never API keys)")
+    retention_days: int = Field(
+        30, ge=0, le=36_500, description="days a record is kept; 0 = keep them all"
+    )
+
+
 class Retrieval(BaseModel):
     """Chunking, fusion and the vector index (see retriever.config.RetrieverConfig)."""
 
@@ -193,6 +204,7 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     retrieval: Retrieval = Field(default_factory=Retrieval)
+    answer_log: AnswerLogSettings = Field(default_factory=AnswerLogSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("device")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from retriever.index import Retriever
     from retriever.rerank import Reranker
     from service.adapters import AdapterSet
+    from service.answerlog import AnswerLog
     from service.auth import RateLimiter
     from service.generation.engine import GenerationEngine
     from service.metrics import Metrics
@@ -40,6 +41,7 @@ class AppState:
     retriever: Retriever | None = None
     reranker: Reranker | None = None
     engine: GenerationEngine | None = None
+    answers: AnswerLog | None = None  # None: the answer log is off
     adapters: AdapterSet | None = None
     jobs: JobRunner | None = None  # tuning jobs; made in the lifespan unless the loader set one
     evals: JobRunner | None = None  # eval runs (service.evalruns); same rule as ``jobs``
@@ -90,6 +92,7 @@ class AppState:
             retriever=self.retriever,
             reranker=self.reranker,
             adapters=AdapterChoice(self.adapters, self.registry(), self.metrics.adapters.set),
+            answer_log=self.answers,
         )
 
     def model_ids(self) -> list[str]:

@@ -51,6 +51,10 @@ class DataLayout:
         return self.evals / ".indexes"
 
     @property
+    def answers(self) -> Path:
+        return self.root / "answers.sqlite"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

@@ -117,9 +117,11 @@ class GenerationEngine:
         seed: int | None = None,
         adapter: str | None = None,
         prompt_ids: list[int] | None = None,
+        on_finish: Any = None,
     ) -> GenerationRequest:
         """Queue ``messages`` for generation; ``prompt_ids``, when given, are ``encode_chat`` of
-        them already made (the answering pipeline counted the prompt with it)."""
+        them already made (the answering pipeline counted the prompt with it). ``on_finish`` is
+        called with the request, in the engine's thread, once it has ended (it must be quick)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if isinstance(temperature, bool) or not (
@@ -135,6 +137,7 @@ class GenerationEngine:
         prompt = list(prompt_ids) if prompt_ids is not None else self.encode_chat(messages)
         job = GenerationRequest(prompt, max_new_tokens, stops, temperature, seed, adapter)
         job.sampler, job.text_stream = sampler, TextStream(self._decode, stops)
+        job.on_finish = on_finish
         self._queue.put(job)
         self._gauge()
         return job
@@ -259,6 +262,11 @@ class GenerationEngine:
     def _finish(self, job: GenerationRequest, reason: str) -> None:
         job.finished_at = time.perf_counter()
         job.finish_reason = reason
+        if job.on_finish is not None:  # before done: whoever waits on it sees its effect
+            try:
+                job.on_finish(job)
+            except Exception:  # noqa: BLE001 - a record lost, never the engine
+                log.exception("a finished request's callback failed")
         job.deltas.put(None)
         job.done.set()
 

@@ -42,6 +42,7 @@ class GenerationRequest:
     # the engine's own state for this request, set at submit
     sampler: Any = field(default=None, repr=False)  # its torch.Generator
     text_stream: Any = field(default=None, repr=False)  # its sampling.TextStream
+    on_finish: Any = field(default=None, repr=False)  # called with the request as it ends
 
     def cancel(self) -> None:
         self.cancelled.set()

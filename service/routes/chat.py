@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -137,7 +136,7 @@ class _Reply:
 
     def __init__(self, answer: Answer, model: str) -> None:
         self.answer, self.model = answer, model
-        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        self.id, self.created = answer.id, int(time.time())  # the id feedback names
 
     def usage(self) -> dict[str, int]:
         used = self.answer.usage()

@@ -66,6 +66,7 @@ async def query(
 
     def result() -> dict[str, Any]:
         return {
+            "id": answer.id,
             "answer": answer.text,
             "citations": answer.citations(),
             "mode": body.mode,

@@ -1,0 +1,160 @@
+"""The answer log: what each answer was given and what it said, kept so users can rate it.
+
+Every answer the pipeline submits gets an id (``new_id``), and when its generation finishes
+``AnswerLog.add`` queues a record: the surface and mode, the adapter, the user's messages, the
+passages the prompt held (document id, chunk, span and a SHA-256 of the passage text, which
+later tells whether the document still says it), the SHA-256 of the templated prompt, the
+answer text and how it ended. The engine's thread only queues; one writer thread inserts into
+``DATA_DIR/answers.sqlite`` (WAL) and drops records older than ``retention_days`` (0 keeps
+them all). Requests' API keys never reach it: a record holds what was asked, not who asked.
+Knows nothing of HTTP or the engine's scheduling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 3600.0  # the writer drops expired records at start and then this often
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    surface TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    adapter TEXT,
+    messages TEXT NOT NULL,
+    passages TEXT NOT NULL,
+    prompt_sha256 TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    finish_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS answers_created ON answers (created);
+"""
+COLUMNS = (
+    "id", "created", "surface", "mode", "adapter", "messages", "passages", "prompt_sha256",
+    "prompt_tokens", "answer", "finish_reason",
+)  # fmt: skip
+JSON_COLUMNS = ("messages", "passages")
+
+
+def new_id() -> str:
+    return f"ans-{uuid.uuid4().hex}"
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def prompt_sha256(messages: list[dict[str, str]]) -> str:
+    """The templated prompt's hash: its messages as canonical JSON."""
+    return sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True))
+
+
+class AnswerLog:
+    """Records of finished answers in one SQLite file, written by one thread."""
+
+    def __init__(self, path: Path, retention_days: int = 30) -> None:
+        if retention_days < 0:
+            raise ValueError(f"retention_days must be >= 0, got {retention_days}")
+        self.path, self.retention_days = path, retention_days
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.executescript(SCHEMA)
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ragtune-answer-log", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    # ---- writing ----------------------------------------------------------------------------
+    def add(self, record: dict[str, Any]) -> None:
+        """Queue ``record`` (its keys are ``COLUMNS``; messages and passages as lists)."""
+        self._queue.put(record)
+
+    def flush(self) -> None:
+        """Return once every record queued so far is written."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        with closing(self._connect()) as db:
+            purged = 0.0
+            while True:
+                if time.monotonic() - purged > PURGE_EVERY_S:
+                    self._purge(db)
+                    purged = time.monotonic()
+                try:
+                    record = self._queue.get(timeout=60)
+                except queue.Empty:
+                    continue
+                try:
+                    if record is None:
+                        return
+                    self._insert(db, record)
+                except Exception:  # noqa: BLE001 - one bad record never stops the log
+                    log.exception("an answer record could not be written")
+                finally:
+                    self._queue.task_done()
+
+    def _insert(self, db: sqlite3.Connection, record: dict[str, Any]) -> None:
+        row = [
+            json.dumps(record[c], ensure_ascii=False) if c in JSON_COLUMNS else record.get(c)
+            for c in COLUMNS
+        ]
+        with db:
+            db.execute(
+                f"INSERT OR REPLACE INTO answers ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in COLUMNS)})",
+                row,
+            )
+
+    def _purge(self, db: sqlite3.Connection) -> int:
+        if not self.retention_days:
+            return 0
+        cutoff = time.time() - self.retention_days * 86400
+        with db:
+            gone = db.execute("DELETE FROM answers WHERE created < ?", (cutoff,)).rowcount
+        if gone:
+            log.info("answer log: %d records older than %d days dropped", gone, self.retention_days)
+        return int(gone)
+
+    def purge(self) -> int:
+        """Drop the records older than the retention now; returns how many went."""
+        with closing(self._connect()) as db:
+            return self._purge(db)
+
+    # ---- reading ----------------------------------------------------------------------------
+    def get(self, answer_id: str) -> dict[str, Any] | None:
+        with closing(self._connect()) as db:
+            row = db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM answers WHERE id = ?", (answer_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        out = dict(zip(COLUMNS, row, strict=True))
+        for c in JSON_COLUMNS:
+            out[c] = json.loads(out[c])
+        return out
+
+    def count(self) -> int:
+        with closing(self._connect()) as db:
+            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
