@@ -42,7 +42,19 @@ CREATE TABLE IF NOT EXISTS answers (
     finish_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS answers_created ON answers (created);
+CREATE TABLE IF NOT EXISTS feedback (
+    answer_id TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    rating TEXT NOT NULL,
+    correction TEXT,
+    comment TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (answer_id, key_name)
+);
+CREATE INDEX IF NOT EXISTS feedback_updated ON feedback (updated);
 """
+FEEDBACK = ("answer_id", "key_name", "rating", "correction", "comment", "created", "updated")
 COLUMNS = (
     "id", "created", "surface", "mode", "adapter", "messages", "passages", "prompt_sha256",
     "prompt_tokens", "answer", "finish_reason",
@@ -133,6 +145,7 @@ class AnswerLog:
         cutoff = time.time() - self.retention_days * 86400
         with db:
             gone = db.execute("DELETE FROM answers WHERE created < ?", (cutoff,)).rowcount
+            db.execute("DELETE FROM feedback WHERE updated < ?", (cutoff,))
         if gone:
             log.info("answer log: %d records older than %d days dropped", gone, self.retention_days)
         return int(gone)
@@ -154,6 +167,72 @@ class AnswerLog:
         for c in JSON_COLUMNS:
             out[c] = json.loads(out[c])
         return out
+
+    # ---- feedback ---------------------------------------------------------------------------
+    def rate(
+        self,
+        answer_id: str,
+        key_name: str,
+        rating: str,
+        correction: str | None = None,
+        comment: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record (or replace) ``key_name``'s rating of ``answer_id``; (the feedback, created).
+        ``LookupError`` when no record of the answer is kept (unknown, or past retention)."""
+        now = time.time()
+        with closing(self._connect()) as db, db:
+            if db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
+                raise LookupError(answer_id)
+            before = db.execute(
+                "SELECT created FROM feedback WHERE answer_id = ? AND key_name = ?",
+                (answer_id, key_name),
+            ).fetchone()
+            created = before[0] if before else now
+            db.execute(
+                f"INSERT OR REPLACE INTO feedback ({', '.join(FEEDBACK)}) VALUES (?,?,?,?,?,?,?)",
+                (answer_id, key_name, rating, correction, comment, created, now),
+            )
+        row = dict(zip(FEEDBACK, (answer_id, key_name, rating, correction, comment, created, now),
+                       strict=True))  # fmt: skip
+        return row, before is None
+
+    def feedback(
+        self,
+        *,
+        rating: str | None = None,
+        answer_id: str | None = None,
+        since: float | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """(how many match, one page of them, newest first), each with its answer's record."""
+        where, args = [], []
+        for clause, value in (("f.rating = ?", rating), ("f.answer_id = ?", answer_id),
+                              ("f.updated >= ?", since)):  # fmt: skip
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        cond = f"WHERE {' AND '.join(where)}" if where else ""
+        cols = ", ".join(f"f.{c}" for c in FEEDBACK) + ", " + ", ".join(f"a.{c}" for c in COLUMNS)
+        with closing(self._connect()) as db:
+            total = db.execute(f"SELECT COUNT(*) FROM feedback f {cond}", args).fetchone()[0]
+            rows = db.execute(
+                f"SELECT {cols} FROM feedback f LEFT JOIN answers a ON a.id = f.answer_id {cond} "
+                "ORDER BY f.updated DESC, f.answer_id LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        out = []
+        for row in rows:
+            item = dict(zip(FEEDBACK, row[: len(FEEDBACK)], strict=True))
+            answer = dict(zip(COLUMNS, row[len(FEEDBACK) :], strict=True))
+            if answer["id"] is not None:
+                for c in JSON_COLUMNS:
+                    answer[c] = json.loads(answer[c])
+                item["answer"] = answer
+            else:
+                item["answer"] = None  # its record is past the retention
+            out.append(item)
+        return int(total), out
 
     def count(self) -> int:
         with closing(self._connect()) as db:

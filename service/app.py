@@ -183,7 +183,17 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         )
     app.add_middleware(BrowserGuard, settings=settings)
     app.middleware("http")(state.metrics.middleware)
-    from service.routes import adapters, chat, documents, evals, files, index, query, tune
+    from service.routes import (
+        adapters,
+        chat,
+        documents,
+        evals,
+        feedback,
+        files,
+        index,
+        query,
+        tune,
+    )
 
     app.include_router(adapters.router)
     app.include_router(documents.router)
@@ -193,6 +203,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     app.include_router(index.router)
     app.include_router(tune.router)
     app.include_router(evals.router)
+    app.include_router(feedback.router)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(_: Reader) -> Response:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from service.cli import main
 
-COMMANDS = ["serve", "ingest", "search", "ask", "tune", "eval", "data", "config"]
+COMMANDS = ["serve", "ingest", "search", "ask", "tune", "eval", "data", "config", "feedback"]
 
 
 def test_help_lists_every_command() -> None:
