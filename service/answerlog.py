@@ -6,7 +6,8 @@ passages the prompt held (document id, chunk, span and a SHA-256 of the passage 
 later tells whether the document still says it), the SHA-256 of the templated prompt, the
 answer text and how it ended. The engine's thread only queues; one writer thread inserts into
 ``DATA_DIR/answers.sqlite`` (WAL) and drops records older than ``retention_days`` (0 keeps
-them all). Requests' API keys never reach it: a record holds what was asked, not who asked.
+them all). Requests' API keys never reach it: an answer's record holds what was asked, not who
+asked; a rating holds the name of the key that gave it (one rating per answer and key).
 Knows nothing of HTTP or the engine's scheduling.
 """
 
@@ -99,9 +100,13 @@ class AnswerLog:
         """Queue ``record`` (its keys are ``COLUMNS``; messages and passages as lists)."""
         self._queue.put(record)
 
-    def flush(self) -> None:
-        """Return once every record queued so far is written."""
-        self._queue.join()
+    def flush(self, timeout: float = 10.0) -> None:
+        """Return once every record queued before this call is written; ``TimeoutError`` when
+        the writer has not got there within ``timeout`` seconds."""
+        reached = threading.Event()
+        self._queue.put(reached)  # type: ignore[arg-type]
+        if not reached.wait(timeout):
+            raise TimeoutError("the answer log's writer is behind or stopped")
 
     def close(self) -> None:
         self._queue.put(None)
@@ -109,23 +114,27 @@ class AnswerLog:
 
     def _run(self) -> None:
         with closing(self._connect()) as db:
-            purged = 0.0
+            purged = float("-inf")  # at start, then every PURGE_EVERY_S
             while True:
                 if time.monotonic() - purged > PURGE_EVERY_S:
-                    self._purge(db)
                     purged = time.monotonic()
+                    try:
+                        self._purge(db)
+                    except Exception:  # noqa: BLE001 - tried again within the hour
+                        log.exception("the answer log could not drop expired records")
                 try:
                     record = self._queue.get(timeout=60)
                 except queue.Empty:
                     continue
+                if record is None:
+                    return
+                if isinstance(record, threading.Event):  # a flush marker
+                    record.set()
+                    continue
                 try:
-                    if record is None:
-                        return
                     self._insert(db, record)
                 except Exception:  # noqa: BLE001 - one bad record never stops the log
                     log.exception("an answer record could not be written")
-                finally:
-                    self._queue.task_done()
 
     def _insert(self, db: sqlite3.Connection, record: dict[str, Any]) -> None:
         row = [
@@ -181,6 +190,7 @@ class AnswerLog:
         ``LookupError`` when no record of the answer is kept (unknown, or past retention)."""
         now = time.time()
         with closing(self._connect()) as db, db:
+            db.execute("BEGIN IMMEDIATE")  # the check and the write in one transaction
             if db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
                 raise LookupError(answer_id)
             before = db.execute(
@@ -201,6 +211,7 @@ class AnswerLog:
         *,
         rating: str | None = None,
         answer_id: str | None = None,
+        key_name: str | None = None,
         since: float | None = None,
         offset: int = 0,
         limit: int = 50,
@@ -208,7 +219,7 @@ class AnswerLog:
         """(how many match, one page of them, newest first), each with its answer's record."""
         where, args = [], []
         for clause, value in (("f.rating = ?", rating), ("f.answer_id = ?", answer_id),
-                              ("f.updated >= ?", since)):  # fmt: skip
+                              ("f.key_name = ?", key_name), ("f.updated >= ?", since)):  # fmt: skip
             if value is not None:
                 where.append(clause)
                 args.append(value)
@@ -218,7 +229,7 @@ class AnswerLog:
             total = db.execute(f"SELECT COUNT(*) FROM feedback f {cond}", args).fetchone()[0]
             rows = db.execute(
                 f"SELECT {cols} FROM feedback f LEFT JOIN answers a ON a.id = f.answer_id {cond} "
-                "ORDER BY f.updated DESC, f.answer_id LIMIT ? OFFSET ?",
+                "ORDER BY f.updated DESC, f.answer_id, f.key_name LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             ).fetchall()
         out = []

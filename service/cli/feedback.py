@@ -71,7 +71,10 @@ def feedback_export(rating: str | None, out: Path | None) -> None:
             click.echo(line, nl=False)
         return
     tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        count = sum(1 for line in lines if f.write(line))
-    tmp.replace(out)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            count = sum(1 for line in lines if f.write(line))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"{count} ratings written to {out}", err=True)

@@ -43,7 +43,12 @@ def answer_log(state: Any) -> AnswerLog:
             409, "answer_log_off", "feedback needs the answer log: set answer_log.enabled"
         )
     log: AnswerLog = state.answers
-    log.flush()  # an answer that just finished is rateable at once
+    try:
+        log.flush()  # an answer that just finished is rateable at once
+    except TimeoutError:
+        raise ServiceError(
+            503, "answer_log_busy", "the answer log is behind; retry", {"retry_after": 5}
+        ) from None
     return log
 
 
@@ -68,16 +73,18 @@ def rate(body: FeedbackBody, state: State, who: Reader) -> JSONResponse:
 @router.get("")
 def list_feedback(
     state: State,
-    _: Reader,
+    who: Reader,
     rating: Rating | None = None,
     answer_id: Annotated[str | None, Query(min_length=1, max_length=ANSWER_ID_MAX_CHARS)] = None,
     since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
     offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
 ) -> dict[str, Any]:
-    """Ratings, newest first, with their answers; filter by rating, answer or update time."""
+    """Ratings, newest first, with their answers; filter by rating, answer or update time. A
+    key sees its own ratings; an admin key sees everyone's (they hold users' questions)."""
+    own = None if who.allows("admin") else who.name
     total, rows = answer_log(state).feedback(
-        rating=rating, answer_id=answer_id, since=since, offset=offset, limit=limit
+        rating=rating, answer_id=answer_id, key_name=own, since=since, offset=offset, limit=limit
     )
     return {"total": total, "offset": offset, "feedback": [shown(r, state) for r in rows]}
 

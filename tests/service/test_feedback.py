@@ -13,7 +13,8 @@ DOC = {"id": "apt-basics", "text": "To install a package on debian run apt insta
 
 
 def _settings() -> Settings:
-    keys = [ApiKey(name=n, key=k, scopes=["read", "write"]) for n, k in KEYS.items()]  # type: ignore[arg-type]
+    scopes = {"ann": ["read", "write", "admin"], "bob": ["read"]}
+    keys = [ApiKey(name=n, key=k, scopes=scopes[n]) for n, k in KEYS.items()]  # type: ignore[arg-type]
     return Settings(auth_disabled=False, api_keys=keys)
 
 
@@ -51,8 +52,10 @@ def test_one_rating_per_answer_and_key_updatable_and_listed(
         assert again.json()["created"] == r.json()["created"]
         client.post("/v1/feedback", json={"answer_id": first, "rating": "up"}, headers=_h("bob"))
         client.post("/v1/feedback", json={"answer_id": second, "rating": "up"}, headers=_h("bob"))
-        listed = client.get("/v1/feedback", headers=_h("ann")).json()
+        listed = client.get("/v1/feedback", headers=_h("ann")).json()  # an admin: everyone's
         assert listed["total"] == 3
+        bobs = client.get("/v1/feedback", headers=_h("bob")).json()  # a reader: his own
+        assert bobs["total"] == 2 and {f["key_name"] for f in bobs["feedback"]} == {"bob"}
         mine = [f for f in listed["feedback"] if f["key_name"] == "ann"]
         assert len(mine) == 1 and mine[0]["rating"] == "down"
         assert mine[0]["correction"] == "run apt install [1]"
