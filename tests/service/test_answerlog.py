@@ -125,3 +125,27 @@ def test_records_past_the_retention_are_dropped(tmp_path: Path) -> None:
     keep_all.close()
     with sqlite3.connect(tmp_path / "answers.sqlite") as db:  # a plain SQLite file
         assert db.execute("SELECT answer FROM answers").fetchall() == [("a",)]
+
+
+def test_a_cancelled_answer_is_recorded_with_how_it_ended(tiny_llama: Path, tmp_path: Path) -> None:
+    from service.generation.engine import GenerationEngine
+    from service.pipeline import Ask, Pipeline
+    from service.settings import Limits
+    from tuner.models import load_generator
+
+    gen = load_generator(str(tiny_llama), cache_dir=tmp_path / "m")
+    engine = GenerationEngine(gen, max_batch=2)
+    log = AnswerLog(tmp_path / "answers.sqlite")
+    try:
+        pipeline = Pipeline(Limits(), engine=engine, answer_log=log)
+        ask = Ask.question("what is debian ?", mode="base", max_new_tokens=200)
+        answer = pipeline.submit(pipeline.prepare(ask))
+        answer.request.cancel()
+        answer.request.done.wait(60)
+        log.flush()
+        record = log.get(answer.id)
+        assert record is not None and record["finish_reason"] == "cancelled"
+        assert record["answer"] == answer.text
+    finally:
+        engine.close()
+        log.close()
