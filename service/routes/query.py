@@ -89,4 +89,6 @@ async def query(
             return
         yield sse(result(), "done")
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    # the id before any token, for a client that stops reading early
+    headers = {"X-Answer-Id": answer.id}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

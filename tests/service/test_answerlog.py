@@ -34,6 +34,17 @@ def test_every_answer_has_an_id_and_a_record_of_what_it_was_given(
         base = client.post(
             "/v1/query", json={"question": "what is debian ?", "mode": "base", "max_new_tokens": 3}
         ).json()
+        streamed = {
+            "question": "what is apt ?",
+            "mode": "base",
+            "max_new_tokens": 2,
+            "stream": True,
+        }
+        with client.stream("POST", "/v1/query", json=streamed) as r:
+            header = r.headers["x-answer-id"]
+            done = [
+                line for line in r.iter_lines() if line.startswith("data: {") and '"id"' in line
+            ]
         log = _log(client)
     assert rag["id"].startswith("ans-") and rag["id"] != base["id"]
     record = log.get(rag["id"])
@@ -49,6 +60,7 @@ def test_every_answer_has_an_id_and_a_record_of_what_it_was_given(
     assert (first["start"], first["end"]) == (cited[0]["start"], cited[0]["end"])
     assert first["sha256"] == sha256(cited[0]["text"])
     assert log.get(base["id"])["passages"] == []  # base mode shows none
+    assert json.loads(done[-1][6:])["id"] == header and log.get(header) is not None
 
 
 def test_chat_answers_plain_and_streamed_carry_the_logged_id(
