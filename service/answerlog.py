@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,14 @@ def sha256(text: str) -> str:
 def prompt_sha256(messages: list[dict[str, str]]) -> str:
     """The templated prompt's hash: its messages as canonical JSON."""
     return sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True))
+
+
+def record(row: Sequence[Any]) -> dict[str, Any]:
+    """An ``answers`` row (its ``COLUMNS`` in order) as a record, messages and passages parsed."""
+    out = dict(zip(COLUMNS, row, strict=True))
+    for c in JSON_COLUMNS:
+        out[c] = json.loads(out[c])
+    return out
 
 
 class AnswerLog:
@@ -170,12 +179,7 @@ class AnswerLog:
             row = db.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM answers WHERE id = ?", (answer_id,)
             ).fetchone()
-        if row is None:
-            return None
-        out = dict(zip(COLUMNS, row, strict=True))
-        for c in JSON_COLUMNS:
-            out[c] = json.loads(out[c])
-        return out
+        return None if row is None else record(row)
 
     # ---- feedback ---------------------------------------------------------------------------
     def rate(
@@ -235,13 +239,8 @@ class AnswerLog:
         out = []
         for row in rows:
             item = dict(zip(FEEDBACK, row[: len(FEEDBACK)], strict=True))
-            answer = dict(zip(COLUMNS, row[len(FEEDBACK) :], strict=True))
-            if answer["id"] is not None:
-                for c in JSON_COLUMNS:
-                    answer[c] = json.loads(answer[c])
-                item["answer"] = answer
-            else:
-                item["answer"] = None  # its record is past the retention
+            answer = row[len(FEEDBACK) :]
+            item["answer"] = record(answer) if answer[0] is not None else None  # None: expired
             out.append(item)
         return int(total), out
 

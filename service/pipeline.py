@@ -207,7 +207,7 @@ def answer_record(answer_id: str, prepared: Prepared, request: GenerationRequest
                 "sha256": sha256(h.text),
             }
             for h in prepared.hits
-        ],  # fmt: skip
+        ],
         "prompt_sha256": prompt_sha256(prepared.prompt),
         "prompt_tokens": len(request.prompt_ids),
         "answer": request.text.strip(),

@@ -79,7 +79,7 @@ class GenerationEngine:
         from service.generation.quant import quantise_for_serving  # imports torch
 
         quantise_for_serving(generator.model, precision)  # ValueError off the CPU for int4
-        if generator.model.device.type == "cpu":
+        if on_cpu:
             prefer_column_major(generator.model)
         # A new batch waits for a burst of requests to board: until none has arrived for
         # gather_s, and never longer than max_gather_s. One request alone waits gather_s.

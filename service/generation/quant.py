@@ -144,17 +144,12 @@ def quantise_for_serving(model: Any, precision: str) -> int:
     adapters = adapter_owned(model)  # an adapter's own layers and copies keep their precision
     done = 0
     for parent in list(model.modules()):
-        if id(parent) in adapters:
-            continue
+        if id(parent) in adapters and not is_tuner_layer(parent):
+            continue  # inside an adapter; a tuner layer's base_layer is the base model's
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and fits_int4(child) and id(child) not in adapters:
                 setattr(parent, name, RescoredHead(child) if child is head else Int4Linear(child))
                 done += 1
-    for module in model.modules():  # the layers PEFT tuner layers wrap
-        base = getattr(module, "base_layer", None) if is_tuner_layer(module) else None
-        if type(base) is nn.Linear and fits_int4(base):
-            module.base_layer = Int4Linear(base)
-            done += 1
     log.info("serving %d linear layers from int4 weights", done)
     return done
 
