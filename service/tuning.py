@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from retriever.index import Retriever
+    from service.answerlog import AnswerLog
     from tuner.config import Recipe
     from tuner.hooks import Hooks
     from tuner.prepare import Prepared
@@ -40,8 +41,11 @@ def base_model(component: str, settings: Settings) -> str:
 
 
 def choose_base(plan: Recipe, settings: Settings) -> Recipe:
+    """``plan`` with its base model chosen and a parent ``promoted`` resolved."""
+    from tuner.registry import Registry
+
     plan.base_model = plan.base_model or base_model(plan.component, settings)
-    return plan
+    return resolve_parent(plan, Registry(settings.layout.adapters))
 
 
 def train_options(settings: Settings) -> dict[str, Any]:
@@ -58,9 +62,41 @@ def train_options(settings: Settings) -> dict[str, Any]:
 
 def needs_index(plan: Recipe) -> bool:
     """Whether preparing ``plan``'s data reads the document index (synthetic data from its
-    chunks, or hard negatives mined from it)."""
-    synthetic = any(d.synthetic is not None for d in plan.datasets)
-    return synthetic or (plan.component == "retriever" and plan.retriever.negatives > 0)
+    chunks, hard negatives mined from it, or the passages rated answers were shown)."""
+    reads = any(d.synthetic is not None or d.feedback is not None for d in plan.datasets)
+    return reads or (plan.component == "retriever" and plan.retriever.negatives > 0)
+
+
+def needs_answers(plan: Recipe) -> bool:
+    """Whether ``plan`` trains on ratings from the answer log."""
+    return any(d.feedback is not None for d in plan.datasets)
+
+
+def resolve_parent(plan: Recipe, registry: Any) -> Recipe:
+    """A preference recipe's parent ``promoted``: the promoted generator adapter when it is a
+    LoRA on the same base model, else none (a fresh LoRA on the base model)."""
+    from tuner.config import LORA_LIKE, PROMOTED
+
+    if plan.parent != PROMOTED:
+        return plan
+    record = registry.promoted()
+    fits = (
+        record is not None
+        and record.component == "generator"
+        and record.method in LORA_LIKE
+        and record.base_model == plan.base_model
+    )
+    if record is not None and not fits:
+        log.info(
+            "%s: the promoted %s (%s on %s) is not a LoRA on %s; starting from the base",
+            plan.name,
+            record.id,
+            record.method,
+            record.base_model,
+            plan.base_model,
+        )
+    plan.parent = record.id if fits else None
+    return plan
 
 
 def writes_with_model(plan: Recipe) -> bool:
@@ -81,15 +117,35 @@ def prepare_data(
     index: Retriever | None,
     tokenizer: Any = None,
     generator: Any = None,
+    answers: AnswerLog | None = None,
 ) -> Prepared:
     """Validate ``plan``'s datasets and write them to ``job_dir/data``: pairs for the retriever,
-    SFT splits for the generator. ``tokenizer`` (and ``generator`` for model-written synthetic
-    data) default to the base model's, loaded here."""
-    from tuner.prepare import prepare, prepare_pairs
+    preference rows for kto and dpo (ratings from ``answers``), SFT splits for the generator.
+    ``tokenizer`` (and ``generator`` for model-written synthetic data) default to the base
+    model's, loaded here."""
+    from tuner.config import PREFERENCE_METHODS
+    from tuner.prepare import prepare, prepare_pairs, prepare_preferences
 
     files = settings.layout.files
     if plan.component == "retriever":
         return prepare_pairs(plan, job_dir, files_dir=files, retriever=index)
+    if plan.method in PREFERENCE_METHODS:
+        source = None
+        if answers is not None:
+            from service.preferences import collect
+
+            log_ = answers
+
+            def source(spec: Any, recipe: Recipe) -> Any:
+                return collect(log_, index, spec, recipe)
+
+        return prepare_preferences(
+            plan,
+            job_dir,
+            files_dir=files,
+            tokenizer=tokenizer or load_base(plan, settings).tokenizer,
+            feedback=source,
+        )
     writes = writes_with_model(plan)
     if tokenizer is None or (writes and generator is None):
         loaded = load_base(plan, settings)
@@ -131,6 +187,24 @@ def train(
     )
 
 
+@contextmanager
+def open_answers(plan: Recipe, settings: Settings) -> Iterator[AnswerLog | None]:
+    """The answer log, for a plan that trains on ratings (else None)."""
+    if not needs_answers(plan):
+        yield None
+        return
+    from service.answerlog import AnswerLog
+
+    path = settings.layout.answers
+    if not path.is_file():
+        raise ValueError(f"dataset.feedback: no answer log at {path}: no answer was rated yet")
+    answers = AnswerLog(path, settings.answer_log.retention_days)
+    try:
+        yield answers
+    finally:
+        answers.close()
+
+
 def prepared_before(job_dir: Path) -> bool:
     """Whether an interrupted run left its data and checkpoints to resume from."""
     return (job_dir / "data" / "manifest.json").is_file() and (job_dir / "checkpoints").is_dir()
@@ -161,8 +235,8 @@ def run(
         log.info("resuming from %s", job_dir)
     else:
         opener = open_index if needs_index(plan) else nullcontext
-        with opener() as index:
-            prepared = prepare_data(plan, job_dir, settings, index=index)
+        with opener() as index, open_answers(plan, settings) as answers:
+            prepared = prepare_data(plan, job_dir, settings, index=index, answers=answers)
         if on_prepared is not None:
             on_prepared(prepared)
     record = train(plan, job_dir, settings, hooks, resume=not fresh)

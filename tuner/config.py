@@ -17,7 +17,23 @@ import yaml
 from retriever.config import SEARCH_MODES
 from tuner.registry import NAME_RULE, valid_name
 
-METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning", "full", "qlora")
+METHODS = (
+    "lora",
+    "dora",
+    "ia3",
+    "prefix_tuning",
+    "prompt_tuning",
+    "p_tuning",
+    "full",
+    "qlora",
+    "kto",
+    "dpo",
+)
+# Preference tuning (TRL's trainers) of a LoRA adapter on rated answers or preference files.
+PREFERENCE_METHODS = ("kto", "dpo")
+# Methods whose adapters are a LoRA a preference method can continue.
+LORA_LIKE = ("lora", "dora", "kto", "dpo")
+PROMOTED = "promoted"  # a preference recipe's parent: the promoted adapter, else the base model
 RETRIEVER_METHODS = ("full", "lora")
 COMPONENTS = ("generator", "retriever")
 FORMATS = ("auto", "alpaca", "chat", "prompt_completion")
@@ -64,6 +80,11 @@ RETRIEVER_BOUNDS: dict[str, dict[str, float]] = {
 }
 WINDOW_MAX = 200  # the deepest rank searched for negatives
 WEIGHT_BOUNDS: dict[str, float] = {"gt": 0, "le": 1000}  # a dataset's share in a mix
+PREFERENCE_BOUNDS: dict[str, dict[str, float]] = {
+    "beta": {"gt": 0, "le": 100},
+    "held_out": {"ge": 0, "lt": 1},
+    "max_pairs_per_question": {"ge": 1, "le": 1000},
+}
 
 
 def _check(ok: bool, name: str, value: Any, want: str) -> None:
@@ -186,6 +207,43 @@ class SyntheticSpec:
 
 
 @dataclass
+class FeedbackSpec:
+    """Training data from the ratings users gave answers (the service's answer log). Ratings
+    whose passages have changed since (stale) are always left out: the prompt the user saw can
+    no longer be rebuilt."""
+
+    corrections: bool = True  # a correction is a desirable answer (KTO) or the chosen one (DPO)
+    since: float | None = None  # only ratings given or updated at or after this Unix time
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.corrections, bool),
+            "feedback.corrections",
+            self.corrections,
+            "true or false",
+        )
+        ok = self.since is None or (
+            isinstance(self.since, int | float)
+            and not isinstance(self.since, bool)
+            and 0 <= self.since <= 1e11
+        )
+        _check(ok, "feedback.since", self.since, "a Unix time in seconds, or null")
+
+
+@dataclass
+class PreferenceTuning:
+    """How kto and dpo train (TRL's KTOTrainer and DPOTrainer) and what they hold out."""
+
+    beta: float = 0.1  # how far the tuned model may move from its parent (higher: less)
+    held_out: float = 0.2  # share of the rows never trained on, for reward accuracy
+    # dpo: a question with several up- and down-rated answers gives at most this many pairs
+    max_pairs_per_question: int = 4
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, PREFERENCE_BOUNDS, "preference.")
+
+
+@dataclass
 class DataSpec:
     """One training dataset: a JSONL file (a path, or an uploaded file id) or synthetic data."""
 
@@ -195,12 +253,22 @@ class DataSpec:
     template: str = "chat"  # chat | qa | summarization | translation | classification
     weight: float = 1.0  # share in a multi-task mix, relative to the other datasets
     synthetic: SyntheticSpec | None = None
+    feedback: FeedbackSpec | None = None  # kto/dpo: rated answers from the answer log
 
     def __post_init__(self) -> None:
         if isinstance(self.synthetic, dict):
             self.synthetic = SyntheticSpec(**self.synthetic)
-        given = [x for x in (self.path, self.file_id, self.synthetic) if x is not None]
-        _check(len(given) == 1, "dataset", self, "needs exactly one of path, file_id, synthetic")
+        if isinstance(self.feedback, dict):
+            self.feedback = FeedbackSpec(**self.feedback)
+        given = [
+            x for x in (self.path, self.file_id, self.synthetic, self.feedback) if x is not None
+        ]
+        _check(
+            len(given) == 1,
+            "dataset",
+            self,
+            "needs exactly one of path, file_id, synthetic, feedback",
+        )
         _check(self.format in FORMATS, "dataset.format", self.format, f"one of {FORMATS}")
         _check(self.template in TEMPLATES, "dataset.template", self.template, f"one of {TEMPLATES}")
         _check_bounds(self, {"weight": WEIGHT_BOUNDS}, "dataset.")
@@ -252,9 +320,12 @@ class Recipe:
     probe: bool = True  # score the forgetting probe before and after training
     min_examples: int = 8  # fewer valid examples than this refuses the job
     retriever: RetrieverTuning = field(default_factory=RetrieverTuning)  # component retriever
+    preference: PreferenceTuning = field(default_factory=PreferenceTuning)  # kto and dpo
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DataSpec) else DataSpec(**d) for d in self.datasets]
+        if isinstance(self.preference, dict):
+            self.preference = PreferenceTuning(**self.preference)
         if isinstance(self.hyperparameters, dict):
             self.hyperparameters = Hyperparameters(**self.hyperparameters)
         if isinstance(self.retriever, dict):
@@ -265,6 +336,12 @@ class Recipe:
         else:
             _check(self.method in METHODS, "method", self.method, f"one of {METHODS}")
             for spec in self.datasets:
+                _check(
+                    spec.feedback is None or self.method in PREFERENCE_METHODS,
+                    "dataset.feedback",
+                    "feedback",
+                    f"ratings train the preference methods {PREFERENCE_METHODS}, not {self.method}",
+                )
                 if spec.synthetic is not None:
                     _check(
                         spec.synthetic.kind != "pairs",
@@ -285,9 +362,40 @@ class Recipe:
             NAME_RULE,
         )
         generator = self.component == "generator"
-        if generator and self.parent is not None and self.method not in ("lora", "dora", "ia3"):
+        if generator and self.method in PREFERENCE_METHODS:
+            self._check_preference()
+        elif generator and self.parent is not None and self.method not in ("lora", "dora", "ia3"):
             raise ValueError(
                 f"parent: continuing an adapter needs lora, dora or ia3, not {self.method}"
+            )
+        else:
+            _check(
+                self.parent != PROMOTED,
+                "parent",
+                self.parent,
+                f"{PROMOTED!r} is for the preference methods {PREFERENCE_METHODS}",
+            )
+
+    def _check_preference(self) -> None:
+        """kto/dpo read rated answers or preference files, never SFT data made from the index."""
+        for spec in self.datasets:
+            _check(
+                spec.synthetic is None,
+                "dataset.synthetic",
+                "synthetic",
+                f"{self.method} trains on feedback or a preference file, not synthetic data",
+            )
+            _check(
+                spec.format == "auto",
+                "dataset.format",
+                spec.format,
+                f"'auto' for {self.method} (a preference file's rows say their kind)",
+            )
+            _check(
+                spec.template == "chat",
+                "dataset.template",
+                spec.template,
+                f"'chat' for {self.method} (preference rows carry their prompts)",
             )
 
     def _check_retriever(self) -> None:
@@ -313,6 +421,13 @@ class Recipe:
                 "synthetic.generator",
                 spec.synthetic.generator,
                 "'extractive' for retriever pairs (sentences cut from each chunk)",
+            )
+        for spec in self.datasets:
+            _check(
+                spec.feedback is None,
+                "dataset.feedback",
+                "feedback",
+                "ratings of answers train the generator (kto, dpo), not the retriever",
             )
         _check(
             self.parent is None or self.method == "full",

@@ -60,6 +60,7 @@ def register_adapter(
         base_model=base_model,
         dataset_hashes=manifest.get("dataset_hashes", {}),
         source_documents=manifest.get("source_documents", {}),
+        feedback_ids=manifest.get("feedback_ids", []),
         hyperparameters=recipe.to_dict()["hyperparameters"],
         metrics=metrics,
         parent=parent.id if parent is not None else None,

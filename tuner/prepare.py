@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retriever.errors import DocumentNotFound
 from tuner.config import DataSpec, Recipe
+from tuner.data import DataError
 
 log = logging.getLogger(__name__)
 FILE_ID_MAX_CHARS = 64  # POST /v1/files ids: written once, here
@@ -86,6 +88,74 @@ def prepare(
     return prepared
 
 
+# (a dataset's FeedbackSpec, the recipe) -> (rows, {"feedback_ids": [...], "skipped": {...}})
+FeedbackSource = Callable[[Any, Recipe], tuple[list[Any], dict[str, Any]]]
+
+
+def prepare_preferences(
+    recipe: Recipe,
+    job_dir: Path,
+    *,
+    files_dir: Path,
+    tokenizer: Any,
+    feedback: FeedbackSource | None = None,
+) -> Prepared:
+    """kto rows or dpo pairs from each dataset: a preference file, an uploaded one, or the
+    ratings of answers (``feedback(spec, recipe)``, a ``FeedbackSource``, returns the rows with
+    their prompts rebuilt as served, and what it used and skipped). Checked against the
+    tokenizer, split by prompt into train, val and a held-out share (``test.jsonl``, for reward
+    accuracy), written to ``job_dir/data``; the manifest lists the feedback ids used."""
+    from tuner import preference_data as pdata
+
+    hp, kind = recipe.hyperparameters, recipe.method
+    rows: list[Any] = []
+    hashes: dict[str, str] = {}
+    info: dict[str, Any] = {"feedback_ids": [], "skipped": {}}
+    for i, spec in enumerate(recipe.datasets):
+        if spec.feedback is not None:
+            if feedback is None:
+                raise ValueError("dataset.feedback: needs the answer log, which is not open here")
+            got, used = feedback(spec.feedback, recipe)
+            label = "feedback"
+            info["feedback_ids"] += used.get("feedback_ids", [])
+            for reason, n in used.get("skipped", {}).items():
+                info["skipped"][reason] = info["skipped"].get(reason, 0) + n
+        elif spec.path is not None:
+            label, got = Path(spec.path).name, pdata.read_jsonl(spec.path)
+        else:
+            assert spec.file_id is not None
+            label, got = spec.file_id, pdata.read_jsonl(_uploaded(spec.file_id, files_dir))
+        hashes[f"{i}:{label}"] = pdata.dataset_hash(got)
+        rows += got
+    where = "feedback" if all(s.feedback for s in recipe.datasets) else None
+    rows = pdata.validate(rows, tokenizer, hp.max_length, recipe.min_examples, kind, where)
+    train, val, test = pdata.split(rows, hp.val_fraction, recipe.preference.held_out, hp.seed)
+    if kind == "kto" and len({r.label for r in train}) < 2:
+        raise DataError([(0, "the training split holds one label only; rate more answers")])
+    out = job_dir / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        pdata.write_jsonl(part, out / f"{name}.jsonl")
+    prepared = Prepared(len(train), len(val), len(test), hashes)
+    body = {
+        **prepared.to_dict(),
+        "kind": kind,
+        "feedback_ids": sorted(set(info["feedback_ids"])),
+        "skipped": info["skipped"],
+    }
+    (out / "manifest.json").write_text(json.dumps(body, indent=2))
+    log.info(
+        "prepared %s: %d %s train, %d val, %d held out%s",
+        recipe.name,
+        len(train),
+        kind,
+        len(val),
+        len(test),
+        f"; skipped {info['skipped']}" if info["skipped"] else "",
+    )
+    return prepared
+
+
 def prepare_pairs(
     recipe: Recipe, job_dir: Path, *, files_dir: Path, retriever: Any = None
 ) -> Prepared:
@@ -95,7 +165,6 @@ def prepare_pairs(
     import random
 
     from tuner import pairs as tpairs
-    from tuner.data import DataError
 
     hp, rt = recipe.hyperparameters, recipe.retriever
     found: list[tpairs.Pair] = []

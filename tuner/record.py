@@ -29,6 +29,7 @@ class Record:
     base_model: str = ""
     dataset_hashes: dict[str, str] = field(default_factory=dict)
     source_documents: dict[str, Any] = field(default_factory=dict)  # doc_id -> version trained on
+    feedback_ids: list[str] = field(default_factory=list)  # ratings (answer:key) trained on
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # incl. probe before/after/delta
     created: str = ""  # ISO 8601, UTC

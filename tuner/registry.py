@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "ragtune.json"
 PROMOTED_FILE = "promoted.json"
+GATED_METHODS = ("kto", "dpo")  # trained on users' ratings: promoted only through the eval gate
 VERSIONS_FILE = "versions.json"  # the highest version each name ever had
 LOCK_FILE = ".registry.lock"
 TMP_PREFIX = ".tmp-"
@@ -246,6 +247,7 @@ class Registry:
         base_model: str = "",
         dataset_hashes: Mapping[str, str] | None = None,
         source_documents: Mapping[str, Any] | None = None,
+        feedback_ids: Sequence[str] | None = None,
         hyperparameters: Mapping[str, Any] | None = None,
         metrics: Mapping[str, Any] | None = None,
         parent: str | None = None,
@@ -274,6 +276,7 @@ class Registry:
                     base_model=base_model,
                     dataset_hashes=dict(dataset_hashes or {}),
                     source_documents=dict(source_documents or {}),
+                    feedback_ids=list(feedback_ids or []),
                     hyperparameters=dict(hyperparameters or {}),
                     metrics=dict(metrics or {}),
                     created=_now(),
@@ -365,8 +368,9 @@ class Registry:
         return self._update(adapter_id, change)
 
     def promote(self, adapter_id: str, force: bool = False) -> Record:
-        """Make ``adapter_id`` the one promoted adapter. Refused when its eval gate failed or it
-        is stale (unless ``force``), and always for a non-servable (full) model."""
+        """Make ``adapter_id`` the one promoted adapter. Refused when its eval gate failed, or
+        was never run for a preference-tuned adapter, or it is stale (unless ``force``), and
+        always for a non-servable (full) model."""
         with self._lock():
             record = self.get(adapter_id)
             if record.component == "retriever":
@@ -379,6 +383,11 @@ class Registry:
             gate = record.eval_gate
             if gate is not None and not gate.get("passed", False) and not force:
                 raise RegistryError(f"{adapter_id}: its eval gate failed; use force to promote")
+            if gate is None and record.method in GATED_METHODS and not force:
+                raise RegistryError(
+                    f"{adapter_id}: a {record.method} adapter is promoted through its eval gate "
+                    f"('ragtune eval --gate {adapter_id} --dataset D'); use force to skip it"
+                )
             if record.stale and not force:
                 raise RegistryError(
                     f"{adapter_id}: stale ({record.stale_reason}); use force to promote"

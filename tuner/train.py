@@ -2,7 +2,8 @@
 
 ``train(recipe, job_dir, data_dir=...)`` reads ``job_dir/data/`` (written by ``tuner.prepare``)
 and returns the registry record of what it trained: a generator recipe runs
-``tuner.generator_train`` (accelerate; checkpoints and resume), a retriever recipe runs
+``tuner.generator_train`` (accelerate; checkpoints and resume), kto and dpo run
+``tuner.preference_train`` (TRL's trainers), a retriever recipe runs
 ``tuner.embed_train.train_retriever`` (sentence-transformers). ``python -m tuner.train`` is the
 same from the command line, also under ``accelerate launch --num_processes N``. Knows nothing of
 HTTP, jobs or the live index, nor how either recipe trains.
@@ -51,6 +52,21 @@ def train(
             device=device,
             embedder_path=embedder_path,
             offline=offline,
+        )
+    from tuner.config import PREFERENCE_METHODS
+
+    if recipe.method in PREFERENCE_METHODS:
+        from tuner.preference_train import train_preference
+
+        return train_preference(
+            recipe,
+            job_dir,
+            data_dir=data_dir,
+            hooks=hooks,
+            resume=resume,
+            device=device,
+            models_dir=models_dir,
+            base_path=base_path,
         )
     from tuner.generator_train import train_generator
 

@@ -1,0 +1,144 @@
+"""kto and dpo train a LoRA on TRL's trainers: the tuned model moves toward the chosen answers
+(held-out reward accuracy above chance), the record names its parent and the feedback it used,
+a continued parent is the reference, and cancel and resume go through the hooks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuner.config import Recipe
+from tuner.hooks import Cancelled
+from tuner.prepare import prepare_preferences
+from tuner.registry import Registry
+from tuner.train import train
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [f"question number {i} about apt ?" for i in range(24)]
+GOOD = " the answer is apt [1] ."
+BAD = " no idea ."
+
+
+def _prompt(q: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "[1] <<<PASSAGE source=d1\napt installs packages\nPASSAGE>>>"},
+        {"role": "user", "content": q},
+    ]
+
+
+def _file(folder: Path, kind: str) -> Path:
+    path = folder / f"{kind}.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i, q in enumerate(QUESTIONS):
+            if kind == "dpo":
+                row: dict[str, Any] = {"prompt": _prompt(q), "chosen": GOOD, "rejected": BAD}
+            else:
+                row = {"prompt": _prompt(q), "completion": GOOD if i % 2 else BAD,
+                       "label": "up" if i % 2 else "down"}  # fmt: skip
+            row["meta"] = {"feedback_ids": [f"ans-{i}:k"]}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def _recipe(tiny: Path, data: Path, method: str, **extra: Any) -> Recipe:
+    return Recipe(
+        name=f"pref-{method}",
+        method=method,
+        base_model=str(tiny),
+        datasets=[{"path": str(data)}],
+        hyperparameters={
+            "learning_rate": 5e-3,
+            "batch_size": 4,
+            "max_steps": 10,
+            "val_fraction": 0.0,
+            "dropout": 0.0,
+            "checkpoint_every": 4,
+            "seed": 1,
+            "max_length": 256,
+        },
+        preference={"beta": 0.1, "held_out": 0.25},
+        probe=False,
+        min_examples=8,
+        **extra,
+    )
+
+
+def _prepare(recipe: Recipe, job: Path, tiny: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    prepare_preferences(recipe, job, files_dir=job / "files", tokenizer=tok)
+    return job
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_preference_method_trains_registers_and_wins_held_out(
+    method: str, tiny_llama: Path, tmp_path: Path
+) -> None:
+    recipe = _recipe(tiny_llama, _file(tmp_path / "in", method), method)
+    job = _prepare(recipe, tmp_path / "job", tiny_llama)
+    manifest = json.loads((job / "data" / "manifest.json").read_text())
+    assert manifest["test"] == 6 and manifest["kind"] == method
+    record = train(recipe, job, data_dir=tmp_path / "data", device="cpu")
+    assert record.method == method and record.servable
+    reward = record.metrics["reward"]
+    assert reward["rows"] == 6
+    assert reward["accuracy"] > 0.5, reward  # moved toward the desirable answers
+    assert record.metrics["updates"] == 10
+    folder = Registry(tmp_path / "data" / "adapters").folder(record.id)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    assert not (folder / "ref").exists()  # TRL's frozen reference copy is not saved
+    assert not (job / "checkpoints").exists()
+
+
+def test_a_child_continues_its_parent_and_records_the_chain(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    data = _file(tmp_path / "in", "dpo")
+    first = _recipe(tiny_llama, data, "dpo")
+    parent = train(first, _prepare(first, tmp_path / "j1", tiny_llama), data_dir=tmp_path / "d")
+    child_recipe = _recipe(tiny_llama, data, "dpo", parent=parent.id)
+    child = train(
+        child_recipe, _prepare(child_recipe, tmp_path / "j2", tiny_llama), data_dir=tmp_path / "d"
+    )
+    assert child.parent == parent.id and child.lineage == [parent.id, child.id]
+    # Its reward is measured against the parent it continued, not the base model.
+    assert child.metrics["reward"]["accuracy"] >= 0.5
+
+
+class _StopAt:
+    def __init__(self, step: int) -> None:
+        self.step, self.seen = step, 0
+
+    def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None:
+        self.seen = step
+
+    def should_stop(self) -> bool:
+        return self.seen >= self.step
+
+
+def test_cancel_stops_and_registers_nothing_then_resume_finishes(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    recipe = _recipe(tiny_llama, _file(tmp_path / "in", "dpo"), "dpo")
+    job = _prepare(recipe, tmp_path / "job", tiny_llama)
+    with pytest.raises(Cancelled):
+        train(recipe, job, data_dir=tmp_path / "d", hooks=_StopAt(5))
+    assert Registry(tmp_path / "d" / "adapters").list() == []
+    whole = sorted(p.parent.name for p in (job / "checkpoints").glob("*/whole.json"))
+    assert whole == ["checkpoint-4"]
+    seen: list[int] = []
+
+    class Count(_StopAt):
+        def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None:
+            seen.append(step)
+
+    record = train(recipe, job, data_dir=tmp_path / "d", hooks=Count(10**9))
+    assert seen[0] == 5 and seen[-1] == 10  # went on from update 4
+    assert record.metrics["updates"] == 10
