@@ -111,6 +111,14 @@ def debian_faq_cmd(
     "--fix", is_flag=True, help="Tune the weak component, re-evaluate, promote if better."
 )
 @click.option(
+    "--gate",
+    "gate_adapter",
+    metavar="ADAPTER",
+    help="Gate a kto/dpo adapter: against its parent on these questions, with its held-out "
+    "reward accuracy; the verdict goes on its registry record.",
+)
+@click.option("--promote", is_flag=True, help="With --gate: promote the adapter if it passes.")
+@click.option(
     "--fix-set",
     multiple=True,
     metavar="COMPONENT:KEY=VALUE",
@@ -135,7 +143,14 @@ def eval_cmd(**kw: Any) -> None:
         raise click.ClickException(str(exc)) from None
     if kw["fix_set"] and not kw["fix"]:
         raise click.ClickException("--fix-set needs --fix")
+    if kw["promote"] and not kw["gate_adapter"]:
+        raise click.ClickException("--promote needs --gate ADAPTER")
+    if kw["gate_adapter"] and kw["fix"]:
+        raise click.ClickException("--gate and --fix are separate runs; pick one")
     out = kw["out"] or settings.layout.evals / time.strftime("eval-%Y%m%d-%H%M%S")
+    if kw["gate_adapter"]:
+        _gate(kw["gate_adapter"], options, out, settings, kw["promote"])
+        return
     try:
         metrics = _run(options, out, settings)
         click.echo(summary(metrics, out))
@@ -146,6 +161,25 @@ def eval_cmd(**kw: Any) -> None:
             click.echo(outcome["message"])
     except (EvalError, DatasetError, ValueError) as exc:
         raise click.ClickException(" ".join(str(exc).split())[:400]) from None
+
+
+def _gate(adapter: str, options: EvalOptions, out: Path, settings: Settings, promote: bool) -> None:
+    from eval.datasets.formats import DatasetError
+    from eval.gate import run_gate
+    from eval.harness import EvalError
+    from tuner.registry import RegistryError
+
+    try:
+        result = run_gate(adapter, options, out, settings, _run, promote=promote)
+    except (EvalError, DatasetError, ValueError, RegistryError) as exc:
+        raise click.ClickException(" ".join(str(exc).split())[:400]) from None
+    for metric, diff in result["metrics"].items():
+        low, high = diff["ci_low"], diff["ci_high"]
+        click.echo(f"  {metric:<18} {diff['mean_diff']:+.3f} [{low:+.3f}, {high:+.3f}]")
+    click.echo(f"gate {adapter} vs {result['parent']}: {result['message']}")
+    if result.get("promoted"):
+        click.echo(f"promoted {adapter}")
+    click.echo(f"report: {out / 'report.html'}; verdict: {out / 'gate.json'}")
 
 
 def _options(kw: dict[str, Any]) -> EvalOptions:

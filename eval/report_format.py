@@ -20,6 +20,7 @@ ANSWER_METRICS = (
     "groundedness",
     "citation_precision",
     "citation_recall",
+    "valid_marker",
     "answer_in_passages",
     "judge",
 )
@@ -30,6 +31,7 @@ LABELS = {
     "groundedness": "groundedness",
     "citation_precision": "citation precision",
     "citation_recall": "citation recall",
+    "valid_marker": "valid [n] marker",
     "answer_in_passages": "answer in passages",
     "judge": "judge",
     "latency_s": "latency (s)",

@@ -51,6 +51,7 @@ def score_answer(q: Question, mode: str, answer: Answer, shown: Sequence[Hit]) -
     citations: list[str] = []
     if retrieves(mode):
         numbers = am.cited(answer.text, len(shown))
+        m["valid_marker"] = float(bool(numbers))  # a [n] naming a passage the prompt held
         cited_hits = [shown[i - 1] for i in numbers] or list(shown)
         citations = list(dict.fromkeys(h.doc_id for h in cited_hits))
         m["groundedness"] = am.groundedness(answer.text, [h.text for h in cited_hits])

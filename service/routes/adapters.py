@@ -42,6 +42,8 @@ def _summary(record: Any, loaded: list[str]) -> dict[str, Any]:
         "base_model": _base_model(record.base_model),
         "created": record.created,
         "lineage": record.lineage,
+        "parent": record.parent,
+        "feedback_ids": record.feedback_ids,  # the ratings (answer:key) a kto/dpo run used
         "metrics": metrics,
         "eval_gate": record.eval_gate,
         "promoted": record.promoted,

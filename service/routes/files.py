@@ -4,10 +4,10 @@ An upload is stored as ``DATA_DIR/files/<random id>.jsonl`` with its metadata be
 ``<id>.json``; the client's file name is kept as metadata only and never becomes a path. The
 body size is bounded by the service's body limit. Lines are read by ``retriever.jsonl`` (split
 on ``\n`` only, as every JSONL input is), and every line must be a UTF-8 JSON object of one
-known shape (chat, alpaca, prompt_completion, SQuAD-style, or a task template's fields), else
-422: the message names the first bad line and ``details`` lists every one (``{"file", "line",
-"reason"}``, up to ``SHOWN_PROBLEMS``). The full schema check happens when a job validates its
-data (tuner.data) or an eval run reads it (eval.datasets).
+known shape (chat, alpaca, prompt_completion, kto or dpo preference rows, SQuAD-style, or a
+task template's fields), else 422: the message names the first bad line and ``details`` lists
+every one (``{"file", "line", "reason"}``, up to ``SHOWN_PROBLEMS``). The full schema check
+happens when a job validates its data (tuner.data) or an eval run reads it (eval.datasets).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ SHAPES = (  # (format reported, keys a record must hold), the first match wins
     ("chat", {"messages"}),
     ("chat", {"conversations"}),
     ("alpaca", {"instruction", "output"}),
+    ("dpo", {"prompt", "chosen", "rejected"}),  # preference pairs (method dpo)
+    ("kto", {"prompt", "completion", "label"}),  # rated completions (method kto)
     ("prompt_completion", {"prompt", "completion"}),
     ("squad", {"context", "question", "answers"}),  # an eval dataset (POST /v1/eval/runs)
     ("qa", {"question", "answer"}),

@@ -31,6 +31,7 @@ from service.state import AppState
 from service.tuning import (
     activates,
     base_model,
+    needs_answers,
     prepare_data,
     train_options,
     writes_with_model,
@@ -39,7 +40,11 @@ from tuner.config import (
     COMPONENTS,
     FORMATS,
     HYPERPARAMETER_BOUNDS,
+    LORA_LIKE,
     METHODS,
+    PREFERENCE_BOUNDS,
+    PREFERENCE_METHODS,
+    PROMOTED,
     RETRIEVER_BOUNDS,
     SCHEDULERS,
     SYNTHETIC_BOUNDS,
@@ -49,7 +54,9 @@ from tuner.config import (
     TEMPLATES,
     WEIGHT_BOUNDS,
     WINDOW_MAX,
+    FeedbackSpec,
     Hyperparameters,
+    PreferenceTuning,
     Recipe,
     RetrieverTuning,
     SyntheticSpec,
@@ -78,6 +85,7 @@ SyntheticBody = edge_model(
     SYNTHETIC_BOUNDS,
     {"kind": one_of(SYNTHETIC_KINDS), "generator": one_of(("extractive", "model"))},
 )
+PreferenceBody = edge_model(PreferenceTuning, PREFERENCE_BOUNDS)
 RetrieverBody = edge_model(
     RetrieverTuning,
     RETRIEVER_BOUNDS,
@@ -85,8 +93,16 @@ RetrieverBody = edge_model(
 )
 
 
+FeedbackBody = edge_model(FeedbackSpec, {"since": {"ge": 0, "le": 1e11}})
+
+
 class DatasetBody(Body):
     file_id: FileId | None = Field(None, description="an uploaded file's id")
+    feedback: FeedbackBody | None = Field(  # type: ignore[valid-type]
+        None,
+        description="methods kto and dpo: the ratings users gave answers (the answer log), "
+        "each prompt rebuilt as it was served",
+    )
     synthetic: SyntheticBody | None = Field(  # type: ignore[valid-type]
         None,
         description="training data made from the documents in the live index instead of a "
@@ -120,10 +136,16 @@ class JobBody(Body):
         description="the adapter's name (its versions are <name>-v<N>); default "
         "<component>-<method>",
     )
+    preference: PreferenceBody = Field(  # type: ignore[valid-type]
+        default_factory=PreferenceBody,
+        description="methods kto and dpo only: beta, the held-out share for the eval gate, "
+        "pairs per question",
+    )
     parent: AdapterId | None = Field(
         None,
         description="an adapter id in the registry to continue from, of the same component "
-        "(and, for the generator, the same method)",
+        "(and, for the generator, the same method; kto and dpo continue any LoRA adapter, and "
+        "'promoted' names the promoted one, or the base model when none is)",
     )
 
 
@@ -197,7 +219,7 @@ TEMPLATE_READS = {
 }
 
 
-def _check_file(ds: DatasetBody, component: str, files_dir: Path) -> None:
+def _check_file(ds: DatasetBody, component: str, method: str, files_dir: Path) -> None:
     """An uploaded file exists and, for a generator job, holds records its template and format
     read, as far as the file's recorded format tells (one without is checked while validating)."""
     if ds.file_id is None:
@@ -210,6 +232,20 @@ def _check_file(ds: DatasetBody, component: str, files_dir: Path) -> None:
         )
     recorded = _recorded_format(files_dir, ds.file_id)
     if component != "generator" or recorded is None:
+        return
+    if method in PREFERENCE_METHODS or recorded in PREFERENCE_METHODS:
+        if recorded != method:
+            raise ValueError(
+                f"dataset: uploaded file {ds.file_id} holds {recorded} records; method "
+                f"{method} trains on {method} rows"
+                + (
+                    " (completion and label)"
+                    if method == "kto"
+                    else " (chosen and rejected)"
+                    if method == "dpo"
+                    else ""
+                )
+            )
         return
     reads = TEMPLATE_READS[ds.template] if ds.format == "auto" else (ds.format,)
     if recorded not in reads:
@@ -236,7 +272,7 @@ def _check_parent(body: JobBody, state: AppState) -> None:
     """``parent`` is in the registry, of the job's component and (generator) method."""
     from tuner.registry import RecordNotFound, RegistryError
 
-    if body.parent is None:
+    if body.parent is None or body.parent == PROMOTED:
         return
     try:
         record = state.registry().get(body.parent)
@@ -248,7 +284,13 @@ def _check_parent(body: JobBody, state: AppState) -> None:
         raise ValueError(
             f"parent: {record.id} is a {record.component} adapter, not a {body.component} one"
         )
-    if body.component == "generator" and record.method != body.method:
+    if body.method in PREFERENCE_METHODS:
+        if record.method not in LORA_LIKE:
+            raise ValueError(
+                f"parent: {record.id} is a {record.method} adapter; {body.method} continues a "
+                f"LoRA ({', '.join(LORA_LIKE)})"
+            )
+    elif body.component == "generator" and record.method != body.method:
         raise ValueError(f"parent: {record.id} was trained with {record.method}, not {body.method}")
 
 
@@ -261,15 +303,20 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
     """The recipe a job body asks for; the base model is always the service's generator."""
     settings = state.settings
     ds = DatasetBody(file_id=body.dataset) if isinstance(body.dataset, str) else body.dataset
-    _check_file(ds, body.component, state.settings.layout.files)
+    _check_file(ds, body.component, body.method, state.settings.layout.files)
     _check_parent(body, state)
     retriever = body.component == "retriever"
-    dataset = ds.model_dump(exclude_none=True, exclude={"synthetic"})
+    dataset = ds.model_dump(exclude_none=True, exclude={"synthetic", "feedback"})
     if ds.synthetic is not None:
         synthetic = ds.synthetic.model_dump(exclude_unset=True)
         dataset["synthetic"] = {"kind": "pairs", **synthetic} if retriever else synthetic
     if _given(body.retriever) and not retriever:
         raise ValueError("retriever: settings for component retriever only")
+    if ds.feedback is not None:
+        dataset["feedback"] = ds.feedback.model_dump(exclude_unset=True)
+    preference = body.method in PREFERENCE_METHODS
+    if _given(body.preference) and not preference:
+        raise ValueError(f"preference: settings for methods {', '.join(PREFERENCE_METHODS)} only")
     base = base_model(body.component, settings)
     recipe: dict[str, Any] = {
         "name": body.name or f"{body.component}-{body.method}",
@@ -282,6 +329,13 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
     }
     if retriever:
         recipe["retriever"] = _given(body.retriever)
+    if preference:
+        recipe["preference"] = _given(body.preference)
+        if body.parent == PROMOTED:
+            from service.tuning import resolve_parent
+
+            resolved = resolve_parent(recipe_from_dict(recipe), state.registry())
+            recipe["parent"] = resolved.parent
     return recipe
 
 
@@ -334,6 +388,8 @@ def make_job_runner(state: AppState) -> JobRunner:
 
         if recipe.component == "retriever":  # pairs and hard negatives from the live index
             return prepare_data(recipe, job_dir, settings, index=state.retriever)
+        if needs_answers(recipe) and state.answers is None:
+            raise ValueError("dataset.feedback: the answer log is off (answer_log.enabled)")
         # This runs beside the engine: a tokenizer of its own (fast tokenizers are not
         # shareable across threads), and for model-written data a generator of its own (the
         # engine switches adapters on the shared one).
@@ -345,6 +401,7 @@ def make_job_runner(state: AppState) -> JobRunner:
             index=state.retriever,
             tokenizer=copy.deepcopy(state.generator.tokenizer),
             generator=generator_from_settings(settings) if writes_with_model(recipe) else None,
+            answers=state.answers,
         )
 
     def activate(job: Job) -> None:

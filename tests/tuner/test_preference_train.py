@@ -25,7 +25,10 @@ BAD = " no idea ."
 
 def _prompt(q: str) -> list[dict[str, str]]:
     return [
-        {"role": "system", "content": "[1] <<<PASSAGE source=d1\napt installs packages\nPASSAGE>>>"},
+        {
+            "role": "system",
+            "content": "[1] <<<PASSAGE source=d1\napt installs packages\nPASSAGE>>>",
+        },
         {"role": "user", "content": q},
     ]
 
