@@ -51,7 +51,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.answers import cited, groundedness, strip_markers  # noqa: E402
+from eval.answers import cited, groundedness  # noqa: E402
 
 RAGTUNE = str(Path(sys.executable).parent / "ragtune")
 SUPPORT = 0.5  # share of an answer's content words a passage must hold to support it

@@ -107,6 +107,8 @@ def describe(record: Record) -> str:
         shown = ", ".join(f"{d}@{v}" for d, v in sorted(docs.items())[:6])
         more = f" (+{len(docs) - 6} more)" if len(docs) > 6 else ""
         lines.append(f"  documents      {len(docs)}: {shown}{more}")
+    if record.feedback_ids:
+        lines.append(f"  feedback       {len(record.feedback_ids)} ratings trained on")
     hp = record.hyperparameters
     keys = ("learning_rate", "epochs", "max_steps", "batch_size", "rank", "alpha")
     if hp:

@@ -40,6 +40,29 @@ def _rows(rating: str | None, limit: int | None) -> Iterator[dict[str, Any]]:
         log.close()
 
 
+def _preference_lines(kind: str) -> Iterator[str]:
+    from service.answerlog import AnswerLog
+    from service.cli.common import open_index
+    from service.preferences import collect
+    from tuner.config import DataSpec, FeedbackSpec, Recipe
+
+    settings = load_settings()
+    path = settings.layout.answers
+    if not path.is_file():
+        raise click.ClickException(f"no answer log at {path}: nothing was answered and rated yet")
+    recipe = Recipe(name="export", method=kind, datasets=[DataSpec(feedback=FeedbackSpec())])
+    log, index = AnswerLog(path, settings.answer_log.retention_days), open_index(settings)
+    try:
+        rows, used = collect(log, index, FeedbackSpec(), recipe)
+    finally:
+        index.close()
+        log.close()
+    for reason, n in sorted(used["skipped"].items()):
+        click.echo(f"left out {n}: {reason}", err=True)
+    for row in rows:
+        yield json.dumps(row.to_json(), ensure_ascii=False) + "\n"
+
+
 rating_option = click.option("--rating", type=click.Choice(["up", "down"]), help="Only these.")
 
 
@@ -63,9 +86,24 @@ def feedback_list(rating: str | None, limit: int) -> None:
 @feedback.command("export")
 @rating_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: stdout.")
-def feedback_export(rating: str | None, out: Path | None) -> None:
-    """Every rating with its answer record, as JSON lines."""
-    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in _rows(rating, None))
+@click.option(
+    "--as",
+    "kind",
+    type=click.Choice(["ratings", "kto", "dpo"]),
+    default="ratings",
+    show_default=True,
+    help="ratings: each rating with its answer record; kto/dpo: the preference rows a kto or "
+    "dpo recipe would train on (prompts rebuilt as served; stale ratings left out).",
+)
+def feedback_export(rating: str | None, out: Path | None, kind: str) -> None:
+    """Every rating with its answer record, or the preference rows made of them, as JSON lines."""
+    if kind != "ratings" and rating:
+        raise click.ClickException("--rating filters --as ratings only (kto and dpo use both)")
+    lines = (
+        (json.dumps(row, ensure_ascii=False) + "\n" for row in _rows(rating, None))
+        if kind == "ratings"
+        else _preference_lines(kind)
+    )
     if out is None:
         for line in lines:
             click.echo(line, nl=False)
@@ -77,4 +115,5 @@ def feedback_export(rating: str | None, out: Path | None) -> None:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    click.echo(f"{count} ratings written to {out}", err=True)
+    noun = "ratings" if kind == "ratings" else f"{kind} rows"
+    click.echo(f"{count} {noun} written to {out}", err=True)

@@ -157,6 +157,12 @@ def _summary(record: Any) -> str:
         )
     if m.get("best_val_loss") is not None:
         lines.append(f"  best validation loss {m['best_val_loss']:.3f}")
+    reward = m.get("reward")
+    if isinstance(reward, dict) and reward.get("rows"):
+        lines.append(
+            f"  held-out reward accuracy {reward['accuracy']:.3f} on {reward['rows']} rows; "
+            f"gate it: ragtune eval --dataset D --gate {record.id}"
+        )
     probe = m.get("probe")
     if probe:
         lines.append(

@@ -151,6 +151,12 @@ def test_the_cli_lists_and_exports_the_ratings(tiny_llama: Path, tmp_path: Path)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["answer_id"] for r in rows} == {up, down}
     assert all(r["answer"]["answer"] is not None for r in rows)
+    kto = CliRunner().invoke(main, ["feedback", "export", "--as", "kto", "--out", str(out)])
+    assert kto.exit_code == 0, kto.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["label"] for r in rows) == [False, True, True]  # the correction is desirable
+    assert {r["completion"][0]["content"] for r in rows if r["label"]} >= {"apt installs packages"}
+    assert all(r["prompt"][-1]["role"] == "user" for r in rows)
 
 
 def test_the_cli_says_so_when_nothing_was_rated(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from service.settings import ApiKey, Settings
 from tests.helpers import app_clients
 from tuner.config import FeedbackSpec, Recipe
 from tuner.preference_data import prompt_ids
-from tuner.registry import RegistryError
 from tuner.prepare import prepare_preferences
+from tuner.registry import RegistryError
 
 KEYS = {"ann": "key-for-ann-0123456789abcdef", "bob": "key-for-bob-0123456789abcdef"}
 DOCS = [
