@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,6 @@ from tuner.config import FeedbackSpec, Recipe
 from tuner.preference_data import PreferenceRow
 
 log = logging.getLogger(__name__)
-PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -70,18 +69,16 @@ def rebuild(answer: dict[str, Any], retriever: Any) -> list[dict[str, str]]:
     messages = prompt(mode, answer["messages"], shown)
     if prompt_sha256(messages) != answer["prompt_sha256"]:
         raise Stale("the rebuilt prompt differs from the one served")
+    if not messages or messages[-1]["role"] != "user":
+        raise Stale("the chat ended with an assistant turn (a continuation, not an answer)")
     return messages
 
 
-def ratings(answers: AnswerLog, since: float | None) -> Iterator[dict[str, Any]]:
-    """Every rating (with its answer's record), page by page."""
-    offset = 0
-    while True:
-        _, page = answers.feedback(since=since, offset=offset, limit=PAGE)
-        yield from page
-        if len(page) < PAGE:
-            return
-        offset += len(page)
+def ratings(answers: AnswerLog, since: float | None) -> list[dict[str, Any]]:
+    """Every rating (with its answer's record), read in one query: a rating given while this
+    reads can neither be skipped nor read twice."""
+    _, rows = answers.feedback(since=since, limit=-1)  # SQLite: LIMIT -1 is no limit
+    return rows
 
 
 def collect(
@@ -147,11 +144,13 @@ def _kto(
             skipped["the answer was empty"] += len(items)
         else:
             ids = [_id(i) for i in items]
-            add(PreferenceRow(shown, text, labels == {"up"}, meta=_meta(answer_id, ids)))
+            meta = _meta(answer_id, ids, records[answer_id]["prompt_tokens"])
+            add(PreferenceRow(shown, text, labels == {"up"}, meta=meta))
         for item in items:
             correction = item.get("correction")
             if spec.corrections and correction and correction.strip() != text.strip():
-                add(PreferenceRow(shown, correction, True, meta=_meta(answer_id, [_id(item)])))
+                meta = _meta(answer_id, [_id(item)], records[answer_id]["prompt_tokens"])
+                add(PreferenceRow(shown, correction, True, meta=meta))
     return list(rows.values())
 
 
@@ -177,7 +176,7 @@ def _dpo(
                     prompts[answer_id],
                     chosen=correction,
                     rejected=text,
-                    meta=_meta(answer_id, [_id(item)]),
+                    meta=_meta(answer_id, [_id(item)], records[answer_id]["prompt_tokens"]),
                 )
                 rows.setdefault(row.key(), row)
         labels = {i["rating"] for i in items}
@@ -185,14 +184,20 @@ def _dpo(
             side = groups.setdefault(key, {"up": [], "down": []})[labels.pop()]
             side.append((answer_id, text, [_id(i) for i in items]))
     cap = recipe.preference.max_pairs_per_question
+    rng = random.Random(recipe.hyperparameters.seed)
     for sides in groups.values():
         pairs = [(u, d) for u, d in itertools.product(sides["up"], sides["down"]) if u[1] != d[1]]
+        rng.shuffle(pairs)  # a cap that takes the first pairs would repeat one up-rated answer
         for up, down in pairs[:cap]:
             row = PreferenceRow(
                 prompts[up[0]],
                 chosen=up[1],
                 rejected=down[1],
-                meta={"answer_ids": [up[0], down[0]], "feedback_ids": up[2] + down[2]},
+                meta={
+                    "answer_ids": [up[0], down[0]],
+                    "feedback_ids": up[2] + down[2],
+                    "prompt_tokens": records[up[0]]["prompt_tokens"],
+                },
             )
             rows.setdefault(row.key(), row)
     paired = {i for r in rows.values() for i in r.meta["feedback_ids"]}
@@ -208,5 +213,5 @@ def _dpo(
     return list(rows.values())
 
 
-def _meta(answer_id: str, ids: list[str]) -> dict[str, Any]:
-    return {"answer_ids": [answer_id], "feedback_ids": list(ids)}
+def _meta(answer_id: str, ids: list[str], prompt_tokens: int | None) -> dict[str, Any]:
+    return {"answer_ids": [answer_id], "feedback_ids": list(ids), "prompt_tokens": prompt_tokens}

@@ -73,29 +73,26 @@ def needs_answers(plan: Recipe) -> bool:
 
 
 def resolve_parent(plan: Recipe, registry: Any) -> Recipe:
-    """A preference recipe's parent ``promoted``: the promoted generator adapter when it is a
-    LoRA on the same base model, else none (a fresh LoRA on the base model)."""
+    """A preference recipe's parent ``promoted``: the promoted generator adapter, which must be
+    a LoRA on the same base model (``ValueError`` otherwise: its answers were rated, so a run
+    from the base model would be gated against the wrong model); none when nothing is
+    promoted (a fresh LoRA on the base model)."""
     from tuner.config import LORA_LIKE, PROMOTED
 
     if plan.parent != PROMOTED:
         return plan
     record = registry.promoted()
-    fits = (
-        record is not None
-        and record.component == "generator"
-        and record.method in LORA_LIKE
-        and record.base_model == plan.base_model
-    )
-    if record is not None and not fits:
-        log.info(
-            "%s: the promoted %s (%s on %s) is not a LoRA on %s; starting from the base",
-            plan.name,
-            record.id,
-            record.method,
-            record.base_model,
-            plan.base_model,
+    if record is not None and (
+        record.component != "generator"
+        or record.method not in LORA_LIKE
+        or record.base_model != plan.base_model
+    ):
+        raise ValueError(
+            f"parent: the promoted {record.id} is a {record.method} adapter on "
+            f"{record.base_model}; {plan.method} continues a LoRA ({', '.join(LORA_LIKE)}) on "
+            f"{plan.base_model}: name such a parent, or none to start from the base model"
         )
-    plan.parent = record.id if fits else None
+    plan.parent = record.id if record is not None else None
     return plan
 
 

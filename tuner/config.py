@@ -377,7 +377,33 @@ class Recipe:
             )
 
     def _check_preference(self) -> None:
-        """kto/dpo read rated answers or preference files, never SFT data made from the index."""
+        """kto/dpo read rated answers or preference files, never SFT data made from the index;
+        their held-out share is ``preference.held_out`` (not ``test_fraction``)."""
+        hp = self.hyperparameters
+        _check(
+            hp.val_fraction + self.preference.held_out < 1,
+            "preference.held_out",
+            self.preference.held_out,
+            "must leave rows to train on (hyperparameters.val_fraction + held_out < 1)",
+        )
+        _check(
+            not hp.test_fraction,
+            "hyperparameters.test_fraction",
+            hp.test_fraction,
+            f"0 for {self.method}: its held-out share is preference.held_out",
+        )
+        _check(
+            hp.early_stopping_patience is None,
+            "hyperparameters.early_stopping_patience",
+            hp.early_stopping_patience,
+            f"null for {self.method} (TRL's trainer runs its planned updates)",
+        )
+        _check(
+            self.method != "kto" or (hp.batch_size or 0) >= 2,
+            "hyperparameters.batch_size",
+            hp.batch_size,
+            "at least 2 for kto (its KL estimate pairs completions within a batch)",
+        )
         for spec in self.datasets:
             _check(
                 spec.synthetic is None,

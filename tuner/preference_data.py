@@ -72,6 +72,12 @@ class PreferenceRow:
     def key(self) -> str:
         return json.dumps([self.prompt, self.completions(), self.label], sort_keys=True)
 
+    def opposite(self) -> str:
+        """The key of the row that says the opposite: the other label, or the swapped pair."""
+        if self.kind == "dpo":
+            return json.dumps([self.prompt, [self.rejected, self.chosen], None], sort_keys=True)
+        return json.dumps([self.prompt, self.completions(), not self.label], sort_keys=True)
+
 
 class _Bad(Exception):
     pass
@@ -216,8 +222,16 @@ def validate(
         key = row.key()
         if key in seen:
             problems.append((line, f"duplicate of line {seen[key]}"))
-        else:
-            seen[key] = line
+            continue
+        seen[key] = line
+        against = row.opposite()
+        if against in seen:
+            problems.append(
+                (
+                    line,
+                    f"contradicts line {seen[against]} (the same answers, the opposite preference)",
+                )
+            )
     if len(rows) < min_count:
         problems.append((0, f"{len(rows)} rows, fewer than the minimum {min_count}"))
     if kind == "kto" and rows:
@@ -252,8 +266,8 @@ def kto_weights(rows: Sequence[PreferenceRow]) -> tuple[float, float]:
 def split(
     rows: Sequence[PreferenceRow], val_fraction: float, held_out: float, seed: int
 ) -> tuple[list[PreferenceRow], list[PreferenceRow], list[PreferenceRow]]:
-    """(train, val, held out): rows of one prompt stay together, so no held-out question was
-    trained on; a kto split keeps both labels in the training part."""
+    """(train, val, held out): the rows of one prompt go to one part, so no held-out question
+    was trained on; the training rows are then shuffled row by row."""
     groups: dict[str, list[PreferenceRow]] = {}
     for row in rows:
         groups.setdefault(json.dumps(row.prompt, sort_keys=True), []).append(row)
@@ -264,6 +278,9 @@ def split(
     test = [r for k in order[:n_test] for r in groups[k]]
     val = [r for k in order[n_test : n_test + n_val] for r in groups[k]]
     train = [r for k in order[n_test + n_val :] for r in groups[k]]
+    # Rows of one prompt must not sit side by side in training: TRL's KTO pairs each completion
+    # with its batch neighbour's prompt for the KL estimate, which needs them mismatched.
+    random.Random(seed + 1).shuffle(train)
     return train, val, test
 
 

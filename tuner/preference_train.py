@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import methods
-from tuner.config import LORA_LIKE, Recipe
+from tuner.config import LORA_LIKE, PROMOTED, Recipe
 from tuner.durable import atomic_write_text
 from tuner.hooks import Cancelled, Hooks, register_adapter
 from tuner.layout import DataLayout
@@ -63,6 +63,11 @@ def train_preference(
     if not train_rows:
         raise ValueError(f"{data}/train.jsonl holds no rows")
     val_rows, test_rows = _rows(data / "val.jsonl"), _rows(data / "test.jsonl")
+    if recipe.parent == PROMOTED:
+        raise ValueError(
+            "parent: 'promoted' is resolved by whoever submits the run (ragtune tune, the jobs "
+            "API); name the adapter id here"
+        )
     registry = Registry(DataLayout(data_dir).adapters)
     parent = registry.get(recipe.parent) if recipe.parent else None
     if parent is not None and (parent.method not in LORA_LIKE or parent.component != "generator"):
@@ -208,7 +213,7 @@ def _trainer(
         from trl import DPOConfig, DPOTrainer
 
         args, cls = DPOConfig(**common), DPOTrainer
-    return cls(
+    trainer = cls(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -216,6 +221,8 @@ def _trainer(
         processing_class=tok,
         callbacks=[watch, _MarkWhole()],
     )
+    watch.accelerator = trainer.accelerator
+    return trainer
 
 
 def _callback_base() -> Any:
@@ -229,6 +236,7 @@ class _Watch(_callback_base()):  # type: ignore[misc]
 
     def __init__(self, hooks: Hooks | None) -> None:
         self.hooks, self.cancelled = hooks, False
+        self.accelerator: Any = None  # the trainer's, set once it exists
         self.loss: float | None = None
         self.val: float | None = None
         self.losses: list[list[float]] = []
@@ -241,15 +249,24 @@ class _Watch(_callback_base()):  # type: ignore[misc]
             self.loss = float(logs["loss"])
             self.first = self.loss if self.first is None else self.first
             self.losses.append([state.global_step, self.loss])
+            if self.hooks is not None and state.is_world_process_zero:
+                self.hooks.progress(state.global_step, state.max_steps, self.loss, None)
         if "eval_loss" in logs:
             self.val = float(logs["eval_loss"])
             self.val_losses.append([state.global_step, self.val])
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.hooks is None or not state.is_world_process_zero:
-            return
-        self.hooks.progress(state.global_step, state.max_steps, self.loss or 0.0, None)
-        if self.hooks.should_stop():
+        """The main process asks the hooks; every process learns the answer together (one
+        collective per update), so all of them stop at the same update."""
+        asked = self.hooks is not None and state.is_world_process_zero and self.hooks.should_stop()
+        acc = self.accelerator
+        if acc is None:
+            stop = asked
+        else:
+            if asked:
+                acc.set_trigger()
+            stop = acc.check_trigger()
+        if stop:
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = False

@@ -125,13 +125,24 @@ def prepare_preferences(
         else:
             assert spec.file_id is not None
             label, got = spec.file_id, pdata.read_jsonl(_uploaded(spec.file_id, files_dir))
+        if spec.feedback is None:  # rows exported from feedback keep the ids they came from
+            info["feedback_ids"] += [i for r in got for i in r.meta.get("feedback_ids", [])]
+        got = _served_alike(got, tokenizer, info["skipped"])
         hashes[f"{i}:{label}"] = pdata.dataset_hash(got)
         rows += got
     where = "feedback" if all(s.feedback for s in recipe.datasets) else None
     rows = pdata.validate(rows, tokenizer, hp.max_length, recipe.min_examples, kind, where)
     train, val, test = pdata.split(rows, hp.val_fraction, recipe.preference.held_out, hp.seed)
     if kind == "kto" and len({r.label for r in train}) < 2:
-        raise DataError([(0, "the training split holds one label only; rate more answers")])
+        raise DataError(
+            [
+                (
+                    0,
+                    "the training split holds one label only (the held-out and validation "
+                    "prompts took the other); rate more answers or lower preference.held_out",
+                )
+            ]
+        )
     out = job_dir / "data"
     out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", train), ("val", val), ("test", test)):
@@ -154,6 +165,22 @@ def prepare_preferences(
         f"; skipped {info['skipped']}" if info["skipped"] else "",
     )
     return prepared
+
+
+def _served_alike(rows: list[Any], tokenizer: Any, skipped: dict[str, int]) -> list[Any]:
+    """The rows whose prompt is as many tokens now as when it was served (``prompt_tokens``,
+    where the row knows it): another tokenizer or chat template would train on other text."""
+    from tuner import preference_data as pdata
+
+    kept = []
+    for row in rows:
+        served = row.meta.get("prompt_tokens")
+        if served is not None and len(pdata.prompt_ids(tokenizer, row.prompt)) != served:
+            reason = "served with another tokenizer or chat template"
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        kept.append(row)
+    return kept
 
 
 def prepare_pairs(

@@ -234,19 +234,17 @@ def _check_file(ds: DatasetBody, component: str, method: str, files_dir: Path) -
     if component != "generator" or recorded is None:
         return
     if method in PREFERENCE_METHODS or recorded in PREFERENCE_METHODS:
-        if recorded != method:
-            raise ValueError(
-                f"dataset: uploaded file {ds.file_id} holds {recorded} records; method "
-                f"{method} trains on {method} rows"
-                + (
-                    " (completion and label)"
-                    if method == "kto"
-                    else " (chosen and rejected)"
-                    if method == "dpo"
-                    else ""
-                )
+        if recorded == method:
+            return
+        if method not in PREFERENCE_METHODS:
+            want = f"method {recorded} (preference rows train kto or dpo, not {method})"
+        else:
+            want = f"{method} rows" + (
+                " (completion, label)" if method == "kto" else " (chosen, rejected)"
             )
-        return
+        raise ValueError(
+            f"dataset: uploaded file {ds.file_id} holds {recorded} records; this job needs {want}"
+        )
     reads = TEMPLATE_READS[ds.template] if ds.format == "auto" else (ds.format,)
     if recorded not in reads:
         how = f"template {ds.template!r}" + (
@@ -290,6 +288,11 @@ def _check_parent(body: JobBody, state: AppState) -> None:
                 f"parent: {record.id} is a {record.method} adapter; {body.method} continues a "
                 f"LoRA ({', '.join(LORA_LIKE)})"
             )
+        served = base_model(body.component, state.settings)
+        if record.base_model != served:
+            raise ValueError(
+                f"parent: {record.id} adapts {record.base_model}, not the service's {served}"
+            )
     elif body.component == "generator" and record.method != body.method:
         raise ValueError(f"parent: {record.id} was trained with {record.method}, not {body.method}")
 
@@ -314,6 +317,10 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
         raise ValueError("retriever: settings for component retriever only")
     if ds.feedback is not None:
         dataset["feedback"] = ds.feedback.model_dump(exclude_unset=True)
+        if state.answers is None:
+            raise ValueError("dataset.feedback: the answer log is off (answer_log.enabled)")
+        if state.retriever is None:
+            raise ValueError("dataset.feedback: needs the document index, which is not open")
     preference = body.method in PREFERENCE_METHODS
     if _given(body.preference) and not preference:
         raise ValueError(f"preference: settings for methods {', '.join(PREFERENCE_METHODS)} only")

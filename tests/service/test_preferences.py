@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.preferences import collect, rebuild
-from service.settings import ApiKey, Settings
+from service.settings import AnswerLogSettings, ApiKey, Settings
 from tests.helpers import app_clients
 from tuner.config import FeedbackSpec, Recipe
 from tuner.preference_data import prompt_ids
@@ -211,7 +211,14 @@ def test_the_api_refuses_what_a_preference_job_cannot_do(tiny_llama: Path, tmp_p
         for body, field in cases:
             r = client.post("/v1/tune/jobs", json=body, headers=_h("ann"))
             assert r.status_code == 422, (body, r.text)
-            assert field in r.text, (body, r.text)
+            error = r.json()["error"]
+            named = [error["message"]] + [str(d["loc"]) for d in error["details"] or []]
+            assert any(field in n for n in named), (body, r.text)
+        off = make(_settings(tiny_llama, answer_log=AnswerLogSettings(enabled=False)))
+        r = off.post(
+            "/v1/tune/jobs", json={"method": "kto", "dataset": {"feedback": {}}}, headers=_h("ann")
+        )
+        assert r.status_code == 422 and "answer log is off" in r.text, r.text
 
 
 def test_uploaded_preference_files_are_recognised_and_matched_to_the_method(

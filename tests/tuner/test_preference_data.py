@@ -102,6 +102,47 @@ def test_validate_checks_kind_length_duplicates_count_and_balance(tiny_llama: Pa
     pair = PreferenceRow([{"role": "user", "content": "q"}], chosen="a", rejected="b")
     with pytest.raises(DataError, match="a dpo row; kto needs completion and label"):
         validate([pair], tok, 512, 1, "kto")
+    flipped = _kto(0, False)  # the same answer to the same question, rated the other way
+    with pytest.raises(DataError, match="contradicts line 1"):
+        validate([*good, flipped], tok, 512, 4, "kto")
+    swapped = PreferenceRow(pair.prompt, chosen="b", rejected="a", meta={"line": 2})
+    with pytest.raises(DataError, match="contradicts line 1"):
+        validate(
+            [PreferenceRow(pair.prompt, chosen="a", rejected="b", meta={"line": 1}), swapped],
+            tok,
+            512,
+            1,
+            "dpo",
+        )
+
+
+def test_rows_served_with_another_template_are_left_out(tiny_llama: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from tuner.preference_data import prompt_ids
+    from tuner.prepare import prepare_preferences
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = [_kto(i, i % 2 == 0) for i in range(12)]
+    for i, row in enumerate(rows):
+        row.meta["prompt_tokens"] = len(prompt_ids(tok, row.prompt)) + (7 if i < 2 else 0)
+    recipe = Recipe(
+        name="p",
+        method="kto",
+        datasets=[{"feedback": {}}],
+        min_examples=4,
+        hyperparameters={"val_fraction": 0.0},
+    )
+    prepare_preferences(
+        recipe,
+        tmp_path,
+        files_dir=tmp_path,
+        tokenizer=tok,
+        feedback=lambda spec, r: (rows, {"feedback_ids": [], "skipped": {}}),
+    )
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["skipped"] == {"served with another tokenizer or chat template": 2}
+    assert manifest["train"] + manifest["test"] == 10
 
 
 def test_kto_weights_bring_the_classes_into_the_recommended_ratio() -> None:
@@ -131,6 +172,10 @@ def test_recipes_refuse_what_preference_methods_cannot_train_on() -> None:
         ({"method": "lora"}, "feedback"),
         ({"method": "lora", "datasets": [{"path": "x"}], "parent": "promoted"}, "parent"),
         ({"datasets": [{"feedback": {}, "path": "x"}]}, "exactly one"),
+        ({"method": "kto", "hyperparameters": {"batch_size": 1}}, "batch_size"),
+        ({"preference": {"held_out": 0.6}, "hyperparameters": {"val_fraction": 0.5}}, "held_out"),
+        ({"hyperparameters": {"test_fraction": 0.1}}, "test_fraction"),
+        ({"hyperparameters": {"early_stopping_patience": 2}}, "early_stopping"),
     ):
         with pytest.raises(ValueError, match=named):
             Recipe(**{**base, **change})

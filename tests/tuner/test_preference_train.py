@@ -111,8 +111,32 @@ def test_a_child_continues_its_parent_and_records_the_chain(
         child_recipe, _prepare(child_recipe, tmp_path / "j2", tiny_llama), data_dir=tmp_path / "d"
     )
     assert child.parent == parent.id and child.lineage == [parent.id, child.id]
-    # Its reward is measured against the parent it continued, not the base model.
-    assert child.metrics["reward"]["accuracy"] >= 0.5
+    assert child.metrics["reward"]["accuracy"] > 0.5
+    assert len(child.feedback_ids) == len(QUESTIONS)  # the file rows' own lineage is kept
+
+
+def test_the_reference_of_a_continued_adapter_is_its_parent(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """Before any update, a child scores every held-out row with margin 0 against its reference:
+    TRL's frozen copy of the parent (against the base model the parent's gain would show)."""
+    from tuner import preference_train as pt
+    from tuner.models import load_generator
+
+    data = _file(tmp_path / "in", "dpo")
+    first = _recipe(tiny_llama, data, "dpo")
+    job = _prepare(first, tmp_path / "j1", tiny_llama)
+    parent = train(first, job, data_dir=tmp_path / "d", device="cpu")
+    assert parent.metrics["reward"]["mean_margin"] > 0  # the parent moved away from the base
+    gen = load_generator(str(tiny_llama), cache_dir=tmp_path / "models")
+    folder = Registry(tmp_path / "d" / "adapters").folder(parent.id)
+    model = pt._wrap(gen.model, first, folder)
+    rows = pt._rows(job / "data" / "train.jsonl")
+    trainer = pt._trainer(first, model, gen.tokenizer, rows, [], tmp_path / "j2", True, None)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    assert "ref" in policy.peft_config
+    start = pt.reward_accuracy(policy.eval(), gen.tokenizer, pt._rows(job / "data" / "test.jsonl"))
+    assert start["mean_margin"] == 0.0 and start["accuracy"] == 0.5
 
 
 class _StopAt:
