@@ -414,6 +414,9 @@ def main() -> None:
             continue
         tuned["gate"] = gate(args, tuned["adapter"])
         print(method, "gate:", json.dumps(tuned["gate"]["measured"]), flush=True)
+    if args.out.is_file():  # methods run in separate invocations share one results file
+        before = json.loads(args.out.read_text())
+        report["methods"] = {**before.get("methods", {}), **report["methods"]}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

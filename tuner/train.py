@@ -56,21 +56,10 @@ def train(
     from tuner.config import PREFERENCE_METHODS
 
     if recipe.method in PREFERENCE_METHODS:
-        from tuner.preference_train import train_preference
-
-        return train_preference(
-            recipe,
-            job_dir,
-            data_dir=data_dir,
-            hooks=hooks,
-            resume=resume,
-            device=device,
-            models_dir=models_dir,
-            base_path=base_path,
-        )
-    from tuner.generator_train import train_generator
-
-    return train_generator(
+        from tuner.preference_train import train_preference as run
+    else:
+        from tuner.generator_train import train_generator as run
+    return run(
         recipe,
         job_dir,
         data_dir=data_dir,
