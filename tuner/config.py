@@ -84,6 +84,7 @@ PREFERENCE_BOUNDS: dict[str, dict[str, float]] = {
     "beta": {"gt": 0, "le": 100},
     "held_out": {"ge": 0, "lt": 1},
     "max_pairs_per_question": {"ge": 1, "le": 1000},
+    "sft_weight": {"ge": 0, "le": 100},
 }
 
 
@@ -238,6 +239,10 @@ class PreferenceTuning:
     held_out: float = 0.2  # share of the rows never trained on, for reward accuracy
     # dpo: a question with several up- and down-rated answers gives at most this many pairs
     max_pairs_per_question: int = 4
+    # dpo: weight of a negative log-likelihood term on the chosen answer beside the DPO loss
+    # (RPO; 1.0 in the paper). DPO alone can lower the chosen answer's likelihood too; the
+    # term keeps it up, so the model learns to write what was preferred. 0: plain DPO.
+    sft_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _check_bounds(self, PREFERENCE_BOUNDS, "preference.")

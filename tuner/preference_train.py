@@ -212,7 +212,10 @@ def _trainer(
     else:
         from trl import DPOConfig, DPOTrainer
 
-        args, cls = DPOConfig(**common), DPOTrainer
+        losses: dict[str, Any] = {}
+        if pref.sft_weight:  # DPO plus NLL on the chosen answer (RPO)
+            losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, pref.sft_weight]}
+        args, cls = DPOConfig(**common, **losses), DPOTrainer
     trainer = cls(
         model=model,
         args=args,

@@ -79,11 +79,12 @@ def _prepare(recipe: Recipe, job: Path, tiny: Path) -> Path:
     return job
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto"])
+@pytest.mark.parametrize(("method", "sft_weight"), [("dpo", 0.0), ("dpo", 1.0), ("kto", 0.0)])
 def test_preference_method_trains_registers_and_wins_held_out(
-    method: str, tiny_llama: Path, tmp_path: Path
+    method: str, sft_weight: float, tiny_llama: Path, tmp_path: Path
 ) -> None:
     recipe = _recipe(tiny_llama, _file(tmp_path / "in", method), method)
+    recipe.preference.sft_weight = sft_weight
     job = _prepare(recipe, tmp_path / "job", tiny_llama)
     manifest = json.loads((job / "data" / "manifest.json").read_text())
     assert manifest["test"] == 6 and manifest["kind"] == method
@@ -93,6 +94,10 @@ def test_preference_method_trains_registers_and_wins_held_out(
     assert reward["rows"] == 6
     assert reward["accuracy"] > 0.5, reward  # moved toward the desirable answers
     assert record.metrics["updates"] == 10
+    if sft_weight:  # the chosen answer's NLL (a random tiny model: several nats) joins the loss
+        assert record.metrics["first_loss"] > 1.5
+    else:
+        assert record.metrics["first_loss"] < 1.0  # log 2 for dpo, about it for kto
     folder = Registry(tmp_path / "data" / "adapters").folder(record.id)
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
