@@ -207,30 +207,32 @@ def validate(
     for kto a missing label or a rarer label under ``MIN_MINORITY_SHARE`` of the rows."""
     problems: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
+
+    def bad(line: int, row: PreferenceRow, message: str) -> None:
+        answers = row.meta.get("answer_ids")  # a row from feedback: name its answers too
+        problems.append((line, f"{message} (answer {', '.join(answers)})" if answers else message))
+
     for i, row in enumerate(rows):
         line = int(row.meta.get("line", i + 1))
         if row.kind != kind:
             want = "completion and label" if kind == "kto" else "chosen and rejected"
-            problems.append((line, f"a {row.kind} row; {kind} needs {want}"))
+            bad(line, row, f"a {row.kind} row; {kind} needs {want}")
             continue
         n = length(tokenizer, row)
         if n > max_length:
-            problems.append(
-                (line, f"{n} tokens with the chat template, over max_length {max_length}")
-            )
+            bad(line, row, f"{n} tokens with the chat template, over max_length {max_length}")
             continue
         key = row.key()
         if key in seen:
-            problems.append((line, f"duplicate of line {seen[key]}"))
+            bad(line, row, f"duplicate of line {seen[key]}")
             continue
         seen[key] = line
         against = row.opposite()
         if against in seen:
-            problems.append(
-                (
-                    line,
-                    f"contradicts line {seen[against]} (the same answers, the opposite preference)",
-                )
+            bad(
+                line,
+                row,
+                f"contradicts line {seen[against]} (the same answers, the opposite preference)",
             )
     if len(rows) < min_count:
         problems.append((0, f"{len(rows)} rows, fewer than the minimum {min_count}"))

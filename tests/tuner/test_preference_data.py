@@ -102,6 +102,10 @@ def test_validate_checks_kind_length_duplicates_count_and_balance(tiny_llama: Pa
     pair = PreferenceRow([{"role": "user", "content": "q"}], chosen="a", rejected="b")
     with pytest.raises(DataError, match="a dpo row; kto needs completion and label"):
         validate([pair], tok, 512, 1, "kto")
+    long = _kto(12, True, "word " * 400)
+    long.meta = {"answer_ids": ["ans-x"]}  # a row from feedback has no file line: named so
+    with pytest.raises(DataError, match=r"over max_length 256 \(answer ans-x\)"):
+        validate([*good, long], tok, 256, 4, "kto")
     flipped = _kto(0, False)  # the same answer to the same question, rated the other way
     with pytest.raises(DataError, match="contradicts line 1"):
         validate([*good, flipped], tok, 512, 4, "kto")
