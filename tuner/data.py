@@ -354,7 +354,7 @@ def validate(
 
 
 # ---- encoding ---------------------------------------------------------------------------------
-def _render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool) -> list[int]:
+def render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool) -> list[int]:
     """Token ids of ``messages`` through the chat template (a list or a BatchEncoding)."""
     ids: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
@@ -376,13 +376,13 @@ def encode(example: Example, tokenizer: Any, max_length: int) -> dict[str, list[
     longer than ``max_length`` or the template is not prefix-stable."""
     messages, line = example.messages, int(example.meta.get("line", 0))
     try:
-        ids = _render(tokenizer, messages, prompt=False)
+        ids = render(tokenizer, messages, prompt=False)
         labels = [IGNORE] * len(ids)
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            start = _prefix_len(ids, _render(tokenizer, messages[:i], prompt=True), i)
-            end = _prefix_len(ids, _render(tokenizer, messages[: i + 1], prompt=False), i + 1)
+            start = _prefix_len(ids, render(tokenizer, messages[:i], prompt=True), i)
+            end = _prefix_len(ids, render(tokenizer, messages[: i + 1], prompt=False), i + 1)
             end = _end_of_turn(tokenizer, ids, start, end)
             labels[start:end] = ids[start:end]
     except _Bad as exc:

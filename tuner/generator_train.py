@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tuner import methods
+from tuner import methods, probe
 from tuner.checkpoints import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tuner.config import Recipe
 from tuner.hooks import Cancelled, Hooks, register_adapter
@@ -122,7 +122,7 @@ class GeneratorRecipe:
 
     def _setup_model(self, base: Any) -> None:
         recipe, main = self.recipe, self.accelerator.is_main_process
-        self.probe_before = _probe(base, self.tok) if recipe.probe and main else None
+        self.probe_before = probe.score_in_eval(base, self.tok) if recipe.probe and main else None
         parent_folder = self.registry.folder(self.parent.id) if self.parent else None
         self.model = methods.wrap(base, recipe.method, self.hp, parent_folder)
         self.model.train()
@@ -267,9 +267,7 @@ class GeneratorRecipe:
         return record
 
     def _probe_after(self, model: Any) -> dict[str, Any]:
-        from tuner import probe
-
-        before, after = self.probe_before or {}, _probe(model, self.tok)
+        before, after = self.probe_before or {}, probe.score_in_eval(model, self.tok)
         return {"before": before, "after": after, **probe.compare(before, after)}
 
     def _register(self, model: Any, metrics: dict[str, Any]) -> Any:
@@ -323,17 +321,6 @@ def _scheduler(optimizer: Any, name: str, warmup: int, total: int) -> Any:
 
     kind = "constant_with_warmup" if name == "constant" else name
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-
-
-def _probe(model: Any, tok: Any) -> dict[str, float]:
-    from tuner import probe
-
-    was_training = model.training
-    model.eval()
-    try:
-        return dict(probe.score(model, tok))
-    finally:
-        model.train(was_training)
 
 
 def _metrics(state: TrainState, stopped_early: bool, trainable: int, total: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from retriever import jsonl
-from tuner.data import ROLES, DataError
+from tuner.data import ROLES, DataError, render
 from tuner.durable import atomic_write_lines
 
 KINDS = ("kto", "dpo")
@@ -171,27 +171,16 @@ def _label(rec: dict[str, Any]) -> bool:
 
 # ---- checking ---------------------------------------------------------------------------------
 def prompt_ids(tokenizer: Any, prompt: list[dict[str, str]]) -> list[int]:
-    return _ids(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+    """The prompt's tokens through the chat template, ready for the assistant's turn."""
+    return render(tokenizer, prompt, prompt=True)
 
 
 def length(tokenizer: Any, row: PreferenceRow) -> int:
     """Tokens of the prompt and its longest completion, through the chat template."""
     return max(
-        len(
-            _ids(
-                tokenizer.apply_chat_template(
-                    [*row.prompt, {"role": "assistant", "content": c}], tokenize=True
-                )
-            )
-        )
+        len(render(tokenizer, [*row.prompt, {"role": "assistant", "content": c}], prompt=False))
         for c in row.completions()
     )
-
-
-def _ids(ids: Any) -> list[int]:
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
 
 
 def validate(

@@ -15,7 +15,7 @@ After training, reward accuracy on the held-out rows (``test.jsonl``, never trai
 implicit reward of a completion is ``log p_tuned - log p_parent`` (summed over its tokens); a
 dpo pair is right when its chosen answer's reward beats its rejected one's, a kto row when its
 reward's sign matches its label. The parent scores 0.5 by construction (its rewards are 0), so
-the eval gate (``eval.preference_gate``) asks whether the tuned adapter beats that.
+the eval gate (``eval.gate``) asks whether the tuned adapter beats that.
 
 Knows nothing of HTTP, jobs, the answer log or the live index.
 """
@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuner import methods
+from tuner import methods, probe
 from tuner.config import LORA_LIKE, PROMOTED, Recipe
+from tuner.data import render
 from tuner.durable import atomic_write_text
 from tuner.hooks import Cancelled, Hooks, register_adapter
 from tuner.layout import DataLayout
@@ -87,7 +88,7 @@ def train_preference(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = _wrap(gen.model, recipe, registry.folder(parent.id) if parent else None)
-    probe_before = _probe(model, tok) if recipe.probe else None
+    probe_before = probe.score_in_eval(model, tok) if recipe.probe else None
 
     started = time.perf_counter()
     trainer = _trainer(recipe, model, tok, train_rows, val_rows, job_dir, cpu, hooks)
@@ -108,9 +109,7 @@ def train_preference(
     if recipe.method == "kto":
         metrics["kto_weights"] = list(pdata.kto_weights(train_rows))
     if probe_before is not None:
-        from tuner import probe
-
-        after = _probe(policy, tok)
+        after = probe.score_in_eval(policy, tok)
         metrics["probe"] = {
             "before": probe_before,
             "after": after,
@@ -313,11 +312,7 @@ def completion_logp(model: Any, tok: Any, prompt: list[dict[str, str]], completi
     from tuner import preference_data as pdata
 
     start = len(pdata.prompt_ids(tok, prompt))
-    full = pdata._ids(
-        tok.apply_chat_template(
-            [*prompt, {"role": "assistant", "content": completion}], tokenize=True
-        )
-    )
+    full = render(tok, [*prompt, {"role": "assistant", "content": completion}], prompt=False)
     device = next(model.parameters()).device
     ids = torch.tensor([full], device=device)
     with torch.no_grad():
@@ -362,17 +357,6 @@ def reward_accuracy(policy: Any, tok: Any, rows: list[Any]) -> dict[str, Any]:
 
 
 # ---- probe and results ----------------------------------------------------------------------
-def _probe(model: Any, tok: Any) -> dict[str, float]:
-    from tuner import probe
-
-    was = model.training
-    model.eval()
-    try:
-        return dict(probe.score(model, tok))
-    finally:
-        model.train(was)
-
-
 def _metrics(
     trainer: Any, watch: _Watch, seconds: float, recipe: Recipe, n_train: int, n_val: int
 ) -> dict[str, Any]:

@@ -153,6 +153,16 @@ def score(model: Any, tokenizer: Any, batch_size: int = 8) -> dict[str, float]:
     }
 
 
+def score_in_eval(model: Any, tokenizer: Any) -> dict[str, float]:
+    """``score`` with the model in eval mode (no dropout), its training mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        return dict(score(model, tokenizer))
+    finally:
+        model.train(was_training)
+
+
 def compare(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Deltas (after - before) and ``forgetting``: NLL up by more than 10% of its value before,
     or accuracy down by more than 0.1."""
