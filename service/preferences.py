@@ -12,6 +12,9 @@ out and counted under a reason (stale passages, a deleted document, an expired r
 - dpo: a correction is chosen over the answer it corrects; answers to the same prompt rated up
   and down make pairs (at most ``preference.max_pairs_per_question`` per prompt).
 
+An answer a token limit cut off (finish reason ``length``) is marked ``cut``, and so is a
+correction that keeps the cut answer's last words: they train without an end of turn.
+
 A rating's id is ``<answer id>:<key name>``; the ids used go into the adapter's registry record.
 Knows nothing of HTTP; the tuner trains on what this returns.
 """
@@ -145,12 +148,14 @@ def _kto(
         else:
             ids = [_id(i) for i in items]
             meta = _meta(answer_id, ids, records[answer_id]["prompt_tokens"])
-            add(PreferenceRow(shown, text, labels == {"up"}, meta=meta))
+            cut = ("completion",) if cut_off(records[answer_id]) else ()
+            add(PreferenceRow(shown, text, labels == {"up"}, meta=meta, cut=cut))
         for item in items:
             correction = item.get("correction")
             if spec.corrections and correction and correction.strip() != text.strip():
                 meta = _meta(answer_id, [_id(item)], records[answer_id]["prompt_tokens"])
-                add(PreferenceRow(shown, correction, True, meta=meta))
+                cut = ("completion",) if cut_off(records[answer_id], correction) else ()
+                add(PreferenceRow(shown, correction, True, meta=meta, cut=cut))
     return list(rows.values())
 
 
@@ -172,11 +177,14 @@ def _dpo(
         for item in items:
             correction = item.get("correction")
             if spec.corrections and correction and correction.strip() != text.strip():
+                record = records[answer_id]
                 row = PreferenceRow(
                     prompts[answer_id],
                     chosen=correction,
                     rejected=text,
-                    meta=_meta(answer_id, [_id(item)], records[answer_id]["prompt_tokens"]),
+                    meta=_meta(answer_id, [_id(item)], record["prompt_tokens"]),
+                    cut=(("chosen",) if cut_off(record, correction) else ())
+                    + (("rejected",) if cut_off(record) else ()),
                 )
                 rows.setdefault(row.key(), row)
         labels = {i["rating"] for i in items}
@@ -198,6 +206,8 @@ def _dpo(
                     "feedback_ids": up[2] + down[2],
                     "prompt_tokens": records[up[0]]["prompt_tokens"],
                 },
+                cut=(("chosen",) if cut_off(records[up[0]]) else ())
+                + (("rejected",) if cut_off(records[down[0]]) else ()),
             )
             rows.setdefault(row.key(), row)
     paired = {i for r in rows.values() for i in r.meta["feedback_ids"]}
@@ -211,6 +221,19 @@ def _dpo(
     if unpaired:
         skipped["no pair (a correction, or an opposite rating of the same prompt)"] += unpaired
     return list(rows.values())
+
+
+KEPT_WORDS = 3  # a correction ending in the cut answer's last words is cut there too
+
+
+def cut_off(record: dict[str, Any], correction: str | None = None) -> bool:
+    """Whether the answer (or ``correction`` of it) ends where a token limit cut it off."""
+    if record.get("finish_reason") != "length":
+        return False
+    if correction is None:
+        return True
+    tail = record["answer"].split()[-KEPT_WORDS:]
+    return bool(tail) and correction.split()[-KEPT_WORDS:] == tail
 
 
 def _meta(answer_id: str, ids: list[str], prompt_tokens: int | None) -> dict[str, Any]:

@@ -354,9 +354,14 @@ def validate(
 
 
 # ---- encoding ---------------------------------------------------------------------------------
-def render(tokenizer: Any, messages: list[dict[str, str]], prompt: bool) -> list[int]:
-    """Token ids of ``messages`` through the chat template (a list or a BatchEncoding)."""
-    ids: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True)
+def render(
+    tokenizer: Any, messages: list[dict[str, str]], prompt: bool, cut: bool = False
+) -> list[int]:
+    """Token ids of ``messages`` through the chat template (a list or a BatchEncoding); with
+    ``cut`` the last (assistant) turn is left open, without its end of turn."""
+    ids: Any = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=prompt, continue_final_message=cut, tokenize=True
+    )
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return [int(i) for i in ids]

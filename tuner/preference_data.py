@@ -7,12 +7,14 @@ system turn and passages included; completions are assistant turns):
 - dpo, paired: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``
 
 A prompt may also be a string (one user turn), a completion a string, and a KTO label ``up`` or
-``down``. ``meta`` travels with a row (its line, the feedback it came from) and never reaches a
-trainer. Every problem is collected with its line and raised as one ``tuner.data.DataError``:
-bad fields, empty completions, a chosen equal to its rejected, prompt plus completion over the
-token limit through the tokenizer's own chat template, duplicates, too few rows, and for KTO a
-class balance too lopsided to learn from. ``split`` holds a share out for reward accuracy.
-Knows nothing of the answer log, models or training loops.
+``down``. ``cut`` (optional) names the completions that were cut off by a token limit, not ended
+by the model: ``["rejected"]``. Those train without the end of turn, so the model does not learn
+to stop where a limit stopped it. ``meta`` travels with a row (its line, the feedback it came
+from) and never reaches a trainer. Every problem is collected with its line and raised as one
+``tuner.data.DataError``: bad fields, empty completions, a chosen equal to its rejected,
+prompt plus completion over the token limit through the tokenizer's own chat template,
+duplicates, too few rows, and for KTO a class balance too lopsided to learn from. ``split``
+holds a share out for reward accuracy. Knows nothing of the answer log, models or training loops.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tuner.data import ROLES, DataError, render
 from tuner.durable import atomic_write_lines
 
 KINDS = ("kto", "dpo")
+SIDES = {"kto": ("completion",), "dpo": ("chosen", "rejected")}
 MIN_MINORITY_SHARE = 0.1  # kto: the rarer label must be at least this share of the rows
 
 
@@ -42,15 +45,23 @@ class PreferenceRow:
     chosen: str | None = None
     rejected: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    cut: tuple[str, ...] = ()  # the sides (SIDES) a token limit cut off: no end of turn
 
     @property
     def kind(self) -> str:
         return "dpo" if self.chosen is not None else "kto"
 
+    def sides(self) -> tuple[str, ...]:
+        return SIDES[self.kind]
+
     def completions(self) -> list[str]:
         if self.kind == "dpo":
             return [str(self.chosen), str(self.rejected)]
         return [str(self.completion)]
+
+    def trl_columns(self) -> dict[str, Any]:
+        """``to_trl`` plus one ``<side>_cut`` flag per completion, for the trainer's dataset."""
+        return {**self.to_trl(), **{f"{s}_cut": s in self.cut for s in self.sides()}}
 
     def to_trl(self) -> dict[str, Any]:
         """The row as TRL's conversational datasets hold it (no meta)."""
@@ -67,7 +78,8 @@ class PreferenceRow:
         return {"prompt": self.prompt, "completion": turn(self.completion), "label": self.label}
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.to_trl(), "meta": self.meta}
+        cut = {"cut": list(self.cut)} if self.cut else {}
+        return {**self.to_trl(), **cut, "meta": self.meta}
 
     def key(self) -> str:
         return json.dumps([self.prompt, self.completions(), self.label], sort_keys=True)
@@ -124,10 +136,13 @@ def parse(rec: Any) -> PreferenceRow:
         chosen, rejected = _completion(rec, "chosen"), _completion(rec, "rejected")
         if chosen.strip() == rejected.strip():
             raise _Bad("chosen and rejected are the same answer")
-        return PreferenceRow(prompt, chosen=chosen, rejected=rejected, meta=meta)
-    if "completion" in rec:
-        return PreferenceRow(prompt, _completion(rec, "completion"), _label(rec), meta=meta)
-    raise _Bad("needs completion and label (kto) or chosen and rejected (dpo)")
+        row = PreferenceRow(prompt, chosen=chosen, rejected=rejected, meta=meta)
+    elif "completion" in rec:
+        row = PreferenceRow(prompt, _completion(rec, "completion"), _label(rec), meta=meta)
+    else:
+        raise _Bad("needs completion and label (kto) or chosen and rejected (dpo)")
+    row.cut = _cut(rec.get("cut", []), row.sides())
+    return row
 
 
 def _prompt(value: Any) -> list[dict[str, str]]:
@@ -160,6 +175,12 @@ def _completion(rec: dict[str, Any], key: str) -> str:
     return value
 
 
+def _cut(value: Any, sides: tuple[str, ...]) -> tuple[str, ...]:
+    if not isinstance(value, list) or any(v not in sides for v in value):
+        raise _Bad(f"field 'cut' must be a list of {list(sides)}, got {value!r}")
+    return tuple(dict.fromkeys(value))
+
+
 def _label(rec: dict[str, Any]) -> bool:
     value = rec.get("label")
     if isinstance(value, bool):
@@ -173,6 +194,13 @@ def _label(rec: dict[str, Any]) -> bool:
 def prompt_ids(tokenizer: Any, prompt: list[dict[str, str]]) -> list[int]:
     """The prompt's tokens through the chat template, ready for the assistant's turn."""
     return render(tokenizer, prompt, prompt=True)
+
+
+def closing(tokenizer: Any) -> list[int]:
+    """The tokens the chat template puts after an assistant turn's text (its end of turn)."""
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    whole, open_ = render(tokenizer, turns, prompt=False), render(tokenizer, turns, False, cut=True)
+    return whole[len(open_) :] if whole[: len(open_)] == open_ else []
 
 
 def length(tokenizer: Any, row: PreferenceRow) -> int:

@@ -199,8 +199,8 @@ def _trainer(
         "dataloader_num_workers": 0,
         "remove_unused_columns": False,
     }
-    train_set = Dataset.from_list([r.to_trl() for r in train_rows])
-    val_set = Dataset.from_list([r.to_trl() for r in val_rows]) if val_rows else None
+    train_set = Dataset.from_list([r.trl_columns() for r in train_rows])
+    val_set = Dataset.from_list([r.trl_columns() for r in val_rows]) if val_rows else None
     watch = _Watch(hooks)
     if recipe.method == "kto":
         from trl import KTOConfig, KTOTrainer
@@ -215,7 +215,7 @@ def _trainer(
         if pref.sft_weight:  # DPO plus NLL on the chosen answer (RPO)
             losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, pref.sft_weight]}
         args, cls = DPOConfig(**common, **losses), DPOTrainer
-    trainer = cls(
+    trainer = _leaving_cuts_open(cls)(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -225,6 +225,43 @@ def _trainer(
     )
     watch.accelerator = trainer.accelerator
     return trainer
+
+
+def _leaving_cuts_open(cls: Any) -> Any:
+    """``cls`` (TRL's KTOTrainer or DPOTrainer) tokenizing a completion flagged ``<side>_cut``
+    without its end of turn. TRL closes every conversational completion; an answer a token
+    limit cut off was never ended by the model, and training its end of turn would teach the
+    model to stop where the limit stopped it."""
+    from tuner import preference_data as pdata
+
+    class LeavingCutsOpen(cls):  # type: ignore[misc, valid-type]
+        def _prepare_dataset(self, dataset: Any, tok: Any, args: Any, name: str) -> Any:
+            dataset = super()._prepare_dataset(dataset, tok, args, name)
+            end = pdata.closing(tok)
+            sides = [s for s in ("completion", "chosen", "rejected") if f"{s}_cut" in dataset[0]]
+            if not end or not sides:
+                return dataset
+
+            def open_(example: dict[str, Any]) -> dict[str, Any]:
+                for side in sides:
+                    ids = example[f"{side}_ids"]
+                    if example[f"{side}_cut"] and ids[-len(end) :] == end and len(ids) > len(end):
+                        example[f"{side}_ids"] = ids[: -len(end)]
+                return example
+
+            dataset = dataset.map(open_)
+            if "KL_completion_ids" in dataset.column_names:  # kto: rotate the opened completions
+
+                def rotate(batch: dict[str, Any]) -> dict[str, Any]:
+                    ids = batch["completion_ids"]
+                    batch["KL_completion_ids"] = [ids[-1], *ids[:-1]]
+                    return batch
+
+                size = args.per_device_train_batch_size
+                dataset = dataset.map(rotate, batched=True, batch_size=size)
+            return dataset
+
+    return LeavingCutsOpen
 
 
 def _callback_base() -> Any:
@@ -305,14 +342,18 @@ def _whole_checkpoint(root: Path) -> Path | None:
 
 
 # ---- reward accuracy ----------------------------------------------------------------------
-def completion_logp(model: Any, tok: Any, prompt: list[dict[str, str]], completion: str) -> float:
-    """Summed log-probability of ``completion`` (with its end of turn) after ``prompt``."""
+def completion_logp(
+    model: Any, tok: Any, prompt: list[dict[str, str]], completion: str, cut: bool = False
+) -> float:
+    """Summed log-probability of ``completion`` after ``prompt``, with its end of turn unless
+    ``cut`` (a token limit cut it off)."""
     import torch
 
     from tuner import preference_data as pdata
 
     start = len(pdata.prompt_ids(tok, prompt))
-    full = render(tok, [*prompt, {"role": "assistant", "content": completion}], prompt=False)
+    turns = [*prompt, {"role": "assistant", "content": completion}]
+    full = render(tok, turns, prompt=False, cut=cut)
     device = next(model.parameters()).device
     ids = torch.tensor([full], device=device)
     with torch.no_grad():
@@ -332,19 +373,20 @@ def reward_accuracy(policy: Any, tok: Any, rows: list[Any]) -> dict[str, Any]:
 
     ref_name = "ref" if "ref" in getattr(policy, "peft_config", {}) else None
 
-    def reward(prompt: list[dict[str, str]], text: str) -> float:
-        mine = completion_logp(policy, tok, prompt, text)
+    def reward(row: Any, side: str) -> float:
+        text, cut = getattr(row, side), side in row.cut
+        mine = completion_logp(policy, tok, row.prompt, text, cut)
         with use_adapter(policy, ref_name):
-            theirs = completion_logp(policy, tok, prompt, text)
+            theirs = completion_logp(policy, tok, row.prompt, text, cut)
         return mine - theirs
 
     right: list[float] = []
     margins = []
     for row in rows:
         if row.kind == "dpo":
-            margin = reward(row.prompt, row.chosen) - reward(row.prompt, row.rejected)
+            margin = reward(row, "chosen") - reward(row, "rejected")
         else:
-            r = reward(row.prompt, row.completion)
+            r = reward(row, "completion")
             margin = r if row.label else -r
         margins.append(margin)
         right.append(1.0 if margin > 0 else 0.5 if margin == 0 else 0.0)

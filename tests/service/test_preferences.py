@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.preferences import collect, rebuild
+from service.preferences import collect, cut_off, rebuild
 from service.settings import AnswerLogSettings, ApiKey, Settings
 from tests.helpers import app_clients
 from tuner.config import FeedbackSpec, Recipe
@@ -124,8 +124,17 @@ def test_rated_answers_become_rows_whose_prompts_are_the_served_ones(
         assert "apt install as root" in prompt[0]["content"]
         assert record["prompt_tokens"] == len(prompt_ids(state.generator.tokenizer, prompt))
 
+        # Three-token answers end at their limit: they train without an end of turn; the
+        # correction, written anew, is a whole answer.
+        for answer_id, row in by_answer.items():
+            cut = log.get(answer_id)["finish_reason"] == "length"
+            assert row.cut == (("completion",) if cut else ())
+        assert any(row.cut for row in by_answer.values())
+
         dpo, used = collect(log, retriever, FeedbackSpec(), _recipe(tiny_llama, "dpo"))
         assert [(r.chosen, r.rejected) for r in dpo] == [("run apt install [1]", fixed["answer"])]
+        assert "chosen" not in dpo[0].cut
+        assert ("rejected" in dpo[0].cut) is (record["finish_reason"] == "length")
 
         # A document edit makes its ratings stale: left out, with the reason.
         changed = {"text": "apt was replaced by something else entirely here."}
@@ -239,3 +248,13 @@ def test_uploaded_preference_files_are_recognised_and_matched_to_the_method(
             "/v1/tune/jobs", json={"method": "lora", "dataset": file_id}, headers=_h("ann")
         )
         assert sft.status_code == 422 and "dpo records" in sft.text
+
+
+def test_an_answer_cut_by_its_limit_and_a_correction_keeping_its_end_are_cut() -> None:
+    cut = {"finish_reason": "length", "answer": "Use apt to install a package on the"}
+    whole = {**cut, "finish_reason": "stop"}
+    assert cut_off(cut) and not cut_off(whole)
+    assert cut_off(cut, "Use apt [1] to install a package on the")  # an edit inside it
+    assert not cut_off(cut, "Use apt install [1].")  # rewritten: the user's answer is whole
+    assert not cut_off(whole, "Use apt [1] to install a package on the")
+    assert not cut_off({"finish_reason": None, "answer": "old record"})

@@ -13,10 +13,12 @@ from tuner.config import Recipe
 from tuner.data import DataError
 from tuner.preference_data import (
     PreferenceRow,
+    closing,
     kto_weights,
     read_jsonl,
     split,
     validate,
+    write_jsonl,
 )
 
 
@@ -183,3 +185,42 @@ def test_recipes_refuse_what_preference_methods_cannot_train_on() -> None:
     ):
         with pytest.raises(ValueError, match=named):
             Recipe(**{**base, **change})
+
+
+def test_cut_names_the_sides_a_token_limit_cut_and_survives_a_round_trip(
+    tmp_path: Path,
+) -> None:
+    bad = _write(
+        tmp_path / "bad.jsonl",
+        [
+            {"prompt": "q1", "chosen": "a", "rejected": "b", "cut": ["completion"]},
+            {"prompt": "q2", "completion": "a", "label": True, "cut": "completion"},
+        ],
+    )
+    with pytest.raises(DataError) as err:
+        read_jsonl(bad)
+    lines = dict(err.value.problems)
+    assert "field 'cut'" in lines[1] and "['chosen', 'rejected']" in lines[1]
+    assert "field 'cut'" in lines[2]
+
+    rows = [PreferenceRow([{"role": "user", "content": "q"}], chosen="a [1]", rejected="a")]
+    rows[0].cut = ("rejected",)
+    path = tmp_path / "out.jsonl"
+    write_jsonl(rows, path)
+    (back,) = read_jsonl(path)
+    assert back.cut == ("rejected",)
+    assert back.trl_columns()["rejected_cut"] and not back.trl_columns()["chosen_cut"]
+    assert "cut" not in back.to_trl()  # TRL sees its own row shape
+
+
+def test_closing_is_the_end_of_turn_the_template_adds(tiny_llama: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from tuner.data import render
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    end = closing(tok)
+    assert end, "the tiny model's chat template closes assistant turns"
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "an answer"}]
+    whole, cut = render(tok, turns, prompt=False), render(tok, turns, prompt=False, cut=True)
+    assert whole == cut + end

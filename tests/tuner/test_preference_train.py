@@ -174,3 +174,45 @@ def test_cancel_stops_and_registers_nothing_then_resume_finishes(
     record = train(recipe, job, data_dir=tmp_path / "d", hooks=Count(10**9))
     assert seen[0] == 5 and seen[-1] == 10  # went on from update 4
     assert record.metrics["updates"] == 10
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_a_completion_a_token_limit_cut_trains_without_its_end_of_turn(
+    method: str, tiny_llama: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner import preference_data as pdata
+    from tuner.preference_train import _trainer, _wrap, completion_logp
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    end = pdata.closing(tok)
+    rows = []
+    for i, q in enumerate(QUESTIONS[:8]):
+        if method == "dpo":
+            row = pdata.PreferenceRow(_prompt(q), chosen=GOOD, rejected=BAD)
+            row.cut = ("rejected",) if i % 2 else ()
+        else:
+            row = pdata.PreferenceRow(_prompt(q), GOOD if i % 2 else BAD, bool(i % 2))
+            row.cut = ("completion",) if i % 4 < 2 else ()
+        rows.append(row)
+    recipe = _recipe(tiny_llama, tmp_path / "unused.jsonl", method)
+    model = _wrap(AutoModelForCausalLM.from_pretrained(tiny_llama), recipe, None)
+    trainer = _trainer(recipe, model, tok, rows, [], tmp_path / "job", True, None)
+    data = trainer.train_dataset
+    assert len(data) == len(rows)
+    for row, example in zip(rows, data, strict=True):
+        for side in row.sides():
+            ids = example[f"{side}_ids"]
+            assert (ids[-len(end) :] == end) is (side not in row.cut), (side, row.cut)
+    if method == "kto":  # the KL completions are the opened completions, rotated per batch
+        size = recipe.hyperparameters.batch_size
+        completions = data["completion_ids"]
+        for start in range(0, len(data), size):
+            batch = completions[start : start + size]
+            assert data["KL_completion_ids"][start : start + size] == [batch[-1], *batch[:-1]]
+
+    # The reward's log-probability leaves the end of turn out the same way.
+    closed = completion_logp(model, tok, _prompt(QUESTIONS[0]), BAD)
+    opened = completion_logp(model, tok, _prompt(QUESTIONS[0]), BAD, cut=True)
+    assert opened > closed  # the closed one adds the end of turn's (negative) log-probability
