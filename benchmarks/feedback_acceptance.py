@@ -56,6 +56,8 @@ from eval.answers import cited, groundedness  # noqa: E402
 RAGTUNE = str(Path(sys.executable).parent / "ragtune")
 SUPPORT = 0.5  # share of an answer's content words a passage must hold to support it
 MARKER = re.compile(r" ?\[\d{1,2}\]")
+NUMBER = re.compile(r"\[(\d{1,3})\]")
+PARTIAL = re.compile(r"\s*\[\d{0,2}$")  # a marker the token limit cut in half
 FIRST_END = re.compile(r"[.!?](?=\s|$)|\n")  # the end of the first sentence, or line
 
 
@@ -151,15 +153,19 @@ def supports(answer: str, passage: dict[str, Any], q: dict[str, Any]) -> bool:
 
 
 def rate(answer: str, citations: list[dict[str, Any]], q: dict[str, Any]) -> str:
+    """Up when the answer marks passages, every marked passage supports it and no marker names
+    a passage that was not shown."""
     marks = cited(answer, len(citations))
-    ok = bool(marks) and all(supports(answer, citations[n - 1], q) for n in marks)
+    named = {int(m) for m in NUMBER.findall(answer)}
+    ok = bool(marks) and named <= set(marks)
+    ok = ok and all(supports(answer, citations[n - 1], q) for n in marks)
     return "up" if ok else "down"
 
 
 def correct(answer: str, citations: list[dict[str, Any]], q: dict[str, Any]) -> str | None:
     """The answer, as written, with its markers removed and the right one put at the end of its
     first sentence (or line); None when no passage supports it."""
-    text = MARKER.sub("", answer).strip()
+    text = PARTIAL.sub("", MARKER.sub("", answer)).strip()
     if not text:
         return None
     right = next(
@@ -183,25 +189,35 @@ def correct(answer: str, citations: list[dict[str, Any]], q: dict[str, Any]) -> 
     return f"{text[:at]} [{right}]{text[at:]}"
 
 
+def ratings_path(args: argparse.Namespace) -> Path:
+    suffix = f"-r2-{args.round2}" if args.round2 else ""
+    return args.data_dir / f"rater-ratings{suffix}.jsonl"
+
+
 def rate_all(args: argparse.Namespace, qs: list[dict[str, Any]]) -> dict[str, Any]:
-    path = args.data_dir / "rater-ratings.jsonl"
+    """Rate today's generator (rag on the base model), or with ``--round2`` the answers of the
+    adapter a first round trained (hybrid: the same retrieval, the adapter's weights)."""
+    path = ratings_path(args)
+    since = path.with_suffix(".since")
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return summarise_ratings(rows, reused=True)
+        return {**summarise_ratings(rows, reused=True), "since": float(since.read_text())}
+    since.write_text(repr(time.time()))
     proc, url = start_server(args)
     rng = random.Random(args.seed)
     jobs = [(i, s) for i in range(len(qs)) for s in range(args.samples)]
     fix = {j: rng.random() < args.correct_share for j in jobs}
     started = time.perf_counter()
 
-    model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+    model = args.round2 or httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+    tuned = {"mode": "hybrid", "adapter": args.round2} if args.round2 else {"mode": "rag"}
 
     def ask(client: httpx.Client, q: dict[str, Any], i: int, s: int) -> dict[str, Any]:
         """Sample 0 greedy through /v1/query; the others sampled through the chat API."""
         if not s:
             body = {
                 "question": q["question"],
-                "mode": "rag",
+                **tuned,
                 "k": args.k,
                 "max_new_tokens": args.max_new_tokens,
             }
@@ -260,6 +276,7 @@ def rate_all(args: argparse.Namespace, qs: list[dict[str, Any]]) -> dict[str, An
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = summarise_ratings(rows)
     out["seconds"] = round(time.perf_counter() - started, 1)
+    out["since"] = float(since.read_text())
     return out
 
 
@@ -284,18 +301,34 @@ def run(cmd: list[str], args: argparse.Namespace, log: Path) -> float:
     return time.perf_counter() - started
 
 
-def tune(args: argparse.Namespace, method: str) -> dict[str, Any]:
+def round2_recipe(args: argparse.Namespace, method: str, since: float) -> Path:
+    """The method's feedback recipe continuing the first round's adapter, on the ratings of its
+    own answers only (those given since the second round began)."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "configs" / f"{method}-feedback.yaml").read_text())
+    recipe["parent"] = args.round2
+    recipe["datasets"] = [{"feedback": {"corrections": True, "since": since}}]
+    path = args.data_dir / f"{method}-feedback-r2.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def tune(args: argparse.Namespace, method: str, since: float | None = None) -> dict[str, Any]:
     from tuner.registry import Registry
 
     registry = Registry(args.data_dir / "adapters")
-    name = f"bench-{method}"
+    name = f"bench-{method}-r2" if args.round2 else f"bench-{method}"
     found = [r for r in registry.list() if r.name == name]
     if found and not args.again:
         record = max(found, key=lambda r: r.version)
         seconds = None
     else:
         recipe = ROOT / "configs" / f"{method}-feedback.yaml"
-        log = args.data_dir / f"tune-{method}.log"
+        if args.round2:
+            assert since is not None
+            recipe = round2_recipe(args, method, since)
+        log = args.data_dir / f"tune-{name}.log"
         seconds = run(
             [
                 RAGTUNE,
@@ -356,6 +389,27 @@ def gate(args: argparse.Namespace, adapter: str) -> dict[str, Any]:
     return result
 
 
+def against_base(args: argparse.Namespace, adapter: str) -> dict[str, Any]:
+    """A second round's adapter (hybrid) against today's generator (rag on the base model, as
+    the first round's gate measured it): the paired bootstrap of the gate, per answer metric."""
+    from eval import stats
+
+    def rows(name: str, mode: str) -> dict[str, dict[str, Any]]:
+        path = args.data_dir / "evals" / f"gate-{name}" / "results.jsonl"
+        got = [json.loads(line) for line in path.read_text().splitlines()]
+        return {r["query_id"]: r for r in got if r["mode"] == mode}
+
+    base, tuned = rows(args.round2, "rag"), rows(adapter, "hybrid")
+    ids = sorted(set(base) & set(tuned))
+    draws = stats.resample_indices(len(ids), 10_000, args.seed)
+    out = {}
+    for metric in ("token_f1", "rouge_l", "groundedness", "citation_precision", "valid_marker"):
+        a = [base[i]["metrics"].get(metric) for i in ids]
+        b = [tuned[i]["metrics"].get(metric) for i in ids]
+        out[metric] = stats.paired(a, b, draws)
+    return out
+
+
 def measures(rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
     mine = [r for r in rows if r["mode"] == mode]
 
@@ -389,6 +443,11 @@ def main() -> None:
     parser.add_argument("--again", action="store_true", help="retrain and re-gate")
     parser.add_argument("--stop-after", choices=("questions", "rate", "tune"))
     parser.add_argument(
+        "--round2",
+        metavar="ADAPTER",
+        help="a second round: rate this first-round adapter's answers, tune on those from it",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "feedback_acceptance.json"
     )
     args = parser.parse_args()
@@ -408,12 +467,20 @@ def main() -> None:
         return
     report["methods"] = {}
     for method in args.methods.split(","):
-        report["methods"][method] = tuned = tune(args, method)
+        key = f"{method}-round2" if args.round2 else method
+        since = report["ratings"].get("since")
+        report["methods"][key] = tuned = tune(args, method, since)
         print(method, json.dumps(tuned), flush=True)
         if args.stop_after == "tune":
             continue
         tuned["gate"] = gate(args, tuned["adapter"])
         print(method, "gate:", json.dumps(tuned["gate"]["measured"]), flush=True)
+        if args.round2:
+            tuned["against_base"] = against_base(args, tuned["adapter"])
+            tuned["round2_ratings"] = report["ratings"]
+            print(method, "against base:", json.dumps(tuned["against_base"]), flush=True)
+    if args.round2 and args.out.is_file():  # the first round's ratings stay the report's
+        report["ratings"] = json.loads(args.out.read_text()).get("ratings", report["ratings"])
     if args.out.is_file():  # methods run in separate invocations share one results file
         before = json.loads(args.out.read_text())
         report["methods"] = {**before.get("methods", {}), **report["methods"]}
