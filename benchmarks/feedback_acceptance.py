@@ -394,12 +394,13 @@ def against_base(args: argparse.Namespace, adapter: str) -> dict[str, Any]:
     the first round's gate measured it): the paired bootstrap of the gate, per answer metric."""
     from eval import stats
 
-    def rows(name: str, mode: str) -> dict[str, dict[str, Any]]:
-        path = args.data_dir / "evals" / f"gate-{name}" / "results.jsonl"
-        got = [json.loads(line) for line in path.read_text().splitlines()]
+    def rows(path: Path, mode: str) -> dict[str, dict[str, Any]]:
+        got = [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
         return {r["query_id"]: r for r in got if r["mode"] == mode}
 
-    base, tuned = rows(args.round2, "rag"), rows(adapter, "hybrid")
+    gates = sorted((args.data_dir / "evals").glob("gate-*"))
+    base = next((got for g in gates if (got := rows(g, "rag"))), {})  # a first round's gate
+    tuned = rows(args.data_dir / "evals" / f"gate-{adapter}", "hybrid")
     ids = sorted(set(base) & set(tuned))
     draws = stats.resample_indices(len(ids), 10_000, args.seed)
     out = {}
