@@ -99,6 +99,10 @@ class JobRunner:
         self._proc: subprocess.Popen[bytes] | None = None
         self._current: str | None = None
         self._lock_fd: int | None = None
+        # submit and _recover both hand "validating" jobs to the validator: a job this runner
+        # submitted is its own to validate, never taken up again as one left behind
+        self._submitting = threading.Lock()
+        self._mine: set[str] = set()
 
     # ---- public ---------------------------------------------------------------------------
     def start(self) -> JobRunner:
@@ -117,12 +121,14 @@ class JobRunner:
     def submit(self, recipe_dict: Mapping[str, Any]) -> str:
         """Check the recipe (``ValueError`` at once), then validate its data in a thread."""
         recipe = self.parse(dict(recipe_dict))
-        job_id = self.store.create(recipe)
-        job_dir = self.job_dir(job_id)
-        job_dir.mkdir(parents=True)
-        atomic_write_text(job_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
-        atomic_write_text(job_dir / "job.json", json.dumps({"id": job_id, **self.options}))
-        self._validator.submit(self._validate, job_id, recipe)
+        with self._submitting:
+            job_id = self.store.create(recipe)
+            self._mine.add(job_id)
+            job_dir = self.job_dir(job_id)
+            job_dir.mkdir(parents=True)
+            atomic_write_text(job_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+            atomic_write_text(job_dir / "job.json", json.dumps({"id": job_id, **self.options}))
+            self._validator.submit(self._validate, job_id, recipe)
         return job_id
 
     def get(self, job_id: str) -> Job:
@@ -186,7 +192,9 @@ class JobRunner:
                 _stop_pid(pid, self.job_dir(job_id))
             log.info("job %s: resuming from its last checkpoint", job_id)
             self.store.requeue(job_id)
-        for job_id in self.store.ids_in("validating"):
+        with self._submitting:
+            left = [j for j in self.store.ids_in("validating") if j not in self._mine]
+        for job_id in left:
             try:
                 recipe = self.parse(self.store.get(job_id).recipe)
             except ValueError as exc:  # a spec this version no longer accepts

@@ -264,3 +264,33 @@ def test_a_stored_spec_that_no_longer_parses_fails_its_job_on_recovery(tmp_path:
     with JobRunner(tmp_path, lambda s, d: None, folder="counts", parse=Spec, poll_s=0.05) as r:
         job, _ = wait_for(lambda: r.get(stale), lambda j: j.state == "failed")
         assert "size: must be >= 1" in str(job.error)
+
+
+def test_a_job_submitted_as_the_runner_takes_its_lock_is_validated_once(
+    tmp_path: Path,
+) -> None:
+    """The runner's first act takes up jobs left "validating"; one it was handed itself, in
+    that moment, is its own and must not be prepared twice (or have its folder raced)."""
+    prepared: list[str] = []
+
+    def prepare(recipe: object, job_dir: Path) -> None:
+        prepared.append(job_dir.name)
+        fake_trainer.prepare(recipe, job_dir)
+
+    runner = make_runner(tmp_path, prepare=prepare)
+    create = runner.store.create
+
+    def create_then_race(spec: object) -> str:  # the supervisor takes the lock right now
+        job_id = create(spec)
+        taking = threading.Thread(target=runner._take_lock)
+        taking.start()
+        taking.join(0.5)
+        return job_id
+
+    runner.store.create = create_then_race
+    job_id = runner.submit(recipe("early"))
+    runner.store.create = create
+    with runner.start():
+        job, _ = wait_for(lambda: runner.get(job_id), lambda j: j.state == "succeeded")
+        assert job.state == "succeeded"
+    assert prepared == [job_id]
