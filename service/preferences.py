@@ -148,13 +148,13 @@ def _kto(
         else:
             ids = [_id(i) for i in items]
             meta = _meta(answer_id, ids, records[answer_id]["prompt_tokens"])
-            cut = ("completion",) if cut_off(records[answer_id]) else ()
+            cut = _sides(completion=cut_off(records[answer_id]))
             add(PreferenceRow(shown, text, labels == {"up"}, meta=meta, cut=cut))
         for item in items:
             correction = item.get("correction")
             if spec.corrections and correction and correction.strip() != text.strip():
                 meta = _meta(answer_id, [_id(item)], records[answer_id]["prompt_tokens"])
-                cut = ("completion",) if cut_off(records[answer_id], correction) else ()
+                cut = _sides(completion=cut_off(records[answer_id], correction))
                 add(PreferenceRow(shown, correction, True, meta=meta, cut=cut))
     return list(rows.values())
 
@@ -183,8 +183,7 @@ def _dpo(
                     chosen=correction,
                     rejected=text,
                     meta=_meta(answer_id, [_id(item)], record["prompt_tokens"]),
-                    cut=(("chosen",) if cut_off(record, correction) else ())
-                    + (("rejected",) if cut_off(record) else ()),
+                    cut=_sides(chosen=cut_off(record, correction), rejected=cut_off(record)),
                 )
                 rows.setdefault(row.key(), row)
         labels = {i["rating"] for i in items}
@@ -206,8 +205,7 @@ def _dpo(
                     "feedback_ids": up[2] + down[2],
                     "prompt_tokens": records[up[0]]["prompt_tokens"],
                 },
-                cut=(("chosen",) if cut_off(records[up[0]]) else ())
-                + (("rejected",) if cut_off(records[down[0]]) else ()),
+                cut=_sides(chosen=cut_off(records[up[0]]), rejected=cut_off(records[down[0]])),
             )
             rows.setdefault(row.key(), row)
     paired = {i for r in rows.values() for i in r.meta["feedback_ids"]}
@@ -234,6 +232,11 @@ def cut_off(record: dict[str, Any], correction: str | None = None) -> bool:
         return True
     tail = record["answer"].split()[-KEPT_WORDS:]
     return bool(tail) and correction.split()[-KEPT_WORDS:] == tail
+
+
+def _sides(**cut: bool) -> tuple[str, ...]:
+    """The sides of a row that are cut, as ``PreferenceRow.cut`` holds them."""
+    return tuple(side for side, is_cut in cut.items() if is_cut)
 
 
 def _meta(answer_id: str, ids: list[str], prompt_tokens: int | None) -> dict[str, Any]:

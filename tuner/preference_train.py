@@ -238,7 +238,8 @@ def _leaving_cuts_open(cls: Any) -> Any:
         def _prepare_dataset(self, dataset: Any, tok: Any, args: Any, name: str) -> Any:
             dataset = super()._prepare_dataset(dataset, tok, args, name)
             end = pdata.closing(tok)
-            sides = [s for s in ("completion", "chosen", "rejected") if f"{s}_cut" in dataset[0]]
+            names = dataset.column_names
+            sides = [s for kind in pdata.SIDES.values() for s in kind if f"{s}_cut" in names]
             if not end or not sides:
                 return dataset
 
