@@ -280,6 +280,18 @@ def rate_all(args: argparse.Namespace, qs: list[dict[str, Any]]) -> dict[str, An
     return out
 
 
+def all_ratings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every round's ratings, as kept by earlier runs: what an ``--all-rounds`` adapter trains on
+    (the answer log holds them all; its recipe has no ``since``)."""
+    rounds = {}
+    for path in sorted(args.data_dir.glob("rater-ratings*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rounds[path.stem] = summarise_ratings(rows, reused=True)
+    if not rounds:
+        raise SystemExit("--all-rounds: no ratings yet; run a first round")
+    return {"rounds": rounds}
+
+
 def summarise_ratings(rows: list[dict[str, Any]], reused: bool = False) -> dict[str, Any]:
     up = sum(r["rating"] == "up" for r in rows)
     return {
@@ -314,11 +326,15 @@ def round2_recipe(args: argparse.Namespace, method: str, since: float) -> Path:
     return path
 
 
+def round_tag(args: argparse.Namespace) -> str:
+    return "r2" if args.round2 else "all" if args.all_rounds else ""
+
+
 def tune(args: argparse.Namespace, method: str, since: float | None = None) -> dict[str, Any]:
     from tuner.registry import Registry
 
     registry = Registry(args.data_dir / "adapters")
-    name = f"bench-{method}-r2" if args.round2 else f"bench-{method}"
+    name = f"bench-{method}-{round_tag(args)}" if round_tag(args) else f"bench-{method}"
     found = [r for r in registry.list() if r.name == name]
     if found and not args.again:
         record = max(found, key=lambda r: r.version)
@@ -449,9 +465,16 @@ def main() -> None:
         help="a second round: rate this first-round adapter's answers, tune on those from it",
     )
     parser.add_argument(
+        "--all-rounds",
+        action="store_true",
+        help="tune one adapter from the base model on every round's ratings (no rating)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "feedback_acceptance.json"
     )
     args = parser.parse_args()
+    if args.round2 and args.all_rounds:
+        parser.error("--round2 and --all-rounds are two different runs")
     args.data_dir = args.data_dir.resolve()
     seed_data_dir(args)
     qs = questions(args)
@@ -462,13 +485,13 @@ def main() -> None:
     }
     if args.stop_after == "questions":
         return
-    report["ratings"] = rate_all(args, qs)
+    report["ratings"] = all_ratings(args) if args.all_rounds else rate_all(args, qs)
     print("ratings:", report["ratings"], flush=True)
     if args.stop_after == "rate":
         return
     report["methods"] = {}
     for method in args.methods.split(","):
-        key = f"{method}-round2" if args.round2 else method
+        key = {"r2": f"{method}-round2", "all": f"{method}-all-rounds"}.get(round_tag(args), method)
         since = report["ratings"].get("since")
         report["methods"][key] = tuned = tune(args, method, since)
         print(method, json.dumps(tuned), flush=True)
@@ -476,11 +499,13 @@ def main() -> None:
             continue
         tuned["gate"] = gate(args, tuned["adapter"])
         print(method, "gate:", json.dumps(tuned["gate"]["measured"]), flush=True)
+        if args.all_rounds:
+            tuned["all_ratings"] = report["ratings"]
         if args.round2:
             tuned["against_base"] = against_base(args, tuned["adapter"])
             tuned["round2_ratings"] = report["ratings"]
             print(method, "against base:", json.dumps(tuned["against_base"]), flush=True)
-    if args.round2 and args.out.is_file():  # the first round's ratings stay the report's
+    if (args.round2 or args.all_rounds) and args.out.is_file():  # the first round's stay
         report["ratings"] = json.loads(args.out.read_text()).get("ratings", report["ratings"])
     if args.out.is_file():  # methods run in separate invocations share one results file
         before = json.loads(args.out.read_text())
