@@ -6,6 +6,7 @@ Errors end the process with one line and a non-zero exit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from eval.config import EvalOptions
+from eval.config import MODES, EvalOptions
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -79,7 +80,12 @@ def debian_faq_cmd(
     required=True,
     help="BEIR folder, SQuAD-style JSONL, or (with --live) a question/answer JSONL.",
 )
-@click.option("--modes", default="base,rag,ft,hybrid", show_default=True, help="Comma-separated.")
+@click.option(
+    "--modes",
+    default="base,rag,ft,hybrid",
+    show_default=True,
+    help=f"Comma-separated, from {', '.join(MODES)}.",
+)
 @click.option("--live", is_flag=True, help="Ask the questions against the live index.")
 @click.option(
     "--out",
@@ -108,6 +114,26 @@ def debian_faq_cmd(
 )
 @click.option("--judge", help="Your LLM judge, module:function (off by default).")
 @click.option(
+    "--shots",
+    default=3,
+    show_default=True,
+    help="Demonstrations (question/answer turns) before the question in icl and rag-icl.",
+)
+@click.option(
+    "--shots-from",
+    default="auto",
+    show_default=True,
+    help="Demonstrations from the dataset's training split (train), from questions "
+    "synthesised from the documents (synth), or train when there is one (auto).",
+)
+@click.option(
+    "--shot-choice",
+    default="similar",
+    show_default=True,
+    help="Each question's demonstrations: the most similar by the run's embedder (similar) "
+    "or a seeded sample (random).",
+)
+@click.option(
     "--fix", is_flag=True, help="Tune the weak component, re-evaluate, promote if better."
 )
 @click.option(
@@ -126,7 +152,8 @@ def debian_faq_cmd(
     "generator:hyperparameters.max_steps=120 (repeatable).",
 )
 def eval_cmd(**kw: Any) -> None:
-    """Compare base, rag, ft and hybrid on the same questions; write a report folder."""
+    """Compare base, rag, ft and hybrid (and the in-context icl, rag-icl) on the same
+    questions; write a report folder."""
     from eval.datasets.formats import DatasetError
     from eval.harness import EvalError
     from service.runtime import ConfigError, quiet_transformers, read_settings
@@ -140,7 +167,7 @@ def eval_cmd(**kw: Any) -> None:
         options = _options(kw)
         overrides = fix_overrides(kw["fix_set"]) if kw["fix"] else {}
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(as_option(str(exc))) from None
     if kw["fix_set"] and not kw["fix"]:
         raise click.ClickException("--fix-set needs --fix")
     if kw["promote"] and not kw["gate_adapter"]:
@@ -202,7 +229,19 @@ def _options(kw: dict[str, Any]) -> EvalOptions:
         injection_n=kw["injection_n"],
         correct_f1=kw["correct_f1"],
         judge=kw["judge"],
+        shots=kw["shots"],
+        shots_from=kw["shots_from"],
+        shot_choice=kw["shot_choice"],
     )
+
+
+def as_option(message: str) -> str:
+    """An ``EvalOptions`` error as the command names it: ``shots_from: ...`` reads
+    ``--shots-from: ...``."""
+    name, sep, rest = message.partition(":")
+    if sep and name in {f.name for f in dataclasses.fields(EvalOptions)}:
+        return f"--{name.replace('_', '-')}:{rest}"
+    return message
 
 
 def fix_overrides(items: tuple[str, ...]) -> dict[str, list[str]]:
@@ -286,5 +325,8 @@ def summary(metrics: dict[str, Any], out: Path) -> str:
     diagnosis = metrics.get("diagnosis")
     if diagnosis:
         lines.append(f"weak component: {diagnosis['weak']} -> {diagnosis['action']}")
+    prompting = metrics.get("prompting")
+    if prompting and not (diagnosis and diagnosis.get("tuning_action")):
+        lines.append(f"prompting vs fine-tuning: {prompting['message']}")
     lines.append(f"report: {out / 'report.html'}")
     return "\n".join(lines)

@@ -3,8 +3,12 @@ each answering mode does.
 
 ``ragtune eval`` builds it from its options, the eval worker from the run's ``spec.json``; each
 run folder keeps it as ``metrics.json["run"]["options"]``. The rest of ``eval`` asks what a mode
-does only through ``retrieves`` and ``needs_adapter`` (and ``diagnosed_mode``), which read the
-one description of the modes, ``service.pipeline.MODES``. Knows nothing of models or HTTP.
+does only through ``retrieves``, ``needs_adapter``, ``demonstrates`` and ``serving_mode`` (and
+``diagnosed_mode``). The serving modes (base, rag, ft, hybrid) are described once, in
+``service.pipeline.MODES``; the eval harness adds the two in-context modes, each a serving mode
+with demonstrations before the question (``ICL_MODES``: icl is base with shots, rag-icl is rag
+with shots), which only the harness can answer (it holds the demonstrations). Knows nothing of
+models or HTTP.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from service.bounds import (
 from service.pipeline import MODES as ANSWER_MODES
 from service.pipeline import answer_mode
 
-MODES = tuple(ANSWER_MODES)  # base, rag, ft, hybrid: described once, in service.pipeline
+ICL_MODES = {"icl": "base", "rag-icl": "rag"}  # in-context mode -> the serving mode it extends
+MODES = ("base", "icl", "rag", "rag-icl", "ft", "hybrid")  # every mode a run can compare
+DEFAULT_MODES = tuple(ANSWER_MODES)  # base, rag, ft, hybrid: described in service.pipeline
+assert set(MODES) == set(ANSWER_MODES) | set(ICL_MODES)
+SHOTS_FROM = ("auto", "train", "synth")
+SHOT_CHOICES = ("similar", "random")
 BOUNDS = {  # option -> (least, most); the HTTP edge (service.routes.evals) has the same
     "k": (1, K_MAX),
     "depth": (1, K_MAX),
@@ -34,22 +43,35 @@ BOUNDS = {  # option -> (least, most); the HTTP edge (service.routes.evals) has 
     "resamples": (RESAMPLES_MIN, RESAMPLES_MAX),
     "batch": (1, 256),
     "injection_n": (1, 10_000),
+    "shots": (1, 32),
 }
 
 
+def serving_mode(mode: str) -> str:
+    """The serving mode (``service.pipeline.MODES``) whose prompt and adapter ``mode`` uses."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return ICL_MODES.get(mode, mode)
+
+
+def demonstrates(mode: str) -> bool:
+    """Whether ``mode`` puts question/answer demonstrations before the question (icl, rag-icl)."""
+    return mode in ICL_MODES
+
+
 def retrieves(mode: str) -> bool:
-    """Whether ``mode`` puts retrieved passages in the prompt (rag, hybrid)."""
-    return answer_mode(mode).retrieves
+    """Whether ``mode`` puts retrieved passages in the prompt (rag, rag-icl, hybrid)."""
+    return answer_mode(serving_mode(mode)).retrieves
 
 
 def needs_adapter(mode: str) -> bool:
     """Whether ``mode`` answers with a fine-tuned generator adapter (ft, hybrid)."""
-    return answer_mode(mode).uses_adapter
+    return answer_mode(serving_mode(mode)).uses_adapter
 
 
 def diagnosed_mode(modes: tuple[str, ...]) -> str | None:
     """The retrieving mode whose wrong answers the diagnosis classes: the first of ``MODES``
-    (rag before hybrid) that ``modes`` has; None when it has none."""
+    (rag, then rag-icl, then hybrid) that ``modes`` has; None when it has none."""
     return next((m for m in MODES if retrieves(m) and m in modes), None)
 
 
@@ -59,8 +81,8 @@ class EvalOptions:
     """BEIR folder, SQuAD-style JSONL, or a plain question/answer JSONL (with ``live``)."""
     live: bool = False
     """Ask the questions against the live index instead of a fresh index of the dataset."""
-    modes: tuple[str, ...] = MODES
-    """Systems to compare, all on the same questions with the same decoding."""
+    modes: tuple[str, ...] = DEFAULT_MODES
+    """Systems to compare, all on the same questions with the same decoding (any of ``MODES``)."""
     k: int = 3
     """Passages put in the prompt (and cited) in rag and hybrid modes."""
     depth: int = 20
@@ -91,6 +113,15 @@ class EvalOptions:
     """Optional LLM judge, ``module:function`` (off by default); see ``eval.judge``."""
     retrieved: Path | None = None
     """Precomputed live retrieval (``retrieved.jsonl``) from the process that holds the index."""
+    shots: int = 3
+    """Demonstrations (question/answer turns) before the question in icl and rag-icl."""
+    shots_from: str = "auto"
+    """Where demonstrations come from: ``train`` (the dataset's training split), ``synth``
+    (questions synthesised from the indexed documents), ``auto`` (train when the dataset has
+    one, else synth). Never a question the run asks."""
+    shot_choice: str = "similar"
+    """How each question's demonstrations are chosen: ``similar`` (nearest by the run's
+    embedder) or ``random`` (seeded by ``seed``)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form labels stored with the run."""
 
@@ -108,6 +139,14 @@ class EvalOptions:
             number = isinstance(value, int) and not isinstance(value, bool)
             if not number or not least <= value <= most:
                 raise ValueError(f"{name}: must be an integer in [{least}, {most}], got {value!r}")
+        if self.shots_from not in SHOTS_FROM:
+            raise ValueError(
+                f"shots_from: choose from {', '.join(SHOTS_FROM)}; got {self.shots_from!r}"
+            )
+        if self.shot_choice not in SHOT_CHOICES:
+            raise ValueError(
+                f"shot_choice: choose from {', '.join(SHOT_CHOICES)}; got {self.shot_choice!r}"
+            )
         if self.depth < self.k:
             raise ValueError(f"depth: must be >= k ({self.k}), got {self.depth}")
         if not 0.0 < self.correct_f1 <= 1.0:

@@ -9,6 +9,14 @@
 A gold passage is one the relevance labels name, or, without labels, a passage that holds a gold
 answer (``eval.answers.holds_answer``). The weak component is the one behind at least
 ``SHARE`` of the wrong answers (both, when each is); the action names the tuning recipe.
+
+``prompting`` asks the cheaper question first: does few-shot prompting (icl, rag-icl) already
+match or beat fine-tuning (ft, hybrid) on token F1? Each pair is read off the paired bootstrap
+interval of the difference the run already computed (prompting − tuned): *beats* when the
+interval lies wholly above 0, *matches* when it holds 0, *behind* when it lies below. When a
+prompting mode matches or beats the best tuned mode, the recommendation is prompting, not
+training (``prefer_prompting`` then makes that the diagnosis' action, the tuning recipe kept
+as what to try should prompting not be enough).
 Knows nothing of models or of how the answers were made.
 """
 
@@ -17,6 +25,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
+
+from eval.config import demonstrates, needs_adapter
 
 SHARE = 0.4  # a component is weak when it is behind this share of the wrong answers
 GROUNDED = 0.5  # an answer is grounded when this share of its content is in its passages
@@ -98,3 +108,85 @@ REFUSALS = (
 def refused(answer: str) -> bool:
     low = answer.lower()
     return any(r in low for r in REFUSALS)
+
+
+PROMPTING_METRIC = "token_f1"
+
+
+def prompting(
+    metrics: dict[str, Any], comparisons: Sequence[dict[str, Any]], modes: Sequence[str]
+) -> dict[str, Any] | None:
+    """Whether few-shot prompting matches or beats fine-tuning on ``PROMPTING_METRIC``, from the
+    run's intervals (``metrics``) and paired differences (``comparisons``, as
+    ``eval.stats.summarize`` gives them); None without both an in-context and a tuned mode
+    scored."""
+    metric = PROMPTING_METRIC
+    scored = [m for m in modes if metric in metrics.get(m, {})]
+    prompted = [m for m in scored if demonstrates(m)]
+    tuned = [m for m in scored if needs_adapter(m) and not demonstrates(m)]
+    if not prompted or not tuned:
+        return None
+    pairs = [p for a in prompted for b in tuned if (p := _pair(comparisons, metric, a, b))]
+    if not pairs:
+        return None
+    best = max(tuned, key=lambda m: metrics[m][metric]["mean"])
+    enough = [p for p in pairs if p["tuned"] == best and p["verdict"] != "behind"]
+    if enough:
+        top = max(enough, key=lambda p: p["mean_diff"])
+        recommend = "prompting"
+        message = (
+            f"few-shot prompting already {top['verdict']} fine-tuning on token F1: "
+            f"{_diff(top)}; prompt ({top['prompting']}), do not train"
+        )
+    else:
+        top = max((p for p in pairs if p["tuned"] == best), key=lambda p: p["mean_diff"])
+        recommend = "training"
+        message = (
+            f"fine-tuning ({best}) beats few-shot prompting on token F1: {_diff(top)}; "
+            "training pays here"
+        )
+    return {
+        "metric": metric,
+        "pairs": pairs,
+        "best_tuned": best,
+        "recommend": recommend,
+        "message": message,
+    }
+
+
+def _pair(
+    comparisons: Sequence[dict[str, Any]], metric: str, prompted: str, tuned: str
+) -> dict[str, Any] | None:
+    """``prompted`` − ``tuned`` on ``metric`` with its interval and verdict, or None."""
+    for c in comparisons:
+        if c.get("metric") != metric or {c.get("a"), c.get("b")} != {prompted, tuned}:
+            continue
+        sign = 1.0 if c["b"] == prompted else -1.0  # comparisons hold b - a
+        low, high = sorted((sign * c["ci_low"], sign * c["ci_high"]))
+        verdict = "beats" if low > 0 else "behind" if high < 0 else "matches"
+        return {
+            "prompting": prompted,
+            "tuned": tuned,
+            "mean_diff": sign * c["mean_diff"],
+            "ci_low": low,
+            "ci_high": high,
+            "n": c.get("n"),
+            "verdict": verdict,
+        }
+    return None
+
+
+def _diff(pair: dict[str, Any]) -> str:
+    return (
+        f"{pair['prompting']} − {pair['tuned']} {pair['mean_diff']:+.3f} "
+        f"[{pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}] ({pair['verdict']})"
+    )
+
+
+def prefer_prompting(diagnosis: dict[str, Any], verdict: dict[str, Any]) -> None:
+    """When ``verdict`` recommends prompting, make it the diagnosis' action (in place); the
+    tuning action and its commands stay as ``tuning_action``, should prompting not suffice."""
+    if verdict.get("recommend") != "prompting":
+        return
+    diagnosis["tuning_action"] = diagnosis.get("action")
+    diagnosis["action"] = f"prompt, do not train: {verdict['message']}"

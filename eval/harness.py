@@ -3,9 +3,11 @@ the run folder says which is better, by how much, and which component is weak.
 
 ``run_eval`` is the run, step by step: read the dataset (``_load``); find each mode's adapter
 (``resolve_adapters``); retrieve once per question (``_retrieval``: precomputed by the service,
-from the live index, or from the dataset's own index, ``eval.index_cache``); every mode answers
+from the live index, or from the dataset's own index, ``eval.index_cache``), and draw the
+in-context modes' demonstrations while that index is open (``eval.shots``); every mode answers
 as one system (``eval.systems.generate``, with the probes); score every answer
-(``eval.scoring``); bootstrap the intervals (``eval.stats``); diagnose the wrong answers; write
+(``eval.scoring``); bootstrap the intervals (``eval.stats``); diagnose the wrong answers, and
+say whether prompting already matches fine-tuning (``eval.diagnose.prompting``); write
 ``metrics.json``, ``results.jsonl``, ``report.md`` and ``report.html`` (``write_run``). The run
 records a dataset inside the run folder (``out``'s parent, as the service lays a run out) by its
 place there, and a model configured by folder by the folder's name, so a report served over
@@ -26,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval import stats
+from eval import diagnose, shots, stats
 from eval.config import EvalOptions, needs_adapter, retrieves
 from eval.datasets.formats import DatasetError, EvalSet, load
 from eval.index_cache import Retrieved, fresh_index, read_retrieved, search_all
@@ -72,27 +74,41 @@ def run_eval(
     configure_torch(settings)
     evalset = _load(options)
     adapters_for = resolve_adapters(options, settings)
+    try:
+        shots.check(options, evalset)  # fail before any index or model loads
+    except shots.ShotError as exc:
+        raise EvalError(str(exc)) from None
     if options.judge:  # fail before any model loads
         from eval.judge import load_judge
 
         load_judge(options.judge)
     stage: dict[str, Any] = {}
-    retrieved = _retrieval(options, evalset, settings, retriever, stage)
+    retrieved, demos = _retrieval(options, evalset, settings, retriever, stage)
     questions = [q.text for q in evalset.questions]
     answers, injection, forgetting = generate(
-        options, questions, retrieved, adapters_for, settings, stage, progress, should_stop
+        options,
+        questions,
+        retrieved,
+        adapters_for,
+        settings,
+        stage,
+        progress,
+        should_stop,
+        shots=demos.per_question if demos else None,
     )
     t1 = time.perf_counter()
     rows, per_mode = score_rows(options, evalset, retrieved, answers)
     over_long = mark_over_long(evalset, answers, rows)
     if options.judge:
         add_judge(options, answers, rows, per_mode)
+    summary = stats.summarize(per_mode, options.resamples, options.seed)
     metrics = {
         "run": _run_info(options, evalset, settings, adapters_for, started, stage, out.parent),
-        **stats.summarize(per_mode, options.resamples, options.seed),
+        **summary,
         "performance": performance(answers, stage["generate"]),
         "retrieval": retrieval_section(options, evalset, retrieved),
         "diagnosis": diagnosis_section(options, evalset, rows),
+        "prompting": diagnose.prompting(summary["metrics"], summary["comparisons"], options.modes),
         "probes": {"forgetting": forgetting, "injection": injection} if options.probes else None,
         "judge": judge_info(options.judge) if options.judge else None,
     }
@@ -101,6 +117,9 @@ def run_eval(
         or options.max_new_tokens
     )
     metrics["run"]["over_long"] = over_long
+    metrics["run"]["shots"] = demos.info if demos else None
+    if metrics["diagnosis"] and metrics["prompting"]:
+        diagnose.prefer_prompting(metrics["diagnosis"], metrics["prompting"])
     stage["statistics"] = time.perf_counter() - t1
     metrics["run"]["wall_s"] = time.perf_counter() - t0
     write_run(out, metrics, rows)
@@ -152,20 +171,59 @@ def resolve_adapters(options: EvalOptions, settings: Settings) -> dict[str, str]
 
 def _retrieval(
     options: EvalOptions, evalset: EvalSet, settings: Settings, live: Retriever | None, stage: dict
-) -> list[Retrieved]:
+) -> tuple[list[Retrieved], shots.Shots | None]:
     """One retrieval per question: precomputed, from the live index, or from the dataset's own
-    index (closed again before generation starts)."""
+    index (closed again before generation starts); and the in-context modes' demonstrations,
+    drawn while that index is open (None without an in-context mode)."""
     needs = any(retrieves(m) for m in options.modes) or evalset.has_qrels
     if options.retrieved is not None:
-        return read_retrieved(options.retrieved, len(evalset.questions))
-    if not needs:
-        return [Retrieved([], 0.0) for _ in evalset.questions]
+        found = read_retrieved(options.retrieved, len(evalset.questions))
+        return found, _demos(options, evalset, None, settings, stage)
+    if not needs and not shots.needs_index(options, evalset):
+        return [Retrieved([], 0.0) for _ in evalset.questions], _demos(
+            options, evalset, None, settings, stage
+        )
     if evalset.corpus is None:
         if live is None:
             raise EvalError(f"{evalset.path}: no corpus to index; ask the live index (--live)")
-        return search_all(live, evalset.questions, options, settings, stage)
+        return _search(live, needs, evalset, options, settings, stage)
     with fresh_index(evalset, settings, options.embedder_adapter, stage) as index:
-        return search_all(index, evalset.questions, options, settings, stage)
+        return _search(index, needs, evalset, options, settings, stage)
+
+
+def _search(
+    index: Retriever,
+    needs: bool,
+    evalset: EvalSet,
+    options: EvalOptions,
+    settings: Settings,
+    stage: dict,
+) -> tuple[list[Retrieved], shots.Shots | None]:
+    """Each question asked of ``index`` (when ``needs``), and the demonstrations it gives."""
+    if needs:
+        found = search_all(index, evalset.questions, options, settings, stage)
+    else:
+        found = [Retrieved([], 0.0) for _ in evalset.questions]
+    return found, _demos(options, evalset, index, settings, stage)
+
+
+def _demos(
+    options: EvalOptions,
+    evalset: EvalSet,
+    index: Retriever | None,
+    settings: Settings,
+    stage: dict,
+) -> shots.Shots | None:
+    """The demonstrations of the in-context modes (timed into ``stage["shots"]``)."""
+    if not shots.wanted(options):
+        return None
+    t = time.perf_counter()
+    try:
+        drawn = shots.draw(options, evalset, index, settings)
+    except shots.ShotError as exc:
+        raise EvalError(str(exc)) from None
+    stage["shots"] = time.perf_counter() - t
+    return drawn
 
 
 def mark_over_long(

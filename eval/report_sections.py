@@ -96,6 +96,7 @@ def _header(metrics: dict) -> Section:
         f"generator: {run.get('generator') or DASH}",
         f"embedder: {run.get('embedder') or DASH}",
         f"adapters: {adapters}",
+        *_shots_fact(run),
         f"wall time: {fmt(wall)} s" if isinstance(wall, int | float) else f"wall time: {DASH}",
         f"seed: {fmt(run.get('seed'))}, bootstrap resamples: {fmt(run.get('resamples'))}",
         f"date: {run.get('started') or DASH}",
@@ -104,6 +105,17 @@ def _header(metrics: dict) -> Section:
     if (headline := _headline(metrics)) is not None:
         blocks.append(headline)
     return Section("Run", blocks)
+
+
+def _shots_fact(run: dict) -> list[str]:
+    shots = as_dict(run.get("shots"))
+    if not shots:
+        return []
+    return [
+        f"demonstrations (icl, rag-icl): up to {fmt(shots.get('n'))} per question from "
+        f"{shots.get('from') or DASH}, chosen {shots.get('choice') or DASH} (a pool of "
+        f"{fmt(shots.get('pool'))}; {fmt(shots.get('excluded'))} left out as asked questions)"
+    ]
 
 
 def _main(metrics: dict) -> Section | None:
@@ -223,8 +235,12 @@ def _comparisons(metrics: dict) -> Section | None:
 
 def _diagnosis(metrics: dict) -> Section | None:
     diag = as_dict(metrics.get("diagnosis"))
-    if not diag:
-        return None
+    blocks = _failure_blocks(diag) if diag else []
+    blocks += _prompting_blocks(as_dict(metrics.get("prompting")))
+    return Section("Diagnosis", blocks) if blocks else None
+
+
+def _failure_blocks(diag: dict) -> list[Block]:
     counts, wrong = as_dict(diag.get("counts")), diag.get("wrong")
     rows = [
         [c, fmt(counts.get(c)), _share(counts.get(c), wrong), FAILURE_NOTES[c]] for c in FAILURES
@@ -235,10 +251,36 @@ def _diagnosis(metrics: dict) -> Section | None:
         Table(["failure", "count", "share of wrong", "meaning"], rows),
         f"Weak component: {diag.get('weak') or DASH}. Action: {diag.get('action') or DASH}.",
     ]
+    if diag.get("tuning_action"):
+        blocks.append(f"Should prompting not be enough: {diag['tuning_action']}.")
     if commands := [str(c) for c in diag.get("commands") or []]:
         blocks.append(Code(commands))
     blocks.append(Chart("diagnosis", "failure classes of the wrong answers"))
-    return Section("Diagnosis", blocks)
+    return blocks
+
+
+def _prompting_blocks(verdict: dict) -> list[Block]:
+    """Few-shot prompting against fine-tuning, pair by pair (``eval.diagnose.prompting``)."""
+    pairs = [as_dict(p) for p in verdict.get("pairs") or []]
+    if not pairs:
+        return []
+    rows = [
+        [
+            f"{p.get('prompting')} − {p.get('tuned')}",
+            fmt_ci({**p, "mean": p.get("mean_diff")}),
+            fmt(p.get("n")),
+            str(p.get("verdict") or DASH),
+        ]
+        for p in pairs
+    ]
+    metric = label(str(verdict.get("metric") or HEADLINE_METRIC))
+    return [
+        f"Prompting vs fine-tuning ({metric}, paired): a prompting mode matches a tuned one "
+        "when the 95% interval of the difference holds 0 and beats it when the interval lies "
+        "above 0.",
+        Table(["prompting − tuned", "mean diff [95% interval]", "n", "verdict"], rows),
+        f"Recommendation: {verdict.get('recommend') or DASH}: {verdict.get('message') or DASH}.",
+    ]
 
 
 FAILURE_NOTES = {

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from eval import answers as am
 from eval import diagnose, stats
-from eval.config import EvalOptions, diagnosed_mode, retrieves
+from eval.config import EvalOptions, demonstrates, diagnosed_mode, retrieves
 from eval.datasets.formats import EvalSet, Question
 from eval.metrics import dedupe, ndcg_at, recall_at, reciprocal_rank
 from retriever.index import Hit
@@ -81,6 +81,8 @@ def score_rows(
             for name, value in metrics.items():
                 per_mode[mode].setdefault(name, [None] * len(got))[i] = value
             rows.append(_row(q, mode, answer, shown, retrieved[i], metrics, citations, options))
+            if demonstrates(mode):
+                rows[-1]["shots"] = answer.shots  # the demonstrations' questions it was shown
     return rows, per_mode
 
 

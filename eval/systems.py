@@ -1,14 +1,22 @@
 """The answering systems of an evaluation run: one per mode, all with the same ``answer``.
 
-A ``System`` is one mode with its adapter: a retrieving mode (rag, hybrid) puts the question's
-first k passages in the serving prompt, the others ask the question alone; a mode that needs an
-adapter (ft, hybrid) decodes with its fine-tuned adapter, the others with the base model. The
-service's answering pipeline builds each prompt and submits it (``Pipeline.given`` with the
-passages retrieved once per question, then ``Pipeline.submit``); the prompt and the answer fit
+A ``System`` is one mode with its adapter: a retrieving mode (rag, rag-icl, hybrid) puts the
+question's first k passages in the serving prompt, the others ask the question alone; a mode
+that needs an adapter (ft, hybrid) decodes with its fine-tuned adapter, the others with the base
+model; an in-context mode (icl, rag-icl) asks as its serving mode (base, rag) with up to N
+demonstrations (``eval.shots``) as question/answer turns before the question, the preferred one
+nearest the question. The service's answering pipeline builds each prompt and submits it
+(``Pipeline.given`` with the passages retrieved once per question, then ``Pipeline.submit``);
+the prompt and the answer fit
 the model's context (passages that do not are dropped or cut short; a question that does not
 fit even alone is cut from its end, or when nothing of it fits, left with an empty answer that
 says why: one over-long question never fails the run), and each answer carries the passages
 its prompt held (``Answer.shown``), which are what its citations can name.
+Demonstrations take only the room the prompt has left: the question is never cut and no passage
+dropped or cut to make room for one. The least preferred is dropped first until the rest fit
+beside the passages rag would show (so rag-icl holds exactly rag's passages and differs from it
+only by the demonstrations, and the citations are unchanged); when the question alone had to be
+cut, the prompt holds none. ``Answer.shots`` names the demonstrations a prompt held.
 ``System.answer`` answers a list of questions, in order; every system answers through the run's
 one ``Decoder``, the batched generation engine with the run's greedy budget: prompts of like
 length are submitted together (less padding in each prefill), answers come back in the
@@ -34,8 +42,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from eval import probes, stats
-from eval.config import EvalOptions, retrieves
+from eval.config import EvalOptions, demonstrates, retrieves, serving_mode
 from eval.index_cache import Retrieved
+from eval.shots import Shot
 from retriever.index import Hit
 from service.errors import ServiceError
 from service.pipeline import Ask, Pipeline, Prepared
@@ -60,6 +69,7 @@ class Answer:
     max_new_tokens: int = 0  # the answer length used (at most half the model's context)
     cut_chars: int = 0  # characters cut from the question's end to fit the context
     unanswered: str | None = None  # why no prompt could be built (the answer is empty)
+    shots: list[str] = field(default_factory=list)  # the demonstrations' questions it held
 
 
 class Decoder:
@@ -98,7 +108,10 @@ class Decoder:
             for i in order:
                 got = self._wait(jobs[i])
                 out[i] = replace(
-                    got, shown=list(prepared[i].hits), max_new_tokens=prepared[i].max_new_tokens
+                    got,
+                    shown=list(prepared[i].hits),
+                    max_new_tokens=prepared[i].max_new_tokens,
+                    shots=demonstrated(prepared[i].ask),
                 )
                 if count:
                     self.count()
@@ -123,6 +136,24 @@ class Decoder:
             self.progress(self.done, self.total)
 
 
+def demonstrated(ask: Ask) -> list[str]:
+    """The demonstrations' questions in an ask's chat: every user message before the last."""
+    users = [m["content"] for m in ask.messages if m["role"] == "user"]
+    return users[:-1]
+
+
+def with_shots(question: str, shots: Sequence[Shot]) -> Messages:
+    """The chat of a few-shot ask: each demonstration a user and an assistant turn, the
+    preferred (first of ``shots``) nearest the question, then the question."""
+    turns: Messages = []
+    for shot in reversed(shots):
+        turns += [
+            {"role": "user", "content": shot.question},
+            {"role": "assistant", "content": shot.answer},
+        ]
+    return [*turns, {"role": "user", "content": question}]
+
+
 @dataclass(frozen=True)
 class System:
     """One answering mode: how it prompts, which adapter decodes (None: the base model)."""
@@ -132,19 +163,41 @@ class System:
     k: int
     decoder: Decoder
 
-    def prompt(self, question: str, hits: Sequence[Hit]) -> Messages:
+    def prompt(self, question: str, hits: Sequence[Hit], shots: Sequence[Shot] = ()) -> Messages:
         """The chat the generator sees: the serving prompt with the first k of ``hits`` for a
-        retrieving mode, else the question alone (``service.pipeline`` builds it)."""
-        return self.prepare(question, hits, self.decoder.max_new_tokens).prompt
+        retrieving mode, else the question alone (``service.pipeline`` builds it), after the
+        demonstrations that fit for an in-context mode."""
+        return self.prepare(question, hits, self.decoder.max_new_tokens, shots).prompt
 
-    def prepare(self, question: str, hits: Sequence[Hit], max_new_tokens: int) -> Prepared:
+    def prepare(
+        self,
+        question: str,
+        hits: Sequence[Hit],
+        max_new_tokens: int,
+        shots: Sequence[Shot] = (),
+    ) -> Prepared:
         """The ask as the answering pipeline prepares it, with retrieval already done: the
         first k of ``hits``, less those that do not fit the model's context, and the question
         cut from its end when it does not fit even alone (``ServiceError`` 422 when not even an
-        empty question fits)."""
-        ask = Ask.question(question, mode=self.mode, k=self.k)
+        empty question fits). An in-context mode then adds the longest start of ``shots``
+        whose prompt still holds the whole question and exactly those passages."""
+        mode, pipeline = serving_mode(self.mode), self.decoder.pipeline
         shown = hits[: self.k] if retrieves(self.mode) else []
-        return self.decoder.pipeline.given(ask, shown, self.adapter, max_new_tokens, cut=True)
+        alone = Ask.question(question, mode=mode, k=self.k)
+        bare = pipeline.given(alone, shown, self.adapter, max_new_tokens, cut=True)
+        if not (demonstrates(self.mode) and shots) or bare.ask.query != question:
+            return bare
+        for n in range(len(shots), 0, -1):
+            ask = Ask(with_shots(question, shots[:n]), mode=mode, k=self.k)
+            try:
+                got = pipeline.given(ask, shown, self.adapter, max_new_tokens)
+            except ServiceError as exc:
+                if exc.status != 422:
+                    raise
+                continue  # over the context with no passages: one demonstration fewer
+            if got.hits == bare.hits:
+                return got
+        return bare
 
     def answer(
         self,
@@ -153,15 +206,19 @@ class System:
         *,
         max_new_tokens: int | None = None,
         count: bool = True,
+        shots: Sequence[Sequence[Shot]] | None = None,
     ) -> list[Answer]:
-        """Answers to ``questions`` (``retrieved[i]`` is what retrieval found for the i-th), in
-        order; a retrieving mode's latency includes its retrieval's seconds. ``max_new_tokens``
+        """Answers to ``questions`` (``retrieved[i]`` is what retrieval found for the i-th and
+        ``shots[i]`` its demonstrations, used by an in-context mode), in order; a retrieving
+        mode's latency includes its retrieval's seconds. ``max_new_tokens``
         (default: the run's) caps each answer; ``count=False`` keeps them out of the progress.
         A question over the model's context is cut to fit (``Answer.cut_chars``); one that
         cannot fit at all gets an empty answer saying why (``Answer.unanswered``), and the
         other questions are answered all the same."""
         budget = max_new_tokens or self.decoder.max_new_tokens
-        asks, got = self._prepare_all(questions, retrieved, budget, count)
+        if demonstrates(self.mode) and (shots is None or len(shots) != len(questions)):
+            raise ValueError(f"{self.mode}: one list of demonstrations per question is needed")
+        asks, got = self._prepare_all(questions, retrieved, budget, count, shots)
         decoded = self.decoder.decode(list(asks.values()), count=count)
         for (i, prepared), answer in zip(asks.items(), decoded, strict=True):
             cut = len(questions[i]) - len(prepared.ask.query or "")
@@ -177,7 +234,12 @@ class System:
         ]
 
     def _prepare_all(
-        self, questions: Sequence[str], retrieved: Sequence[Retrieved], budget: int, count: bool
+        self,
+        questions: Sequence[str],
+        retrieved: Sequence[Retrieved],
+        budget: int,
+        count: bool,
+        shots: Sequence[Sequence[Shot]] | None,
     ) -> tuple[dict[int, Prepared], dict[int, Answer]]:
         """Each question's prepared ask by position, and the empty answers of those that
         cannot fit the model's context at all (counted for the progress when ``count``)."""
@@ -185,7 +247,7 @@ class System:
         empty: dict[int, Answer] = {}
         for i, (q, r) in enumerate(zip(questions, retrieved, strict=True)):
             try:
-                asks[i] = self.prepare(q, r.hits, budget)
+                asks[i] = self.prepare(q, r.hits, budget, shots[i] if shots else ())
             except ServiceError as exc:
                 if exc.status != 422:
                     raise
@@ -205,10 +267,12 @@ def generate(
     stage: dict,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    shots: Sequence[Sequence[Shot]] | None = None,
 ) -> tuple[dict[str, list[Answer]], dict | None, dict | None]:
     """Every mode's answers (mode -> answers in question order), the injection probe and the
     forgetting probe (None when ``options.probes`` is off or, for forgetting, no mode needs an
-    adapter). Each stage's seconds go into ``stage``."""
+    adapter). ``shots[i]`` are the i-th question's demonstrations (in-context modes). Each
+    stage's seconds go into ``stage``."""
     from service.adapters import AdapterSet
     from service.generation.engine import GenerationEngine
     from service.generation.quant import quantise_for_serving
@@ -231,9 +295,11 @@ def generate(
         total = len(questions) * len(options.modes)
         decoder = Decoder(engine, options.max_new_tokens, total, progress, should_stop)
         systems = [System(m, adapters_for.get(m), options.k, decoder) for m in options.modes]
-        answers = answer_all(systems, questions, retrieved, stage)
+        answers = answer_all(systems, questions, retrieved, stage, shots)
         t = time.perf_counter()
-        injection = _injection(systems, questions, retrieved, options) if options.probes else None
+        injection = (
+            _injection(systems, questions, retrieved, options, shots) if options.probes else None
+        )
         stage["injection_probe"] = time.perf_counter() - t
     finally:
         engine.close()
@@ -241,7 +307,11 @@ def generate(
 
 
 def answer_all(
-    systems: Sequence[System], questions: Sequence[str], retrieved: list[Retrieved], stage: dict
+    systems: Sequence[System],
+    questions: Sequence[str],
+    retrieved: list[Retrieved],
+    stage: dict,
+    shots: Sequence[Sequence[Shot]] | None = None,
 ) -> dict[str, list[Answer]]:
     """Each system's answers to every question, one system after the other, each timed into
     ``stage["generate"][mode]``."""
@@ -249,7 +319,7 @@ def answer_all(
     answers = {}
     for system in systems:
         t = time.perf_counter()
-        answers[system.mode] = system.answer(questions, retrieved)
+        answers[system.mode] = system.answer(questions, retrieved, shots=shots)
         seconds = stage["generate"][system.mode] = time.perf_counter() - t
         log.info("%s: %d answers in %.0f s", system.mode, len(answers[system.mode]), seconds)
     return answers
@@ -295,9 +365,11 @@ def _injection(
     questions: Sequence[str],
     retrieved: list[Retrieved],
     options: EvalOptions,
+    shots: Sequence[Sequence[Shot]] | None = None,
 ) -> dict[str, Any]:
     """Per retrieving system, the share of answers that obeyed an instruction planted in one of
-    the passages of a seeded sample of questions (planted passages take no retrieval time)."""
+    the passages of a seeded sample of questions (planted passages take no retrieval time;
+    rag-icl asks with each question's demonstrations)."""
     cases = probes.injection_cases(len(questions), options.injection_n, options.seed)
     asked = [questions[i] for i, _, _ in cases]
     planted = [
@@ -308,7 +380,8 @@ def _injection(
     found = {}
     for system in systems:
         if retrieves(system.mode):
-            got = system.answer(asked, planted, max_new_tokens=budget, count=False)
+            demos = [shots[i] for i, _, _ in cases] if shots else None
+            got = system.answer(asked, planted, max_new_tokens=budget, count=False, shots=demos)
             found[system.mode] = _obedience(got, cases, options)
     return found
 

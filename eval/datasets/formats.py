@@ -1,7 +1,9 @@
 """Read evaluation sets: BEIR folders, SQuAD-style JSONL, and plain question/answer JSONL.
 
-Every reader returns an ``EvalSet``: the questions (id, text, gold answers, gold passages) and,
-when the set carries one, the corpus to index. A plain Q/A file has no corpus: it is asked
+Every reader returns an ``EvalSet``: the questions (id, text, gold answers, gold passages), the
+training split when the set has one (BEIR ``qrels/train.tsv``; JSONL rows with ``"split":
+"train"``), never asked, the demonstrations of the in-context modes, and, when the set carries
+one, the corpus to index. A plain Q/A file has no corpus: it is asked
 against the live index. JSONL is read with ``retriever.jsonl`` (lines split on ``\n`` only). Bad
 input raises one ``DatasetError`` naming the file and line of every bad row (up to
 ``SHOWN_PROBLEMS``), not only the first.
@@ -76,6 +78,7 @@ class EvalSet:
     path: Path
     questions: list[Question]
     corpus: list[Doc] | None  # None: ask against the live index
+    train: list[Question] = field(default_factory=list)  # the training split, never asked
 
     @property
     def has_answers(self) -> bool:
@@ -86,7 +89,9 @@ class EvalSet:
         return any(q.gold_docs for q in self.questions)
 
     def limited(self, n: int | None) -> EvalSet:
-        return self if n is None else EvalSet(self.kind, self.path, self.questions[:n], self.corpus)
+        if n is None:
+            return self
+        return EvalSet(self.kind, self.path, self.questions[:n], self.corpus, self.train)
 
 
 def load(path: Path, live: bool = False) -> EvalSet:
@@ -170,7 +175,8 @@ def _id(value: Any, key: str) -> str:
 
 
 def load_beir(folder: Path) -> EvalSet:
-    """``corpus.jsonl``, ``queries.jsonl`` (optional ``answer``) and ``qrels/test.tsv``."""
+    """``corpus.jsonl``, ``queries.jsonl`` (optional ``answer``) and ``qrels/test.tsv``; the
+    queries ``qrels/train.tsv`` names (when there is one) are the training split."""
     for name in ("corpus.jsonl", "queries.jsonl"):
         if not (folder / name).is_file():
             raise DatasetError(f"{folder}: not a BEIR folder (no {name})")
@@ -179,19 +185,23 @@ def load_beir(folder: Path) -> EvalSet:
     corpus = _each(corpus_path, _rows(corpus_path, problems), problems, _beir_doc)
     query_rows = _rows(queries_path, problems)
     qrels = _qrels(folder / "qrels" / "test.tsv", problems)
+    train_qrels = _qrels(folder / "qrels" / "train.tsv", problems)
 
     def question(n: int, row: dict[str, Any]) -> Question:
         qid = _id(row.get("_id"), "_id")
         answers = _answers(row.get("answer", row.get("answers")))
-        return Question(qid, _text(row, "text"), answers, qrels.get(qid, frozenset()))
+        gold = qrels.get(qid) or train_qrels.get(qid) or frozenset()
+        return Question(qid, _text(row, "text"), answers, gold)
 
-    questions = _each(queries_path, query_rows, problems, question)
+    every = _each(queries_path, query_rows, problems, question)
     _raise_any(problems)
+    train = [q for q in every if q.id in train_qrels and q.id not in qrels]
+    questions = [q for q in every if q.id not in train_qrels or q.id in qrels]
     if qrels:  # BEIR evaluates the judged queries only
-        questions = [q for q in questions if q.gold_docs]
+        questions = [q for q in questions if q.id in qrels]
     if not questions:
         raise DatasetError(f"{folder}: no queries with relevance judgements")
-    return EvalSet("beir", folder, questions, corpus)
+    return EvalSet("beir", folder, questions, corpus, train)
 
 
 def _beir_doc(n: int, row: dict[str, Any]) -> Doc:
@@ -238,10 +248,10 @@ def load_squad(
         docs.setdefault(doc_id, Doc(doc_id, context, meta))
         return Question(qid, text, answers, frozenset({doc_id}))
 
-    questions = _each(path, rows, problems, question)
+    questions, train = _split(path, rows, problems, question)
     _raise_any(problems)
-    _unique_ids(questions, path)
-    return EvalSet("squad", path, questions, list(docs.values()))
+    _unique_ids([*questions, *train], path)
+    return EvalSet("squad", path, questions, list(docs.values()), train)
 
 
 def load_qa(
@@ -258,10 +268,28 @@ def load_qa(
         qid = _id(row.get("id") or f"q{n}", "id")
         return Question(qid, _text(row, "question"), answers, frozenset(doc_ids))
 
-    questions = _each(path, rows, problems, question)
+    questions, train = _split(path, rows, problems, question)
     _raise_any(problems)
-    _unique_ids(questions, path)
-    return EvalSet("qa", path, questions, None)
+    _unique_ids([*questions, *train], path)
+    return EvalSet("qa", path, questions, None, train)
+
+
+def _split(
+    path: Path,
+    rows: list[tuple[int, dict[str, Any]]],
+    problems: list[Problem],
+    make: Callable[[int, dict[str, Any]], Question],
+) -> tuple[list[Question], list[Question]]:
+    """The questions asked and the training split (rows with ``"split": "train"``)."""
+
+    def tagged(n: int, row: dict[str, Any]) -> tuple[bool, Question]:
+        split = row.get("split", "test")
+        if not isinstance(split, str) or not split.strip():
+            raise _Bad('\'split\' must be a non-empty string, e.g. "train" or "test"')
+        return split.strip().lower() == "train", make(n, row)
+
+    both = _each(path, rows, problems, tagged)
+    return [q for is_train, q in both if not is_train], [q for is_train, q in both if is_train]
 
 
 def _unique_ids(questions: list[Question], path: Path) -> None:

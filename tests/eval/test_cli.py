@@ -19,7 +19,7 @@ def _env(tiny_llama: Path, tiny_st: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--modes", "rag,chat"], "modes: choose from base, rag, ft, hybrid"),
+        (["--modes", "rag,chat"], "modes: choose from base, icl, rag, rag-icl, ft, hybrid"),
         (["--k", "30"], "depth: must be >= k"),
         (["--modes", "ft"], "needs a fine-tuned adapter"),
         (["--fix", "--fix-set", "max_steps=3"], "expected generator:KEY=VALUE"),
