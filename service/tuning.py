@@ -15,6 +15,7 @@ is the trainers' last step.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -217,11 +218,13 @@ def run(
     fresh: bool = False,
     on_prepared: Callable[[Prepared], None] | None = None,
     activate: Callable[[Any], None] | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> Any:
     """The whole run in this process: prepare (unless resuming), train, register, activate.
 
     ``open_index`` opens the documents synthetic data and hard negatives come from (called
-    only when the plan needs them); ``activate`` gets the record when ``activates(plan)``.
+    only when the plan needs them); ``activate`` gets the record when ``activates(plan)``;
+    ``sweep`` is the sweep trial this run is (``tuner.sweep``), kept in its registry record.
     A retriever run keeps no checkpoints, so it always starts over."""
     choose_base(plan, settings)
     job_dir = settings.layout.job(job_name)
@@ -236,6 +239,11 @@ def run(
             prepared = prepare_data(plan, job_dir, settings, index=index, answers=answers)
         if on_prepared is not None:
             on_prepared(prepared)
+    if sweep is not None:
+        from tuner.durable import atomic_write_text
+        from tuner.hooks import SWEEP_FILE
+
+        atomic_write_text(job_dir / SWEEP_FILE, json.dumps(sweep))
     record = train(plan, job_dir, settings, hooks, resume=not fresh)
     if activate is not None and activates(plan):
         activate(record)

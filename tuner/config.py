@@ -80,6 +80,19 @@ RETRIEVER_BOUNDS: dict[str, dict[str, float]] = {
 }
 WINDOW_MAX = 200  # the deepest rank searched for negatives
 WEIGHT_BOUNDS: dict[str, float] = {"gt": 0, "le": 1000}  # a dataset's share in a mix
+# What a sweep optimises: the trial's metric in its registry record, and which way is better.
+# Only val_loss is reported while a trial trains, so only it can prune a trial early.
+SWEEP_OBJECTIVES = {"val_loss": "minimize", "recall@10": "maximize", "reward_accuracy": "maximize"}
+SWEEP_PRUNERS = ("median", "hyperband", "none")
+SWEEP_PARAM_TYPES = ("log_uniform", "uniform", "int", "categorical")
+SWEEP_BOUNDS: dict[str, dict[str, float]] = {
+    "trials": {"ge": 1, "le": 1000},
+    "timeout_s": {"gt": 0, "le": 30 * 86400},
+    "seed": {"ge": 0, "le": TRAINING_SEED_MAX},
+}
+SWEEP_PARAMS_MAX = 32
+# Recipe keys a trial may not change: what it is and what it trains on.
+SWEEP_FIXED = ("name", "method", "component", "base_model", "parent", "sweep")
 PREFERENCE_BOUNDS: dict[str, dict[str, float]] = {
     "beta": {"gt": 0, "le": 100},
     "held_out": {"ge": 0, "lt": 1},
@@ -314,6 +327,151 @@ class RetrieverTuning:
 
 
 @dataclass
+class SweepParam:
+    """One searched field: ``log_uniform`` and ``uniform`` (low, high), ``int`` (low, high,
+    optional step, or log), ``categorical`` (choices)."""
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None  # int: the grid step (default 1); uniform: a grid, if set
+    log: bool = False  # int: sample on a log scale
+    choices: list[Any] | None = None
+
+    def check(self, path: str) -> None:
+        where = f"sweep.space.{path}"
+        _check(
+            self.type in SWEEP_PARAM_TYPES,
+            f"{where}.type",
+            self.type,
+            f"one of {SWEEP_PARAM_TYPES}",
+        )
+        if self.type == "categorical":
+            ok = isinstance(self.choices, list) and 0 < len(self.choices) <= 1000
+            ok = ok and all(
+                c is None or isinstance(c, str | int | float | bool) for c in self.choices or []
+            )
+            _check(ok, f"{where}.choices", self.choices, "a list of 1 to 1000 plain values")
+            _check(
+                self.low is None and self.high is None,
+                f"{where}.low",
+                self.low,
+                "unset for categorical",
+            )
+            return
+        _check(self.choices is None, f"{where}.choices", self.choices, f"unset for {self.type}")
+        for side in ("low", "high"):
+            value = getattr(self, side)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if self.type == "int":
+                ok = ok and float(value).is_integer()
+            _check(
+                ok, f"{where}.{side}", value, f"a number{' (whole)' if self.type == 'int' else ''}"
+            )
+        assert self.low is not None and self.high is not None
+        _check(self.low < self.high, f"{where}.high", self.high, f"greater than low ({self.low})")
+        if self.type == "log_uniform" or self.log:
+            _check(self.low > 0, f"{where}.low", self.low, "above 0 on a log scale")
+        if self.step is not None:
+            ok = isinstance(self.step, int | float) and not isinstance(self.step, bool)
+            ok = ok and 0 < self.step <= self.high - self.low and self.type in ("int", "uniform")
+            ok = ok and not self.log and (self.type != "int" or float(self.step).is_integer())
+            _check(
+                ok, f"{where}.step", self.step, "a positive step within the range (int, uniform)"
+            )
+
+    def values(self) -> list[Any]:
+        """The values whose validity stands for the whole range: its ends, or every choice."""
+        return list(self.choices or []) if self.type == "categorical" else [self.low, self.high]
+
+
+@dataclass
+class SweepSpec:
+    """A hyperparameter search over the recipe (``ragtune tune --sweep``): ``space`` maps a
+    recipe key (``hyperparameters.learning_rate``, ``datasets.0.synthetic.p_gold``,
+    ``retriever.negatives``) to how it is sampled. Optuna's TPE sampler proposes each trial;
+    the pruner stops a trial whose validation loss lags the others'."""
+
+    space: dict[str, SweepParam] = field(default_factory=dict)
+    trials: int = 8  # trials in all, the baseline included (pruned and failed ones count)
+    objective: str = "val_loss"  # val_loss | recall@10 (retriever) | reward_accuracy (kto, dpo)
+    pruner: str = "median"  # median | hyperband | none (only val_loss is seen as a trial runs)
+    timeout_s: float | None = None  # no trial starts once the sweep has run this long
+    seed: int = 42  # the sampler's
+    baseline: bool = True  # the first trial trains the recipe's own values
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.space, dict) and 0 < len(self.space) <= SWEEP_PARAMS_MAX,
+            "sweep.space",
+            self.space,
+            f"a mapping of 1 to {SWEEP_PARAMS_MAX} recipe keys to their ranges",
+        )
+        space = {}
+        for path, param in self.space.items():
+            if isinstance(param, dict):
+                try:
+                    param = SweepParam(**param)
+                except TypeError as exc:
+                    raise ValueError(
+                        f"sweep.space.{path}: {exc}".replace("__init__() ", "")
+                    ) from None
+            _check(isinstance(param, SweepParam), f"sweep.space.{path}", param, "a mapping")
+            param.check(path)
+            space[path] = param
+        self.space = space
+        _check_bounds(self, SWEEP_BOUNDS, "sweep.")
+        _check(
+            self.objective in SWEEP_OBJECTIVES,
+            "sweep.objective",
+            self.objective,
+            f"one of {tuple(SWEEP_OBJECTIVES)}",
+        )
+        _check(self.pruner in SWEEP_PRUNERS, "sweep.pruner", self.pruner, f"one of {SWEEP_PRUNERS}")
+        _check(isinstance(self.baseline, bool), "sweep.baseline", self.baseline, "true or false")
+
+    @property
+    def direction(self) -> str:
+        return SWEEP_OBJECTIVES[self.objective]
+
+
+def get_path(data: Any, path: str) -> Any:
+    """The value at dotted ``path`` of plain recipe data (list items by index); KeyError when
+    it is not there."""
+    node = data
+    for part in path.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise KeyError(path)
+    return node
+
+
+def set_path(data: Any, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = get_path(data, ".".join(parents)) if parents else data
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:
+    """``recipe`` as one trial trains it: the sweep's ``values`` set, the sweep block gone;
+    ``ValueError`` naming the key when a value is not one the recipe takes."""
+    data = recipe.to_dict()
+    data["sweep"] = None
+    for path, value in values.items():
+        set_path(data, path, value)
+    try:
+        return recipe_from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"sweep.space: {exc}") from None
+
+
+@dataclass
 class Recipe:
     name: str  # the adapter's registry name
     method: str = "lora"
@@ -326,6 +484,7 @@ class Recipe:
     min_examples: int = 8  # fewer valid examples than this refuses the job
     retriever: RetrieverTuning = field(default_factory=RetrieverTuning)  # component retriever
     preference: PreferenceTuning = field(default_factory=PreferenceTuning)  # kto and dpo
+    sweep: SweepSpec | None = None  # a hyperparameter search (used by ``tune --sweep`` only)
 
     def __post_init__(self) -> None:
         self.datasets = [d if isinstance(d, DataSpec) else DataSpec(**d) for d in self.datasets]
@@ -366,6 +525,10 @@ class Recipe:
             self.name,
             NAME_RULE,
         )
+        if isinstance(self.sweep, dict):
+            self.sweep = SweepSpec(**self.sweep)
+        if self.sweep is not None:
+            self._check_sweep(self.sweep)
         generator = self.component == "generator"
         if generator and self.method in PREFERENCE_METHODS:
             self._check_preference()
@@ -379,6 +542,78 @@ class Recipe:
                 "parent",
                 self.parent,
                 f"{PROMOTED!r} is for the preference methods {PREFERENCE_METHODS}",
+            )
+
+    def _check_sweep(self, sweep: SweepSpec) -> None:
+        """Every searched key is one of this recipe's own values (not what it is or trains on);
+        both ends of a range (every choice) make a valid recipe; the objective is one this
+        component's trainer reports, and the baseline's values lie in the space."""
+        data = dataclasses.asdict(self)
+        data["sweep"] = None
+        for path, param in sweep.space.items():
+            where = f"sweep.space.{path}"
+            _check(
+                path.split(".")[0] not in SWEEP_FIXED,
+                where,
+                path,
+                "a trial keeps the recipe's " + ", ".join(SWEEP_FIXED),
+            )
+            try:
+                own = get_path(data, path)
+            except KeyError:
+                raise ValueError(f"{where}: not a key of this recipe") from None
+            _check(
+                own is None or isinstance(own, str | int | float | bool),
+                where,
+                path,
+                "a single value of the recipe (not a section or a list)",
+            )
+            for value in param.values():
+                trial = dataclasses.asdict(self)
+                trial["sweep"] = None
+                set_path(trial, path, value)
+                try:
+                    recipe_from_dict(trial)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{where}: {value!r} is not a value the recipe takes ({exc})"
+                    ) from None
+            if sweep.baseline:
+                inside = (
+                    own in (param.choices or [])
+                    if param.type == "categorical"
+                    else isinstance(own, int | float) and param.low <= own <= param.high  # type: ignore[operator]
+                )
+                _check(
+                    inside,
+                    where,
+                    own,
+                    "the recipe's own value within the range (the baseline trial trains it); "
+                    "widen the range or set sweep.baseline false",
+                )
+        retriever = self.component == "retriever"
+        wants = (
+            "recall@10"
+            if retriever
+            else "reward_accuracy"
+            if self.method in PREFERENCE_METHODS
+            else None
+        )
+        _check(
+            sweep.objective in ("val_loss", wants)
+            and not (retriever and sweep.objective == "val_loss"),
+            "sweep.objective",
+            sweep.objective,
+            f"{wants} for a retriever recipe"
+            if retriever
+            else f"val_loss{' or ' + wants if wants else ''} for this recipe",
+        )
+        if sweep.objective == "val_loss":
+            _check(
+                self.hyperparameters.val_fraction > 0,
+                "hyperparameters.val_fraction",
+                self.hyperparameters.val_fraction,
+                "above 0 for a sweep on val_loss (the trials are compared on it)",
             )
 
     def _check_preference(self) -> None:

@@ -37,6 +37,15 @@ def job_manifest(job_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+SWEEP_FILE = "sweep.json"  # in a job folder: the sweep trial it trains (tuner.sweep)
+
+
+def job_sweep(job_dir: Path) -> dict[str, Any] | None:
+    """The sweep trial a job trains (``job_dir/sweep.json``), or None for a single job."""
+    path = job_dir / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def register_adapter(
     registry: Any,
     recipe: Recipe,
@@ -49,8 +58,8 @@ def register_adapter(
     **extra: Any,
 ) -> Any:
     """Save what ``save(folder)`` writes into ``registry`` as ``recipe``'s adapter, with the job
-    manifest's lineage and ``parent``'s id; ``extra`` (e.g. ``component``) goes to
-    ``Registry.save``. Returns the registry record."""
+    manifest's lineage, ``parent``'s id and the sweep trial the job is (if it is one); ``extra``
+    (e.g. ``component``) goes to ``Registry.save``. Returns the registry record."""
     manifest = job_manifest(job_dir)
     return registry.save(
         save,
@@ -64,4 +73,5 @@ def register_adapter(
         hyperparameters=recipe.to_dict()["hyperparameters"],
         metrics=metrics,
         parent=parent.id if parent is not None else None,
+        sweep=job_sweep(job_dir),
     )

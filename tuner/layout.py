@@ -6,6 +6,7 @@
       files/          uploaded training and eval files (POST /v1/files)
       jobs/           tuning jobs, one folder each, and their store jobs.db
       evals/          eval runs, one folder each; evals/.indexes/ keeps datasets' indexes
+      sweeps/         hyperparameter sweeps, one folder each (the Optuna study, the report)
       models/         converted and downloaded model weights (unless models_dir says otherwise)
 
 It lives in the tuner, the lowest package that writes under the data dir (the trainers register
@@ -20,6 +21,7 @@ from pathlib import Path
 
 JOBS = "jobs"
 EVALS = "evals"
+SWEEPS = "sweeps"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class DataLayout:
     @property
     def eval_indexes(self) -> Path:
         return self.evals / ".indexes"
+
+    @property
+    def sweeps(self) -> Path:
+        return self.root / SWEEPS
 
     @property
     def answers(self) -> Path:

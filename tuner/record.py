@@ -36,6 +36,7 @@ class Record:
     parent: str | None = None  # the adapter this one continued from
     lineage: list[str] = field(default_factory=list)  # ids, oldest first, ending with this one
     eval_gate: dict[str, Any] | None = None  # None (never gated) or {"passed": bool, ...}
+    sweep: dict[str, Any] | None = None  # a sweep's trial: {id, trial, params, baseline}
     promoted: bool = False  # derived from promoted.json on load; never trusted from the file
     stale: bool = False  # a source document changed or was deleted since training
     stale_reason: str | None = None
@@ -100,6 +101,11 @@ def describe(record: Record) -> str:
     if record.stale:
         lines.append(f"  stale because  {record.stale_reason or '-'}")
     lines.append(f"  eval gate      {_gate(record.eval_gate)}")
+    if record.sweep:
+        params = ", ".join(f"{k}={v}" for k, v in record.sweep.get("params", {}).items())
+        lines.append(
+            f"  sweep          {record.sweep.get('id')} trial {record.sweep.get('trial')}: {params}"
+        )
     for key, value in sorted(record.dataset_hashes.items()):
         lines.append(f"  dataset        {key}: {str(value)[:16]}")
     docs = record.source_documents

@@ -252,6 +252,7 @@ class Registry:
         metrics: Mapping[str, Any] | None = None,
         parent: str | None = None,
         eval_gate: Mapping[str, Any] | None = None,
+        sweep: Mapping[str, Any] | None = None,
     ) -> Record:
         """Write a new version of ``name``: ``save_fn(folder)`` writes the weights into a temp
         folder under the root; the record is added, everything fsynced and renamed into place."""
@@ -282,6 +283,7 @@ class Registry:
                     created=_now(),
                     parent=parent,
                     eval_gate=dict(eval_gate) if eval_gate is not None else None,
+                    sweep=dict(sweep) if sweep is not None else None,
                     servable=servable,
                 )
                 record.lineage = [*self._lineage_ids(parent_record), record.id]

@@ -51,9 +51,17 @@ class _Bar:
 )
 @click.option("--set", "overrides", multiple=True, help="Override a recipe key: a.b=value.")
 @click.option("--fresh", is_flag=True, help="Ignore checkpoints of an earlier interrupted run.")
-def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
+@click.option(
+    "--sweep",
+    "sweeping",
+    is_flag=True,
+    help="Search the recipe's sweep: block with Optuna, one tuning run per trial; run again "
+    "to resume a killed sweep (--fresh starts it over).",
+)
+def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool, sweeping: bool) -> None:
     """Fine-tune the generator or the retriever from a recipe; the result lands in the registry
-    (a retriever's embedder then re-embeds the index, unless retriever.activate is false)."""
+    (a retriever's embedder then re-embeds the index, unless retriever.activate is false).
+    With --sweep, every finished trial lands there and the best is named, not promoted."""
     from contextlib import closing
 
     from retriever.errors import RetrieverError
@@ -70,6 +78,9 @@ def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
         plan = load_recipe(recipe, list(overrides))
     except ValueError as exc:
         raise click.ClickException(f"{recipe}: {one_line(exc)}") from None
+    if sweeping:
+        _sweep(plan, recipe, settings, fresh)
+        return
     job_name = f"cli-{plan.name}"
     resumes = plan.component == "generator" and not fresh
     if resumes and tuning.prepared_before(settings.layout.job(job_name)):
@@ -110,6 +121,82 @@ def tune(recipe: Path, overrides: tuple[str, ...], fresh: bool) -> None:
             click.echo(f"index re-embedded with {record.id}: {bar.switched} chunks switched")
     else:
         click.echo(_summary(record))
+
+
+def _sweep(plan: Any, path: Path, settings: Settings, fresh: bool) -> None:
+    """``tune --sweep``: each trial one run in this process, as a single ``tune`` runs."""
+    import shutil
+    from contextlib import closing
+
+    from service import tuning
+    from tuner.hooks import Cancelled
+    from tuner.sweep import Sweep, SweepBusy, TrialInfo
+
+    if plan.sweep is None:
+        raise click.ClickException(f"{path}: --sweep needs a sweep: block (sweep.space, trials)")
+    try:
+        tuning.choose_base(plan, settings)
+        sweep = Sweep.open(settings.layout.sweeps, plan, fresh=fresh)
+    except (ValueError, SweepBusy) as exc:
+        raise click.ClickException(one_line(exc)) from None
+    spec = plan.sweep
+    click.echo(
+        f"sweep {sweep.id}: {spec.trials} trials, {spec.objective} ({spec.direction}), "
+        f"pruner {spec.pruner}; folder {sweep.folder}"
+    )
+    bar = _Bar()
+
+    def run_trial(recipe: Any, info: TrialInfo, hooks: Any) -> Any:
+        job_name = info.resume or f"cli-{sweep.id}-t{info.sweep['trial']}"
+        info.started(job_name)
+        if tuning.prepared_before(settings.layout.job(job_name)):
+            _said(
+                bar, f"trial {info.sweep['trial']}: resuming from {settings.layout.job(job_name)}"
+            )
+        bar.bar.reset()
+        bar.bar.set_description(f"trial {info.sweep['trial']}")
+        try:
+            return tuning.run(
+                recipe,
+                settings,
+                job_name=job_name,
+                open_index=lambda: closing(open_index(settings)),
+                hooks=hooks,
+                sweep=info.sweep,
+            )
+        except Cancelled:  # pruned (or the sweep stopped): no adapter, no checkpoints kept
+            shutil.rmtree(settings.layout.job(job_name), ignore_errors=True)
+            raise
+
+    def said(summary: dict[str, Any]) -> None:
+        t = summary["trials"][-1] if summary["trials"] else None
+        if t is not None:
+            value = f"{t['value']:.4f}" if t["value"] is not None else t.get("error") or "-"
+            _said(bar, f"trial {t['number']} {t['state']}: {value} {t['params']}")
+
+    try:
+        summary = sweep.run(run_trial, hooks=bar, on_trial=said)
+    except SweepBusy as exc:
+        raise click.ClickException(one_line(exc)) from None
+    except RuntimeError as exc:
+        raise click.ClickException(f"sweep {sweep.id}: {one_line(exc)}") from None
+    finally:
+        bar.close()
+    best, base = summary["best"], summary["baseline"]
+    if best is None:
+        click.echo(f"sweep {sweep.id}: no trial finished")
+    else:
+        click.echo(
+            f"best: trial {best['number']}, {spec.objective} {best['value']:.4f}, adapter "
+            f"{best['adapter']}, {best['params']}"
+        )
+        if base is not None and base.get("value") is not None:
+            click.echo(f"recipe's own values (trial {base['number']}): {base['value']:.4f}")
+        click.echo(
+            f"named, not promoted; gate it: ragtune eval --dataset D --gate {best['adapter']}"
+        )
+    if summary.get("report"):
+        click.echo(f"report: {sweep.folder / summary['report']['html']}")
 
 
 def _data_line(component: str, prepared: Any) -> str:
