@@ -133,6 +133,11 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         if state.jobs is None:
             state.jobs = tune.make_job_runner(state)
         state.jobs.start()
+        if state.sweeps is None:
+            from service.sweeps import SweepRunner
+
+            state.sweeps = SweepRunner(settings.layout.sweeps, state.jobs, state.registry())
+        state.sweeps.start()
         if state.evals is None:
             state.evals = make_eval_runner(state)
         state.evals.start()
@@ -148,6 +153,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         log.info("ready on %s:%s", settings.host, settings.port)
         yield
         state.ready = False
+        await anyio.to_thread.run_sync(state.sweeps.close)  # its sweeps resume next start
         await anyio.to_thread.run_sync(state.jobs.close)  # a running job resumes next start
         await anyio.to_thread.run_sync(state.evals.close)  # a running eval starts over then
         await anyio.to_thread.run_sync(state.reindexer.close)  # stops after its current batch
@@ -192,6 +198,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         files,
         index,
         query,
+        sweeps,
         tune,
     )
 
@@ -202,6 +209,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     app.include_router(files.router)
     app.include_router(index.router)
     app.include_router(tune.router)
+    app.include_router(sweeps.router)
     app.include_router(evals.router)
     app.include_router(feedback.router)
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from service.generation.engine import GenerationEngine
     from service.metrics import Metrics
     from service.reindexing import Reindexer
+    from service.sweeps import SweepRunner
     from tuner.jobs import JobRunner
     from tuner.models import Generator
     from tuner.registry import Registry
@@ -45,6 +46,7 @@ class AppState:
     adapters: AdapterSet | None = None
     jobs: JobRunner | None = None  # tuning jobs; made in the lifespan unless the loader set one
     evals: JobRunner | None = None  # eval runs (service.evalruns); same rule as ``jobs``
+    sweeps: SweepRunner | None = None  # hyperparameter sweeps, their trials through ``jobs``
     ready: bool = False
     loaded: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +75,11 @@ class AppState:
         if self.jobs is None:
             raise ServiceError(503, "not_ready", "the tuning job runner is not started")
         return self.jobs
+
+    def tune_sweeps(self) -> SweepRunner:
+        if self.sweeps is None:
+            raise ServiceError(503, "not_ready", "the sweep runner is not started")
+        return self.sweeps
 
     def eval_runs(self) -> JobRunner:
         if self.evals is None:

@@ -91,6 +91,13 @@ SWEEP_BOUNDS: dict[str, dict[str, float]] = {
     "seed": {"ge": 0, "le": TRAINING_SEED_MAX},
 }
 SWEEP_PARAMS_MAX = 32
+SWEEP_PARAM_BOUNDS: dict[str, dict[str, float]] = {
+    "low": {"ge": -1e9, "le": 1e9},
+    "high": {"ge": -1e9, "le": 1e9},
+    "step": {"gt": 0, "le": 1e9},
+}
+SWEEP_CHOICES_MAX = 1000
+SWEEP_CHOICE_MAX_CHARS = 200
 # Recipe keys a trial may not change: what it is and what it trains on.
 SWEEP_FIXED = ("name", "method", "component", "base_model", "parent", "sweep")
 PREFERENCE_BOUNDS: dict[str, dict[str, float]] = {
@@ -347,11 +354,15 @@ class SweepParam:
             f"one of {SWEEP_PARAM_TYPES}",
         )
         if self.type == "categorical":
-            ok = isinstance(self.choices, list) and 0 < len(self.choices) <= 1000
+            ok = isinstance(self.choices, list) and 0 < len(self.choices) <= SWEEP_CHOICES_MAX
             ok = ok and all(
-                c is None or isinstance(c, str | int | float | bool) for c in self.choices or []
+                c is None
+                or isinstance(c, int | float | bool)
+                or (isinstance(c, str) and len(c) <= SWEEP_CHOICE_MAX_CHARS)
+                for c in self.choices or []
             )
-            _check(ok, f"{where}.choices", self.choices, "a list of 1 to 1000 plain values")
+            want = f"a list of 1 to {SWEEP_CHOICES_MAX} plain values"
+            _check(ok, f"{where}.choices", self.choices, want)
             _check(
                 self.low is None and self.high is None,
                 f"{where}.low",
@@ -369,6 +380,7 @@ class SweepParam:
                 ok, f"{where}.{side}", value, f"a number{' (whole)' if self.type == 'int' else ''}"
             )
         assert self.low is not None and self.high is not None
+        _check_bounds(self, SWEEP_PARAM_BOUNDS, f"{where}.")
         _check(self.low < self.high, f"{where}.high", self.high, f"greater than low ({self.low})")
         if self.type == "log_uniform" or self.log:
             _check(self.low > 0, f"{where}.low", self.low, "above 0 on a log scale")

@@ -118,14 +118,18 @@ class JobRunner:
         """Whether this runner holds the lock (and so runs the workers)."""
         return self._lock_fd is not None
 
-    def submit(self, recipe_dict: Mapping[str, Any]) -> str:
-        """Check the recipe (``ValueError`` at once), then validate its data in a thread."""
+    def submit(self, recipe_dict: Mapping[str, Any], files: Mapping[str, str] | None = None) -> str:
+        """Check the recipe (``ValueError`` at once), then validate its data in a thread.
+        ``files`` (name -> text) are written into the job's folder first, for its worker (a
+        sweep trial's ``sweep.json``)."""
         recipe = self.parse(dict(recipe_dict))
         with self._submitting:
             job_id = self.store.create(recipe)
             self._mine.add(job_id)
             job_dir = self.job_dir(job_id)
             job_dir.mkdir(parents=True)
+            for name, text in (files or {}).items():
+                atomic_write_text(job_dir / Path(name).name, text)
             atomic_write_text(job_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
             atomic_write_text(job_dir / "job.json", json.dumps({"id": job_id, **self.options}))
             self._validator.submit(self._validate, job_id, recipe)

@@ -30,6 +30,7 @@ import math
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,11 +46,17 @@ log = logging.getLogger(__name__)
 STUDY_FILE = "study.db"
 SUMMARY_FILE = "sweep.json"
 RECIPE_FILE = "recipe.json"
+_STORAGE_LOCK = threading.Lock()
 MAX_FAILURES = 3  # trials failing in a row stop the sweep with the last one's error
 
 
 class SweepBusy(RuntimeError):
     """Another process is running this sweep."""
+
+
+class Interrupted(BaseException):  # noqa: N818 - not an error: the sweep stays to resume
+    """The process running a sweep is shutting down: the sweep and its trial stay running, to
+    be resumed by the next ``run``."""
 
 
 @dataclass
@@ -187,10 +194,13 @@ class Sweep:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what it does
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{self.folder / STUDY_FILE}",
-            engine_kwargs={"connect_args": {"timeout": 30}},
-        )
+        if not create and not (self.folder / STUDY_FILE).is_file():
+            raise KeyError(self.id)
+        with _STORAGE_LOCK:  # two threads making the tables at once collide
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{self.folder / STUDY_FILE}",
+                engine_kwargs={"connect_args": {"timeout": 30}},
+            )
         if not create:
             return optuna.load_study(study_name=self.id, storage=storage)
         study = optuna.create_study(
@@ -264,6 +274,8 @@ class Sweep:
                         )
             except Cancelled:
                 self._write(study, "cancelled")
+                raise
+            except Interrupted:
                 raise
             except BaseException as exc:
                 self._write(study, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -341,9 +353,10 @@ class Sweep:
     def summary(self, study: Any = None, state: str | None = None) -> dict[str, Any]:
         """What the sweep has done: every trial, the best, the baseline; read from the study."""
         if study is None:
-            if not (self.folder / STUDY_FILE).is_file():
-                return self._head(state or "queued", [])
-            study = self._study(create=False)
+            try:
+                study = self._study(create=False)
+            except KeyError:  # no study yet: its driver has not started (or is making it)
+                return self._head(state or self.state(), [])
         trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
         out = self._head(state or self.state(), trials)
         done = [t for t in trials if t["state"] == "complete"]

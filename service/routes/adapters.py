@@ -46,6 +46,7 @@ def _summary(record: Any, loaded: list[str]) -> dict[str, Any]:
         "feedback_ids": record.feedback_ids,  # the ratings (answer:key) a kto/dpo run used
         "metrics": metrics,
         "eval_gate": record.eval_gate,
+        "sweep": record.sweep,  # a sweep's trial: {id, trial, params, baseline}
         "promoted": record.promoted,
         "stale": record.stale,
         "stale_reason": record.stale_reason,

@@ -47,6 +47,14 @@ from tuner.config import (
     PROMOTED,
     RETRIEVER_BOUNDS,
     SCHEDULERS,
+    SWEEP_BOUNDS,
+    SWEEP_CHOICE_MAX_CHARS,
+    SWEEP_CHOICES_MAX,
+    SWEEP_OBJECTIVES,
+    SWEEP_PARAM_BOUNDS,
+    SWEEP_PARAM_TYPES,
+    SWEEP_PARAMS_MAX,
+    SWEEP_PRUNERS,
     SYNTHETIC_BOUNDS,
     SYNTHETIC_KINDS,
     TARGET_MODULE_MAX_CHARS,
@@ -59,6 +67,8 @@ from tuner.config import (
     PreferenceTuning,
     Recipe,
     RetrieverTuning,
+    SweepParam,
+    SweepSpec,
     SyntheticSpec,
     recipe_from_dict,
 )
@@ -94,6 +104,35 @@ RetrieverBody = edge_model(
 
 
 FeedbackBody = edge_model(FeedbackSpec, {"since": {"ge": 0, "le": 1e11}})
+Choice = (
+    Annotated[str, Field(max_length=SWEEP_CHOICE_MAX_CHARS)]
+    | Annotated[int, Field(ge=-(10**9), le=10**9)]
+    | Annotated[float, Field(ge=-1e9, le=1e9)]
+    | bool
+    | None
+)
+SweepParamBody = edge_model(
+    SweepParam,
+    SWEEP_PARAM_BOUNDS,
+    {
+        "type": one_of(SWEEP_PARAM_TYPES),
+        "choices": Annotated[list[Choice], Field(min_length=1, max_length=SWEEP_CHOICES_MAX)]
+        | None,
+    },
+)
+SweepKey = Annotated[str, Field(min_length=1, max_length=200)]
+SweepBody = edge_model(
+    SweepSpec,
+    SWEEP_BOUNDS,
+    {
+        "objective": one_of(tuple(SWEEP_OBJECTIVES)),
+        "pruner": one_of(SWEEP_PRUNERS),
+        "space": Annotated[
+            dict[SweepKey, SweepParamBody],  # type: ignore[valid-type]
+            Field(min_length=1, max_length=SWEEP_PARAMS_MAX),
+        ],
+    },
+)
 
 
 class DatasetBody(Body):
@@ -141,6 +180,13 @@ class JobBody(Body):
         description="methods kto and dpo only: beta, the held-out share for the eval gate, "
         "pairs per question",
     )
+    sweep: SweepBody | None = Field(  # type: ignore[valid-type]
+        None,
+        description="search hyperparameters instead of one run: space (recipe key -> "
+        "{type: log_uniform|uniform|int|categorical, low, high, step, log, choices}, keys as "
+        "hyperparameters.learning_rate or datasets.0.synthetic.p_gold), trials, objective, "
+        "pruner, timeout_s; every trial is a job, the sweep is at /v1/tune/sweeps/{id}",
+    )
     parent: AdapterId | None = Field(
         None,
         description="an adapter id in the registry to continue from, of the same component "
@@ -158,6 +204,12 @@ class TuneProgress(BaseModel):
 class JobCreated(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
+    state: str
+
+
+class SweepCreated(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sweep: str = Field(description="the sweep's id: GET /v1/tune/sweeps/{sweep}")
     state: str
 
 
@@ -334,6 +386,8 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
         "hyperparameters": _given(body.hyperparameters),
         "parent": body.parent,
     }
+    if body.sweep is not None:
+        recipe["sweep"] = body.sweep.model_dump(exclude_unset=True)
     if retriever:
         recipe["retriever"] = _given(body.retriever)
     if preference:
@@ -347,9 +401,11 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
 
 
 @router.post("", status_code=202)
-def create(body: JobBody, state: State, who: Writer) -> JobCreated:
-    """Start a job: the recipe is checked now (422), its data while the job is validating."""
+def create(body: JobBody, state: State, who: Writer) -> JobCreated | SweepCreated:
+    """Start a job: the recipe is checked now (422), its data while the job is validating.
+    With a ``sweep`` block, start a sweep instead: each trial is a job of its own."""
     activates = body.component == "retriever" and _given(body.retriever).get("activate", True)
+    activates = activates and body.sweep is None  # a sweep's trials never switch the index
     if activates and not who.allows("admin"):
         raise ServiceError(
             403,
@@ -359,6 +415,10 @@ def create(body: JobBody, state: State, who: Writer) -> JobCreated:
         )
     try:
         recipe = recipe_dict(body, state)
+        if body.sweep is not None:
+            sweeps = state.tune_sweeps()
+            sweep_id = sweeps.submit(recipe)
+            return SweepCreated(sweep=sweep_id, state=sweeps.get(sweep_id)["state"])
         job_id = state.tune_jobs().submit(recipe)
     except ValueError as exc:
         raise ServiceError(422, "invalid_recipe", str(exc)) from None

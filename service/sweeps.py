@@ -1,0 +1,209 @@
+"""The jobs API's sweeps: each one driven by a thread of this process, each trial a tuning job.
+
+``SweepRunner.submit(recipe)`` opens a new sweep under ``DATA_DIR/sweeps`` (``tuner.sweep``)
+and starts its driver thread. The driver hands every trial's recipe to the app's tuning job
+runner (``JobRunner.submit``, with the trial's ``sweep.json`` in the job folder): the trial's
+data is prepared here, where the index is open, and it trains in a worker process like any
+job, with its progress on its job. The driver reads the job's validation losses from the job
+store for the pruner and cancels the job when the pruner says so (the worker saves nothing);
+cancelling the sweep, or any of its trial jobs, cancels the sweep.
+
+When the service stops, the drivers stop watching and leave their sweeps running; the job
+runner re-queues the trial it was training. The next start finds those sweeps and resumes them:
+a trial left running is the same job again, resumed from its last checkpoint.
+
+Knows nothing of HTTP or of how a trial trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tuner.config import Recipe, recipe_from_dict
+from tuner.hooks import SWEEP_FILE, Cancelled, Hooks
+from tuner.jobs import JobRunner
+from tuner.jobstore import FINISHED, JobNotFound
+from tuner.registry import Registry
+from tuner.sweep import Interrupted, Sweep, TrialInfo, new_sweep_id
+
+log = logging.getLogger(__name__)
+
+API_MARK = "api"  # a file in a sweep's folder: the service runs it (the CLI runs its own)
+CANCEL_MARK = "cancel"  # a file in a sweep's folder: it was cancelled
+
+
+class SweepNotFound(LookupError):
+    """No sweep has this id."""
+
+
+class SweepFinished(Exception):
+    """The sweep already finished; it cannot be cancelled."""
+
+
+class SweepRunner:
+    """Drives the service's sweeps, one thread each, their trials through ``jobs``."""
+
+    def __init__(
+        self,
+        root: Path,
+        jobs: JobRunner,
+        registry: Registry,
+        poll_s: float = 0.5,
+        record_of: Callable[[str], Any] | None = None,
+    ) -> None:
+        """``record_of(adapter_id)`` reads a finished trial's record (default: ``registry``)."""
+        self.root, self.jobs, self.poll_s = Path(root), jobs, poll_s
+        self.record_of = record_of or registry.get
+        self._closed = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    # ---- public ---------------------------------------------------------------------------
+    def start(self) -> SweepRunner:
+        """Resume the sweeps a stop left running (or queued)."""
+        if self.root.is_dir():
+            for folder in sorted(self.root.iterdir()):
+                if (folder / API_MARK).is_file() and not (folder / CANCEL_MARK).is_file():
+                    sweep = Sweep.load(folder)
+                    if sweep.state() in ("queued", "running"):
+                        log.info("sweep %s: resuming", sweep.id)
+                        self._drive(sweep)
+        return self
+
+    def submit(self, recipe_dict: dict[str, Any]) -> str:
+        """Open a new sweep of ``recipe_dict`` (which has a sweep block; ``ValueError`` when it
+        is not a recipe or has none) and start driving it."""
+        recipe = recipe_from_dict(dict(recipe_dict))
+        if recipe.sweep is None:
+            raise ValueError("sweep: the recipe has no sweep block")
+        sweep = Sweep.open(self.root, recipe, sweep_id_=new_sweep_id(recipe))
+        (sweep.folder / API_MARK).touch()
+        self._drive(sweep)
+        return sweep.id
+
+    def get(self, sweep_id: str) -> dict[str, Any]:
+        """The sweep's summary, with the job of the trial it is training (if any)."""
+        sweep = self._sweep(sweep_id)
+        summary = sweep.summary()
+        summary["cancel_requested"] = (sweep.folder / CANCEL_MARK).is_file()
+        running = [t for t in summary["trials"] if t["state"] == "running"]
+        summary["current_job"] = running[-1]["key"] if running else None
+        summary["report"] = _report(sweep.folder)
+        return summary
+
+    def list(self) -> list[dict[str, Any]]:
+        if not self.root.is_dir():
+            return []
+        ids = [f.name for f in sorted(self.root.iterdir()) if (f / API_MARK).is_file()]
+        return [self.get(i) for i in ids]
+
+    def cancel(self, sweep_id: str) -> dict[str, Any]:
+        """Stop the sweep: its running trial's job is cancelled, no trial starts after it."""
+        sweep = self._sweep(sweep_id)
+        if sweep.state() in ("succeeded", "failed", "cancelled"):
+            raise SweepFinished(f"sweep {sweep_id} already {sweep.state()}")
+        (sweep.folder / CANCEL_MARK).touch()
+        current = self.get(sweep_id)["current_job"]
+        if current:
+            try:
+                self.jobs.cancel(current)
+            except Exception:  # noqa: BLE001 - it may have just finished; the driver stops anyway
+                log.info("sweep %s: trial job %s had finished", sweep_id, current)
+        return self.get(sweep_id)
+
+    def folder(self, sweep_id: str) -> Path:
+        return self._sweep(sweep_id).folder
+
+    def close(self) -> None:
+        """Stop the drivers; their sweeps stay running, resumed at the next start."""
+        self._closed.set()
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout=30)
+
+    # ---- driving --------------------------------------------------------------------------
+    def _sweep(self, sweep_id: str) -> Sweep:
+        folder = self.root / sweep_id
+        if "/" in sweep_id or sweep_id.startswith(".") or not (folder / API_MARK).is_file():
+            raise SweepNotFound(sweep_id)
+        return Sweep.load(folder)
+
+    def _drive(self, sweep: Sweep) -> None:
+        thread = threading.Thread(
+            target=self._run, args=(sweep,), name=f"sweep-{sweep.id}", daemon=True
+        )
+        with self._lock:
+            self._threads[sweep.id] = thread
+        thread.start()
+
+    def _run(self, sweep: Sweep) -> None:
+        cancelled = sweep.folder / CANCEL_MARK
+        try:
+            sweep.run(self._trial_runner(sweep), should_stop=cancelled.is_file)
+        except Interrupted:
+            log.info("sweep %s: left running, to resume at the next start", sweep.id)
+        except Cancelled:
+            log.info("sweep %s cancelled", sweep.id)
+        except Exception:  # noqa: BLE001 - the sweep records its failure; the thread ends
+            log.exception("sweep %s failed", sweep.id)
+        finally:
+            with self._lock:
+                self._threads.pop(sweep.id, None)
+
+    def _trial_runner(self, sweep: Sweep) -> Any:
+        def run_trial(recipe: Recipe, info: TrialInfo, hooks: Hooks) -> Any:
+            job_id = info.resume if info.resume and self._known(info.resume) else None
+            if job_id is None:
+                job_id = self.jobs.submit(
+                    recipe.to_dict(), files={SWEEP_FILE: json.dumps(info.sweep)}
+                )
+                info.started(job_id)
+            return self._watch(job_id, hooks)
+
+        return run_trial
+
+    def _known(self, job_id: str) -> bool:
+        try:
+            self.jobs.get(job_id)
+        except JobNotFound:
+            return False
+        return True
+
+    def _watch(self, job_id: str, hooks: Hooks) -> Any:
+        """Follow the trial's job to its end: validation losses to ``hooks``, and a cancel when
+        ``hooks`` says stop (pruned, or the sweep cancelled). The record when it succeeds."""
+        seen = 0
+        while True:
+            if self._closed.is_set():
+                raise Interrupted
+            job = self.jobs.get(job_id)
+            for step, value in job.val_losses[seen:]:
+                loss = job.loss_curve[-1][1] if job.loss_curve else 0.0
+                hooks.progress(int(step), job.total or 0, loss, value)
+            seen = len(job.val_losses)
+            if job.state in FINISHED:
+                break
+            if not job.cancel_requested and hooks.should_stop():
+                self.jobs.cancel(job_id)
+            self._closed.wait(self.poll_s)
+        if job.state == "succeeded" and job.adapter:
+            return self.record_of(job.adapter)
+        if job.state == "cancelled":
+            shutil.rmtree(self.jobs.job_dir(job_id) / "checkpoints", ignore_errors=True)
+            raise Cancelled(f"trial job {job_id} cancelled")
+        raise RuntimeError(job.error or f"trial job {job_id} {job.state}")
+
+
+def _report(folder: Path) -> dict[str, str] | None:
+    path = folder / "sweep.json"
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text(encoding="utf-8")).get("report")
+    return found if isinstance(found, dict) else None
