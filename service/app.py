@@ -133,14 +133,16 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         if state.jobs is None:
             state.jobs = tune.make_job_runner(state)
         state.jobs.start()
-        if state.sweeps is None:
-            from service.sweeps import SweepRunner
-
-            state.sweeps = SweepRunner(settings.layout.sweeps, state.jobs, state.registry())
-        state.sweeps.start()
         if state.evals is None:
             state.evals = make_eval_runner(state)
         state.evals.start()
+        if state.sweeps is None:
+            from service.sweeps import SweepRunner
+
+            state.sweeps = SweepRunner(
+                settings.layout.sweeps, state.jobs, state.registry(), evals=state.evals
+            )
+        state.sweeps.start()
         if settings.answer_log.enabled and state.answers is None:
             from service.answerlog import AnswerLog
 

@@ -56,9 +56,11 @@ class SweepRunner:
         registry: Registry,
         poll_s: float = 0.5,
         record_of: Callable[[str], Any] | None = None,
+        evals: JobRunner | None = None,
     ) -> None:
-        """``record_of(adapter_id)`` reads a finished trial's record (default: ``registry``)."""
-        self.root, self.jobs, self.poll_s = Path(root), jobs, poll_s
+        """``record_of(adapter_id)`` reads a finished trial's record (default: ``registry``);
+        ``evals`` runs the eval that scores each trial of a sweep on objective eval."""
+        self.root, self.jobs, self.poll_s, self.evals = Path(root), jobs, poll_s, evals
         self.record_of = record_of or registry.get
         self._closed = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
@@ -145,8 +147,9 @@ class SweepRunner:
 
     def _run(self, sweep: Sweep) -> None:
         cancelled = sweep.folder / CANCEL_MARK
+        score = self._scorer(sweep) if sweep.spec.eval is not None else None
         try:
-            sweep.run(self._trial_runner(sweep), should_stop=cancelled.is_file)
+            sweep.run(self._trial_runner(sweep), should_stop=cancelled.is_file, score=score)
         except Interrupted:
             log.info("sweep %s: left running, to resume at the next start", sweep.id)
         except Cancelled:
@@ -168,6 +171,41 @@ class SweepRunner:
             return self._watch(job_id, hooks)
 
         return run_trial
+
+    def _scorer(self, sweep: Sweep) -> Callable[[Any], float]:
+        """Objective eval: an eval run of the trial's adapter (the app's eval runner) on the
+        uploaded file ``sweep.eval.dataset``; its mean ``sweep.eval.metric``."""
+        spec = sweep.spec.eval
+        assert spec is not None
+
+        def score(record: Any) -> float:
+            if self.evals is None:
+                raise RuntimeError("objective eval needs the eval run runner")
+            options = {
+                "modes": [spec.mode],
+                f"{spec.mode}_adapter": record.id,
+                "k": spec.k,
+                "depth": max(spec.k, 20),
+                "max_new_tokens": spec.max_new_tokens,
+                "resamples": 1000,
+                "probes": False,
+                **({"limit": spec.limit} if spec.limit else {}),
+            }
+            run_id = self.evals.submit(
+                {"name": "sweep-eval", "file_id": spec.dataset, "options": options}
+            )
+            while (run := self.evals.get(run_id)).state not in FINISHED:
+                if self._closed.is_set():
+                    self.evals.cancel(run_id)
+                    raise Interrupted
+                self._closed.wait(self.poll_s)
+            if run.state != "succeeded":
+                raise RuntimeError(f"eval run {run_id} {run.state}: {run.error or ''}".strip(": "))
+            path = self.evals.job_dir(run_id) / "report" / "metrics.json"
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            return float(metrics["metrics"][spec.mode][spec.metric]["mean"])
+
+        return score
 
     def _known(self, job_id: str) -> bool:
         try:

@@ -82,7 +82,28 @@ WINDOW_MAX = 200  # the deepest rank searched for negatives
 WEIGHT_BOUNDS: dict[str, float] = {"gt": 0, "le": 1000}  # a dataset's share in a mix
 # What a sweep optimises: the trial's metric in its registry record, and which way is better.
 # Only val_loss is reported while a trial trains, so only it can prune a trial early.
-SWEEP_OBJECTIVES = {"val_loss": "minimize", "recall@10": "maximize", "reward_accuracy": "maximize"}
+# eval: an answer metric of a short eval run of each trial's adapter (``sweep.eval``).
+SWEEP_OBJECTIVES = {
+    "val_loss": "minimize",
+    "recall@10": "maximize",
+    "reward_accuracy": "maximize",
+    "eval": "maximize",
+}
+SWEEP_EVAL_METRICS = (
+    "token_f1",
+    "rouge_l",
+    "exact_match",
+    "groundedness",
+    "citation_precision",
+    "citation_recall",
+)
+SWEEP_EVAL_MODES = ("hybrid", "ft")
+SWEEP_EVAL_BOUNDS: dict[str, dict[str, float]] = {
+    "limit": {"ge": 1, "le": 100_000},
+    "k": {"ge": 1, "le": 50},
+    "max_new_tokens": {"ge": 1, "le": 4096},
+}
+SWEEP_EVAL_DATASET_MAX_CHARS = 4096
 SWEEP_PRUNERS = ("median", "hyperband", "none")
 SWEEP_PARAM_TYPES = ("log_uniform", "uniform", "int", "categorical")
 SWEEP_BOUNDS: dict[str, dict[str, float]] = {
@@ -398,6 +419,32 @@ class SweepParam:
 
 
 @dataclass
+class SweepEval:
+    """The short eval run that scores each trial (``sweep.objective: eval``): the trial's
+    adapter answers ``limit`` questions of ``dataset`` in ``mode``, scored by ``metric``. Keep
+    these questions apart from the ones the final comparison is made on."""
+
+    dataset: str = ""  # an eval dataset (a path for the CLI, an uploaded file id for the API)
+    metric: str = "token_f1"  # an answer metric: higher is better
+    mode: str = "hybrid"  # hybrid (with retrieval) or ft (the question alone)
+    limit: int | None = 50  # the first N questions; None: all of them
+    k: int = 3  # passages in the prompt (hybrid)
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        ok = isinstance(self.dataset, str) and 0 < len(self.dataset) <= SWEEP_EVAL_DATASET_MAX_CHARS
+        _check(ok, "sweep.eval.dataset", self.dataset, "an eval dataset to score trials on")
+        _check(
+            self.metric in SWEEP_EVAL_METRICS,
+            "sweep.eval.metric",
+            self.metric,
+            f"one of {SWEEP_EVAL_METRICS}",
+        )
+        _check(self.mode in SWEEP_EVAL_MODES, "sweep.eval.mode", self.mode, "hybrid or ft")
+        _check_bounds(self, SWEEP_EVAL_BOUNDS, "sweep.eval.")
+
+
+@dataclass
 class SweepSpec:
     """A hyperparameter search over the recipe (``ragtune tune --sweep``): ``space`` maps a
     recipe key (``hyperparameters.learning_rate``, ``datasets.0.synthetic.p_gold``,
@@ -411,8 +458,11 @@ class SweepSpec:
     timeout_s: float | None = None  # no trial starts once the sweep has run this long
     seed: int = 42  # the sampler's
     baseline: bool = True  # the first trial trains the recipe's own values
+    eval: SweepEval | None = None  # objective eval: the eval run that scores each trial
 
     def __post_init__(self) -> None:
+        if isinstance(self.eval, dict):
+            self.eval = SweepEval(**self.eval)
         _check(
             isinstance(self.space, dict) and 0 < len(self.space) <= SWEEP_PARAMS_MAX,
             "sweep.space",
@@ -441,10 +491,33 @@ class SweepSpec:
         )
         _check(self.pruner in SWEEP_PRUNERS, "sweep.pruner", self.pruner, f"one of {SWEEP_PRUNERS}")
         _check(isinstance(self.baseline, bool), "sweep.baseline", self.baseline, "true or false")
+        _check(
+            (self.eval is not None) == (self.objective == "eval"),
+            "sweep.eval",
+            self.eval,
+            "set for objective eval (and only then): {dataset, metric, mode, limit}",
+        )
 
     @property
     def direction(self) -> str:
         return SWEEP_OBJECTIVES[self.objective]
+
+
+# Keys that change which examples a trial trains and is scored on (its own held-out split).
+SWEEP_DATA_KEYS = (
+    "datasets.",
+    "min_examples",
+    "hyperparameters.val_fraction",
+    "hyperparameters.test_fraction",
+    "hyperparameters.seed",
+    "hyperparameters.max_length",
+    "preference.held_out",
+    "preference.max_pairs_per_question",
+)
+
+
+def _splits_data(path: str) -> bool:
+    return any(path == k or (k.endswith(".") and path.startswith(k)) for k in SWEEP_DATA_KEYS)
 
 
 def get_path(data: Any, path: str) -> Any:
@@ -604,6 +677,14 @@ class Recipe:
                     "widen the range or set sweep.baseline false",
                 )
         retriever = self.component == "retriever"
+        if sweep.objective == "eval":
+            _check(
+                not retriever,
+                "sweep.objective",
+                "eval",
+                "recall@10 for a retriever recipe (eval scores a generator adapter's answers)",
+            )
+            return
         wants = (
             "recall@10"
             if retriever
@@ -618,8 +699,17 @@ class Recipe:
             sweep.objective,
             f"{wants} for a retriever recipe"
             if retriever
-            else f"val_loss{' or ' + wants if wants else ''} for this recipe",
+            else f"val_loss{' or ' + wants if wants else ''} or eval for this recipe",
         )
+        for path in sweep.space:
+            _check(
+                not _splits_data(path),
+                f"sweep.space.{path}",
+                path,
+                f"not searched on {sweep.objective}: it changes the data the trials' held-out "
+                "split is cut from, so their values would not compare; score trials with "
+                "objective eval (sweep.eval) instead",
+            )
         if sweep.objective == "val_loss":
             _check(
                 self.hyperparameters.val_fraction > 0,

@@ -165,6 +165,7 @@ class Sweep:
         assert recipe.sweep is not None
         self.folder, self.recipe, self.spec = folder, recipe, recipe.sweep
         self.id = folder.name
+        self._score: Callable[[Any], float] | None = None
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
@@ -226,13 +227,18 @@ class Sweep:
         hooks: Hooks | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         on_trial: Callable[[dict[str, Any]], None] | None = None,
+        score: Callable[[Any], float] | None = None,
     ) -> dict[str, Any]:
         """Run trials until ``sweep.trials`` have finished or ``sweep.timeout_s`` is spent (a
-        trial running then finishes); return the summary. ``Cancelled`` when ``should_stop``
-        says so (the running trial stops, the sweep is marked cancelled); ``SweepBusy`` when
-        another process runs it."""
+        trial running then finishes); return the summary. ``score(record)`` is a trained
+        trial's objective for ``objective: eval`` (the caller runs the eval). ``Cancelled``
+        when ``should_stop`` says so (the running trial stops, the sweep is marked
+        cancelled); ``SweepBusy`` when another process runs it."""
         from optuna.trial import Trial, TrialState
 
+        if self.spec.objective == "eval" and score is None:
+            raise ValueError("sweep.objective: eval needs a way to run the eval (score)")
+        self._score = score
         with _driving(self.folder):
             study = self._study()
             started, spent = time.monotonic(), float(study.user_attrs.get("spent_s", 0.0))
@@ -327,8 +333,16 @@ class Sweep:
             return self._failed(study, trial, f"{type(exc).__name__}: {exc}")
         trial.set_user_attr("seconds", round(time.monotonic() - began, 1))
         trial.set_user_attr("adapter", record.id)
-        value = objective_value(record.metrics, self.spec.objective)
-        if value is None:
+        if self._score is not None and self.spec.objective == "eval":
+            try:
+                value: float | None = float(self._score(record))
+            except Exception as exc:  # noqa: BLE001 - the trial's eval failing fails the trial
+                return self._failed(
+                    study, trial, f"eval of {record.id}: {type(exc).__name__}: {exc}"
+                )
+        else:
+            value = objective_value(record.metrics, self.spec.objective)
+        if value is None or not math.isfinite(value):
             return self._failed(study, trial, f"{record.id} has no {self.spec.objective}")
         study.tell(trial, value)
         log.info(

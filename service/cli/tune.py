@@ -174,8 +174,9 @@ def _sweep(plan: Any, path: Path, settings: Settings, fresh: bool) -> None:
             value = f"{t['value']:.4f}" if t["value"] is not None else t.get("error") or "-"
             _said(bar, f"trial {t['number']} {t['state']}: {value} {t['params']}")
 
+    score = _eval_score(sweep, bar) if spec.eval is not None else None
     try:
-        summary = sweep.run(run_trial, hooks=bar, on_trial=said)
+        summary = sweep.run(run_trial, hooks=bar, on_trial=said, score=score)
     except SweepBusy as exc:
         raise click.ClickException(one_line(exc)) from None
     except RuntimeError as exc:
@@ -197,6 +198,53 @@ def _sweep(plan: Any, path: Path, settings: Settings, fresh: bool) -> None:
         )
     if summary.get("report"):
         click.echo(f"report: {sweep.folder / summary['report']['html']}")
+
+
+def _eval_score(sweep: Any, bar: _Bar) -> Any:
+    """A trial's objective ``eval``: ``ragtune eval`` of its adapter on ``sweep.eval``'s
+    questions, in a child process (the service never imports ``eval``), its run kept in the
+    sweep's folder under ``evals/trial-N``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    spec = sweep.spec.eval
+
+    def score(record: Any) -> float:
+        out = sweep.folder / "evals" / f"trial-{record.sweep['trial']}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "eval",
+            "eval",
+            "--dataset",
+            spec.dataset,
+            "--modes",
+            spec.mode,
+            f"--{spec.mode}-adapter",
+            record.id,
+            "--k",
+            str(spec.k),
+            "--max-new-tokens",
+            str(spec.max_new_tokens),
+            "--resamples",
+            "1000",
+            "--no-probes",
+            "--out",
+            str(out),
+            *(["--limit", str(spec.limit)] if spec.limit else []),
+        ]
+        _said(bar, f"trial {record.sweep['trial']}: scoring {record.id} on {spec.dataset}")
+        env = {**os.environ, "RAGTUNE_PROG": "ragtune"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else f"ragtune eval exited {proc.returncode}")
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        return float(metrics["metrics"][spec.mode][spec.metric]["mean"])
+
+    return score
 
 
 def _data_line(component: str, prepared: Any) -> str:

@@ -50,6 +50,9 @@ from tuner.config import (
     SWEEP_BOUNDS,
     SWEEP_CHOICE_MAX_CHARS,
     SWEEP_CHOICES_MAX,
+    SWEEP_EVAL_BOUNDS,
+    SWEEP_EVAL_METRICS,
+    SWEEP_EVAL_MODES,
     SWEEP_OBJECTIVES,
     SWEEP_PARAM_BOUNDS,
     SWEEP_PARAM_TYPES,
@@ -67,6 +70,7 @@ from tuner.config import (
     PreferenceTuning,
     Recipe,
     RetrieverTuning,
+    SweepEval,
     SweepParam,
     SweepSpec,
     SyntheticSpec,
@@ -121,12 +125,22 @@ SweepParamBody = edge_model(
     },
 )
 SweepKey = Annotated[str, Field(min_length=1, max_length=200)]
+SweepEvalBody = edge_model(
+    SweepEval,
+    SWEEP_EVAL_BOUNDS,
+    {
+        "dataset": FileId,
+        "metric": one_of(SWEEP_EVAL_METRICS),
+        "mode": one_of(SWEEP_EVAL_MODES),
+    },
+)
 SweepBody = edge_model(
     SweepSpec,
     SWEEP_BOUNDS,
     {
         "objective": one_of(tuple(SWEEP_OBJECTIVES)),
         "pruner": one_of(SWEEP_PRUNERS),
+        "eval": SweepEvalBody | None,
         "space": Annotated[
             dict[SweepKey, SweepParamBody],  # type: ignore[valid-type]
             Field(min_length=1, max_length=SWEEP_PARAMS_MAX),
@@ -349,6 +363,28 @@ def _check_parent(body: JobBody, state: AppState) -> None:
         raise ValueError(f"parent: {record.id} was trained with {record.method}, not {body.method}")
 
 
+def _check_sweep_eval(spec: dict[str, Any] | None, state: AppState) -> None:
+    """A sweep scored by eval names an uploaded eval file and stays within the service's
+    limits (as an eval run does)."""
+    if spec is None:
+        return
+    from tuner.prepare import FILE_ID
+
+    dataset = spec.get("dataset")
+    files = state.settings.layout.files
+    if not isinstance(dataset, str) or not FILE_ID.fullmatch(dataset):
+        raise ValueError(
+            f"sweep.eval.dataset: an uploaded file's id (POST /v1/files), got {dataset!r}"
+        )
+    if not (files / f"{dataset}.jsonl").is_file():
+        raise ValueError(f"sweep.eval.dataset: no uploaded file {dataset!r} (POST /v1/files)")
+    limits = state.settings.limits
+    if spec.get("k", 3) > limits.max_k:
+        raise ValueError(f"sweep.eval.k: at most {limits.max_k} (the service's max_k)")
+    if spec.get("max_new_tokens", 64) > limits.max_new_tokens:
+        raise ValueError(f"sweep.eval.max_new_tokens: at most {limits.max_new_tokens}")
+
+
 def _given(model: BaseModel) -> dict[str, Any]:
     """What the client set in one of the recipe's sections (the tuner fills in the rest)."""
     return model.model_dump(exclude_unset=True)
@@ -388,6 +424,7 @@ def recipe_dict(body: JobBody, state: AppState) -> dict[str, Any]:
     }
     if body.sweep is not None:
         recipe["sweep"] = body.sweep.model_dump(exclude_unset=True)
+        _check_sweep_eval(recipe["sweep"].get("eval"), state)
     if retriever:
         recipe["retriever"] = _given(body.retriever)
     if preference:

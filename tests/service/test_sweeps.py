@@ -133,6 +133,18 @@ def test_bad_sweeps_are_422_naming_the_key_and_unknown_ids_404(client: TestClien
         ({"objective": "recall@10"}, "invalid_recipe", "sweep.objective"),
         ({"space": {}}, "invalid_request", "space"),
         ({"bogus": 1}, "invalid_request", "bogus"),
+        ({"objective": "eval", "eval": {"dataset": "/etc/passwd"}}, "invalid_request", "dataset"),
+        (
+            {"objective": "eval", "eval": {"dataset": "file-0123456789abcdef0123456789abcdef"}},
+            "invalid_recipe",
+            "sweep.eval.dataset: no uploaded file",
+        ),
+        (
+            {"objective": "eval", "eval": {"dataset": file_id, "max_new_tokens": 4000}},
+            "invalid_recipe",
+            "sweep.eval.max_new_tokens: at most",
+        ),
+        ({"objective": "eval"}, "invalid_recipe", "sweep.eval: set for objective eval"),
     ):
         r = client.post(
             "/v1/tune/jobs", json={**_body(file_id), "sweep": {"space": SPACE, **change}}
@@ -144,6 +156,35 @@ def test_bad_sweeps_are_422_naming_the_key_and_unknown_ids_404(client: TestClien
     assert client.get("/v1/tune/sweeps/..%2F..%2Fetc").status_code == 404
     assert client.post("/v1/tune/sweeps/sweep-nope-1/cancel").status_code == 404
     assert client.get("/v1/tune/sweeps").json()["sweeps"] == []
+
+
+@pytest.mark.slow
+def test_a_sweep_scored_by_eval_runs_through_the_eval_runner(client: TestClient) -> None:
+    rows = [
+        {
+            "id": f"d{i}",
+            "context": f"item {i} is number {i} .",
+            "question": f"what is item {i} ?",
+            "answers": [f"number {i}"],
+        }
+        for i in range(3)
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    dev = client.post("/v1/files", files={"file": ("dev.jsonl", data, "application/jsonl")})
+    assert dev.status_code == 201, dev.text
+    evaluation = {"dataset": dev.json()["id"], "limit": 2, "max_new_tokens": 8}
+    body = _body(_file(client), objective="eval", eval=evaluation)
+    r = client.post("/v1/tune/jobs", json=body)
+    assert r.status_code == 202, r.text
+    done = poll_state(client, f"/v1/tune/sweeps/{r.json()['sweep']}", "succeeded", 400)
+    assert [t["state"] for t in done["trials"]] == ["complete", "complete"], done["trials"]
+    runs = client.get("/v1/eval/runs").json()["runs"]
+    assert len(runs) == 2 and all(run["state"] == "succeeded" for run in runs)
+    for run, trial in zip(reversed(runs), done["trials"], strict=True):
+        metrics = client.get(f"/v1/eval/runs/{run['id']}").json()["metrics"]
+        assert metrics["run"]["adapters"]["hybrid"] == trial["adapter"]
+        assert trial["value"] == pytest.approx(metrics["metrics"]["hybrid"]["token_f1"]["mean"])
+    assert done["direction"] == "maximize"
 
 
 # ---- the driver over the job runner (the fake trainer as the worker) ------------------------

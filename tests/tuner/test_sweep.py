@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tuner.config import Recipe, recipe_from_dict
+from tuner.config import Recipe, recipe_from_dict, with_values
 from tuner.registry import Registry
 from tuner.sweep import Sweep, SweepBusy, TrialInfo, _driving
 
@@ -108,6 +108,19 @@ def _recipe_dict(tiny: Path, data: Path, **sweep: Any) -> dict[str, Any]:
             {"space": {"hyperparameters.rank": {"type": "int", "low": 4, "high": 9, "oops": 1}}},
             "oops",
         ),
+        ({"objective": "eval"}, "sweep.eval: set for objective eval"),
+        ({"eval": {"dataset": "faq.jsonl"}}, "sweep.eval: set for objective eval"),
+        ({"objective": "eval", "eval": {"dataset": ""}}, "sweep.eval.dataset"),
+        ({"objective": "eval", "eval": {"dataset": "d", "metric": "bleu"}}, "sweep.eval.metric"),
+        ({"objective": "eval", "eval": {"dataset": "d", "mode": "rag"}}, "sweep.eval.mode"),
+        (
+            {
+                "space": {
+                    "hyperparameters.val_fraction": {"type": "uniform", "low": 0.1, "high": 0.3}
+                }
+            },
+            "not searched on val_loss: it changes the data",
+        ),
     ],
 )
 def test_a_bad_sweep_block_is_refused_naming_the_key(
@@ -117,6 +130,22 @@ def test_a_bad_sweep_block_is_refused_naming_the_key(
     data["sweep"].update(change)
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
         recipe_from_dict(data)
+
+
+def test_data_keys_are_searched_only_on_an_eval_objective(tiny_llama: Path, tmp_path: Path) -> None:
+    data = _recipe_dict(tiny_llama, _toy(tmp_path))
+    data["datasets"] = [{"synthetic": {"kind": "raft", "p_gold": 0.8}}]
+    data["sweep"]["space"] = {
+        "datasets.0.synthetic.p_gold": {"type": "uniform", "low": 0.5, "high": 1.0}
+    }
+    with pytest.raises(ValueError, match="sweep.space.datasets.0.synthetic.p_gold: not searched"):
+        recipe_from_dict(data)
+    data["sweep"].update(objective="eval", eval={"dataset": "dev.jsonl", "limit": 20})
+    recipe = recipe_from_dict(data)
+    assert recipe.sweep is not None and recipe.sweep.direction == "maximize"
+    trial = with_values(recipe, {"datasets.0.synthetic.p_gold": 0.6})
+    assert trial.datasets[0].synthetic is not None and trial.datasets[0].synthetic.p_gold == 0.6
+    assert trial.sweep is None and recipe.datasets[0].synthetic.p_gold == 0.8  # type: ignore[union-attr]
 
 
 def test_a_sweep_on_val_loss_needs_a_validation_split(tiny_llama: Path, tmp_path: Path) -> None:
@@ -205,6 +234,31 @@ def test_a_sweep_prunes_a_lagging_trial_and_records_the_rest(
     # done: opening and running it again trains nothing more
     again = Sweep.open(tmp_path / "data" / "sweeps", recipe).run(run_trial)
     assert len(seen) == 3 and len(again["trials"]) == 3
+
+
+def test_an_eval_objective_scores_each_trained_trial(tiny_llama: Path, tmp_path: Path) -> None:
+    data = _recipe_dict(tiny_llama, _toy(tmp_path), objective="eval", eval={"dataset": "dev"})
+    recipe = recipe_from_dict(data)
+    run_trial, _, data_dir = _in_process(tmp_path)
+    scored: list[str] = []
+
+    def score(record: Any) -> float:  # stands in for an eval run: the higher, the better
+        scored.append(record.id)
+        if record.sweep["trial"] == 1:
+            raise RuntimeError("the eval run failed")
+        return 1.0 - record.metrics["val_loss"] / 10
+
+    sweep = Sweep.open(tmp_path / "sweeps", recipe)
+    with pytest.raises(ValueError, match="eval needs"):
+        sweep.run(run_trial)
+    summary = sweep.run(run_trial, score=score)
+    assert [t["state"] for t in summary["trials"]] == ["complete", "fail", "complete"]
+    assert (
+        "eval of toy-sweep-v2: RuntimeError: the eval run failed" in summary["trials"][1]["error"]
+    )
+    assert summary["direction"] == "maximize" and len(scored) == 3
+    best = max((t for t in summary["trials"] if t["value"] is not None), key=lambda t: t["value"])
+    assert summary["best"]["number"] == best["number"]
 
 
 def test_one_process_runs_a_sweep_at_a_time(tiny_llama: Path, tmp_path: Path) -> None:
@@ -312,3 +366,54 @@ def test_tune_sweep_resumes_after_a_kill(tiny_llama: Path, tmp_path: Path) -> No
     records = Registry(tmp_path / "data" / "adapters").list()
     assert sorted(r.sweep["trial"] for r in records if r.sweep) == [0, 1]
     assert all(r.metrics["updates"] == 40 for r in records)
+
+
+@pytest.mark.slow
+def test_tune_sweep_scored_by_a_short_eval(tiny_llama: Path, tiny_st: Path, tmp_path: Path) -> None:
+    """objective eval from the command line: each trial's adapter answers the dev questions
+    (``ragtune eval`` in a child process), the sweep keeps the mean token F1 of each."""
+    dev = tmp_path / "dev.jsonl"
+    rows = [
+        {
+            "id": f"d{i}",
+            "context": f"item {i} is number {i} of the list .",
+            "question": q,
+            "answers": [a],
+        }
+        for i, (q, a) in enumerate(QA[:4])
+    ]
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _recipe_dict(
+        tiny_llama,
+        _toy(tmp_path),
+        trials=2,
+        objective="eval",
+        eval={"dataset": str(dev), "metric": "token_f1", "limit": 3, "max_new_tokens": 8},
+    )
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {
+        **os.environ,
+        "RAGTUNE_DATA_DIR": str(tmp_path / "data"),
+        "RAGTUNE_GENERATOR": str(tiny_llama),
+        "RAGTUNE_EMBEDDER": str(tiny_st),
+        "RAGTUNE_THREADS": "1",
+    }
+    ragtune = str(Path(sys.executable).parent / "ragtune")
+    done = subprocess.run(
+        [ragtune, "tune", "--recipe", str(path), "--sweep"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = next((tmp_path / "data" / "sweeps").iterdir())
+    summary = json.loads((folder / "sweep.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["complete", "complete"], summary["trials"]
+    for t in summary["trials"]:
+        run = json.loads((folder / "evals" / f"trial-{t['number']}" / "metrics.json").read_text())
+        assert run["run"]["adapters"]["hybrid"] == t["adapter"]
+        assert run["run"]["questions"] == 3
+        assert t["value"] == pytest.approx(run["metrics"]["hybrid"]["token_f1"]["mean"])
+    assert "scoring toy-sweep-v1" in done.stdout
