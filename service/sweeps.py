@@ -46,6 +46,13 @@ class SweepFinished(Exception):
     """The sweep already finished; it cannot be cancelled."""
 
 
+class TooManySweeps(RuntimeError):
+    """As many sweeps as the service drives at once are running."""
+
+
+MAX_RUNNING = 4  # sweeps driven at once (their trials still train one job at a time)
+
+
 class SweepRunner:
     """Drives the service's sweeps, one thread each, their trials through ``jobs``."""
 
@@ -65,15 +72,16 @@ class SweepRunner:
         self._closed = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._loaded: dict[str, Sweep] = {}  # one Sweep (and study storage) per folder
 
     # ---- public ---------------------------------------------------------------------------
     def start(self) -> SweepRunner:
         """Resume the sweeps a stop left running (or queued)."""
         if self.root.is_dir():
             for folder in sorted(self.root.iterdir()):
-                if (folder / API_MARK).is_file() and not (folder / CANCEL_MARK).is_file():
-                    sweep = Sweep.load(folder)
-                    if sweep.state() in ("queued", "running"):
+                if (folder / API_MARK).is_file():
+                    sweep = self._sweep(folder.name)
+                    if sweep.state() in ("queued", "running"):  # a cancelled one ends as such
                         log.info("sweep %s: resuming", sweep.id)
                         self._drive(sweep)
         return self
@@ -84,6 +92,9 @@ class SweepRunner:
         recipe = recipe_from_dict(dict(recipe_dict))
         if recipe.sweep is None:
             raise ValueError("sweep: the recipe has no sweep block")
+        with self._lock:
+            if len(self._threads) >= MAX_RUNNING:
+                raise TooManySweeps(f"{MAX_RUNNING} sweeps are running; wait for one or cancel one")
         sweep = Sweep.open(self.root, recipe, sweep_id_=new_sweep_id(recipe))
         (sweep.folder / API_MARK).touch()
         self._drive(sweep)
@@ -93,6 +104,7 @@ class SweepRunner:
         """The sweep's summary, with the job of the trial it is training (if any)."""
         sweep = self._sweep(sweep_id)
         summary = sweep.summary()
+        summary["error"] = _saved(sweep.folder).get("error")
         summary["cancel_requested"] = (sweep.folder / CANCEL_MARK).is_file()
         running = [t for t in summary["trials"] if t["state"] == "running"]
         summary["current_job"] = running[-1]["key"] if running else None
@@ -111,6 +123,10 @@ class SweepRunner:
         if sweep.state() in ("succeeded", "failed", "cancelled"):
             raise SweepFinished(f"sweep {sweep_id} already {sweep.state()}")
         (sweep.folder / CANCEL_MARK).touch()
+        with self._lock:
+            driven = sweep.id in self._threads
+        if not driven:  # nobody drives it (yet): its driver's first look ends it as cancelled
+            self._drive(sweep)
         current = self.get(sweep_id)["current_job"]
         if current:
             try:
@@ -135,13 +151,18 @@ class SweepRunner:
         folder = self.root / sweep_id
         if "/" in sweep_id or sweep_id.startswith(".") or not (folder / API_MARK).is_file():
             raise SweepNotFound(sweep_id)
-        return Sweep.load(folder)
+        with self._lock:
+            if sweep_id not in self._loaded:
+                self._loaded[sweep_id] = Sweep.load(folder)
+            return self._loaded[sweep_id]
 
     def _drive(self, sweep: Sweep) -> None:
         thread = threading.Thread(
             target=self._run, args=(sweep,), name=f"sweep-{sweep.id}", daemon=True
         )
         with self._lock:
+            if sweep.id in self._threads:
+                return
             self._threads[sweep.id] = thread
         thread.start()
 
@@ -163,6 +184,10 @@ class SweepRunner:
     def _trial_runner(self, sweep: Sweep) -> Any:
         def run_trial(recipe: Recipe, info: TrialInfo, hooks: Hooks) -> Any:
             job_id = info.resume if info.resume and self._known(info.resume) else None
+            if job_id is None:  # submitted before a crash could record it: adopt that job
+                job_id = self._submitted(info.sweep)
+                if job_id is not None:
+                    info.started(job_id)
             if job_id is None:
                 job_id = self.jobs.submit(
                     recipe.to_dict(), files={SWEEP_FILE: json.dumps(info.sweep)}
@@ -185,7 +210,7 @@ class SweepRunner:
                 "modes": [spec.mode],
                 f"{spec.mode}_adapter": record.id,
                 "k": spec.k,
-                "depth": max(spec.k, 20),
+                "depth": spec.k,
                 "max_new_tokens": spec.max_new_tokens,
                 "resamples": 1000,
                 "probes": False,
@@ -198,6 +223,9 @@ class SweepRunner:
                 if self._closed.is_set():
                     self.evals.cancel(run_id)
                     raise Interrupted
+                if (sweep.folder / CANCEL_MARK).is_file():
+                    self.evals.cancel(run_id)
+                    raise Cancelled(f"sweep {sweep.id} cancelled while scoring {record.id}")
                 self._closed.wait(self.poll_s)
             if run.state != "succeeded":
                 raise RuntimeError(f"eval run {run_id} {run.state}: {run.error or ''}".strip(": "))
@@ -206,6 +234,21 @@ class SweepRunner:
             return float(metrics["metrics"][spec.mode][spec.metric]["mean"])
 
         return score
+
+    def _submitted(self, trial: dict[str, Any]) -> str | None:
+        """An unfinished-or-succeeded job already submitted for this sweep trial, if any."""
+        for job in self.jobs.list():
+            if job.state in ("failed", "cancelled"):
+                continue
+            path = self.jobs.job_dir(job.id) / SWEEP_FILE
+            try:
+                theirs = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            keys = ("id", "run", "trial")
+            if all(theirs.get(k) == trial.get(k) for k in keys):
+                return job.id
+        return None
 
     def _known(self, job_id: str) -> bool:
         try:
@@ -239,9 +282,15 @@ class SweepRunner:
         raise RuntimeError(job.error or f"trial job {job_id} {job.state}")
 
 
+def _saved(folder: Path) -> dict[str, Any]:
+    """The summary the driver last wrote ({} before its first)."""
+    try:
+        found = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _report(folder: Path) -> dict[str, str] | None:
-    path = folder / "sweep.json"
-    if not path.is_file():
-        return None
-    found = json.loads(path.read_text(encoding="utf-8")).get("report")
+    found = _saved(folder).get("report")
     return found if isinstance(found, dict) else None

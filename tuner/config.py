@@ -7,6 +7,7 @@ raises ``ValueError`` naming the field and the bad value. Knows nothing of model
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,10 +118,10 @@ SWEEP_PARAM_BOUNDS: dict[str, dict[str, float]] = {
     "high": {"ge": -1e9, "le": 1e9},
     "step": {"gt": 0, "le": 1e9},
 }
-SWEEP_CHOICES_MAX = 1000
+SWEEP_CHOICES_MAX = 64
 SWEEP_CHOICE_MAX_CHARS = 200
 # Recipe keys a trial may not change: what it is and what it trains on.
-SWEEP_FIXED = ("name", "method", "component", "base_model", "parent", "sweep")
+SWEEP_FIXED = ("name", "method", "component", "base_model", "parent", "sweep", "retriever.activate")
 PREFERENCE_BOUNDS: dict[str, dict[str, float]] = {
     "beta": {"gt": 0, "le": 100},
     "held_out": {"ge": 0, "lt": 1},
@@ -374,6 +375,7 @@ class SweepParam:
             self.type,
             f"one of {SWEEP_PARAM_TYPES}",
         )
+        _check(isinstance(self.log, bool), f"{where}.log", self.log, "true or false")
         if self.type == "categorical":
             ok = isinstance(self.choices, list) and 0 < len(self.choices) <= SWEEP_CHOICES_MAX
             ok = ok and all(
@@ -384,12 +386,18 @@ class SweepParam:
             )
             want = f"a list of 1 to {SWEEP_CHOICES_MAX} plain values"
             _check(ok, f"{where}.choices", self.choices, want)
-            _check(
-                self.low is None and self.high is None,
-                f"{where}.low",
-                self.low,
-                "unset for categorical",
-            )
+            assert self.choices is not None
+            # Optuna tells choices apart by equality: 1 and true (or 1 and 1.0) are one choice
+            distinct = len(set(self.choices)) == len(self.choices)  # {1, True, 1.0} is one
+            _check(distinct, f"{where}.choices", self.choices, "each value once")
+            for name in ("low", "high", "step"):
+                _check(
+                    getattr(self, name) is None,
+                    f"{where}.{name}",
+                    getattr(self, name),
+                    "unset for categorical",
+                )
+            _check(not self.log, f"{where}.log", self.log, "unset for categorical")
             return
         _check(self.choices is None, f"{where}.choices", self.choices, f"unset for {self.type}")
         for side in ("low", "high"):
@@ -403,6 +411,12 @@ class SweepParam:
         assert self.low is not None and self.high is not None
         _check_bounds(self, SWEEP_PARAM_BOUNDS, f"{where}.")
         _check(self.low < self.high, f"{where}.high", self.high, f"greater than low ({self.low})")
+        _check(
+            not self.log or self.type == "int",
+            f"{where}.log",
+            self.log,
+            "for int only (log_uniform is the log scale of a float)",
+        )
         if self.type == "log_uniform" or self.log:
             _check(self.low > 0, f"{where}.low", self.low, "above 0 on a log scale")
         if self.step is not None:
@@ -412,10 +426,35 @@ class SweepParam:
             _check(
                 ok, f"{where}.step", self.step, "a positive step within the range (int, uniform)"
             )
+        if self.type == "int":  # JSON and YAML may give 4.0: Optuna's int needs an int
+            self.low, self.high = int(self.low), int(self.high)
+            self.step = int(self.step) if self.step is not None else None
 
     def values(self) -> list[Any]:
-        """The values whose validity stands for the whole range: its ends, or every choice."""
-        return list(self.choices or []) if self.type == "categorical" else [self.low, self.high]
+        """The values whose validity stands for the whole range: its ends and its middle (an
+        int field refuses the floats a float range samples), or every choice."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            return [self.low, self.high, (self.low + self.high) // 2]
+        return [self.low, self.high, (self.low + self.high) / 2]
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` (the recipe's own) is one this range samples: on its grid."""
+        if self.type == "categorical":
+            return any(value == c and type(value) is type(c) for c in self.choices or [])
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        assert self.low is not None and self.high is not None
+        if not self.low <= value <= self.high:
+            return False
+        if self.type == "int" and not float(value).is_integer():
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return abs(steps - round(steps)) < 1e-9
 
 
 @dataclass
@@ -633,12 +672,15 @@ class Recipe:
         """Every searched key is one of this recipe's own values (not what it is or trains on);
         both ends of a range (every choice) make a valid recipe; the objective is one this
         component's trainer reports, and the baseline's values lie in the space."""
-        data = dataclasses.asdict(self)
-        data["sweep"] = None
+        self.sweep = None  # the recipe without its sweep block, once (a trial has none)
+        try:
+            data = dataclasses.asdict(self)
+        finally:
+            self.sweep = sweep
         for path, param in sweep.space.items():
             where = f"sweep.space.{path}"
             _check(
-                path.split(".")[0] not in SWEEP_FIXED,
+                path.split(".")[0] not in SWEEP_FIXED and path not in SWEEP_FIXED,
                 where,
                 path,
                 "a trial keeps the recipe's " + ", ".join(SWEEP_FIXED),
@@ -654,8 +696,7 @@ class Recipe:
                 "a single value of the recipe (not a section or a list)",
             )
             for value in param.values():
-                trial = dataclasses.asdict(self)
-                trial["sweep"] = None
+                trial = copy.deepcopy(data)
                 set_path(trial, path, value)
                 try:
                     recipe_from_dict(trial)
@@ -664,17 +705,12 @@ class Recipe:
                         f"{where}: {value!r} is not a value the recipe takes ({exc})"
                     ) from None
             if sweep.baseline:
-                inside = (
-                    own in (param.choices or [])
-                    if param.type == "categorical"
-                    else isinstance(own, int | float) and param.low <= own <= param.high  # type: ignore[operator]
-                )
                 _check(
-                    inside,
+                    param.holds(own),
                     where,
                     own,
-                    "the recipe's own value within the range (the baseline trial trains it); "
-                    "widen the range or set sweep.baseline false",
+                    "the recipe's own value within the range, on its step (the baseline trial "
+                    "trains it); widen the range or set sweep.baseline false",
                 )
         retriever = self.component == "retriever"
         if sweep.objective == "eval":
@@ -710,12 +746,19 @@ class Recipe:
                 "split is cut from, so their values would not compare; score trials with "
                 "objective eval (sweep.eval) instead",
             )
-        if sweep.objective == "val_loss":
+        if sweep.objective == "reward_accuracy":
+            _check(
+                self.preference.held_out > 0,
+                "preference.held_out",
+                self.preference.held_out,
+                "above 0 for a sweep on reward_accuracy (it is measured on the held-out rows)",
+            )
+        if sweep.objective in ("val_loss", "recall@10"):
             _check(
                 self.hyperparameters.val_fraction > 0,
                 "hyperparameters.val_fraction",
                 self.hyperparameters.val_fraction,
-                "above 0 for a sweep on val_loss (the trials are compared on it)",
+                f"above 0 for a sweep on {sweep.objective} (it is measured on the held-out split)",
             )
 
     def _check_preference(self) -> None:

@@ -48,6 +48,7 @@ SUMMARY_FILE = "sweep.json"
 RECIPE_FILE = "recipe.json"
 _STORAGE_LOCK = threading.Lock()
 MAX_FAILURES = 3  # trials failing in a row stop the sweep with the last one's error
+SAVE_SPENT_S = 30.0  # how often a running trial saves the sweep's time spent
 
 
 class SweepBusy(RuntimeError):
@@ -76,11 +77,19 @@ class _TrialHooks:
     """The trainer's hooks for one trial: validation losses go to the pruner, a lagging trial or
     a cancelled sweep stops the trainer; progress goes on to ``outer``."""
 
-    def __init__(self, trial: Any, prunes: bool, outer: Hooks | None, stop: Callable[[], bool]):
-        self.trial, self.prunes, self.outer, self.stop = trial, prunes, outer, stop
+    def __init__(
+        self,
+        trial: Any,
+        prunes: bool,
+        outer: Hooks | None,
+        stop: Callable[[], bool],
+        tick: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.trial, self.prunes, self.outer, self.stop, self.tick = trial, prunes, outer, stop, tick
         self.pruned = False
 
     def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None:
+        self.tick()
         if self.outer is not None:
             self.outer.progress(step, total, loss, val_loss)
         if val_loss is None or not self.prunes or not math.isfinite(val_loss):
@@ -115,8 +124,8 @@ def baseline_values(recipe: Recipe, spec: SweepSpec) -> dict[str, Any]:
 
 def objective_value(metrics: dict[str, Any], objective: str) -> float | None:
     """A trained trial's objective from its record's metrics (None when it has none)."""
-    if objective == "val_loss":
-        value = metrics.get("val_loss")
+    if objective == "val_loss":  # the saved weights': the best ones when early stopping kept them
+        value = metrics.get("best_val_loss" if metrics.get("stopped_early") else "val_loss")
         value = metrics.get("best_val_loss") if value is None else value
     elif objective == "recall@10":
         value = metrics.get("recall@10_after")
@@ -166,6 +175,7 @@ class Sweep:
         self.folder, self.recipe, self.spec = folder, recipe, recipe.sweep
         self.id = folder.name
         self._score: Callable[[Any], float] | None = None
+        self._storage: Any = None
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
@@ -198,10 +208,12 @@ class Sweep:
         if not create and not (self.folder / STUDY_FILE).is_file():
             raise KeyError(self.id)
         with _STORAGE_LOCK:  # two threads making the tables at once collide
-            storage = optuna.storages.RDBStorage(
-                f"sqlite:///{self.folder / STUDY_FILE}",
-                engine_kwargs={"connect_args": {"timeout": 30}},
-            )
+            if self._storage is None:  # one engine per sweep, however often it is read
+                self._storage = optuna.storages.RDBStorage(
+                    f"sqlite:///{self.folder / STUDY_FILE}",
+                    engine_kwargs={"connect_args": {"timeout": 30}},
+                )
+            storage = self._storage
         if not create:
             return optuna.load_study(study_name=self.id, storage=storage)
         study = optuna.create_study(
@@ -213,10 +225,14 @@ class Sweep:
         )
         done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         study.sampler = _sampler(self.spec, done)
-        if not study.get_trials(deepcopy=False) and self.spec.baseline:
-            study.enqueue_trial(
-                baseline_values(self.recipe, self.spec), user_attrs={"baseline": True}
-            )
+        if (
+            "run" not in study.user_attrs
+        ):  # tells this study's records from an earlier --fresh one's
+            study.set_user_attr("run", secrets.token_hex(4))
+            if self.spec.baseline:
+                study.enqueue_trial(
+                    baseline_values(self.recipe, self.spec), user_attrs={"baseline": True}
+                )
         return study
 
     # ---- running ------------------------------------------------------------------------
@@ -241,7 +257,8 @@ class Sweep:
         self._score = score
         with _driving(self.folder):
             study = self._study()
-            started, spent = time.monotonic(), float(study.user_attrs.get("spent_s", 0.0))
+            self._clock = (time.monotonic(), float(study.user_attrs.get("spent_s", 0.0)))
+            self._saved = time.monotonic()
             failures = 0
             self._write(study, "running")
             try:
@@ -256,7 +273,7 @@ class Sweep:
                         done = [
                             t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
                         ]
-                        elapsed = spent + time.monotonic() - started
+                        elapsed = self._spent()
                         if len(done) >= self.spec.trials:
                             break
                         if self.spec.timeout_s is not None and elapsed >= self.spec.timeout_s:
@@ -268,7 +285,7 @@ class Sweep:
                     try:
                         ok = self._trial(study, trial, run_trial, hooks, should_stop)
                     finally:
-                        study.set_user_attr("spent_s", spent + time.monotonic() - started)
+                        study.set_user_attr("spent_s", self._spent())
                     failures = 0 if ok else failures + 1
                     self._write(study, "running")
                     if on_trial is not None:
@@ -279,15 +296,37 @@ class Sweep:
                             f"{MAX_FAILURES} trials failed in a row; the last: {error}"
                         )
             except Cancelled:
+                for left_over in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    study.tell(left_over.number, state=TrialState.FAIL)  # never to be resumed
                 self._write(study, "cancelled")
                 raise
-            except Interrupted:
+            except (Interrupted, KeyboardInterrupt):  # stays running: the next run resumes it
+                study.set_user_attr("spent_s", self._spent())
                 raise
             except BaseException as exc:
-                self._write(study, "failed", error=f"{type(exc).__name__}: {exc}")
+                self._write(
+                    study, "failed", error=self._client_error(f"{type(exc).__name__}: {exc}")
+                )
                 raise
             summary = self._write(study, "succeeded")
         return summary
+
+    def _client_error(self, error: str) -> str:
+        """One line a client may read: no server paths (the data dir's made relative)."""
+        from tuner.jobstore import client_error
+
+        return client_error(error, self.folder.parent.parent) or "failed"
+
+    def _spent(self) -> float:
+        """Seconds this sweep has run, over all its runs (what ``timeout_s`` counts)."""
+        began, before = self._clock
+        return before + time.monotonic() - began
+
+    def _tick(self, study: Any) -> None:
+        """Save the time spent now and then while a trial trains, so a kill loses little."""
+        if time.monotonic() - self._saved >= SAVE_SPENT_S:
+            study.set_user_attr("spent_s", self._spent())
+            self._saved = time.monotonic()
 
     def _trial(
         self,
@@ -308,13 +347,27 @@ class Sweep:
             return self._failed(study, trial, str(exc))
         if recipe.component == "retriever":  # the best is named, never switched to
             recipe.retriever.activate = False
+        same = _same_as(study, trial, params)
+        if same is not None:  # TPE proposes a trained combination again: its value stands
+            log.info("sweep %s: trial %d repeats trial %d", self.id, trial.number, same.number)
+            trial.set_user_attr("repeats", same.number)
+            trial.set_user_attr("adapter", same.user_attrs.get("adapter"))
+            study.tell(trial, same.value)
+            return True
+        run = study.user_attrs.get("run")
         info = TrialInfo(
-            sweep={"id": self.id, "trial": trial.number, "params": params, "baseline": baseline},
+            sweep={
+                "id": self.id,
+                "run": run,
+                "trial": trial.number,
+                "params": params,
+                "baseline": baseline,
+            },
             resume=trial.user_attrs.get("key"),
             started=lambda key: trial.set_user_attr("key", key),
         )
         prunes = self.spec.objective == "val_loss" and self.spec.pruner != "none"
-        trial_hooks = _TrialHooks(trial, prunes, hooks, should_stop)
+        trial_hooks = _TrialHooks(trial, prunes, hooks, should_stop, lambda: self._tick(study))
         began = time.monotonic()
         log.info("sweep %s: trial %d %s", self.id, trial.number, params)
         try:
@@ -355,11 +408,10 @@ class Sweep:
         )
         return True
 
-    @staticmethod
-    def _failed(study: Any, trial: Any, error: str) -> bool:
+    def _failed(self, study: Any, trial: Any, error: str) -> bool:
         from optuna.trial import TrialState
 
-        trial.set_user_attr("error", error.splitlines()[0][:500] if error else "failed")
+        trial.set_user_attr("error", self._client_error(error))
         study.tell(trial, state=TrialState.FAIL)
         return False
 
@@ -421,6 +473,16 @@ class Sweep:
         return summary
 
 
+def _same_as(study: Any, trial: Any, params: dict[str, Any]) -> Any:
+    """A complete trial (not this one) that trained exactly ``params``, or None."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != trial.number and t.params == params:
+            return t
+    return None
+
+
 def _trial_row(t: Any) -> dict[str, Any]:
     return {
         "number": t.number,
@@ -432,6 +494,7 @@ def _trial_row(t: Any) -> dict[str, Any]:
         "baseline": bool(t.user_attrs.get("baseline")),
         "error": t.user_attrs.get("error"),
         "key": t.user_attrs.get("key"),
+        "repeats": t.user_attrs.get("repeats"),
         "last_update": max(t.intermediate_values, default=None),
     }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,13 @@ DPI = 100
 Table = tuple[list[str], list[list[str]]]
 
 
+_PYPLOT = threading.Lock()  # pyplot's figures are global: one sweep draws at a time
+
+
 def write_report(study: Any, summary: dict[str, Any], folder: Path) -> dict[str, str]:
     """Write the charts, ``report.md`` and ``report.html``; return their file names."""
-    charts = _charts(study, summary, folder)
+    with _PYPLOT:
+        charts = _charts(study, summary, folder)
     sections = _sections(summary)
     atomic_write_text(folder / "report.md", _markdown(summary, sections, charts))
     atomic_write_text(folder / "report.html", _html(summary, sections, charts, folder))

@@ -139,6 +139,9 @@ def _sweep(plan: Any, path: Path, settings: Settings, fresh: bool) -> None:
         sweep = Sweep.open(settings.layout.sweeps, plan, fresh=fresh)
     except (ValueError, SweepBusy) as exc:
         raise click.ClickException(one_line(exc)) from None
+    if fresh:  # the trials' folders too: a new trial N must not resume an old one's checkpoints
+        for old in settings.layout.jobs.glob(f"cli-{sweep.id}-t*"):
+            shutil.rmtree(old, ignore_errors=True)
     spec = plan.sweep
     click.echo(
         f"sweep {sweep.id}: {spec.trials} trials, {spec.objective} ({spec.direction}), "
@@ -162,6 +165,7 @@ def _sweep(plan: Any, path: Path, settings: Settings, fresh: bool) -> None:
                 job_name=job_name,
                 open_index=lambda: closing(open_index(settings)),
                 hooks=hooks,
+                fresh=info.resume is None,  # only a trial this sweep ran before resumes
                 sweep=info.sweep,
             )
         except Cancelled:  # pruned (or the sweep stopped): no adapter, no checkpoints kept
@@ -179,6 +183,11 @@ def _sweep(plan: Any, path: Path, settings: Settings, fresh: bool) -> None:
         summary = sweep.run(run_trial, hooks=bar, on_trial=said, score=score)
     except SweepBusy as exc:
         raise click.ClickException(one_line(exc)) from None
+    except KeyboardInterrupt:
+        bar.close()
+        raise click.ClickException(
+            f"sweep {sweep.id} interrupted; run the same command again to resume it"
+        ) from None
     except RuntimeError as exc:
         raise click.ClickException(f"sweep {sweep.id}: {one_line(exc)}") from None
     finally:

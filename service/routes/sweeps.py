@@ -36,6 +36,9 @@ class TrialOut(BaseModel):
     error: str | None
     job: str | None = Field(description="the tuning job that trains it")
     last_update: int | None = Field(description="the last update it reported a loss at")
+    repeats: int | None = Field(
+        None, description="the trial whose values it repeats (its value stands, not retrained)"
+    )
 
 
 class SweepOut(BaseModel):

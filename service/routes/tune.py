@@ -453,8 +453,13 @@ def create(body: JobBody, state: State, who: Writer) -> JobCreated | SweepCreate
     try:
         recipe = recipe_dict(body, state)
         if body.sweep is not None:
+            from service.sweeps import TooManySweeps
+
             sweeps = state.tune_sweeps()
-            sweep_id = sweeps.submit(recipe)
+            try:
+                sweep_id = sweeps.submit(recipe)
+            except TooManySweeps as exc:
+                raise ServiceError(409, "too_many_sweeps", str(exc)) from None
             return SweepCreated(sweep=sweep_id, state=sweeps.get(sweep_id)["state"])
         job_id = state.tune_jobs().submit(recipe)
     except ValueError as exc:

@@ -81,6 +81,7 @@ def test_a_sweep_through_the_api_trains_each_trial_as_a_job(client: TestClient) 
         record = registry.get(trial["adapter"])
         assert record.sweep == {
             "id": sweep_id,
+            "run": record.sweep["run"],
             "trial": trial["number"],
             "params": trial["params"],
             "baseline": trial["number"] == 0,
@@ -94,7 +95,8 @@ def test_a_sweep_through_the_api_trains_each_trial_as_a_job(client: TestClient) 
     report = client.get(f"/v1/tune/sweeps/{sweep_id}/report")
     assert report.status_code == 200 and "Best trial" in report.text
     assert "default-src 'none'" in report.headers["content-security-policy"]
-    assert "| baseline" not in client.get(f"/v1/tune/sweeps/{sweep_id}/report?format=md").text
+    md = client.get(f"/v1/tune/sweeps/{sweep_id}/report?format=md")
+    assert md.status_code == 200 and "| 0 (baseline) | complete |" in md.text
 
 
 @pytest.mark.slow
@@ -185,6 +187,23 @@ def test_a_sweep_scored_by_eval_runs_through_the_eval_runner(client: TestClient)
         assert metrics["run"]["adapters"]["hybrid"] == trial["adapter"]
         assert trial["value"] == pytest.approx(metrics["metrics"]["hybrid"]["token_f1"]["mean"])
     assert done["direction"] == "maximize"
+
+
+def test_an_int_range_in_a_body_samples_ints() -> None:
+    """JSON's 4 arrives as 4.0 in a float field: the sweep still samples whole ranks."""
+    from service.routes.tune import SweepBody
+
+    body = SweepBody(space={"hyperparameters.rank": {"type": "int", "low": 4, "high": 16}})
+    data = {
+        "name": "n",
+        "base_model": "tiny",
+        "datasets": [{"path": "x.jsonl"}],
+        "sweep": body.model_dump(exclude_unset=True),
+    }
+    recipe = recipe_from_dict(data)
+    assert recipe.sweep is not None
+    assert recipe.sweep.space["hyperparameters.rank"].low == 4
+    assert isinstance(recipe.sweep.space["hyperparameters.rank"].high, int)
 
 
 # ---- the driver over the job runner (the fake trainer as the worker) ------------------------

@@ -121,6 +121,31 @@ def _recipe_dict(tiny: Path, data: Path, **sweep: Any) -> dict[str, Any]:
             },
             "not searched on val_loss: it changes the data",
         ),
+        (  # a float range on an int field: its middle is refused, not trial after trial
+            {"space": {"hyperparameters.rank": {"type": "uniform", "low": 4, "high": 16}}},
+            "10.0 is not a value the recipe takes",
+        ),
+        (
+            {"space": {"hyperparameters.rank": {"type": "categorical", "choices": [8, 8.0]}}},
+            "each value once",
+        ),
+        (
+            {"space": {"hyperparameters.dropout": {"type": "categorical", "choices": [0, False]}}},
+            "each value once",
+        ),
+        (
+            {
+                "space": {
+                    "hyperparameters.dropout": {"type": "uniform", "low": 0, "high": 1, "log": True}
+                }
+            },
+            "for int only",
+        ),
+        (  # the recipe's rank 8 is off the grid 4, 9, 14
+            {"space": {"hyperparameters.rank": {"type": "int", "low": 4, "high": 14, "step": 5}}},
+            "on its step",
+        ),
+        ({"space": {"retriever.activate": {"type": "categorical", "choices": [True]}}}, "keeps"),
     ],
 )
 def test_a_bad_sweep_block_is_refused_naming_the_key(
@@ -146,6 +171,24 @@ def test_data_keys_are_searched_only_on_an_eval_objective(tiny_llama: Path, tmp_
     trial = with_values(recipe, {"datasets.0.synthetic.p_gold": 0.6})
     assert trial.datasets[0].synthetic is not None and trial.datasets[0].synthetic.p_gold == 0.6
     assert trial.sweep is None and recipe.datasets[0].synthetic.p_gold == 0.8  # type: ignore[union-attr]
+
+
+def test_an_int_range_given_as_floats_samples_ints(tiny_llama: Path, tmp_path: Path) -> None:
+    data = _recipe_dict(tiny_llama, _toy(tmp_path))
+    data["sweep"]["space"] = {"hyperparameters.rank": {"type": "int", "low": 4.0, "high": 16.0}}
+    recipe = recipe_from_dict(data)  # JSON bodies give 4.0 for 4
+    assert recipe.sweep is not None
+    param = recipe.sweep.space["hyperparameters.rank"]
+    assert (param.low, param.high) == (4, 16) and isinstance(param.low, int)
+
+
+def test_objectives_measured_on_held_out_rows_need_some(tiny_llama: Path, tmp_path: Path) -> None:
+    data = _recipe_dict(tiny_llama, _toy(tmp_path), objective="reward_accuracy")
+    data.update(method="dpo", datasets=[{"path": str(tmp_path / "pairs.jsonl")}])
+    data["preference"] = {"held_out": 0.0}
+    data["sweep"]["space"] = {"preference.beta": {"type": "log_uniform", "low": 0.05, "high": 1}}
+    with pytest.raises(ValueError, match="preference.held_out: above 0 for a sweep on reward"):
+        recipe_from_dict(data)
 
 
 def test_a_sweep_on_val_loss_needs_a_validation_split(tiny_llama: Path, tmp_path: Path) -> None:
@@ -261,6 +304,71 @@ def test_an_eval_objective_scores_each_trained_trial(tiny_llama: Path, tmp_path:
     assert summary["best"]["number"] == best["number"]
 
 
+def test_a_repeated_proposal_keeps_the_value_it_had(tiny_llama: Path, tmp_path: Path) -> None:
+    data = _recipe_dict(tiny_llama, _toy(tmp_path), trials=3, pruner="none")
+    data["sweep"]["space"] = {"hyperparameters.rank": {"type": "categorical", "choices": [4, 8]}}
+    recipe = recipe_from_dict(data)
+    sweep = Sweep.open(tmp_path / "sweeps", recipe)
+    study = sweep._study()
+    study.enqueue_trial({"hyperparameters.rank": 8})  # trial 1 asks the baseline's again
+    study.enqueue_trial({"hyperparameters.rank": 4})
+    run_trial, seen, _ = _in_process(tmp_path)
+    summary = sweep.run(run_trial)
+    rows = summary["trials"]
+    assert rows[1]["repeats"] == 0 and rows[1]["value"] == rows[0]["value"]
+    assert rows[1]["adapter"] == rows[0]["adapter"]
+    assert [s["trial"] for s, _ in seen] == [0, 2]  # only new values train
+
+
+def test_an_interrupted_sweep_stays_running_and_resumes_its_trial(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path), trials=2, pruner="none"))
+    run_trial, seen, _ = _in_process(tmp_path)
+
+    def interrupted(r: Recipe, info: TrialInfo, hooks: Any) -> Any:
+        if info.sweep["trial"] == 1 and info.resume is None:
+            info.started("t1-first")
+            raise KeyboardInterrupt  # Ctrl-C while trial 1 trains
+        return run_trial(r, info, hooks)
+
+    sweep = Sweep.open(tmp_path / "sweeps", recipe)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(interrupted)
+    assert sweep.state() == "running" and sweep.summary()["trials"][1]["state"] == "running"
+    summary = Sweep.open(tmp_path / "sweeps", recipe).run(interrupted)
+    assert [t["state"] for t in summary["trials"]] == ["complete", "complete"]
+    assert seen[-1] == (seen[-1][0], "t1-first")  # the same trial, resumed by its key
+    assert seen[-1][0]["trial"] == 1
+
+
+def test_cancelling_fails_the_trials_a_killed_run_left(tiny_llama: Path, tmp_path: Path) -> None:
+    from tuner.hooks import Cancelled
+
+    recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path), trials=3))
+    sweep = Sweep.open(tmp_path / "sweeps", recipe)
+    study = sweep._study()
+    study.ask()  # trial 0, left running by a run that was killed
+    with pytest.raises(Cancelled):
+        sweep.run(lambda *a: None, should_stop=lambda: True)
+    summary = sweep.summary()
+    assert summary["state"] == "cancelled" and summary["trials"][0]["state"] == "fail"
+
+
+def test_a_trial_error_reaches_clients_without_server_paths(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path), trials=1))
+    where = tmp_path / "data" / "sweeps"
+
+    def broken(r: Recipe, info: TrialInfo, hooks: Any) -> Any:
+        raise FileNotFoundError(f"no such file: {where / 'x' / 'metrics.json'}")
+
+    summary = Sweep.open(where, recipe).run(broken)
+    error = summary["trials"][0]["error"]
+    assert "no such file" in error and str(tmp_path) not in error
+
+
 def test_one_process_runs_a_sweep_at_a_time(tiny_llama: Path, tmp_path: Path) -> None:
     recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path)))
     sweep = Sweep.open(tmp_path / "sweeps", recipe)
@@ -326,7 +434,12 @@ def test_a_sweep_stops_starting_trials_when_its_time_is_spent(
 ) -> None:
     recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path), trials=10, timeout_s=0.5))
     run_trial, _, _ = _in_process(tmp_path)
-    summary = Sweep.open(tmp_path / "sweeps", recipe).run(run_trial)
+
+    def slow(r: Recipe, info: TrialInfo, hooks: Any) -> Any:
+        time.sleep(0.6)  # the first trial outlasts the budget, however fast the machine
+        return run_trial(r, info, hooks)
+
+    summary = Sweep.open(tmp_path / "sweeps", recipe).run(slow)
     assert len(summary["trials"]) == 1  # the first trial outlasts the budget; no other starts
     assert summary["state"] == "succeeded" and summary["spent_s"] >= 0.5
 
