@@ -530,3 +530,46 @@ def test_tune_sweep_scored_by_a_short_eval(tiny_llama: Path, tiny_st: Path, tmp_
         assert run["run"]["questions"] == 3
         assert t["value"] == pytest.approx(run["metrics"]["hybrid"]["token_f1"]["mean"])
     assert "scoring toy-sweep-v1" in done.stdout
+
+
+def test_a_retriever_sweep_never_switches_the_index(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    recipe = recipe_from_dict(
+        {
+            "name": "emb-sweep",
+            "component": "retriever",
+            "method": "full",
+            "base_model": "tiny-st",
+            "datasets": [{"synthetic": {"kind": "pairs"}}],
+            "hyperparameters": {"learning_rate": 2e-5, "val_fraction": 0.2},
+            "sweep": {
+                "trials": 2,
+                "objective": "recall@10",
+                "space": {"retriever.negatives": {"type": "int", "low": 1, "high": 5}},
+            },
+        }
+    )
+    seen: list[Recipe] = []
+
+    def run_trial(r: Recipe, info: TrialInfo, hooks: Any) -> Any:
+        seen.append(r)
+        n = info.sweep["trial"]
+        return SimpleNamespace(id=f"emb-sweep-v{n + 1}", metrics={"recall@10_after": 0.5 + n / 10})
+
+    summary = Sweep.open(tmp_path / "sweeps", recipe).run(run_trial)
+    assert [r.retriever.activate for r in seen] == [False, False]
+    assert summary["direction"] == "maximize" and summary["best"]["number"] == 1
+
+
+def test_hyperband_prunes_through_the_real_trainer_too(tiny_llama: Path, tmp_path: Path) -> None:
+    recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path), pruner="hyperband"))
+    sweep = Sweep.open(tmp_path / "data" / "sweeps", recipe)
+    study = sweep._study()
+    study.enqueue_trial({"hyperparameters.learning_rate": 2e-2, "hyperparameters.rank": 4})
+    study.enqueue_trial({"hyperparameters.learning_rate": 1e-6, "hyperparameters.rank": 4})
+    run_trial, _, _ = _in_process(tmp_path)
+    summary = sweep.run(run_trial)
+    states = [t["state"] for t in summary["trials"]]
+    assert len(states) == 3 and states[0] == "complete" and "fail" not in states
+    assert summary["best"] is not None
