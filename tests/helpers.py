@@ -4,6 +4,7 @@ Fixtures live in the conftest files; this module only builds things."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,6 +272,15 @@ PROMPTS = [  # what the engine tests batch: short and long, sharing no prompt he
     "kernel",
     "who is the user of the system and what is the file ?",
 ]
+
+
+def chat_jsonl(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    """A chat-format JSONL training file of (question, answer) pairs at ``path``."""
+    with path.open("w") as f:
+        for q, a in pairs:
+            turns = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            f.write(json.dumps({"messages": turns}) + "\n")
+    return path
 
 
 def msgs(q: str) -> list[dict[str, str]]:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import chat_jsonl
 from tuner.config import Recipe, recipe_from_dict, with_values
 from tuner.registry import Registry
 from tuner.sweep import Sweep, SweepBusy, TrialInfo, _driving
@@ -25,12 +26,14 @@ QA = [(f"what is item {i} ?", f"item {i} is number {i} of the list .") for i in 
 
 
 def _toy(folder: Path) -> Path:
-    path = folder / "toy.jsonl"
-    with path.open("w") as f:
-        for q, a in QA:
-            msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            f.write(json.dumps({"messages": msgs}) + "\n")
-    return path
+    return chat_jsonl(folder / "toy.jsonl", QA)
+
+
+def _lagging(sweep: Sweep) -> None:
+    """Trials 1 and 2 as planned: trial 1 learns like the baseline, trial 2 barely moves."""
+    study = sweep._study()
+    study.enqueue_trial({"hyperparameters.learning_rate": 2e-2, "hyperparameters.rank": 4})
+    study.enqueue_trial({"hyperparameters.learning_rate": 1e-6, "hyperparameters.rank": 4})
 
 
 def _recipe_dict(tiny: Path, data: Path, **sweep: Any) -> dict[str, Any]:
@@ -235,10 +238,7 @@ def test_a_sweep_prunes_a_lagging_trial_and_records_the_rest(
 ) -> None:
     recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path)))
     sweep = Sweep.open(tmp_path / "data" / "sweeps", recipe)
-    study = sweep._study()
-    # trial 0 is the baseline (lr 3e-2, rank 8); trial 1 learns too; trial 2 barely moves
-    study.enqueue_trial({"hyperparameters.learning_rate": 2e-2, "hyperparameters.rank": 4})
-    study.enqueue_trial({"hyperparameters.learning_rate": 1e-6, "hyperparameters.rank": 4})
+    _lagging(sweep)  # after the baseline (lr 3e-2, rank 8)
     run_trial, seen, data_dir = _in_process(tmp_path)
     summary = sweep.run(run_trial)
 
@@ -565,9 +565,7 @@ def test_a_retriever_sweep_never_switches_the_index(tmp_path: Path) -> None:
 def test_hyperband_prunes_through_the_real_trainer_too(tiny_llama: Path, tmp_path: Path) -> None:
     recipe = recipe_from_dict(_recipe_dict(tiny_llama, _toy(tmp_path), pruner="hyperband"))
     sweep = Sweep.open(tmp_path / "data" / "sweeps", recipe)
-    study = sweep._study()
-    study.enqueue_trial({"hyperparameters.learning_rate": 2e-2, "hyperparameters.rank": 4})
-    study.enqueue_trial({"hyperparameters.learning_rate": 1e-6, "hyperparameters.rank": 4})
+    _lagging(sweep)
     run_trial, _, _ = _in_process(tmp_path)
     summary = sweep.run(run_trial)
     states = [t["state"] for t in summary["trials"]]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers import chat_jsonl
 from tuner.config import Recipe
 from tuner.prepare import prepare
 from tuner.train import train
@@ -29,12 +30,7 @@ LR = {"lora": 3e-2, "dora": 3e-2, "ia3": 1e-1, "full": 1e-2}
 
 
 def _toy_file(folder: Path) -> Path:
-    path = folder / "toy.jsonl"
-    with path.open("w") as f:
-        for q, a in TOY:
-            msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            f.write(json.dumps({"messages": msgs}) + "\n")
-    return path
+    return chat_jsonl(folder / "toy.jsonl", TOY)
 
 
 def _recipe(tiny: Path, data: Path, method: str, **hp: Any) -> Recipe:
