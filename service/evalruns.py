@@ -38,8 +38,17 @@ from tuner.prepare import FILE_ID
 if TYPE_CHECKING:
     from service.settings import Settings
 
+# The modes a run compares: the service's answer modes and the in-context ones only the harness
+# answers (it holds the demonstrations; ``eval.config.MODES``, which the service never imports).
+RUN_MODES = ("base", "icl", "rag", "rag-icl", "ft", "hybrid")
+SHOTS_FROM = ("auto", "train", "synth")  # as eval.config names them
+SHOT_CHOICES = ("similar", "random")
+SHOTS_MAX = 32
 OPTIONS = (  # what a client may set; never a path, never an import string (judge)
     "modes",
+    "shots",
+    "shots_from",
+    "shot_choice",
     "k",
     "depth",
     "limit",
@@ -91,8 +100,8 @@ def check_options(options: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"unknown eval options: {', '.join(unknown)}")
     modes = options.get("modes", list(MODES))
-    if not isinstance(modes, list | tuple) or not modes or any(m not in MODES for m in modes):
-        raise ValueError(f"modes: choose from {', '.join(MODES)}; got {modes!r}")
+    if not isinstance(modes, list | tuple) or not modes or any(m not in RUN_MODES for m in modes):
+        raise ValueError(f"modes: choose from {', '.join(RUN_MODES)}; got {modes!r}")
     if len(set(modes)) != len(modes):
         raise ValueError(f"modes: each mode once; got {list(modes)}")
     for name, least in (("k", 1), ("depth", 1), ("max_new_tokens", 1), ("resamples", 100)):
@@ -106,6 +115,12 @@ def check_options(options: dict[str, Any]) -> None:
     for name in ("ft_adapter", "hybrid_adapter", "embedder_adapter"):
         if options.get(name) is not None and not isinstance(options[name], str):
             raise ValueError(f"{name}: an adapter id, got {options[name]!r}")
+    shots = options.get("shots", 3)
+    if not (_is_int(shots) and 1 <= shots <= SHOTS_MAX):
+        raise ValueError(f"shots: an integer in [1, {SHOTS_MAX}], got {options['shots']!r}")
+    for name, allowed in (("shots_from", SHOTS_FROM), ("shot_choice", SHOT_CHOICES)):
+        if name in options and options[name] not in allowed:
+            raise ValueError(f"{name}: choose from {', '.join(allowed)}; got {options[name]!r}")
     if not isinstance(options.get("probes", True), bool):
         raise ValueError(f"probes: true or false, got {options['probes']!r}")
 

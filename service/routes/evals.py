@@ -28,11 +28,21 @@ from service.bounds import (
     FileId,
     K,
     NewTokens,
+    one_of,
 )
 from service.deps import State
 from service.errors import ServiceError
-from service.evalruns import BadDataset, check_dataset, served, server_paths
-from service.pipeline import ADAPTER_MODES, MODES, AnswerModeName
+from service.evalruns import (
+    RUN_MODES,
+    SHOT_CHOICES,
+    SHOTS_FROM,
+    SHOTS_MAX,
+    BadDataset,
+    check_dataset,
+    served,
+    server_paths,
+)
+from service.pipeline import ADAPTER_MODES, MODES
 from service.state import AppState
 from tuner.jobstore import Job, JobFinished, JobNotFound
 
@@ -51,12 +61,23 @@ class DatasetRef(Body):
 
 class RunBody(Body):
     dataset: FileId | DatasetRef = Field(description="a file id, or {file_id}")
-    modes: list[AnswerModeName] | None = Field(
+    modes: list[one_of(RUN_MODES)] | None = Field(  # type: ignore[valid-type]
         None,
         min_length=1,
-        max_length=len(MODES),
-        description="of base, rag, ft, hybrid, each once; default: all four given an adapter, "
-        "else two",
+        max_length=len(RUN_MODES),
+        description="of base, icl, rag, rag-icl, ft, hybrid, each once (icl and rag-icl: base "
+        "and rag with demonstrations before the question); default: base, rag, ft, hybrid "
+        "given an adapter, else base, rag",
+    )
+    shots: int = Field(3, ge=1, le=SHOTS_MAX, description="icl, rag-icl: demonstrations")
+    shots_from: one_of(SHOTS_FROM) = Field(  # type: ignore[valid-type]
+        "auto",
+        description="icl, rag-icl: the dataset's training split (train), questions synthesised "
+        "from the run's index (synth: a SQuAD-style file's own index; a live run has none "
+        "the worker may open), or train when the dataset has one (auto)",
+    )
+    shot_choice: one_of(SHOT_CHOICES) = Field(  # type: ignore[valid-type]
+        "similar", description="icl, rag-icl: the nearest demonstrations, or a seeded sample"
     )
     k: K = Field(3, description="passages in the prompt")
     depth: K = Field(20, description="passages retrieved for recall@k (>= k, <= limits.max_k)")

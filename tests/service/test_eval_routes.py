@@ -173,6 +173,11 @@ def test_bad_runs_are_422_and_unknown_ids_404(make_client) -> None:
         ({"dataset": file_id, "modes": ["rag", "ft"]}, run, "modes ft: a fine-tuned adapter"),
         ({"dataset": file_id, "ft_adapter": "ghost-v1"}, run, "ft_adapter: no adapter 'ghost-v1'"),
         ({"dataset": file_id, "hybrid_adapter": "../x"}, edge, "hybrid_adapter"),
+        ({"dataset": file_id, "modes": ["icl", "icl"]}, run, "each mode once"),
+        ({"dataset": file_id, "modes": ["icl"], "shots": 0}, edge, "shots"),
+        ({"dataset": file_id, "modes": ["icl"], "shots": 33}, edge, "shots"),
+        ({"dataset": file_id, "modes": ["icl"], "shots_from": "dev"}, edge, "shots_from"),
+        ({"dataset": file_id, "modes": ["rag-icl"], "shot_choice": "best"}, edge, "shot_choice"),
     ):
         r = client.post("/v1/eval/runs", json=body)
         assert r.status_code == 422 and r.json()["error"]["code"] == code, (body, r.json())
@@ -279,3 +284,77 @@ def test_the_service_never_imports_eval() -> None:
             else:
                 continue
             assert not any(n == "eval" or n.startswith("eval.") for n in names), (path, names)
+
+
+def test_in_context_runs_carry_their_demonstration_options(make_client) -> None:
+    client = make_client()
+    squad = upload(client, jsonl(SQUAD))["id"]
+    body = {"dataset": squad, "modes": ["icl", "rag-icl"], "shots": 2, "shot_choice": "random"}
+    r = client.post("/v1/eval/runs", json=body)
+    assert r.status_code == 202, r.text
+    run = poll(client, r.json()["id"], "succeeded")
+    assert run["modes"] == ["icl", "rag-icl"]
+    options = run["metrics"]["run"]["options"]  # what the worker was given
+    assert (options["shots"], options["shots_from"], options["shot_choice"]) == (
+        2,
+        "auto",
+        "random",
+    )
+
+
+def test_the_run_modes_and_shot_options_are_the_harness_own() -> None:
+    """The service names the harness's modes and shot options without importing it."""
+    from eval import config
+    from service import evalruns
+
+    assert evalruns.RUN_MODES == config.MODES
+    assert (evalruns.SHOTS_FROM, evalruns.SHOT_CHOICES) == (config.SHOTS_FROM, config.SHOT_CHOICES)
+    assert config.BOUNDS["shots"][1] == evalruns.SHOTS_MAX
+
+
+@pytest.mark.slow
+def test_an_in_context_run_through_the_real_harness(
+    tiny_llama: Path, tiny_st: Path, tmp_path: Path
+) -> None:
+    with app_clients(tiny_llama, tmp_path) as make:
+        client = make(Settings(generator=str(tiny_llama), embedder=str(tiny_st), threads=1))  # type: ignore[arg-type]
+        train = [
+            {
+                "context": "grub shows the boot menu",
+                "question": "what shows the menu",
+                "answers": ["grub"],
+                "split": "train",
+            },
+            {
+                "context": "bash is a shell",
+                "question": "which shell",
+                "answers": ["bash"],
+                "split": "train",
+            },
+        ]
+        squad = upload(client, jsonl(SQUAD + train))["id"]
+        body = {
+            "dataset": squad,
+            "modes": ["base", "icl"],
+            "shots": 1,
+            "shots_from": "train",
+            "max_new_tokens": 4,
+            "probes": False,
+            "resamples": 100,
+        }
+        r = client.post("/v1/eval/runs", json=body)
+        assert r.status_code == 202, r.text
+        run = poll(client, r.json()["id"], "succeeded", timeout=240)
+        metrics = run["metrics"]
+        assert set(metrics["metrics"]) == {"base", "icl"}
+        assert metrics["run"]["shots"]["from"] == "train"
+        rows = [
+            json.loads(x)
+            for x in (run_dir(client, run["id"]) / "report" / "results.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        icl = [r for r in rows if r["mode"] == "icl"]
+        assert len(icl) == 2 and all(len(r["shots"]) == 1 for r in icl)
+        asked = {q["question"] for q in SQUAD}
+        assert not any(shot in asked for r in icl for shot in r["shots"])  # never an asked one
