@@ -159,7 +159,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for m in METRICS:
             d = cmp_[m]["best_minus_baseline"] or {}
-            ci = f"{_fmt(d.get('mean'))} [{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]"
+            ci = f"{_fmt(d.get('mean_diff'))} [{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]"
             lines.append(f"| {m} | {_fmt(cmp_[m]['baseline'])} | {_fmt(cmp_[m]['best'])} | {ci} |")
     return "\n".join(lines) + "\n"
 
