@@ -104,11 +104,13 @@ class SweepRunner:
         """The sweep's summary, with the job of the trial it is training (if any)."""
         sweep = self._sweep(sweep_id)
         summary = sweep.summary()
-        summary["error"] = _saved(sweep.folder).get("error")
+        saved = _saved(sweep.folder)  # the driver's last summary: its error and report
+        summary["error"] = saved.get("error")
         summary["cancel_requested"] = (sweep.folder / CANCEL_MARK).is_file()
         running = [t for t in summary["trials"] if t["state"] == "running"]
         summary["current_job"] = running[-1]["key"] if running else None
-        summary["report"] = _report(sweep.folder)
+        report = saved.get("report")
+        summary["report"] = report if isinstance(report, dict) else None
         return summary
 
     def list(self) -> list[dict[str, Any]]:
@@ -289,8 +291,3 @@ def _saved(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
-
-
-def _report(folder: Path) -> dict[str, str] | None:
-    found = _saved(folder).get("report")
-    return found if isinstance(found, dict) else None
