@@ -19,7 +19,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument
 from retriever.locks import FolderLock, RWLock
 from retriever.pseudo import pseudo_queries
 from retriever.sparse import CJK, LiveSparse
-from retriever.store import ChunkContext, DocumentRow, NewChunk, Store, now
+from retriever.store import ChunkContext, DocumentRow, NewChunk, Store, Written, now
 from retriever.validation import TEXT_MAX_CHARS as TEXT_MAX_CHARS  # the write bound, named here too
 from retriever.validation import (
     check_any_id,
@@ -164,14 +164,24 @@ class Retriever:
         self._folder_lock = FolderLock(folder)
         self._folder_lock.acquire()
         try:
-            self.store = Store(folder / DB_NAME, self.config.durability)
+            self.store: Any = Store(folder / DB_NAME, self.config.durability)
         except BaseException:
             self._folder_lock.release()
             raise
+        self._open(embedder, LiveSparse(self._sparse_texts))
+
+    @property
+    def location(self) -> str:
+        """Where the index lives, for messages: its folder."""
+        return str(self.folder)
+
+    def _open(self, embedder: EmbedderLike, sparse: Any) -> None:
+        """What every backend does once its store is open: check the embedder against the
+        stored one, fill old chunks' context, and open the dense and sparse views."""
         self.embedder = embedder
         self._lock = RWLock()
         self._write_lock = threading.Lock()  # one writer at a time, embedding included
-        self._sparse = LiveSparse(self._sparse_texts)
+        self._sparse = sparse
         self._sparse_lock = threading.Lock()
         self._shadow: tuple[EmbedderLike, str, int] | None = None  # a re-embedding in progress
         # ((space, fusion method), weight per language) of the stored fit
@@ -184,14 +194,22 @@ class Retriever:
                 "the index at %s was embedded without chunk context (text version %d, this "
                 "ragtune embeds version %d); it keeps working as it was: run 'ragtune reindex' "
                 "to re-embed it with titles and sections",
-                folder,
+                self.location,
                 self.text_version,
                 TEXT_VERSION,
             )
-        self._index, self._snap_seq = snapshot.load(
-            folder, self.store, self.space, self.config.vector_index, embedder.dim
-        )
+        self._index, self._snap_seq = self._load_index()
         log.info("retriever open: %d documents, %d chunks", len(self), len(self._index))
+
+    def _load_index(self) -> tuple[Any, int]:
+        """The dense view of the active space and the change it is current to."""
+        return snapshot.load(
+            self.folder, self.store, self.space, self.config.vector_index, self.embedder.dim
+        )
+
+    def _rebuilt_index(self, space: str, dim: int) -> Any:
+        """A dense view of ``space``, built from the stored vectors (a switch's target)."""
+        return snapshot.rebuild(self.store, space, self.config.vector_index, dim)
 
     def _check_identity(self) -> str:
         mine = json.dumps(self.embedder.identity, sort_keys=True)
@@ -204,7 +222,7 @@ class Retriever:
         elif stored != mine:
             self.close()
             raise EmbedderMismatch(
-                f"the index at {self.folder} was built with embedder {stored}, not {mine}; "
+                f"the index at {self.location} was built with embedder {stored}, not {mine}; "
                 "open it with that embedder or run 'ragtune reindex' to re-embed"
             )
         return self.store.get_meta("space") or space_of(self.embedder.identity)
@@ -282,19 +300,23 @@ class Retriever:
             plans = self._plan(docs)
             todo = [p for p in plans if isinstance(p, _Plan)]
             self._embed_plans(todo)
+            written: list[Written] = []
             if todo:
                 with self._lock.write():
                     written = self.store.replace_many([(p.record, p.chunks) for p in todo])
-                    gone = [cid for removed, _ in written for cid in removed]
+                    gone = [cid for removed, _, _ in written for cid in removed]
                     self._index.remove(np.asarray(gone, dtype=np.int64))
-                    ids = [cid for _, added in written for cid in added]
+                    ids = [cid for _, added, _ in written for cid in added]
                     if ids:
                         vectors = [c.vectors[self.space] for p in todo for c in p.chunks]
                         self._index.add(np.asarray(ids, dtype=np.int64), np.vstack(vectors))
                     texts = [text_for(c, TEXT_VERSION) for p in todo for c in p.chunks]
                     self._sparse.apply(gone, ids, texts)
         self._maybe_snapshot()
-        return [p.result if isinstance(p, _Plan) else p for p in plans]
+        versions = iter(w.version for w in written)  # the store's: another writer may have won
+        return [
+            replace(p.result, version=next(versions)) if isinstance(p, _Plan) else p for p in plans
+        ]
 
     def has(self, doc_id: str) -> bool:
         """Whether a document is stored under ``doc_id``."""
@@ -431,7 +453,7 @@ class Retriever:
         rows = self.store.missing_vectors(new_space, 1 << 30)
         if rows:  # written between the last batch and the write lock
             self._embed_missing(embedder, new_space, rows)
-        index = snapshot.rebuild(self.store, new_space, self.config.vector_index, embedder.dim)
+        index = self._rebuilt_index(new_space, embedder.dim)
         with self._lock.write():
             previous = self.space
             self.store.set_meta("previous_embedder", self.store.get_meta("embedder") or "")
@@ -499,18 +521,19 @@ class Retriever:
             depth = k
         with self._lock.read():
             qvec = self.embedder.encode([query])[0] if mode != "sparse" else None  # (dim,)
-            dense = self._index.search(qvec, depth) if qvec is not None else []
-            sparse = self._sparse_search(query, depth) if mode != "dense" else []
-            ranked = (
-                dense
-                if mode == "dense"
-                else sparse
-                if mode == "sparse"
-                else self._fuse(dense, sparse, self.dense_weight_for(query))
-            )
-            if not filters:
-                ranked = ranked[:k]
-            rows = self.store.chunks([cid for cid, _ in ranked])
+            with self.store.reading():  # both lists and the rows from one state of the store
+                dense = self._index.search(qvec, depth) if qvec is not None else []
+                sparse = self._sparse_search(query, depth) if mode != "dense" else []
+                ranked = (
+                    dense
+                    if mode == "dense"
+                    else sparse
+                    if mode == "sparse"
+                    else self._fuse(dense, sparse, self.dense_weight_for(query))
+                )
+                if not filters:
+                    ranked = ranked[:k]
+                rows = self.store.chunks([cid for cid, _ in ranked])
         hits = []
         for cid, score in ranked:
             row = rows.get(cid)

@@ -15,6 +15,7 @@ This module knows nothing of embedding, FAISS or BM25.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -23,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -101,6 +102,15 @@ class ChunkContext:
     text: str
     title: str
     section: str
+
+
+class Written(NamedTuple):
+    """What one document's write did: the chunk ids it removed and added, and the version it
+    was stored as."""
+
+    removed: list[int]
+    added: list[int]
+    version: int
 
 
 def _blob(v: np.ndarray) -> bytes:
@@ -203,14 +213,12 @@ class Store:
             ).fetchall()
         return {h: np.frombuffer(v, dtype=np.float32) for h, v in rows}
 
-    def replace_many(
-        self, docs: Sequence[tuple[DocumentRow, Sequence[NewChunk]]]
-    ) -> list[tuple[list[int], list[int]]]:
-        """Write documents and their chunks in one transaction; (removed, new) ids per doc."""
+    def replace_many(self, docs: Sequence[tuple[DocumentRow, Sequence[NewChunk]]]) -> list[Written]:
+        """Write documents and their chunks in one transaction; what each write did."""
         with self._lock, self._transaction():
             return [self._replace(doc, chunks) for doc, chunks in docs]
 
-    def _replace(self, doc: DocumentRow, chunks: Sequence[NewChunk]) -> tuple[list[int], list[int]]:
+    def _replace(self, doc: DocumentRow, chunks: Sequence[NewChunk]) -> Written:
         removed = self._remove_chunks(doc.id)
         metadata = json.dumps(doc.metadata, ensure_ascii=False)
         self._db.execute(
@@ -234,7 +242,7 @@ class Store:
                 ],
             )
         self._advance(len(added))  # the chunk_added trigger logged one change per chunk
-        return removed, added
+        return Written(removed, added, doc.version)
 
     def _remove_chunks(self, doc_id: str) -> list[int]:
         """Delete a document's chunks; their vectors go by cascade and the chunk_removed
@@ -382,6 +390,11 @@ class Store:
     def trim_changes(self, upto: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM changes WHERE seq<=?", (upto,))
+
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """Reads made inside see one state (here: the one connection's, under the retriever's
+        read lock, already)."""
+        return contextlib.nullcontext()
 
     def _transaction(self) -> _Tx:
         return _Tx(self)

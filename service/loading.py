@@ -56,8 +56,23 @@ def reranker_from_settings(settings: Settings) -> Any:
 
 
 def open_retriever(settings: Settings, embedder: Embedder | None = None) -> Retriever:
-    """The index under the data dir, opened with the configured embedder (or the fine-tuned
-    version of it the index was switched to)."""
+    """The index, opened with the configured embedder (or the fine-tuned version of it the
+    index was switched to): in PostgreSQL when ``database.url`` is set, else under the data
+    dir."""
+    db = settings.database
+    if db.url:
+        from retriever.postgres import PgRetriever
+
+        return PgRetriever(
+            db.url,
+            embedder or embedder_from_settings(settings),
+            retriever_config(settings),
+            schema=db.schema_name,
+            pool_size=db.pool_size,
+            exact=db.exact_search,
+            ef_search=db.ef_search,
+            embedder_for=lambda identity: embedder_for(identity, settings),
+        )
     embedder = embedder or index_embedder(settings)
     return Retriever(settings.index_dir, embedder, retriever_config(settings))
 

@@ -108,6 +108,29 @@ class AnswerLogSettings(BaseModel):
     )
 
 
+class Database(BaseModel):
+    """Where the index lives when it is not the embedded one: PostgreSQL + pgvector
+    (retriever.postgres). Unset ``url``: the embedded SQLite + FAISS index under the data dir."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:pass@host/db, or ?host=/socket/dir); "
+        "needs ragtune[pg] and the pgvector extension",
+    )
+    schema_name: str = Field(
+        "ragtune", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="the schema of ragtune's tables"
+    )
+    pool_size: int = Field(8, ge=1, le=256, description="connections per process")
+    exact_search: bool = Field(
+        False, description="dense search by a full scan instead of the HNSW index"
+    )
+    ef_search: int = Field(
+        100, ge=1, le=1000, description="HNSW candidates per dense search (pgvector hnsw.ef_search)"
+    )
+
+
 class Retrieval(BaseModel):
     """Chunking, fusion and the vector index (see retriever.config.RetrieverConfig)."""
 
@@ -204,6 +227,7 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
     retrieval: Retrieval = Field(default_factory=Retrieval)
+    database: Database = Field(default_factory=Database)
     answer_log: AnswerLogSettings = Field(default_factory=AnswerLogSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import backends
+from tests.backends import BACKENDS, IndexPlace
 from tests.helpers import build_tiny_llama, make_lora, tiny_st_model
 
 
@@ -49,3 +51,15 @@ def tiny_st(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_lora(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random (non-zero) LoRA for the tiny Llama, built once."""
     return make_lora(tiny_llama, tmp_path_factory.mktemp("lora") / "lora", seed=3)
+
+
+@pytest.fixture(params=BACKENDS)
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> IndexPlace:
+    """An index location in each backend (the test runs once per backend)."""
+    return IndexPlace(str(request.param), tmp_path / "idx")
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """This test process's real PostgreSQL (pgvector included), started at first use."""
+    return backends.pg_url()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from retriever.config import RetrieverConfig
 from retriever.index import DocumentIn, Retriever, stored_identity
 from retriever.locks import IndexBusy
+from tests.backends import IndexPlace
 from tests.fakes import FakeEmbedder
 
 
@@ -66,9 +68,9 @@ def test_second_open_of_the_same_index_is_refused(tmp_path: Path) -> None:
     Retriever(tmp_path, FakeEmbedder()).close()
 
 
-def test_reindex_switches_atomically_while_searches_and_writes_continue(tmp_path: Path) -> None:
+def test_reindex_switches_atomically_while_searches_and_writes_continue(place: IndexPlace) -> None:
     old, new = FakeEmbedder(dim=128, name="old"), FakeEmbedder(dim=256, name="new")
-    r = Retriever(tmp_path, old)
+    r = place.open(old)
     for i in range(300):
         r.upsert(DocumentIn(f"doc {i} word{i}", id=f"d{i}"))
     stop, errors, served = threading.Event(), [], [0]
@@ -102,19 +104,21 @@ def test_reindex_switches_atomically_while_searches_and_writes_continue(tmp_path
     assert all(h.doc_id != "d0" for h in r.search("word0", k=10, mode="dense"))
     _consistent(r)
     r.close()
-    assert stored_identity(tmp_path) == new.identity
+    if place.backend == "sqlite":
+        assert stored_identity(place.folder) == new.identity
     with pytest.raises(Exception, match="reindex"):
-        Retriever(tmp_path, FakeEmbedder(dim=128, name="old"))
-    reopened = Retriever(tmp_path, FakeEmbedder(dim=256, name="new"))
+        place.open(FakeEmbedder(dim=128, name="old"))
+    reopened = place.open(FakeEmbedder(dim=256, name="new"))
     assert reopened.store.get_meta("previous_space")  # old vectors kept for rollback
     assert (
         reopened.search("written during reindex late5 marker5", k=1, mode="dense")[0].doc_id
         == "late5"
     )
+    reopened.close()
 
 
-def test_switches_keep_only_the_current_and_the_previous_space(tmp_path: Path) -> None:
-    r = Retriever(tmp_path, FakeEmbedder(dim=32, name="a"))
+def test_switches_keep_only_the_current_and_the_previous_space(place: IndexPlace) -> None:
+    r = place.open(FakeEmbedder(dim=32, name="a"))
     r.upsert_many([DocumentIn(f"doc {i}", id=f"d{i}") for i in range(5)])
     first = r.space
     r.reindex(FakeEmbedder(dim=48, name="b"))
@@ -154,3 +158,89 @@ def test_a_foreign_or_other_schema_sqlite_file_is_refused(tmp_path: Path) -> Non
     db.commit()
     with pytest.raises(ValueError, match="schema 99"):
         Store(tmp_path / "ok.sqlite")
+
+
+def test_a_switch_by_one_process_reaches_another_within_two_seconds(pg_url: str) -> None:
+    """Two retrievers over one PostgreSQL schema (as two replicas): a re-embedding switched by
+    one is taken up by the other over LISTEN/NOTIFY, its searches in the new space."""
+    from retriever.postgres import PgRetriever
+    from tests.backends import new_schema
+
+    schema = new_schema()
+    new = FakeEmbedder(dim=48, name="new")
+    loads: list[dict] = []
+
+    def embedder_for(identity: dict) -> FakeEmbedder:
+        loads.append(identity)
+        return FakeEmbedder(dim=48, name="new")
+
+    a = PgRetriever(pg_url, FakeEmbedder(dim=32, name="old"), schema=schema)
+    b = PgRetriever(
+        pg_url, FakeEmbedder(dim=32, name="old"), schema=schema, embedder_for=embedder_for
+    )
+    try:
+        a.upsert_many([DocumentIn(f"doc {i} word{i}", id=f"d{i}") for i in range(20)])
+        assert b.search("doc 4 word4", k=1, mode="dense")[0].doc_id == "d4"  # a's write, at once
+        assert a.reindex(new)["switched"]
+        deadline = time.monotonic() + 2.0
+        while b.space != a.space and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert b.space == a.space and loads == [new.identity]
+        assert b.embedder.dim == 48
+        b.upsert(DocumentIn("written through b after the switch", id="late"))
+        assert a.search("written through b after the switch", k=1, mode="dense")[0].doc_id == "late"
+        a.delete(["d4"])
+        assert all(h.doc_id != "d4" for h in b.search("doc 4 word4", k=5))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_write_embedded_for_a_space_switched_meanwhile_is_written_again(pg_url: str) -> None:
+    """A process that has not yet heard of a switch writes into the new space all the same."""
+    from retriever.postgres import PgRetriever
+    from tests.backends import new_schema
+
+    schema = new_schema()
+    a = PgRetriever(pg_url, FakeEmbedder(dim=32, name="old"), schema=schema)
+    b = PgRetriever(
+        pg_url,
+        FakeEmbedder(dim=32, name="old"),
+        schema=schema,
+        embedder_for=lambda identity: FakeEmbedder(dim=48, name="new"),
+    )
+    try:
+        a.upsert(DocumentIn("first doc", id="x"))
+        b._closed.set()  # b stops listening: it learns of the switch only from its write
+        b._follower.join()
+        a.reindex(FakeEmbedder(dim=48, name="new"))
+        assert b.space != a.space
+        b.upsert(DocumentIn("a text b writes after the switch", id="y"))
+        assert b.space == a.space
+        assert a.search("a text b writes after the switch", k=1, mode="dense")[0].doc_id == "y"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_service_opens_the_postgres_index_when_a_database_url_is_set(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, tiny_st: Path
+) -> None:
+    from retriever.postgres import PgRetriever
+    from service.loading import open_retriever
+    from service.settings import Settings
+    from tests.backends import new_schema
+
+    settings = Settings(
+        embedder=str(tiny_st), database={"url": pg_url, "schema_name": new_schema()}
+    )
+    r = open_retriever(settings)
+    try:
+        assert isinstance(r, PgRetriever) and r.schema == settings.database.schema_name
+        r.upsert(DocumentIn("apt installs packages", id="a"))
+        assert r.search("apt", k=1)[0].doc_id == "a"
+        assert not settings.index_dir.exists() or not any(settings.index_dir.iterdir())
+    finally:
+        r.close()
+    with pytest.raises(ValueError, match="schema_name"):
+        Settings(database={"url": pg_url, "schema_name": "Bad-Name"})

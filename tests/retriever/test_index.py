@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,18 @@ import pytest
 from retriever.config import RetrieverConfig
 from retriever.errors import DocumentNotFound, EmbedderMismatch, InvalidDocument, InvalidSearch
 from retriever.index import DocumentIn, Retriever
+from tests.backends import IndexPlace
 from tests.fakes import FakeEmbedder
 
 MODES = ["dense", "sparse", "hybrid"]
 
 
 @pytest.fixture
-def r(tmp_path: Path) -> Retriever:
-    return Retriever(
-        tmp_path / "idx", FakeEmbedder(), RetrieverConfig(chunk_size=200, chunk_overlap=20)
-    )
+def r(place: IndexPlace) -> Iterator[Retriever]:
+    """An empty index in each backend (sqlite, postgres)."""
+    index = place.open(FakeEmbedder(), RetrieverConfig(chunk_size=200, chunk_overlap=20))
+    yield index
+    index.close()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -43,9 +46,9 @@ def test_update_replaces_chunks_and_bumps_version(r: Retriever) -> None:
     assert r.chunk_count == 1
 
 
-def test_unchanged_content_is_not_reembedded(tmp_path: Path) -> None:
+def test_unchanged_content_is_not_reembedded(place: IndexPlace) -> None:
     emb = FakeEmbedder()
-    r = Retriever(tmp_path, emb, RetrieverConfig(chunk_size=60, chunk_overlap=0))
+    r = place.open(emb, RetrieverConfig(chunk_size=60, chunk_overlap=0))
     text = "first paragraph about apt.\n\nsecond paragraph about dpkg.\n\nthird about aptitude."
     r.upsert(DocumentIn(text, id="d"))
     embedded = emb.texts_embedded
@@ -63,23 +66,24 @@ def test_citation_spans_point_into_the_document(r: Retriever) -> None:
         assert text[hit.start : hit.end] == hit.text
 
 
-def test_reopen_restores_everything(tmp_path: Path) -> None:
-    r = Retriever(tmp_path, FakeEmbedder())
+def test_reopen_restores_everything(place: IndexPlace) -> None:
+    r = place.open(FakeEmbedder())
     r.upsert(DocumentIn("persistent words here", id="a", metadata={"tags": ["x"]}))
     r.upsert(DocumentIn("gone soon", id="b"))
     r.delete(["b"])
     r.close()
-    assert (tmp_path / "snapshot.json").is_file()
-    again = Retriever(tmp_path, FakeEmbedder())
+    if place.backend == "sqlite":
+        assert (place.folder / "snapshot.json").is_file()
+    again = place.open(FakeEmbedder())
     assert len(again) == 1 and again.get("a").metadata == {"tags": ["x"]}
     assert again.search("persistent", k=3, mode="dense")[0].doc_id == "a"
     assert not again.search("gone soon", k=3, mode="sparse")
 
 
-def test_other_embedder_is_refused(tmp_path: Path) -> None:
-    Retriever(tmp_path, FakeEmbedder(name="one")).close()
+def test_other_embedder_is_refused(place: IndexPlace) -> None:
+    place.open(FakeEmbedder(name="one")).close()
     with pytest.raises(EmbedderMismatch, match="reindex"):
-        Retriever(tmp_path, FakeEmbedder(name="two"))
+        place.open(FakeEmbedder(name="two"))
 
 
 def test_filters(r: Retriever) -> None:

@@ -4,6 +4,7 @@ store and retriever compose as Runnables."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from retriever.langchain import (
     RagtuneRetriever,
     RagtuneVectorStore,
 )
+from tests.backends import IndexPlace
 from tests.fakes import FakeEmbedder
 
 MODES = ["dense", "sparse", "hybrid"]
@@ -43,10 +45,14 @@ def _retriever(folder: Path) -> Retriever:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RagtuneVectorStore:
-    s = RagtuneVectorStore(_retriever(tmp_path / "idx"))
+def store(place: IndexPlace) -> Iterator[RagtuneVectorStore]:
+    """The three texts in a store over each backend (sqlite, postgres)."""
+    s = RagtuneVectorStore(
+        place.open(FakeEmbedder(), RetrieverConfig(chunk_size=200, chunk_overlap=20))
+    )
     assert s.add_texts(TEXTS, METAS, ids=IDS) == IDS
-    return s
+    yield s
+    s.retriever.close()
 
 
 def _ids(docs: list[Document]) -> list[str]:

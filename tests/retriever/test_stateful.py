@@ -12,6 +12,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from retriever.config import RetrieverConfig
 from retriever.index import DocumentIn, Retriever
+from tests.backends import IndexPlace
 from tests.fakes import FakeEmbedder
 
 WORDS = st.lists(
@@ -24,14 +25,13 @@ WORDS = st.lists(
 class RetrieverModel(RuleBasedStateMachine):
     ids = Bundle("ids")
 
+    backend = "sqlite"
+
     def __init__(self) -> None:
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="ragtune-stateful-"))
-        self.r = Retriever(
-            self.folder,
-            FakeEmbedder(dim=64),
-            RetrieverConfig(chunk_size=60, chunk_overlap=10, snapshot_every=5),
-        )
+        self.place = IndexPlace(self.backend, self.folder)
+        self.r = self._open()
         self.model: dict[str, str] = {}  # id -> unique token of its live text
         self.dead: set[str] = set()  # tokens of deleted or replaced texts
         self.n = 0
@@ -64,14 +64,14 @@ class RetrieverModel(RuleBasedStateMachine):
         self.r.delete([doc_id])
         self.dead.add(self.model.pop(doc_id))
 
+    def _open(self) -> Retriever:
+        config = RetrieverConfig(chunk_size=60, chunk_overlap=10, snapshot_every=5)
+        return self.place.open(FakeEmbedder(dim=64), config)
+
     @rule()
     def reopen(self) -> None:
         self.r.close()
-        self.r = Retriever(
-            self.folder,
-            FakeEmbedder(dim=64),
-            RetrieverConfig(chunk_size=60, chunk_overlap=10, snapshot_every=5),
-        )
+        self.r = self._open()
 
     @invariant()
     def every_live_document_is_found_by_its_token(self) -> None:
@@ -91,10 +91,19 @@ class RetrieverModel(RuleBasedStateMachine):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-RetrieverModel.TestCase.settings = settings(
+class PgRetrieverModel(RetrieverModel):
+    """The same machine over PostgreSQL + pgvector (a schema of its own per example)."""
+
+    backend = "postgres"
+
+
+SETTINGS = settings(
     max_examples=25,
     stateful_step_count=15,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+RetrieverModel.TestCase.settings = SETTINGS
+PgRetrieverModel.TestCase.settings = SETTINGS
 TestRetrieverModel = RetrieverModel.TestCase
+TestPgRetrieverModel = PgRetrieverModel.TestCase
