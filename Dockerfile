@@ -28,7 +28,7 @@ COPY service ./service
 COPY retriever ./retriever
 COPY tuner ./tuner
 COPY eval ./eval
-RUN make setup EXTRAS= TORCH_PIP_ARGS="$TORCH_PIP_ARGS"
+RUN make setup EXTRAS=[pg] TORCH_PIP_ARGS="$TORCH_PIP_ARGS"
 
 USER ragtune
 # Bake the models: resolve both offline and convert the generator's GGUF to safetensors now.

@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
-# Extras installed with the package; the Docker image uses EXTRAS= (no dev tools).
+# Extras installed with the package; the Docker image uses EXTRAS=[pg] (the PostgreSQL backend, no dev tools).
 EXTRAS ?= [dev]
 STAMP := $(VENV)/.ragtune-setup
 
