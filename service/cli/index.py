@@ -149,3 +149,59 @@ def reindex(embedder: str | None, adapter: str | None, rollback: bool) -> None:
         )
     else:
         click.echo(f"nothing to do: {result['reason']}")
+
+
+@main.command()
+@click.option("--to-database", "url", default=None, help="PostgreSQL URL to copy the index into.")
+@click.option("--schema", default="ragtune", show_default=True, help="Its schema (--to-database).")
+@click.option(
+    "--to-folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="An embedded index folder to copy the index into.",
+)
+@click.option("--batch", type=int, default=64, show_default=True, help="Documents per write.")
+def migrate(url: str | None, schema: str, to_folder: Path | None, batch: int) -> None:
+    """Copy the configured index (embedded, or the database's when database.url is set) into
+    PostgreSQL or into an embedded folder, carrying its vectors (nothing is re-embedded that
+    the index already holds). Run it again to resume: unchanged documents are skipped."""
+    from tqdm import tqdm
+
+    from retriever.config import RetrieverConfig
+    from retriever.errors import RetrieverError
+    from retriever.index import Retriever
+    from retriever.migrate import copy_index
+
+    if (url is None) == (to_folder is None):
+        raise click.UsageError("give exactly one of --to-database and --to-folder")
+    if batch < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--batch")
+    settings = load_settings()
+    source = open_index(settings)
+    config: RetrieverConfig = source.config
+
+    def open_target(embedder):  # noqa: ANN001, ANN202 - the carried embedder
+        if to_folder is not None:
+            return Retriever(to_folder, embedder, config)
+        from retriever.postgres import PgRetriever
+
+        return PgRetriever(str(url), embedder, config, schema=schema)
+
+    bar = tqdm(total=len(source), desc="migrate", unit="doc")
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = copy_index(source, open_target, batch, progress)
+    except (RetrieverError, ValueError) as exc:
+        raise click.ClickException(one_line(exc)) from None
+    finally:
+        bar.close()
+        source.close()
+    click.echo(
+        f"copied {result['documents']} documents ({result['added']} added, {result['updated']} "
+        f"updated, {result['unchanged']} unchanged), {result['chunks']} chunks; "
+        f"{result['embedded']} chunk texts embedded anew"
+    )

@@ -95,3 +95,45 @@ def test_ingest_adds_the_good_documents_of_a_batch_with_a_bad_one(tmp_path: Path
     out = CliRunner().invoke(main, ["ingest", str(f)])
     assert "added=2 updated=0 unchanged=0 failed=1" in out.stdout
     assert "(b): document text is empty" in out.stderr
+
+
+def test_migrate_into_postgres_and_back_keeps_every_document_and_embeds_nothing(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retriever.index import Retriever
+    from retriever.postgres import PgRetriever
+    from tests.backends import new_schema
+
+    folder = _docs(tmp_path)
+    assert CliRunner().invoke(main, ["ingest", str(folder)]).exit_code == 0
+    schema = new_schema()
+    out = CliRunner().invoke(main, ["migrate", "--to-database", pg_url, "--schema", schema])
+    assert out.exit_code == 0, out.output
+    assert (
+        "copied 3 documents (3 added" in out.stdout and "0 chunk texts embedded anew" in out.stdout
+    )
+    again = CliRunner().invoke(main, ["migrate", "--to-database", pg_url, "--schema", schema])
+    assert "0 added, 0 updated, 3 unchanged" in again.stdout  # a rerun resumes, writes nothing
+    pg = PgRetriever(pg_url, FakeEmbedder(dim=128, name="fake-a"), schema=schema)
+    try:
+        assert len(pg) == 3 and pg.get("j1").text == "jsonl doc about networking"
+        assert pg.search("apt install packages", k=1)[0].doc_id.startswith("apt")
+        assert pg.search("内核", k=1, mode="sparse")[0].text.startswith("系统启动")
+    finally:
+        pg.close()
+    # and back: from the database (database.url set) into a new embedded folder
+    monkeypatch.setenv("RAGTUNE_DATABASE__URL", pg_url)
+    monkeypatch.setenv("RAGTUNE_DATABASE__SCHEMA_NAME", schema)
+    from service.settings import get_settings
+
+    get_settings.cache_clear()
+    back = CliRunner().invoke(main, ["migrate", "--to-folder", str(tmp_path / "back")])
+    assert back.exit_code == 0, back.output
+    assert "3 added" in back.stdout and "0 chunk texts embedded anew" in back.stdout
+    r = Retriever(tmp_path / "back", FakeEmbedder(dim=128, name="fake-a"))
+    try:
+        assert len(r) == 3 and r.search("内核", k=1, mode="sparse")[0].text.startswith("系统启动")
+    finally:
+        r.close()
+    both = CliRunner().invoke(main, ["migrate"])
+    assert both.exit_code != 0 and "exactly one of" in both.output
