@@ -464,7 +464,7 @@ class PgStore:
             rows = c.execute(
                 f"SELECT hash, embedding FROM vec_{space} WHERE hash = ANY(%s)", (list(hashes),)
             ).fetchall()
-        return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
+        return {h: _array(v) for h, v in rows}
 
     def vectors(
         self, space: str, ids: Sequence[int] | None = None
@@ -482,7 +482,7 @@ class PgStore:
             return empty
         return (
             np.array([r[0] for r in rows], dtype=np.int64),
-            np.vstack([np.asarray(r[1], dtype=np.float32) for r in rows]),
+            np.vstack([_array(r[1]) for r in rows]),
         )
 
     def missing_vectors(self, space: str, limit: int) -> list[ChunkContext]:
@@ -585,6 +585,11 @@ def _register_vector(conn: Any) -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
+
+
+def _array(v: Any) -> np.ndarray:
+    """A stored vector as float32: pgvector's ``Vector`` (0.4 and newer) or an array (older)."""
+    return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
 
 
 def _vec(v: np.ndarray) -> np.ndarray:
