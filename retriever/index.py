@@ -100,12 +100,13 @@ class Hit:
     section: str = ""  # the heading path of the chunk's section ("Install > apt")
 
 
-def _hash(text: str) -> str:
+def text_hash(text: str) -> str:
+    """The key a stored vector is found by: the hash of the text embedded."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _doc_hash(text: str, metadata: dict[str, Any]) -> str:
-    return _hash(text + "\x00" + json.dumps(metadata, sort_keys=True, ensure_ascii=False))
+    return text_hash(text + "\x00" + json.dumps(metadata, sort_keys=True, ensure_ascii=False))
 
 
 @dataclass
@@ -304,9 +305,9 @@ class Retriever:
             if todo:
                 with self._lock.write():
                     written = self.store.replace_many([(p.record, p.chunks) for p in todo])
-                    gone = [cid for removed, _, _ in written for cid in removed]
+                    gone = [cid for w in written for cid in w.removed]
                     self._index.remove(np.asarray(gone, dtype=np.int64))
-                    ids = [cid for _, added, _ in written for cid in added]
+                    ids = [cid for w in written for cid in w.added]
                     if ids:
                         vectors = [c.vectors[self.space] for p in todo for c in p.chunks]
                         self._index.add(np.asarray(ids, dtype=np.int64), np.vstack(vectors))
@@ -370,7 +371,9 @@ class Retriever:
         for embedder, space, version in spaces:
             # the reuse key is the text embedded, its context included
             texts = {
-                _hash(text_for(c, version)): text_for(c, version) for p in plans for c in p.chunks
+                text_hash(text_for(c, version)): text_for(c, version)
+                for p in plans
+                for c in p.chunks
             }
             known = self.store.vectors_by_hash(space, list(texts))
             todo = [h for h in texts if h not in known]
@@ -379,7 +382,7 @@ class Retriever:
                 known.update(zip(todo, fresh, strict=True))
             for p in plans:
                 for c in p.chunks:
-                    h = _hash(text_for(c, version))
+                    h = text_hash(text_for(c, version))
                     c.vectors[space], c.hashes[space] = known[h], h
         for p in plans:
             p.chunks = [
@@ -388,7 +391,7 @@ class Retriever:
                     c.start,
                     c.end,
                     c.text,
-                    _hash(text_for(c, TEXT_VERSION)),
+                    text_hash(text_for(c, TEXT_VERSION)),
                     c.vectors,
                     c.title,
                     c.section,
@@ -473,7 +476,7 @@ class Retriever:
     def _embed_missing(self, embedder: EmbedderLike, space: str, rows: list[ChunkContext]) -> None:
         texts = [text_for(r, TEXT_VERSION) for r in rows]
         vectors = embedder.encode(texts)  # (len(rows), dim)
-        hashes = [_hash(t) for t in texts]
+        hashes = [text_hash(t) for t in texts]
         self.store.put_vectors(space, list(zip([r.id for r in rows], hashes, vectors, strict=True)))
 
     # ---- reads --------------------------------------------------------------------------

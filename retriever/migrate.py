@@ -11,13 +11,12 @@ settings or the CLI.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from retriever.index import DocumentIn, EmbedderLike, Retriever
+from retriever.index import DocumentIn, EmbedderLike, Retriever, text_hash
 
 
 class CarriedEmbedder:
@@ -40,7 +39,7 @@ class CarriedEmbedder:
         return getattr(self.source.embedder, "languages", None)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        hashes = [text_hash(t) for t in texts]
         known = self.source.store.vectors_by_hash(self.source.space, hashes)
         todo = [i for i, h in enumerate(hashes) if h not in known]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, dim)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.chunking import TEXT_VERSION, embedding_text
+from retriever.chunking import embedding_text
 from retriever.errors import InvalidDocument, RetrieverError
 from retriever.sparse import tokenize
 from retriever.store import ChunkContext, ChunkRow, DocumentRow, NewChunk, Written, read_metadata
@@ -97,11 +97,6 @@ def tsquery_literal(text: str) -> str | None:
     """Any of ``text``'s BM25 tokens, as a tsquery (None when it has none)."""
     tokens = sorted({t for t in tokenize(text) if len(t.encode()) <= MAX_LEXEME_BYTES})
     return " | ".join(lexeme(t) for t in tokens) or None
-
-
-def sparse_text(title: str, section: str, text: str) -> str:
-    """What a chunk's tsvector is made of: its text with its context, as BM25 reads it."""
-    return embedding_text(title, section, text) if TEXT_VERSION > 1 else text
 
 
 def _check_nul(value: str, field: str) -> None:
@@ -267,17 +262,13 @@ class PgStore:
             for _, chunks in docs:
                 if active and chunks and active not in chunks[0].vectors:
                     raise SpaceChanged(f"the index switched to vector space {active}")
-            for doc_id in sorted({doc.id for doc, _ in docs}):
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_DOC, doc_id))
+            _lock_documents(conn, [doc.id for doc, _ in docs])
             return [self._replace(conn, doc, chunks, tables) for doc, chunks in docs]
 
     def _replace(
         self, conn: Any, doc: DocumentRow, chunks: Sequence[NewChunk], tables: dict[str, str]
     ) -> Written:
-        removed = [
-            int(r[0])
-            for r in conn.execute("DELETE FROM chunks WHERE doc_id=%s RETURNING id", (doc.id,))
-        ]
+        removed = _remove_chunks(conn, doc.id)
         metadata = json.dumps(doc.metadata, ensure_ascii=False)
         # the version counts from what is stored now: another process may have written since
         (version,) = conn.execute(
@@ -334,16 +325,10 @@ class PgStore:
         id is unknown, nothing is deleted and ``KeyError(id)`` is raised."""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LOCK_SWITCH,))
-            for doc_id in sorted(set(doc_ids)):
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_DOC, doc_id))
+            _lock_documents(conn, doc_ids)
             removed: list[int] = []
             for doc_id in doc_ids:
-                removed += [
-                    int(r[0])
-                    for r in conn.execute(
-                        "DELETE FROM chunks WHERE doc_id=%s RETURNING id", (doc_id,)
-                    )
-                ]
+                removed += _remove_chunks(conn, doc_id)
                 gone = conn.execute("DELETE FROM documents WHERE id=%s", (doc_id,)).rowcount
                 if gone == 0:
                     raise KeyError(doc_id)  # rolls the whole transaction back
@@ -399,7 +384,7 @@ class PgStore:
                         (
                             title,
                             section,
-                            tsvector_literal(sparse_text(title, section, texts[cid])),
+                            _tsv(title, section, texts[cid]),
                             cid,
                         )
                         for cid, title, section in rows
@@ -577,8 +562,24 @@ class PgStore:
         return [(int(cid), float(r)) for cid, r in rows if r > 0]
 
 
+def _lock_documents(conn: Any, doc_ids: Sequence[str]) -> None:
+    """Hold each document's write lock until the transaction ends (in id order: no deadlock
+    between two writers of the same documents)."""
+    for doc_id in sorted(set(doc_ids)):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_DOC, doc_id))
+
+
+def _remove_chunks(conn: Any, doc_id: str) -> list[int]:
+    """Delete a document's chunks (their vectors go by cascade); their ids."""
+    return [
+        int(r[0])
+        for r in conn.execute("DELETE FROM chunks WHERE doc_id=%s RETURNING id", (doc_id,))
+    ]
+
+
 def _tsv(title: str, section: str, text: str) -> str:
-    return tsvector_literal(sparse_text(title, section, text))
+    """A chunk's tsvector: its text with its context, as the embedded BM25 reads it."""
+    return tsvector_literal(embedding_text(title, section, text))
 
 
 def _register_vector(conn: Any) -> None:

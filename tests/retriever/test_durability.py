@@ -224,7 +224,7 @@ def test_a_write_embedded_for_a_space_switched_meanwhile_is_written_again(pg_url
 
 
 def test_the_service_opens_the_postgres_index_when_a_database_url_is_set(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch, tiny_st: Path
+    pg_url: str, tiny_st: Path
 ) -> None:
     from retriever.postgres import PgRetriever
     from service.loading import open_retriever
