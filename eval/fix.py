@@ -145,7 +145,7 @@ def _generator(
     recipes: dict[str, Path],
     overrides: dict[str, list[str]],
 ) -> dict[str, Any]:
-    from tuner.registry import Registry
+    from service.loading import registry_from_settings
 
     record = train_on(options, settings, recipes["generator"], overrides.get("generator", []))
     again = replace(options, hybrid_adapter=record.id, modes=("hybrid",), probes=False)
@@ -154,7 +154,7 @@ def _generator(
     baseline = _best_mode(before)
     result = gate(before, after, baseline, "hybrid", "token_f1", options)
     passed = result is not None and result["better"] == "b"
-    registry = Registry(settings.layout.adapters)
+    registry = registry_from_settings(settings)
     registry.set_eval_gate(
         record.id, passed, {"metric": "token_f1", "against": baseline, **(result or {})}
     )
@@ -256,13 +256,14 @@ CONTINUABLE = {"generator": ("lora", "dora", "ia3"), "retriever": ("full",)}
 def continuation(options: EvalOptions, settings: Settings, plan: Any) -> Any | None:
     """The registry record of the adapter the component ran with in this evaluation, when
     ``plan`` can go on training it (see the module's docstring); else None."""
-    from tuner.registry import RecordNotFound, Registry, RegistryError
+    from service.loading import registry_from_settings
+    from tuner.registry import RecordNotFound, RegistryError
 
     current = _current_adapter(options, settings, plan.component)
     if current is None:
         return None
     try:
-        record = Registry(settings.layout.adapters).get(current)
+        record = registry_from_settings(settings).get(current)
     except (RecordNotFound, RegistryError):
         return None
     if (
@@ -302,9 +303,9 @@ def _current_adapter(options: EvalOptions, settings: Settings, component: str) -
 def _continue(plan: Any, parent: Any, settings: Settings) -> None:
     """Make ``plan`` a child of ``parent``: its method, and seeds moved on by the depth of the
     lineage, so each round draws other synthetic examples and another data order."""
-    from tuner.registry import Registry
+    from service.loading import registry_from_settings
 
-    depth = len(Registry(settings.layout.adapters).lineage(parent.id))
+    depth = len(registry_from_settings(settings).lineage(parent.id))
     plan.parent, plan.method = parent.id, parent.method
     plan.hyperparameters.seed += depth
     for spec in plan.datasets:

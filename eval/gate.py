@@ -63,9 +63,10 @@ def run_gate(
 ) -> dict[str, Any]:
     """Evaluate ``adapter_id`` against its parent on ``options``' questions, record the
     verdict on its registry record (and promote it when asked and it passed); return it."""
-    from tuner.registry import RecordNotFound, Registry, RegistryError
+    from service.loading import registry_from_settings
+    from tuner.registry import RecordNotFound, RegistryError
 
-    registry = Registry(settings.layout.adapters)
+    registry = registry_from_settings(settings)
     try:
         record = registry.get(adapter_id)
     except (RecordNotFound, RegistryError) as exc:

@@ -139,12 +139,13 @@ def _load(options: EvalOptions) -> EvalSet:
 
 def resolve_adapters(options: EvalOptions, settings: Settings) -> dict[str, str]:
     """The adapter each of ft and hybrid runs with: named, else the promoted one."""
-    from tuner.registry import RecordNotFound, Registry
+    from service.loading import registry_from_settings
+    from tuner.registry import RecordNotFound
 
     needed = [m for m in options.modes if needs_adapter(m)]
     if not needed:
         return {}
-    registry = Registry(settings.layout.adapters)
+    registry = registry_from_settings(settings)
     promoted = registry.promoted()
     default = promoted.id if promoted is not None else None
     named = {

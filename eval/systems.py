@@ -348,9 +348,9 @@ def _forgetting(
 
 def _recorded_probes(settings: Settings, adapters_for: dict[str, str]) -> dict[str, Any]:
     """The tuner's probe results of each adapter trained on the generator this run uses."""
-    from tuner.registry import Registry
+    from service.loading import registry_from_settings
 
-    registry = Registry(settings.layout.adapters)
+    registry = registry_from_settings(settings)
     base = {str(settings.generator), str(settings.generator_path)}
     found = {}
     for adapter in set(adapters_for.values()):

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.config import EvalOptions
-from tuner.jobstore import JobStore, record_failure, start_heartbeat
+from tuner.jobstore import record_failure, start_heartbeat
+from tuner.pgjobs import worker_store
 
 log = logging.getLogger("eval.worker")
 Run = Callable[..., dict[str, Any]]  # eval.harness.run_eval's signature
@@ -42,7 +43,7 @@ def read_options(run_dir: Path, spec: dict[str, Any]) -> EvalOptions:
 def run_job(run_dir: Path, run_eval: Run, cancelled: type[BaseException]) -> int:
     """Evaluate the run in ``run_dir`` with ``run_eval``; return the process exit code."""
     run_dir = run_dir.resolve()
-    store = JobStore(run_dir.parent / "jobs.db")
+    store = worker_store(run_dir)
     job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
     job_id = job["id"]
     stop = start_heartbeat(store, job_id)

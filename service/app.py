@@ -32,6 +32,7 @@ from service.loading import (
     index_embedder,
     open_retriever,
     reranker_from_settings,
+    shared_state,
 )
 from service.runtime import configure_torch, public_name
 from service.settings import Settings, get_settings
@@ -116,6 +117,21 @@ def load_in_own_thread(loader: Loader, state: AppState) -> None:
         raise failed[0]
 
 
+def follow_promotions(state: AppState) -> Any:
+    """With a shared database: hear every replica's promotions (``tuner.pgregistry``) and
+    load the newly promoted adapter at once, so the first request after it finds it warm."""
+    database = shared_state(state.settings)
+    if database is None:
+        return None
+    from tuner.pgregistry import RegistryFollower
+
+    def warm(adapter_id: str | None) -> None:
+        if adapter_id is not None and state.adapters is not None:
+            state.adapters.load(adapter_id)
+
+    return RegistryFollower(database, warm).start()
+
+
 def create_app(settings: Settings | None = None, loader: Loader = load_models) -> FastAPI:
     """Build the app; ``loader`` fills the state at startup (tests pass a tiny one)."""
     settings = settings or get_settings()
@@ -147,6 +163,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
             from service.answerlog import AnswerLog
 
             state.answers = AnswerLog(settings.layout.answers, settings.answer_log.retention_days)
+        follower = follow_promotions(state)
         refresh_old_index(state)
         fitter = FusionFitter(state)
         if settings.retrieval.fit_fusion:
@@ -160,6 +177,8 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
         await anyio.to_thread.run_sync(state.evals.close)  # a running eval starts over then
         await anyio.to_thread.run_sync(state.reindexer.close)  # stops after its current batch
         await anyio.to_thread.run_sync(fitter.close)
+        if follower is not None:
+            await anyio.to_thread.run_sync(follower.close)
         if state.engine is not None:
             state.engine.close()
         if state.answers is not None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from service.loading import shared_state
 from service.pipeline import MODES, citation
 from tuner.durable import atomic_write_lines, atomic_write_text
 from tuner.jobs import JobRunner
@@ -305,6 +306,8 @@ def make_eval_runner(state: Any, **kwargs: Any) -> JobRunner:
         folder=EVALS,
         parse=EvalSpec.from_dict,
         options={"settings": worker_settings(state.settings)},
+        database=shared_state(state.settings),
+        lease_s=state.settings.database.job_lease_s,
         **kwargs,
     )
     return runner

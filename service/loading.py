@@ -7,6 +7,7 @@ fine-tuned embedder records its registry id; ``index_embedder`` loads that one b
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from retriever.embedder import Embedder, load_embedder
 from retriever.index import Retriever, stored_identity
 from service.settings import Settings
 from tuner.models import Generator, load_generator, pick_device
+from tuner.pg import Database
+from tuner.pgregistry import open_registry
+from tuner.registry import Registry
 
 
 def embedder_from_settings(settings: Settings) -> Embedder:
@@ -53,6 +57,26 @@ def reranker_from_settings(settings: Settings) -> Any:
     from retriever.rerank import CrossEncoderReranker
 
     return CrossEncoderReranker(settings.retrieval.reranker, device=pick_device(settings.device))
+
+
+def shared_state(settings: Settings) -> Database | None:
+    """The database replicas share the job queue and the registry's records in
+    (``database.url``), or None: they live under the data dir."""
+    db = settings.database
+    return Database(db.url, db.schema_name) if db.url else None
+
+
+def export_database(settings: Settings) -> None:
+    """Name the configured database in this process's environment, where the tuner's code run
+    in it (``ragtune tune``'s trainers) and the processes it starts look for it."""
+    database = shared_state(settings)
+    if database is not None:
+        os.environ.update(database.env())
+
+
+def registry_from_settings(settings: Settings) -> Registry:
+    """The adapter registry: records in the database when ``database.url`` is set."""
+    return open_registry(settings.layout.adapters, shared_state(settings))
 
 
 def open_retriever(settings: Settings, embedder: Embedder | None = None) -> Retriever:
@@ -96,9 +120,9 @@ def tuned_embedder(adapter_id: str, settings: Settings) -> Embedder:
 def embedder_record(adapter_id: str, settings: Settings) -> tuple[Any, Path]:
     """The registry record and folder of a fine-tuned embedder (``RecordNotFound``, or
     ``RegistryError`` when the id names a generator adapter)."""
-    from tuner.registry import Registry, RegistryError
+    from tuner.registry import RegistryError
 
-    registry = Registry(settings.layout.adapters)
+    registry = registry_from_settings(settings)
     record = registry.get(adapter_id)
     if record.component != "retriever":
         raise RegistryError(f"{adapter_id} is a {record.component} adapter, not an embedder")

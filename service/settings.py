@@ -129,6 +129,13 @@ class Database(BaseModel):
     ef_search: int = Field(
         100, ge=1, le=1000, description="HNSW candidates per dense search (pgvector hnsw.ef_search)"
     )
+    job_lease_s: float = Field(
+        12.0,
+        ge=2.0,
+        le=600.0,
+        description="seconds a replica may go silent before another takes over its tuning jobs "
+        "and eval runs (resuming them from their last checkpoint)",
+    )
 
 
 class Retrieval(BaseModel):

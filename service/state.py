@@ -87,9 +87,9 @@ class AppState:
         return self.evals
 
     def registry(self) -> Registry:
-        from tuner.registry import Registry
+        from service.loading import registry_from_settings
 
-        return Registry(self.settings.layout.adapters)
+        return registry_from_settings(self.settings)
 
     def pipeline(self) -> Pipeline:
         """The answering pipeline over what is loaded now (cheap: built per request)."""

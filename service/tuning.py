@@ -43,10 +43,10 @@ def base_model(component: str, settings: Settings) -> str:
 
 def choose_base(plan: Recipe, settings: Settings) -> Recipe:
     """``plan`` with its base model chosen and a parent ``promoted`` resolved."""
-    from tuner.registry import Registry
+    from service.loading import registry_from_settings
 
     plan.base_model = plan.base_model or base_model(plan.component, settings)
-    return resolve_parent(plan, Registry(settings.layout.adapters))
+    return resolve_parent(plan, registry_from_settings(settings))
 
 
 def train_options(settings: Settings) -> dict[str, Any]:

@@ -109,10 +109,10 @@ class GeneratorRecipe:
         self.collate = partial(tdata.collate, pad_id=pad)
 
     def _setup_registry(self) -> None:
-        from tuner.registry import Registry
+        from tuner.pgregistry import open_registry
 
         recipe = self.recipe
-        self.registry = Registry(DataLayout(self.data_dir).adapters)
+        self.registry = open_registry(DataLayout(self.data_dir).adapters)
         self.parent = self.registry.get(recipe.parent) if recipe.parent else None
         if self.parent is not None and self.parent.method != recipe.method:
             raise ValueError(

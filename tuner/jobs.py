@@ -14,6 +14,14 @@ running (dead pid; a live orphan is stopped first), validating or queued are tak
 a training job resumes from its last checkpoint. Only the runner holding ``runner.lock`` starts
 workers.
 
+With a ``database`` (``tuner.pg.Database``) the queue is shared by every replica over one data
+dir (``tuner.pgjobs``): there is no ``runner.lock``; every runner claims queued jobs with
+``FOR UPDATE SKIP LOCKED`` (so each job runs on exactly one replica), renews a lease on what it
+validates and runs, and takes back into the queue, or validates itself, the jobs of a replica
+whose lease ran out (one that was killed). Its workers are fenced to their claim: they stop
+when their replica dies or their claim passes to another replica
+(``tuner.jobstore.start_heartbeat``), so a resumed job never trains twice at once.
+
 The runner is not only for training: ``JobRunner(folder="evals", parse=..., command=...)``
 runs evaluation runs the same way (the service starts ``python -m eval.worker`` this way,
 without importing ``eval``); for an eval run ``progress`` carries no loss.
@@ -30,7 +38,9 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,12 +52,14 @@ from typing import Any
 
 from tuner.config import recipe_from_dict
 from tuner.durable import atomic_write_text
-from tuner.jobstore import FINISHED, Job, JobSpec, JobStore, tail
+from tuner.jobstore import ATTEMPT_ENV, CLAIM_LOST_EXIT, FINISHED, Job, JobSpec, JobStore, tail
 from tuner.layout import JOBS
+from tuner.pg import Database
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0  # a cancelled worker gets this long to stop by itself
+UPKEEP_S = 1.0  # a shared runner looks for other replicas' expired jobs this often
 
 
 Prepare = Callable[[Any, Path], Any]  # (the parsed spec, the job's folder)
@@ -80,11 +92,24 @@ class JobRunner:
         on_success: Callable[[Job], None] | None = None,
         folder: str = JOBS,
         parse: Parse = recipe_from_dict,
+        database: Database | None = None,
+        owner: str | None = None,
+        lease_s: float | None = None,
     ) -> None:
         self.root = Path(data_dir) / folder
         self.parse = parse
         self.root.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(self.root / "jobs.db")
+        self.database = database
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.store: Any
+        if database is None:
+            self.store = JobStore(self.root / "jobs.db")
+        else:
+            from tuner.pgjobs import LEASE_S, PgJobStore
+
+            self.store = PgJobStore(database, folder, Path(data_dir), lease_s=lease_s or LEASE_S)
+        self._claim: Any = self.store  # the current job's store (fenced to its claim if shared)
+        self._upkept = 0.0
         self.prepare = prepare
         self.command = list(command or [sys.executable, "-m", "tuner.worker"])
         self.env = dict(env or {})
@@ -111,12 +136,14 @@ class JobRunner:
         and takes over, recovering what was left behind, once the lock is free."""
         self._thread = threading.Thread(target=self._supervise, name="job-runner", daemon=True)
         self._thread.start()
+        if self.database is not None:
+            threading.Thread(target=self._renew, name="job-lease", daemon=True).start()
         return self
 
     @property
     def active(self) -> bool:
-        """Whether this runner holds the lock (and so runs the workers)."""
-        return self._lock_fd is not None
+        """Whether this runner runs workers (it holds the lock, or shares a database queue)."""
+        return self._lock_fd is not None or self.database is not None
 
     def submit(self, recipe_dict: Mapping[str, Any], files: Mapping[str, str] | None = None) -> str:
         """Check the recipe (``ValueError`` at once), then validate its data in a thread.
@@ -124,7 +151,7 @@ class JobRunner:
         sweep trial's ``sweep.json``)."""
         recipe = self.parse(dict(recipe_dict))
         with self._submitting:
-            job_id = self.store.create(recipe)
+            job_id = self.store.create(recipe, **self._owned())
             self._mine.add(job_id)
             job_dir = self.job_dir(job_id)
             job_dir.mkdir(parents=True)
@@ -158,11 +185,13 @@ class JobRunner:
         self._validator.shutdown(wait=True, cancel_futures=False)
         if self._proc is not None and self._current is not None:
             _stop(self._proc)
-            self.store.requeue(self._current)
+            self._claim.requeue(self._current)
             self._proc = self._current = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self.database is not None:
+            self.store.close()
 
     def __enter__(self) -> JobRunner:
         return self.start()
@@ -206,7 +235,39 @@ class JobRunner:
                 continue
             self._validator.submit(self._validate, job_id, recipe)
 
+    def _owned(self) -> dict[str, Any]:
+        return {} if self.database is None else {"owner": self.owner}
+
+    def _renew(self) -> None:
+        """Keep this replica's lease on the jobs it validates and runs (a shared queue)."""
+        while not self._closed.wait(self.store.lease_s / 4):
+            try:
+                self.store.renew(self.owner)
+            except Exception as exc:  # noqa: BLE001 - the database is away: try again
+                log.warning("job lease not renewed (%s)", exc)
+
+    def _upkeep(self) -> None:
+        """A shared queue: what a dead replica ran goes back in the queue, and what it was
+        validating is validated here."""
+        now = time.monotonic()
+        if now - self._upkept < UPKEEP_S:
+            return
+        self._upkept = now
+        for job_id in self.store.expire():
+            log.warning("job %s: its replica stopped renewing its lease; queued again", job_id)
+        for job_id in self.store.adopt(self.owner):
+            log.warning("job %s: validating it here; its replica is gone", job_id)
+            try:
+                recipe = self.parse(self.store.get(job_id).recipe)
+            except ValueError as exc:
+                self.store.finish(job_id, "failed", error=str(exc))
+                continue
+            self._validator.submit(self._validate, job_id, recipe)
+
     def _take_lock(self) -> bool:
+        if self.database is not None:
+            self._upkeep()
+            return True
         if self._lock_fd is not None:
             return True
         fd = os.open(self.root / "runner.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -234,25 +295,48 @@ class JobRunner:
             self._wake.clear()
 
     def _start_next(self) -> None:
+        if self.database is not None:
+            self._start_claimed()
+            return
         queued = self.store.ids_in("queued")
         if not queued:
             return
         job_id = queued[0]
+        proc = self._spawn(job_id, {})
+        if not self.store.running(job_id, proc.pid):  # cancelled in between
+            _stop(proc)
+            return
+        self._proc, self._current, self._claim = proc, job_id, self.store
+        log.info("job %s: worker %d started", job_id, proc.pid)
+
+    def _start_claimed(self) -> None:
+        """Claim the queue's oldest job for this replica and start its worker on the claim."""
+        claimed = self.store.claim(self.owner)
+        if claimed is None:
+            return
+        job_id, attempt = claimed
+        claim = self.store.fenced(attempt)
+        assert self.database is not None
+        try:
+            proc = self._spawn(job_id, {**self.database.env(), ATTEMPT_ENV: str(attempt)})
+        except Exception:
+            claim.requeue(job_id)
+            raise
+        claim.started(job_id, proc.pid)
+        self._proc, self._current, self._claim = proc, job_id, claim
+        log.info("job %s: worker %d started (claim %d, %s)", job_id, proc.pid, attempt, self.owner)
+
+    def _spawn(self, job_id: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         job_dir = self.job_dir(job_id)
         with open(job_dir / "log.txt", "ab") as logf:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 [*self.command, str(job_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **env},
                 start_new_session=True,  # the service's terminal signals are not the worker's
             )
-        if not self.store.running(job_id, proc.pid):  # cancelled in between
-            _stop(proc)
-            return
-        self._proc, self._current = proc, job_id
-        log.info("job %s: worker %d started", job_id, proc.pid)
 
     def _watch(self) -> None:
         assert self._proc is not None and self._current is not None
@@ -263,7 +347,7 @@ class JobRunner:
             if asked is not None and time.time() - asked > self.stop_grace_s:
                 log.warning("job %s: worker did not stop when cancelled; terminating", job_id)
                 _stop(proc)
-                self.store.finish(job_id, "cancelled")
+                self._claim.finish(job_id, "cancelled")
             else:
                 return
         else:
@@ -281,14 +365,18 @@ class JobRunner:
         if job.state in FINISHED and code == 0:
             return
         if job.cancel_requested:
-            self.store.finish(job_id, "cancelled")
+            self._claim.finish(job_id, "cancelled")
+            return
+        if self.database is not None and code == CLAIM_LOST_EXIT and job.state not in FINISHED:
+            log.warning("job %s: its worker lost its claim; another replica resumes it", job_id)
+            self._claim.requeue(job_id)  # no-op when another replica holds it already
             return
         if job.state in FINISHED:  # the worker recorded its own failure, with its log
             return
         last = tail(self.job_dir(job_id) / "log.txt")
         reason = f"worker exited with code {code}" + ("" if code else " without a result")
         log.error("job %s: %s; the end of its log.txt:\n%s", job_id, reason, last)
-        self.store.finish(job_id, "failed", error=reason)  # one line for clients; the log has more
+        self._claim.finish(job_id, "failed", error=reason)  # one line for clients; the log has more
 
 
 # ---- processes ------------------------------------------------------------------------

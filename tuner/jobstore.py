@@ -30,7 +30,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -348,7 +348,9 @@ def _short_path(match: re.Match[str]) -> str:
     return Path(text).name or "/"
 
 
-def _job(row: sqlite3.Row, points: Sequence[sqlite3.Row], root: Path | None = None) -> Job:
+def _job(
+    row: Mapping[str, Any], points: Sequence[Mapping[str, Any]], root: Path | None = None
+) -> Job:
     eta = None
     step, total, t0, s0, at = (
         row["step"],
@@ -396,25 +398,42 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 HEARTBEAT_S = 5.0
+ATTEMPT_ENV = "RAGTUNE_JOB_ATTEMPT"  # set by a shared runner: the claim this worker runs on
+FENCED_BEAT_S = 1.0  # a fenced worker checks its claim this often
+CLAIM_LOST_EXIT = 75  # a worker that lost its claim (or its replica) stops with this code
 
 
-def start_heartbeat(store: JobStore, job_id: str) -> threading.Event:
+def start_heartbeat(store: Any, job_id: str) -> threading.Event:
     """Beat the job's heartbeat every ``HEARTBEAT_S`` in a daemon thread until the returned
-    event is set."""
+    event is set. A fenced worker (one of a shared queue's claims) stops at once, with
+    ``CLAIM_LOST_EXIT``, when its claim is gone or the replica that started it died, so another
+    replica's resumed run never overlaps it."""
     stop = threading.Event()
+    fenced = getattr(store, "attempt", None) is not None
+    parent = os.getppid()
+
+    def lost(why: str) -> None:
+        log.error("job %s: %s; stopping this worker", job_id, why)
+        sys.stderr.flush()
+        os._exit(CLAIM_LOST_EXIT)
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+        while not stop.wait(FENCED_BEAT_S if fenced else HEARTBEAT_S):
+            if fenced and os.getppid() != parent:
+                lost("the replica that started this worker is gone")
             try:
-                store.beat(job_id)
+                held = store.beat(job_id)
             except Exception:  # noqa: BLE001 - a busy database must not stop the work
                 log.warning("heartbeat for %s failed", job_id, exc_info=True)
+                continue
+            if fenced and held is False and not stop.is_set():
+                lost("its claim on the job was taken over")
 
     threading.Thread(target=beat, name="job-heartbeat", daemon=True).start()
     return stop
 
 
-def record_failure(store: JobStore, job_id: str, job_dir: Path, exc: BaseException) -> None:
+def record_failure(store: Any, job_id: str, job_dir: Path, exc: BaseException) -> None:
     """Fail the job with a one-line error; the traceback goes to this worker's log (stderr,
     which the runner sends to ``job_dir/log.txt``)."""
     import traceback

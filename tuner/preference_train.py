@@ -57,7 +57,7 @@ def train_preference(
     import torch
 
     from tuner import preference_data as pdata
-    from tuner.registry import Registry
+    from tuner.pgregistry import open_registry
 
     data = job_dir / "data"
     train_rows = _rows(data / "train.jsonl")
@@ -69,7 +69,7 @@ def train_preference(
             "parent: 'promoted' is resolved by whoever submits the run (ragtune tune, the jobs "
             "API); name the adapter id here"
         )
-    registry = Registry(DataLayout(data_dir).adapters)
+    registry = open_registry(DataLayout(data_dir).adapters)
     parent = registry.get(recipe.parent) if recipe.parent else None
     if parent is not None and (parent.method not in LORA_LIKE or parent.component != "generator"):
         raise ValueError(

@@ -122,6 +122,7 @@ class Registry:
 
     # ---- reading ---------------------------------------------------------------------------
     def _promoted_id(self) -> str | None:
+        """The promoted adapter's id (where the registry keeps it: ``promoted.json``)."""
         path = self.root / PROMOTED_FILE
         if not path.is_file():
             return None
@@ -140,9 +141,9 @@ class Registry:
                 f"{path.name}: holds pickled weights ({', '.join(pickles)}); only safetensors "
                 "are loaded: re-save with save_pretrained(..., safe_serialization=True)"
             )
-        record_file = path / RECORD_FILE
-        if record_file.is_file():
-            record = self._parse(path.name, record_file)
+        body = self._record_body(path)
+        if body is not None:
+            record = self._parse(path.name, body)
         elif (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER_WEIGHTS).is_file():
             record = self._untracked(path)
         else:
@@ -150,11 +151,18 @@ class Registry:
         record.promoted = record.id == promoted_id
         return record
 
-    def _parse(self, folder_name: str, record_file: Path) -> Record:
+    def _record_body(self, path: Path) -> Any:
+        """The record of the adapter in folder ``path`` as stored (its ``ragtune.json``), or
+        None for a folder without one."""
+        record_file = path / RECORD_FILE
+        if not record_file.is_file():
+            return None
         try:
-            body = json.loads(record_file.read_text(encoding="utf-8"))
+            return json.loads(record_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise RegistryError(f"{folder_name}: unreadable {RECORD_FILE}: {e}") from e
+            raise RegistryError(f"{path.name}: unreadable {RECORD_FILE}: {e}") from e
+
+    def _parse(self, folder_name: str, body: Any) -> Record:
         if not isinstance(body, dict):
             raise RegistryError(f"{folder_name}: {RECORD_FILE} is not a JSON object")
         unknown = sorted(set(body) - FIELDS - {"promoted", "tracked"})
@@ -291,6 +299,7 @@ class Registry:
                 fsync_tree(tmp)
                 os.replace(tmp, self.root / record.id)
                 fsync(self.root)
+                self._keep(record)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("registry: saved %s (%s, %s)", record.id, method, base_model or "base unknown")
@@ -329,8 +338,11 @@ class Registry:
             if match and match["name"] == name:
                 versions.append(int(match["version"]))
         version = max(versions) + 1
-        _atomic_write_json(self.root / VERSIONS_FILE, {**seen, name: version})
+        self._remember_version(name, version)
         return version
+
+    def _remember_version(self, name: str, version: int) -> None:
+        _atomic_write_json(self.root / VERSIONS_FILE, {**self._versions(), name: version})
 
     def _versions(self) -> dict[str, int]:
         path = self.root / VERSIONS_FILE
@@ -361,7 +373,23 @@ class Registry:
             change(record)
             record.tracked = True  # writing ragtune.json adopts a hand-copied folder
             _atomic_write_json(path / RECORD_FILE, record.to_json())
+            self._keep(record)
             return record
+
+    # ---- where records live: hooks for another home (tuner.pgregistry) ---------------------
+    def _keep(self, record: Record) -> None:
+        """``record`` was written (its ``ragtune.json`` is the record here)."""
+
+    def _set_promoted(self, body: Mapping[str, Any] | None) -> None:
+        """Point the promotion at ``body["id"]``, or at nothing."""
+        if body is None:
+            (self.root / PROMOTED_FILE).unlink(missing_ok=True)
+            fsync(self.root)
+        else:
+            _atomic_write_json(self.root / PROMOTED_FILE, dict(body))
+
+    def _forget(self, adapter_id: str) -> None:
+        """``adapter_id``'s folder is gone."""
 
     def set_eval_gate(self, adapter_id: str, passed: bool, details: Mapping[str, Any]) -> Record:
         def change(record: Record) -> None:
@@ -394,8 +422,7 @@ class Registry:
                 raise RegistryError(
                     f"{adapter_id}: stale ({record.stale_reason}); use force to promote"
                 )
-            body = {"id": adapter_id, "promoted": _now(), "forced": bool(force)}
-            _atomic_write_json(self.root / PROMOTED_FILE, body)
+            self._set_promoted({"id": adapter_id, "promoted": _now(), "forced": bool(force)})
             record.promoted = True
         log.info("registry: promoted %s%s", adapter_id, " (forced)" if force else "")
         return record
@@ -403,8 +430,7 @@ class Registry:
     def demote(self) -> None:
         """No adapter promoted any more."""
         with self._lock():
-            (self.root / PROMOTED_FILE).unlink(missing_ok=True)
-            fsync(self.root)
+            self._set_promoted(None)
 
     def delete(self, adapter_id: str, force: bool = False) -> None:
         """Remove an adapter folder; the promoted one only with ``force`` (which demotes it)."""
@@ -413,10 +439,11 @@ class Registry:
             if self._promoted_id() == adapter_id:
                 if not force:
                     raise RegistryError(f"{adapter_id} is promoted; use force to delete it")
-                (self.root / PROMOTED_FILE).unlink(missing_ok=True)
+                self._set_promoted(None)
             doomed = self.root / _temp_name(f"deleted-{adapter_id}")
             os.replace(path, doomed)  # gone from list() at once, even if rmtree is cut short
             fsync(self.root)
+            self._forget(adapter_id)
             shutil.rmtree(doomed, ignore_errors=True)
         log.info("registry: deleted %s", adapter_id)
 

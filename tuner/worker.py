@@ -22,8 +22,9 @@ from typing import Any
 
 from tuner.config import recipe_from_dict
 from tuner.hooks import Cancelled
-from tuner.jobstore import JobStore, record_failure, start_heartbeat
+from tuner.jobstore import record_failure, start_heartbeat
 from tuner.layout import DataLayout
+from tuner.pgjobs import worker_store
 
 log = logging.getLogger("tuner.worker")
 Train = Callable[..., Any]
@@ -32,7 +33,7 @@ Train = Callable[..., Any]
 class Hooks:
     """What the trainer calls each optimizer update: record progress, ask whether to stop."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: Any, job_id: str) -> None:
         self.store, self.job_id = store, job_id
 
     def progress(self, step: int, total: int, loss: float, val_loss: float | None) -> None:
@@ -45,7 +46,7 @@ class Hooks:
 def run(job_dir: Path, train: Train) -> int:
     """Train the job in ``job_dir`` with ``train``; return the process exit code."""
     job_dir = job_dir.resolve()
-    store = JobStore(job_dir.parent / "jobs.db")
+    store = worker_store(job_dir)
     options = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
     job_id = options.pop("id")
     recipe = recipe_from_dict(json.loads((job_dir / "recipe.json").read_text(encoding="utf-8")))

@@ -17,9 +17,9 @@ def adapters() -> None:
 
 
 def _registry() -> Any:
-    from tuner.registry import Registry
+    from service.loading import registry_from_settings
 
-    return Registry(load_settings().layout.adapters)
+    return registry_from_settings(load_settings())
 
 
 def _get(registry: Any, adapter_id: str) -> Any:

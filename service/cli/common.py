@@ -35,10 +35,14 @@ def main(config_file: str | None) -> None:
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    from service.loading import export_database
+
     try:
-        return read_settings(overrides)
+        settings = read_settings(overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    export_database(settings)  # in-process trainers and started workers share its state
+    return settings
 
 
 def open_index(settings: Settings) -> Retriever:

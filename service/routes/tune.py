@@ -27,6 +27,7 @@ from service.auth import Reader, Writer
 from service.bounds import AdapterId, Body, FileId, RegistryName, edge_model, one_of
 from service.deps import State
 from service.errors import ServiceError
+from service.loading import shared_state
 from service.state import AppState
 from service.tuning import (
     activates,
@@ -523,4 +524,11 @@ def make_job_runner(state: AppState) -> JobRunner:
             log.warning("job %s: not re-embedding with %s: %s", job.id, job.adapter, exc)
 
     options = train_options(settings)
-    return JobRunner(settings.data_dir, prepare, options=options, on_success=activate)
+    return JobRunner(
+        settings.data_dir,
+        prepare,
+        options=options,
+        on_success=activate,
+        database=shared_state(settings),
+        lease_s=settings.database.job_lease_s,
+    )

@@ -46,6 +46,8 @@ def train(
     ckpt = job_dir / "checkpoints" / "step.json"
     step = json.loads(ckpt.read_text())["step"] if resume and ckpt.is_file() else 0
     pause = float(os.environ.get("FAKE_STEP_S", "0.05"))
+    with open(job_dir / "starts.txt", "a") as f:  # where each run began (0, or a checkpoint)
+        f.write(f"{step}\n")
     while step < total:
         time.sleep(pause)
         step += 1

@@ -1,4 +1,5 @@
-"""The adapter registry: versions, atomic saves, promotion, staleness, lineage, loadability."""
+"""The adapter registry: versions, atomic saves, promotion, staleness, lineage, loadability;
+with its records beside the weights, and in a real PostgreSQL (``tuner.pgregistry``)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,23 @@ def entries(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    return Registry(tmp_path / "adapters")
+@pytest.fixture(params=["files", "postgres"])
+def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
+    """A registry keeping its records beside the weights, or in a database of its own."""
+    if request.param == "files":
+        return Registry(tmp_path / "adapters")
+    from tests.backends import new_schema, pg_url
+    from tuner.pg import Database
+    from tuner.pgregistry import PgRegistry
+
+    return PgRegistry(tmp_path / "adapters", Database(pg_url(), new_schema()))
+
+
+def reopen(reg: Registry) -> Registry:
+    """Another instance over the same registry (another process would build this one)."""
+    from tuner.pgregistry import PgRegistry
+
+    return PgRegistry(reg.root, reg.database) if isinstance(reg, PgRegistry) else Registry(reg.root)
 
 
 def test_save_list_get_delete(reg: Registry) -> None:
@@ -70,8 +85,7 @@ def test_versions_count_per_name_and_are_never_reused(reg: Registry) -> None:
         reg.save(fake_adapter, name="../x")
 
 
-def test_concurrent_saves_get_distinct_versions(tmp_path: Path) -> None:
-    root = tmp_path / "adapters"
+def test_concurrent_saves_get_distinct_versions(reg: Registry) -> None:
     ids: list[str] = []
     start = threading.Barrier(4)
 
@@ -81,7 +95,7 @@ def test_concurrent_saves_get_distinct_versions(tmp_path: Path) -> None:
 
     def worker() -> None:
         start.wait()
-        ids.append(Registry(root).save(slow_save, name="x").id)
+        ids.append(reopen(reg).save(slow_save, name="x").id)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -169,7 +183,7 @@ def test_mark_stale_from_a_lookup(reg: Registry) -> None:
     marked = reg.mark_stale(lookup)
     assert asked == [["d1", "d2", "d3", "d4"]]  # one lookup for every document
     assert sorted(r.id for r in marked) == [changed, gone]
-    fresh = Registry(reg.root)  # persisted, not only in memory
+    fresh = reopen(reg)  # persisted, not only in memory
     assert not fresh.get(keep).stale
     assert fresh.get(changed).stale_reason == "changed: d3"
     assert fresh.get(gone).stale_reason == "deleted: d4"
@@ -193,8 +207,9 @@ def test_lineage_walks_parents(reg: Registry) -> None:
 
 
 def test_unknown_keys_are_ignored_with_a_warning(
-    reg: Registry, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    reg = Registry(tmp_path / "adapters")  # a ragtune.json edited by hand (the files' registry)
     rec = reg.save(fake_adapter, name="faq")
     path = reg.root / rec.id / RECORD_FILE
     body = json.loads(path.read_text())
