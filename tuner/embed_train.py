@@ -5,13 +5,17 @@ for large batches), full fine-tuning or a PEFT LoRA adapter on the embedder, and
 InformationRetrievalEvaluator on a held-out split scored before and after.
 ``train_retriever(recipe, job_dir, data_dir=...)`` is the retriever tuner's training step: it
 reads the pairs ``tuner.prepare.prepare_pairs`` wrote, trains, and saves the embedder into the
-adapter registry (component ``retriever``, with lineage). Knows nothing of the live index,
-re-embedding or HTTP: the caller re-embeds the index with the result.
+adapter registry (component ``retriever``, with lineage). The same code runs in one process
+or under ``accelerate launch --num_processes N`` (gloo on CPU, NCCL on GPUs): each process takes
+its share of every global batch, the loss gathers every process's embeddings so the in-batch
+negatives are the whole global batch, and only the main process evaluates and registers. Knows
+nothing of the live index, re-embedding or HTTP: the caller re-embeds the index with the result.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,29 +88,43 @@ def train_embedder(
 ) -> dict[str, Any]:
     """Train ``model`` (a SentenceTransformer) in place; returns the evaluator's scores before
     and after, and recall@10 of each. ``hooks`` (``progress``, ``should_stop``) are called
-    every update; a stop request raises ``tuner.hooks.Cancelled``."""
+    every update; a stop request raises ``tuner.hooks.Cancelled``. Under ``accelerate launch``
+    ``batch_size`` is per process and only the main process evaluates (the others return no
+    scores)."""
+    from accelerate import PartialState
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer import losses
+    from transformers import set_seed
 
     if method not in ("full", "lora"):
         raise ValueError(f"method: full or lora for the embedder, got {method!r}")
     if not train:
         raise ValueError("no training pairs")
+    # Under ``accelerate launch`` on CPU accelerate only forms a (gloo) process group when told
+    # cpu=True; otherwise every process would train (and register) alone.
+    cpu = model.device.type == "cpu"
+    state = PartialState(cpu=cpu)
+    processes, main = state.num_processes, state.is_main_process
+    set_seed(seed)  # the LoRA's initial weights too
     if method == "lora":
         _add_lora(model, rank)
     columns, hardest = _columns(train)
-    evaluator = ir_evaluator(held_out) if held_out else None
+    evaluator = ir_evaluator(held_out) if held_out and main else None
     before = dict(evaluator(model)) if evaluator else {}
     loss_cls = (
         losses.CachedMultipleNegativesRankingLoss if cached else losses.MultipleNegativesRankingLoss
     )
     watch = _Watch(hooks)
+    args = _training_args(
+        out_dir, epochs, max_steps, batch_size, learning_rate, seed, processes=processes, cpu=cpu
+    )
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=_training_args(out_dir, epochs, max_steps, batch_size, learning_rate, seed),
+        args=args,
         train_dataset=Dataset.from_dict(columns),
-        loss=loss_cls(model),
+        # each process scores its anchors against every process's positives and negatives
+        loss=loss_cls(model, gather_across_devices=processes > 1),
         callbacks=[watch.callback()],
     )
     started = time.perf_counter()
@@ -153,16 +171,32 @@ def _columns(train: Sequence[Pair]) -> tuple[dict[str, list[str]], int]:
 
 
 def _training_args(
-    out_dir: Path, epochs: float, max_steps: int, batch_size: int, learning_rate: float, seed: int
+    out_dir: Path,
+    epochs: float,
+    max_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    *,
+    processes: int = 1,
+    cpu: bool = False,
 ) -> Any:
+    """The trainer's arguments. With several processes the sampler draws global batches of
+    ``batch_size x processes`` (no text twice in the global batch, whose embeddings the loss
+    gathers) and accelerate splits each into one batch per process; a last, short global batch
+    is dropped, since every process must gather the same number of embeddings."""
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
+    spread = processes > 1
     return SentenceTransformerTrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
         max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=batch_size * processes,  # split: batch_size per process
+        accelerator_config={"split_batches": spread},
+        dataloader_drop_last=spread,
+        use_cpu=cpu,
         learning_rate=learning_rate,
         warmup_ratio=0.1,
         seed=seed,
@@ -237,8 +271,11 @@ def train_retriever(
     **_: Any,
 ) -> Any:
     """Train the embedder named by ``recipe.base_model`` (or continue its ``parent``) on
-    ``job_dir/data/{train,val}.jsonl`` and save it in the registry; returns the record. A job
-    that is started again trains from the start (minutes on a CPU; no checkpoints)."""
+    ``job_dir/data/{train,val}.jsonl`` and save it in the registry; returns the record (None in
+    the processes other than the main one). A job that is started again trains from the start
+    (minutes on a CPU; no checkpoints)."""
+    from accelerate import PartialState
+
     from retriever.embedder import DEFAULT_EMBEDDER
     from tuner.registry import Registry
 
@@ -249,7 +286,7 @@ def train_retriever(
     held_out = read_pairs(val_file) if val_file.is_file() and val_file.stat().st_size else []
     registry = Registry(DataLayout(data_dir).adapters)
     parent = registry.get(recipe.parent) if recipe.parent else None
-    model = _load(registry, parent, base, device, embedder_path, offline).model
+    model = _load(registry, parent, base, _process_device(device), embedder_path, offline).model
     assert hp.learning_rate is not None and hp.batch_size is not None  # set by Recipe
     metrics = train_embedder(
         model,
@@ -266,15 +303,32 @@ def train_retriever(
         seed=hp.seed,
         hooks=hooks,
     )
-    metrics["trained_languages"] = trained_languages(train)
-    record = _register(registry, recipe, job_dir, model, metrics, parent, base)
-    log.info(
-        "embedder %s saved: held-out recall@10 %s -> %s",
-        record.id,
-        metrics["recall@10_before"],
-        metrics["recall@10_after"],
-    )
+    state, record = PartialState(), None
+    if state.is_main_process:
+        metrics["trained_languages"] = trained_languages(train)
+        record = _register(registry, recipe, job_dir, model, metrics, parent, base)
+        shutil.rmtree(job_dir / "trainer", ignore_errors=True)
+        log.info(
+            "embedder %s saved: held-out recall@10 %s -> %s",
+            record.id,
+            metrics["recall@10_before"],
+            metrics["recall@10_after"],
+        )
+    state.wait_for_everyone()
+    state.destroy_process_group()  # what Accelerator.end_training does: the launch exits cleanly
     return record
+
+
+def _process_device(device: str) -> str:
+    """The device this process trains on: ``device`` (``auto`` resolved) or, under ``accelerate
+    launch`` on GPUs, this process's own GPU. Forms the process group when launched so."""
+    from accelerate import PartialState
+
+    from tuner.models import pick_device
+
+    device = pick_device(device)
+    state = PartialState(cpu=device == "cpu")
+    return device if device == "cpu" or state.num_processes == 1 else str(state.device)
 
 
 def _load(
