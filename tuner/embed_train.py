@@ -277,14 +277,14 @@ def train_retriever(
     from accelerate import PartialState
 
     from retriever.embedder import DEFAULT_EMBEDDER
-    from tuner.registry import Registry
+    from tuner.pgregistry import open_registry
 
     hp, rt = recipe.hyperparameters, recipe.retriever
     base = recipe.base_model or DEFAULT_EMBEDDER
     train = read_pairs(job_dir / "data" / "train.jsonl")
     val_file = job_dir / "data" / "val.jsonl"
     held_out = read_pairs(val_file) if val_file.is_file() and val_file.stat().st_size else []
-    registry = Registry(DataLayout(data_dir).adapters)
+    registry = open_registry(DataLayout(data_dir).adapters)
     parent = registry.get(recipe.parent) if recipe.parent else None
     model = _load(registry, parent, base, _process_device(device), embedder_path, offline).model
     assert hp.learning_rate is not None and hp.batch_size is not None  # set by Recipe
