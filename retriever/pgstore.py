@@ -124,6 +124,7 @@ class PgStore:
             max_size=max(1, pool_size),
             kwargs={"autocommit": True, "options": f"-c search_path={schema},public"},
             configure=_register_vector,
+            check=ConnectionPool.check_connection,  # a restarted database: reconnect, not fail
             open=False,
         )
         try:
