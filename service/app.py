@@ -156,7 +156,11 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
             from service.sweeps import SweepRunner
 
             state.sweeps = SweepRunner(
-                settings.layout.sweeps, state.jobs, state.registry(), evals=state.evals
+                settings.layout.sweeps,
+                state.jobs,
+                state.registry(),
+                evals=state.evals,
+                database=shared_state(settings),
             )
         state.sweeps.start()
         if settings.answer_log.enabled and state.answers is None:

@@ -12,16 +12,23 @@ When the service stops, the drivers stop watching and leave their sweeps running
 runner re-queues the trial it was training. The next start finds those sweeps and resumes them:
 a trial left running is the same job again, resumed from its last checkpoint.
 
+With replicas over one database (``database``), a sweep is driven by one replica at a time:
+its driver holds a session advisory lock named after the sweep for as long as it drives it.
+Every replica looks for sweeps nobody drives every ``RESCAN_S`` and takes them up, so when the
+replica driving a sweep dies (its session, and so its lock, goes with it) another one resumes
+the sweep, with the trial's job resumed by the job queue.
+
 Knows nothing of HTTP or of how a trial trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,7 @@ from tuner.config import Recipe, recipe_from_dict
 from tuner.hooks import SWEEP_FILE, Cancelled, Hooks
 from tuner.jobs import JobRunner
 from tuner.jobstore import FINISHED, JobNotFound
+from tuner.pg import Database
 from tuner.registry import Registry
 from tuner.sweep import Interrupted, Sweep, TrialInfo, new_sweep_id
 
@@ -51,6 +59,8 @@ class TooManySweeps(RuntimeError):
 
 
 MAX_RUNNING = 4  # sweeps driven at once (their trials still train one job at a time)
+RESCAN_S = 5.0  # with a shared database: how often a replica looks for undriven sweeps
+LOCK_SWEEP = 7_401  # advisory lock key (first int) of a sweep's driver
 
 
 class SweepRunner:
@@ -64,11 +74,13 @@ class SweepRunner:
         poll_s: float = 0.5,
         record_of: Callable[[str], Any] | None = None,
         evals: JobRunner | None = None,
+        database: Database | None = None,
     ) -> None:
         """``record_of(adapter_id)`` reads a finished trial's record (default: ``registry``);
         ``evals`` runs the eval that scores each trial of a sweep on objective eval."""
         self.root, self.jobs, self.poll_s, self.evals = Path(root), jobs, poll_s, evals
         self.record_of = record_of or registry.get
+        self.database = database
         self._closed = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -76,15 +88,35 @@ class SweepRunner:
 
     # ---- public ---------------------------------------------------------------------------
     def start(self) -> SweepRunner:
-        """Resume the sweeps a stop left running (or queued)."""
-        if self.root.is_dir():
-            for folder in sorted(self.root.iterdir()):
-                if (folder / API_MARK).is_file():
-                    sweep = self._sweep(folder.name)
-                    if sweep.state() in ("queued", "running"):  # a cancelled one ends as such
-                        log.info("sweep %s: resuming", sweep.id)
-                        self._drive(sweep)
+        """Resume the sweeps a stop left running (or queued); with a shared database, keep
+        looking for those another replica stopped driving."""
+        import optuna  # noqa: F401 - here, once: drivers importing it at once race inside it
+
+        self._resume()
+        if self.database is not None:
+            threading.Thread(target=self._rescan, name="sweep-rescan", daemon=True).start()
         return self
+
+    def _resume(self) -> None:
+        if not self.root.is_dir():
+            return
+        for folder in sorted(self.root.iterdir()):
+            if not (folder / API_MARK).is_file():
+                continue
+            with self._lock:
+                if folder.name in self._threads:
+                    continue
+            sweep = self._sweep(folder.name)
+            if sweep.state() in ("queued", "running"):  # a cancelled one ends as such
+                log.info("sweep %s: resuming", sweep.id)
+                self._drive(sweep)
+
+    def _rescan(self) -> None:
+        while not self._closed.wait(RESCAN_S):
+            try:
+                self._resume()
+            except Exception:  # noqa: BLE001 - a half-written folder: look again later
+                log.exception("sweeps: looking for undriven sweeps")
 
     def submit(self, recipe_dict: dict[str, Any]) -> str:
         """Open a new sweep of ``recipe_dict`` (which has a sweep block; ``ValueError`` when it
@@ -168,7 +200,33 @@ class SweepRunner:
             self._threads[sweep.id] = thread
         thread.start()
 
+    @contextlib.contextmanager
+    def _driving(self, sweep_id: str) -> Iterator[bool]:
+        """Whether this replica may drive the sweep: always alone; with a shared database, while
+        it holds the sweep's advisory lock (no other replica drives it)."""
+        if self.database is None:
+            yield True
+            return
+        import psycopg
+
+        with psycopg.connect(self.database.url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_SWEEP, sweep_id)
+            ).fetchone()
+            yield bool(row and row[0])  # the lock ends with this session
+
     def _run(self, sweep: Sweep) -> None:
+        try:
+            with self._driving(sweep.id) as mine:
+                if mine:
+                    self._run_driven(sweep)
+        except Exception:  # noqa: BLE001 - e.g. the database is away: the next rescan retries
+            log.exception("sweep %s: not driven here", sweep.id)
+        finally:
+            with self._lock:
+                self._threads.pop(sweep.id, None)
+
+    def _run_driven(self, sweep: Sweep) -> None:
         cancelled = sweep.folder / CANCEL_MARK
         score = self._scorer(sweep) if sweep.spec.eval is not None else None
         try:
@@ -179,9 +237,6 @@ class SweepRunner:
             log.info("sweep %s cancelled", sweep.id)
         except Exception:  # noqa: BLE001 - the sweep records its failure; the thread ends
             log.exception("sweep %s failed", sweep.id)
-        finally:
-            with self._lock:
-                self._threads.pop(sweep.id, None)
 
     def _trial_runner(self, sweep: Sweep) -> Any:
         def run_trial(recipe: Recipe, info: TrialInfo, hooks: Hooks) -> Any:

@@ -109,6 +109,7 @@ class JobRunner:
 
             self.store = PgJobStore(database, folder, Path(data_dir), lease_s=lease_s or LEASE_S)
         self._claim: Any = self.store  # the current job's store (fenced to its claim if shared)
+        self._store_closed = False
         self._upkept = 0.0
         self.prepare = prepare
         self.command = list(command or [sys.executable, "-m", "tuner.worker"])
@@ -190,7 +191,8 @@ class JobRunner:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        if self.database is not None:
+        if self.database is not None and not self._store_closed:
+            self._store_closed = True
             self.store.close()
 
     def __enter__(self) -> JobRunner:

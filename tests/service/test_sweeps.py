@@ -233,9 +233,11 @@ def _record(adapter: str) -> Any:
     return SimpleNamespace(id=adapter, metrics={"val_loss": 0.5})
 
 
-def _runners(data: Path, step_s: float) -> tuple[Any, SweepRunner]:
-    jobs = make_runner(data, step_s=step_s).start()
-    sweeps = SweepRunner(data / "sweeps", jobs, Registry(data / "adapters"), 0.05, _record)
+def _runners(data: Path, step_s: float, database: Any = None) -> tuple[Any, SweepRunner]:
+    jobs = make_runner(data, step_s=step_s, database=database).start()
+    sweeps = SweepRunner(
+        data / "sweeps", jobs, Registry(data / "adapters"), 0.05, _record, database=database
+    )
     return jobs, sweeps.start()
 
 
@@ -307,3 +309,37 @@ def test_a_sweep_left_running_at_shutdown_resumes_with_the_same_job(tmp_path: Pa
     resumed_at = int(steps[len(steps_before)])
     assert resumed_at > 1  # it went on from its checkpoint
     assert len(jobs.list()) == 2
+
+
+def test_replicas_over_one_database_drive_a_sweep_once_and_take_it_over(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas over one data dir and database: the one driving a sweep holds it (the
+    other, looking every rescan, never drives it too, so no trial is asked for twice), and when
+    it stops the other takes the sweep over and finishes it with the same trial job."""
+    import service.sweeps
+    from tests.backends import new_schema
+    from tuner.pg import Database
+
+    monkeypatch.setattr(service.sweeps, "RESCAN_S", 0.1)
+    database = Database(pg_url, new_schema())
+    data = tmp_path / "data"
+    jobs_a, sweeps_a = _runners(data, 0.05, database)
+    jobs_b, sweeps_b = _runners(data, 0.05, database)
+    try:
+        sweep_id = sweeps_a.submit(_fake_recipe(steps=40))
+        first = _wait(lambda: (t := sweeps_b.get(sweep_id)["trials"]) and t[0]["key"])
+        _wait(lambda: jobs_b.get(first).step >= 5)
+        time.sleep(0.5)  # several of b's rescans while a drives the sweep
+        assert len(sweeps_b.get(sweep_id)["trials"]) == 1
+        sweeps_a.close()
+        jobs_a.close()  # replica a stops: b takes over the sweep and its trial's job
+        done = _wait(lambda: (s := sweeps_b.get(sweep_id))["state"] == "succeeded" and s, 120)
+        listed = sorted(j.id for j in jobs_b.list())
+    finally:
+        for runner in (sweeps_a, jobs_a, sweeps_b, jobs_b):
+            runner.close()
+    assert [t["state"] for t in done["trials"]] == ["complete", "complete"]
+    assert done["trials"][0]["key"] == first  # the same job, resumed
+    keys = [t["key"] for t in done["trials"]]
+    assert listed == sorted(keys)  # one job per trial, none twice
