@@ -26,6 +26,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from tuner.durable import sqlite_wal
+
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 3600.0  # the writer drops expired records at start and then this often
@@ -101,7 +103,7 @@ class AnswerLog:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
+        sqlite_wal(db)
         return db
 
     # ---- writing ----------------------------------------------------------------------------

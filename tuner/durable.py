@@ -9,7 +9,9 @@ writes such files. Knows nothing of what is written or who writes it."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,3 +55,19 @@ def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync(path.parent)
+
+
+def sqlite_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Put the file in WAL mode. Two processes opening a new file at once (replicas starting
+    together over one data dir) can get "database is locked" at once from this pragma, without
+    SQLite's busy wait, so it is retried."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from tuner.durable import sqlite_wal
+
 log = logging.getLogger(__name__)
 
 STATES = ("validating", "queued", "running", "succeeded", "failed", "cancelled")
@@ -143,7 +145,7 @@ class JobStore:
         self.root = path.parent.parent  # the data dir: <data>/<jobs|evals>/jobs.db
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            sqlite_wal(db)
             db.executescript(SCHEMA)
 
     @contextlib.contextmanager

@@ -161,3 +161,33 @@ def test_a_cancelled_answer_is_recorded_with_how_it_ended(tiny_llama: Path, tmp_
     finally:
         engine.close()
         log.close()
+
+
+def test_processes_opening_a_new_log_at_once_all_open_it(tmp_path: Path) -> None:
+    """Replicas starting together over one data dir create the log at the same moment."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from service.answerlog import AnswerLog\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "AnswerLog(Path(sys.argv[1])).close()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    for round_ in range(4):
+        path = tmp_path / f"round{round_}" / "answers.db"
+        at = str(time.time() + 1.5)  # after every process has imported
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(path), at],
+                cwd=root,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
