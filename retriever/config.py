@@ -23,7 +23,9 @@ class RetrieverConfig:
     foreign_dense_weight: float = 0.2
     rrf_k: int = 60  # reciprocal-rank constant
     candidates: int = 50  # per-list depth fetched before fusion and filtering
-    vector_index: str = "flat"  # flat (exact, deletes in place) | hnsw (tombstones + rebuild)
+    # flat (exact, deletes in place) | hnsw (tombstones + rebuild) | a name registered with
+    # retriever.lcvectors.register_vectorstore (a LangChain vector store)
+    vector_index: str = "flat"
     snapshot_every: int = 2000  # write a vector-index snapshot after this many chunk changes
     # process: acknowledged writes survive a crash or kill -9 (SQLite WAL, synchronous=NORMAL);
     # power: also a power loss or OS crash (synchronous=FULL, an fsync per write)
@@ -39,8 +41,13 @@ class RetrieverConfig:
         for name in ("dense_weight", "foreign_dense_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.vector_index not in ("flat", "hnsw"):
-            raise ValueError(f"vector_index must be flat or hnsw, got {self.vector_index!r}")
+        from retriever.vectors import BACKENDS  # here: the registry comes with faiss
+
+        if self.vector_index not in BACKENDS:
+            raise ValueError(
+                f"vector_index must be one of {sorted(BACKENDS)}, got {self.vector_index!r} "
+                "(another store is registered with retriever.lcvectors.register_vectorstore)"
+            )
         if self.durability not in ("process", "power"):
             raise ValueError(f"durability must be process or power, got {self.durability!r}")
         if self.snapshot_every < 1:

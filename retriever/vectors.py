@@ -5,14 +5,17 @@ on unit vectors (``IndexIDMap2(IndexFlatIP)``), deleting by tombstone and batche
 ``hnsw`` is approximate
 (``IndexHNSWFlat``), cannot delete in place, so removed ids become tombstones filtered at search
 time and the graph is rebuilt once tombstones pass a fraction of the index. ``save`` writes
-atomically (temp file, fsync, rename). This module knows nothing of documents or SQLite.
+atomically (temp file, fsync, rename). Other backends join ``BACKENDS`` by name through
+``register_backend`` (``retriever.lcvectors``: any LangChain vector store). This module knows
+nothing of documents or SQLite.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from retriever import threads
 
@@ -26,6 +29,7 @@ class VectorIndex(Protocol):
     """What the retriever needs from a vector index."""
 
     dim: int
+    kind: str  # its name in BACKENDS, recorded in the snapshot manifest
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, ids: np.ndarray) -> None: ...
@@ -201,14 +205,34 @@ class HNSWIndex:
         return cls(dim, _read(path, dim))
 
 
-BACKENDS: dict[str, type[FlatIndex] | type[HNSWIndex]] = {"flat": FlatIndex, "hnsw": HNSWIndex}
+class Backend(Protocol):
+    """An entry of ``BACKENDS``: ``backend(dim)`` makes an empty index, ``backend.load(path,
+    dim)`` opens one saved at ``path`` (``ValueError`` for another dimension)."""
+
+    def __call__(self, dim: int) -> VectorIndex: ...
+    def load(self, path: Path, dim: int) -> VectorIndex: ...
 
 
-def make_index(kind: str, dim: int) -> FlatIndex | HNSWIndex:
+BACKENDS: dict[str, Backend] = {"flat": FlatIndex, "hnsw": HNSWIndex}
+BUILTIN = ("flat", "hnsw")
+
+
+def register_backend(name: str, backend: Backend) -> None:
+    """Make ``name`` a vector backend (registering it again replaces it); the built-in names
+    are refused. ``name`` appears in snapshot file names: lower-case letters, digits, _ and -."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+        raise ValueError(f"a vector backend name is [a-z0-9_-], up to 40, got {name!r}")
+    if name in BUILTIN:
+        raise ValueError(f"vector backend {name!r} is built in and cannot be replaced")
+    BACKENDS[name] = backend
+
+
+# Any: a FlatIndex, an HNSWIndex or a registered backend's index, each a VectorIndex
+def make_index(kind: str, dim: int) -> Any:
     if kind not in BACKENDS:
         raise ValueError(f"vector index must be one of {sorted(BACKENDS)}, got {kind!r}")
     return BACKENDS[kind](dim)
 
 
-def load_index(kind: str, path: Path, dim: int) -> FlatIndex | HNSWIndex:
+def load_index(kind: str, path: Path, dim: int) -> Any:
     return BACKENDS[kind].load(path, dim)
