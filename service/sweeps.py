@@ -85,6 +85,7 @@ class SweepRunner:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._loaded: dict[str, Sweep] = {}  # one Sweep (and study storage) per folder
+        self._local = threading.local()  # a driver thread's connection holding its lock
 
     # ---- public ---------------------------------------------------------------------------
     def start(self) -> SweepRunner:
@@ -213,7 +214,26 @@ class SweepRunner:
             row = conn.execute(
                 "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_SWEEP, sweep_id)
             ).fetchone()
-            yield bool(row and row[0])  # the lock ends with this session
+            self._local.lock_conn = conn
+            try:
+                yield bool(row and row[0])  # the lock ends with this session
+            finally:
+                self._local.lock_conn = None
+
+    def _stopping(self) -> bool:
+        """Whether this driver must let go of its sweep: the service stops, or (shared) the
+        session holding the sweep's lock is gone, so another replica may take it now."""
+        if self._closed.is_set():
+            return True
+        conn = getattr(self._local, "lock_conn", None)
+        if conn is None:
+            return False
+        try:
+            conn.execute("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure: the lock may be someone else's now
+            log.warning("sweep driver: lost its lock's session; leaving the sweep")
+            return True
+        return False
 
     def _run(self, sweep: Sweep) -> None:
         try:
@@ -221,7 +241,7 @@ class SweepRunner:
                 if mine:
                     self._run_driven(sweep)
         except Exception:  # noqa: BLE001 - e.g. the database is away: the next rescan retries
-            log.exception("sweep %s: not driven here", sweep.id)
+            log.exception("sweep %s: could not take the sweep's lock", sweep.id)
         finally:
             with self._lock:
                 self._threads.pop(sweep.id, None)
@@ -277,7 +297,7 @@ class SweepRunner:
                 {"name": "sweep-eval", "file_id": spec.dataset, "options": options}
             )
             while (run := self.evals.get(run_id)).state not in FINISHED:
-                if self._closed.is_set():
+                if self._stopping():
                     self.evals.cancel(run_id)
                     raise Interrupted
                 if (sweep.folder / CANCEL_MARK).is_file():
@@ -319,7 +339,7 @@ class SweepRunner:
         ``hooks`` says stop (pruned, or the sweep cancelled). The record when it succeeds."""
         seen = 0
         while True:
-            if self._closed.is_set():
+            if self._stopping():
                 raise Interrupted
             job = self.jobs.get(job_id)
             for step, value in job.val_losses[seen:]:

@@ -52,7 +52,16 @@ from typing import Any
 
 from tuner.config import recipe_from_dict
 from tuner.durable import atomic_write_text
-from tuner.jobstore import ATTEMPT_ENV, CLAIM_LOST_EXIT, FINISHED, Job, JobSpec, JobStore, tail
+from tuner.jobstore import (
+    ATTEMPT_ENV,
+    CLAIM_LOST_EXIT,
+    FINISHED,
+    PARENT_ENV,
+    Job,
+    JobSpec,
+    JobStore,
+    tail,
+)
 from tuner.layout import JOBS
 from tuner.pg import Database
 
@@ -110,6 +119,7 @@ class JobRunner:
             self.store = PgJobStore(database, folder, Path(data_dir), lease_s=lease_s or LEASE_S)
         self._claim: Any = self.store  # the current job's store (fenced to its claim if shared)
         self._store_closed = False
+        self._released = threading.Event()  # set last on close: leases are renewed until then
         self._upkept = 0.0
         self.prepare = prepare
         self.command = list(command or [sys.executable, "-m", "tuner.worker"])
@@ -191,6 +201,7 @@ class JobRunner:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        self._released.set()
         if self.database is not None and not self._store_closed:
             self._store_closed = True
             self.store.close()
@@ -209,13 +220,14 @@ class JobRunner:
             self.prepare(recipe, self.job_dir(job_id))
         except ValueError as exc:
             problems = getattr(exc, "problems", [])
-            self.store.finish(job_id, "failed", error=str(exc), problems=problems)
+            self.store.finish(job_id, "failed", error=str(exc), problems=problems, **self._owned())
             return
         except Exception as exc:  # noqa: BLE001 - any failure fails this job, not the runner
             log.exception("preparing job %s failed", job_id)
-            self.store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            self.store.finish(job_id, "failed", error=error, **self._owned())
             return
-        if self.store.queued(job_id):
+        if self.store.queued(job_id, **self._owned()):
             self._wake.set()
 
     # ---- supervision ----------------------------------------------------------------------
@@ -242,7 +254,7 @@ class JobRunner:
 
     def _renew(self) -> None:
         """Keep this replica's lease on the jobs it validates and runs (a shared queue)."""
-        while not self._closed.wait(self.store.lease_s / 4):
+        while not self._released.wait(self.store.lease_s / 4):
             try:
                 self.store.renew(self.owner)
             except Exception as exc:  # noqa: BLE001 - the database is away: try again
@@ -255,6 +267,7 @@ class JobRunner:
         if now - self._upkept < UPKEEP_S:
             return
         self._upkept = now
+        self.store.renew(self.owner)  # ours first: back from an outage, we are not the dead
         for job_id in self.store.expire():
             log.warning("job %s: its replica stopped renewing its lease; queued again", job_id)
         for job_id in self.store.adopt(self.owner):
@@ -313,6 +326,8 @@ class JobRunner:
 
     def _start_claimed(self) -> None:
         """Claim the queue's oldest job for this replica and start its worker on the claim."""
+        from tuner.pgjobs import LEASE_ENV
+
         claimed = self.store.claim(self.owner)
         if claimed is None:
             return
@@ -320,7 +335,9 @@ class JobRunner:
         claim = self.store.fenced(attempt)
         assert self.database is not None
         try:
-            proc = self._spawn(job_id, {**self.database.env(), ATTEMPT_ENV: str(attempt)})
+            fence = {ATTEMPT_ENV: str(attempt), PARENT_ENV: str(os.getpid())}
+            fence[LEASE_ENV] = str(self.store.lease_s)
+            proc = self._spawn(job_id, {**self.database.env(), **fence})
         except Exception:
             claim.requeue(job_id)
             raise
@@ -355,7 +372,8 @@ class JobRunner:
         else:
             self._finished(job_id, code)
             job = self.store.get(job_id)
-            if job.state == "succeeded" and self.on_success is not None:
+            ours = not (self.database is not None and code == CLAIM_LOST_EXIT)
+            if job.state == "succeeded" and ours and self.on_success is not None:
                 try:
                     self.on_success(job)
                 except Exception:  # noqa: BLE001 - a follow-up failing does not fail the job

@@ -199,7 +199,8 @@ class JobStore:
         return [r["id"] for r in rows]
 
     # ---- transitions ----------------------------------------------------------------------
-    def queued(self, job_id: str) -> bool:
+    def queued(self, job_id: str, owner: str | None = None) -> bool:
+        """Validated: into the queue (``owner`` is a shared store's; one runner owns all here)."""
         return self._set(job_id, "state = 'validating'", state="queued")
 
     def running(self, job_id: str, pid: int) -> bool:
@@ -227,6 +228,7 @@ class JobStore:
         error: str | None = None,
         problems: Sequence[tuple[int, str]] = (),
         adapter: str | None = None,
+        owner: str | None = None,  # a shared store's fence; one runner owns all here
     ) -> bool:
         if state not in FINISHED:
             raise ValueError(f"state: one of {FINISHED}, got {state!r}")
@@ -401,6 +403,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 HEARTBEAT_S = 5.0
 ATTEMPT_ENV = "RAGTUNE_JOB_ATTEMPT"  # set by a shared runner: the claim this worker runs on
+PARENT_ENV = "RAGTUNE_JOB_PARENT"  # and the pid of the replica that started it
 FENCED_BEAT_S = 1.0  # a fenced worker checks its claim this often
 CLAIM_LOST_EXIT = 75  # a worker that lost its claim (or its replica) stops with this code
 
@@ -412,7 +415,8 @@ def start_heartbeat(store: Any, job_id: str) -> threading.Event:
     replica's resumed run never overlaps it."""
     stop = threading.Event()
     fenced = getattr(store, "attempt", None) is not None
-    parent = os.getppid()
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+    silence_s = float(getattr(store, "lease_s", 0) or 0)  # unheard this long: the claim is gone
 
     def lost(why: str) -> None:
         log.error("job %s: %s; stopping this worker", job_id, why)
@@ -420,6 +424,7 @@ def start_heartbeat(store: Any, job_id: str) -> threading.Event:
         os._exit(CLAIM_LOST_EXIT)
 
     def beat() -> None:
+        last_heard = time.monotonic()
         while not stop.wait(FENCED_BEAT_S if fenced else HEARTBEAT_S):
             if fenced and os.getppid() != parent:
                 lost("the replica that started this worker is gone")
@@ -427,7 +432,10 @@ def start_heartbeat(store: Any, job_id: str) -> threading.Event:
                 held = store.beat(job_id)
             except Exception:  # noqa: BLE001 - a busy database must not stop the work
                 log.warning("heartbeat for %s failed", job_id, exc_info=True)
+                if fenced and silence_s and time.monotonic() - last_heard > silence_s:
+                    lost("no word from the database for longer than the lease")
                 continue
+            last_heard = time.monotonic()
             if fenced and held is False and not stop.is_set():
                 lost("its claim on the job was taken over")
 

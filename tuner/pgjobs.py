@@ -42,6 +42,7 @@ from tuner.jobstore import (
 from tuner.pg import NOW, Database
 
 LEASE_S = 12.0  # a replica silent this long has lost its jobs
+LEASE_ENV = "RAGTUNE_JOB_LEASE_S"  # the runner's lease, for its fenced workers
 LOCK_DDL = 7_201
 
 DDL = """
@@ -114,7 +115,9 @@ class PgJobStore:
             return int(conn.execute(sql, [*values.values(), job_id, *args]).rowcount) > 0
 
     def _fence(self) -> tuple[str, list[Any]]:
-        return ("AND attempts = %s", [self.attempt]) if self.attempt is not None else ("", [])
+        if self.attempt is None:
+            return "", []
+        return "AND attempts = %s AND state = 'running'", [self.attempt]  # this claim, still on
 
     # ---- the JobStore calls ---------------------------------------------------------------
     def create(self, recipe: JobSpec, owner: str | None = None) -> str:
@@ -156,8 +159,13 @@ class PgJobStore:
         )
         return [r["id"] for r in rows]
 
-    def queued(self, job_id: str) -> bool:
-        return self._set(job_id, "state = 'validating'", state="queued", owner=None)
+    def queued(self, job_id: str, owner: str | None = None) -> bool:
+        """Validated: into the queue, when ``owner`` (if given) still validates it."""
+        where = "state = 'validating'" + (" AND owner = %s" if owner else "")
+        cols, args = "state = 'queued', owner = NULL", [job_id, *([owner] if owner else [])]
+        with self._pool.connection() as conn:
+            sql = f"UPDATE jobs SET {cols} WHERE id = %s AND {where}"
+            return int(conn.execute(sql, args).rowcount) > 0
 
     def requeue(self, job_id: str) -> bool:
         """A running job back to the queue (its worker is gone); it resumes from a checkpoint."""
@@ -171,10 +179,15 @@ class PgJobStore:
         error: str | None = None,
         problems: Sequence[tuple[int, str]] = (),
         adapter: str | None = None,
+        owner: str | None = None,
     ) -> bool:
+        """The job's outcome (fenced to this store's claim; to ``owner``'s validation when
+        given)."""
         if state not in FINISHED:
             raise ValueError(f"state: one of {FINISHED}, got {state!r}")
         fence, args = self._fence()
+        if owner is not None:
+            fence, args = fence + " AND owner = %s", [*args, owner]
         with self._pool.connection() as conn:
             return (
                 int(
@@ -199,18 +212,17 @@ class PgJobStore:
         job = self.get(job_id)
         if job.state in FINISHED:
             raise JobFinished(f"job {job_id} already {job.state}")
-        with self._pool.connection() as conn:
-            done = conn.execute(
-                f"UPDATE jobs SET state = 'cancelled', finished = {NOW}, owner = NULL"
-                " WHERE id = %s AND state IN ('validating', 'queued')",
+        waiting = "state IN ('validating', 'queued')"
+        with self._pool.connection() as conn:  # one statement: no expire or claim in between
+            conn.execute(
+                f"UPDATE jobs SET state = CASE WHEN {waiting} THEN 'cancelled' ELSE state END,"
+                f" finished = CASE WHEN {waiting} THEN {NOW} ELSE finished END,"
+                f" owner = CASE WHEN {waiting} THEN NULL ELSE owner END,"
+                f" cancel_requested = ({waiting}) IS NOT TRUE OR cancel_requested,"  # running:
+                f" cancel_at = CASE WHEN {waiting} THEN cancel_at ELSE {NOW} END"  # it stops
+                f" WHERE id = %s AND {UNFINISHED}",
                 (job_id,),
-            ).rowcount
-            if not done:  # running: the worker stops at its next step
-                conn.execute(
-                    f"UPDATE jobs SET cancel_requested = true, cancel_at = {NOW}"
-                    " WHERE id = %s AND state = 'running'",
-                    (job_id,),
-                )
+            )
         return self.get(job_id)
 
     def progress(
@@ -324,5 +336,9 @@ def worker_store(job_dir: Path) -> Any:
     if database is None or ATTEMPT_ENV not in os.environ:
         return JobStore(job_dir.parent / "jobs.db")
     return PgJobStore(
-        database, job_dir.parent.name, job_dir.parent.parent, attempt=int(os.environ[ATTEMPT_ENV])
+        database,
+        job_dir.parent.name,
+        job_dir.parent.parent,
+        attempt=int(os.environ[ATTEMPT_ENV]),
+        lease_s=float(os.environ.get(LEASE_ENV) or LEASE_S),
     )

@@ -127,8 +127,11 @@ class PgRegistry(Registry):
 
     # ---- promotion ----------------------------------------------------------------------------
     def _promoted_id(self) -> str | None:
+        """The follower's cached id for reads; the database's under the lock (a change decides
+        on what is committed, never on a notification not yet heard)."""
         follower = _followers.get(self.database)
-        if follower is not None and follower.listening:
+        changing = getattr(self._local, "conn", None) is not None
+        if follower is not None and follower.listening and not changing:
             return follower.promoted
         return self.promoted_in_database()
 
@@ -198,11 +201,15 @@ class RegistryFollower:
             return
         self.promoted = promoted
         log.info("registry: the promoted adapter is now %s", promoted or "none")
-        if self.on_promote is not None:
-            try:
-                self.on_promote(promoted)
-            except Exception:  # noqa: BLE001 - a failed warm-up leaves loading to the request
-                log.exception("registry: after promoting %s", promoted)
+        if self.on_promote is not None:  # in a thread: a slow load never delays what is heard
+            threading.Thread(target=self._call_back, args=(promoted,), daemon=True).start()
+
+    def _call_back(self, promoted: str | None) -> None:
+        assert self.on_promote is not None
+        try:
+            self.on_promote(promoted)
+        except Exception:  # noqa: BLE001 - a failed warm-up leaves loading to the request
+            log.exception("registry: after promoting %s", promoted)
 
     def _follow(self) -> None:
         import psycopg

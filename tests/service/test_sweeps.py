@@ -312,11 +312,15 @@ def test_a_sweep_left_running_at_shutdown_resumes_with_the_same_job(tmp_path: Pa
 
 
 def test_replicas_over_one_database_drive_a_sweep_once_and_take_it_over(
-    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Two replicas over one data dir and database: the one driving a sweep holds it (the
-    other, looking every rescan, never drives it too, so no trial is asked for twice), and when
-    it stops the other takes the sweep over and finishes it with the same trial job."""
+    """Two replicas over one data dir and database: the one driving a sweep holds its lock (the
+    other cannot take it), a driver whose lock's session is cut lets the sweep go, and when the
+    driving replica stops the other takes the sweep over and finishes it with the same job."""
+    import logging
+
+    import psycopg
+
     import service.sweeps
     from tests.backends import new_schema
     from tuner.pg import Database
@@ -327,11 +331,20 @@ def test_replicas_over_one_database_drive_a_sweep_once_and_take_it_over(
     jobs_a, sweeps_a = _runners(data, 0.05, database)
     jobs_b, sweeps_b = _runners(data, 0.05, database)
     try:
-        sweep_id = sweeps_a.submit(_fake_recipe(steps=40))
+        sweep_id = sweeps_a.submit(_fake_recipe(steps=60))
         first = _wait(lambda: (t := sweeps_b.get(sweep_id)["trials"]) and t[0]["key"])
         _wait(lambda: jobs_b.get(first).step >= 5)
-        time.sleep(0.5)  # several of b's rescans while a drives the sweep
+        with sweeps_b._driving(sweep_id) as mine:
+            assert not mine  # a holds it
         assert len(sweeps_b.get(sweep_id)["trials"]) == 1
+        with caplog.at_level(logging.WARNING, logger="service.sweeps"):
+            with psycopg.connect(pg_url, autocommit=True) as conn:  # cut a's lock's session
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND classid = %s",
+                    (service.sweeps.LOCK_SWEEP,),
+                )
+            _wait(lambda: "lost its lock's session" in caplog.text, 10)
         sweeps_a.close()
         jobs_a.close()  # replica a stops: b takes over the sweep and its trial's job
         done = _wait(lambda: (s := sweeps_b.get(sweep_id))["state"] == "succeeded" and s, 120)
@@ -341,5 +354,4 @@ def test_replicas_over_one_database_drive_a_sweep_once_and_take_it_over(
             runner.close()
     assert [t["state"] for t in done["trials"]] == ["complete", "complete"]
     assert done["trials"][0]["key"] == first  # the same job, resumed
-    keys = [t["key"] for t in done["trials"]]
-    assert listed == sorted(keys)  # one job per trial, none twice
+    assert listed == sorted(t["key"] for t in done["trials"])  # one job per trial, none twice

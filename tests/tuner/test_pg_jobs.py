@@ -71,6 +71,8 @@ def test_an_expired_lease_requeues_the_job_and_fences_the_old_claim(database: Da
     time.sleep(0.6)  # replica a is silent past its lease
     assert b.expire() == [job_id]
     assert b.get(job_id).state == "queued"
+    assert old.beat(job_id) is False  # expired: the old claim is off even before a new one
+    assert not old.finish(job_id, "succeeded", adapter="early-v1")
     assert b.claim("b") == (job_id, 2)
     new = b.fenced(2)
     assert old.beat(job_id) is False  # the old worker learns it lost the job
@@ -83,6 +85,19 @@ def test_an_expired_lease_requeues_the_job_and_fences_the_old_claim(database: Da
     assert (done.state, done.adapter, done.step, done.attempts) == ("succeeded", "fresh-v1", 2, 2)
     assert done.loss_curve == [[1, 0.5], [2, 0.4]]  # nothing from the fenced-off claim
     assert b.claims(job_id) == [(1, "a"), (2, "b")]
+
+
+def test_cancel_stops_waiting_jobs_at_once_and_flags_running_ones(database: Database) -> None:
+    store = PgJobStore(database, "jobs", lease_s=60)
+    waiting, running = _queued(store, 2)
+    assert store.claim("a") == (waiting, 1)  # the older one runs
+    waiting, running = running, waiting
+    cancelled = store.cancel(waiting)
+    assert (cancelled.state, cancelled.cancel_requested) == ("cancelled", False)
+    flagged = store.cancel(running)
+    assert (flagged.state, flagged.cancel_requested) == ("running", True)
+    assert store.cancel_at(running) is not None and store.cancel_at(waiting) is None
+    assert store.fenced(1).finish(running, "cancelled")
 
 
 def test_a_renewed_lease_keeps_the_job(database: Database) -> None:
