@@ -43,7 +43,13 @@ def generator_from_settings(settings: Settings) -> Generator:
 
 
 # retrieval settings the service acts on itself, not the index
-SERVICE_RETRIEVAL = {"reranker", "embedding_backend", "fit_fusion", "reembed_old_index"}
+SERVICE_RETRIEVAL = {
+    "reranker",
+    "embedding_backend",
+    "fit_fusion",
+    "reembed_old_index",
+    "vector_modules",
+}
 
 
 def retriever_config(settings: Settings) -> RetrieverConfig:

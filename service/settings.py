@@ -150,7 +150,16 @@ class Retrieval(BaseModel):
     foreign_dense_weight: float = Field(
         0.2, ge=0, le=1, description="dense share for queries the embedder's languages miss"
     )
-    vector_index: Literal["flat", "hnsw"] = Field("flat", description="FAISS backend")
+    vector_index: str = Field(
+        "flat",
+        description="the embedded index's vector backend: flat or hnsw (FAISS), or one a module "
+        "of vector_modules registered (a LangChain VectorStore: docs/retriever.md)",
+    )
+    vector_modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported before the index opens; each may register a vector "
+        "backend (retriever.lcvectors.register_vectorstore)",
+    )
     durability: Literal["process", "power"] = Field(
         "process", description="process: writes survive kill -9; power: also power loss (fsync)"
     )
@@ -172,6 +181,26 @@ class Retrieval(BaseModel):
         "by onnxruntime (onnx, onnx-int8; needs ragtune[onnx]) or OpenVINO (openvino, "
         "openvino-int8; needs ragtune[openvino]); vectors differ, so switching re-embeds the index",
     )
+
+    @model_validator(mode="after")
+    def _known_vector_index(self) -> Retrieval:
+        import importlib
+
+        for name in self.vector_modules:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                raise ValueError(
+                    f"retrieval.vector_modules: cannot import {name!r} ({exc})"
+                ) from None
+        from retriever.vectors import BACKENDS
+
+        if self.vector_index not in BACKENDS:
+            raise ValueError(
+                f"retrieval.vector_index: one of {sorted(BACKENDS)}, got {self.vector_index!r}"
+                " (a module in retrieval.vector_modules registers others)"
+            )
+        return self
 
 
 class Settings(BaseSettings):

@@ -97,3 +97,28 @@ def test_config_command_reports_bad_settings_in_one_line(monkeypatch: pytest.Mon
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "invalid configuration" in result.output
+
+
+def test_a_vector_backend_from_a_module_of_vector_modules(tmp_path: Path) -> None:
+    """A user's module registers a LangChain store; the settings name it and the index uses it."""
+    from retriever.index import DocumentIn
+    from service.loading import open_retriever
+    from tests.fakes import FakeEmbedder
+
+    retrieval = {"vector_modules": ["tests.service.memory_vectors"], "vector_index": "memory-lc"}
+    settings = Settings(data_dir=tmp_path, retrieval=retrieval)
+    index = open_retriever(settings, FakeEmbedder())
+    try:
+        index.upsert(DocumentIn("apt installs packages from the archive", "apt"))
+        assert [h.doc_id for h in index.search("apt installs packages", k=1, mode="dense")] == [
+            "apt"
+        ]
+        from tests.service import memory_vectors
+
+        assert sum(len(s.store) for s in memory_vectors.STORES.values()) == index.chunk_count
+    finally:
+        index.close()
+    with pytest.raises(ValidationError, match="retrieval.vector_index: one of"):
+        Settings(retrieval={"vector_index": "qdrant"})
+    with pytest.raises(ValidationError, match="retrieval.vector_modules: cannot import"):
+        Settings(retrieval={"vector_modules": ["no_such_module_here"], "vector_index": "flat"})
