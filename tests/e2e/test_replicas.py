@@ -10,6 +10,7 @@ last checkpoint and registers the adapter once."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -204,7 +205,9 @@ def test_a_job_runs_once_and_survives_the_sigkill_of_its_replica(
     steps = [s for s, _ in done["loss_curve"]]
     assert steps == list(range(1, 41))  # every update once in the curve, resumed not restarted
     log = (tmp_path / "data" / "jobs" / job_id / "log.txt").read_text()
-    assert "resum" in log.lower(), log[-2000:]
+    resumed = re.findall(r"resuming survivor from update (\d+)", log)
+    assert len(resumed) == 1 and int(resumed[0]) >= 4, log[-2000:]  # a checkpoint, not update 0
+    assert int(resumed[0]) % hp["checkpoint_every"] == 0
     adapters = [x["id"] for x in other.get("/v1/adapters")["adapters"]]
     assert adapters.count(done["adapter"]) == 1 and done["adapter"] == "survivor-v1"
     assert other.get(f"/v1/tune/jobs/{job_id}")["state"] == "succeeded"
