@@ -178,14 +178,14 @@ def test_a_job_runs_once_and_survives_the_sigkill_of_its_replica(
     (a, b), database, tmp_path = cluster
     files = {"file": ("train.jsonl", CHAT, "application/jsonl")}
     file_id = a.post("/v1/files", files=files).json()["id"]
-    hp = {"max_steps": 40, "checkpoint_every": 4, "batch_size": 2, "eval_every": 1000}
+    hp = {"max_steps": 400, "checkpoint_every": 20, "batch_size": 2, "eval_every": 100_000}
     body = {"method": "lora", "dataset": file_id, "hyperparameters": hp, "name": "survivor"}
     created = b.post("/v1/tune/jobs", json=body)
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
     store = PgJobStore(database, "jobs")
     try:
-        _within(120.0, lambda: a.get(f"/v1/tune/jobs/{job_id}")["progress"]["step"] >= 6)
+        _within(120.0, lambda: a.get(f"/v1/tune/jobs/{job_id}")["progress"]["step"] >= 25)
     except AssertionError:
         log = tmp_path / "data" / "jobs" / job_id / "log.txt"
         tail = log.read_text()[-3000:] if log.exists() else "(no log)"
@@ -197,16 +197,18 @@ def test_a_job_runs_once_and_survives_the_sigkill_of_its_replica(
     assert worker is not None
     running.proc.send_signal(signal.SIGKILL)
     running.proc.wait()
+    killed_at = store.get(job_id)
+    assert killed_at.state == "running" and killed_at.step < 400  # killed mid-job
     _within(5.0, lambda: not Path(f"/proc/{worker}").exists())  # its worker stopped by itself
     done = _within_state(other, job_id, "succeeded", 240.0)
     assert done["attempts"] == 2, done
     claims = store.claims(job_id)
     assert [c for c, _ in claims] == [1, 2] and claims[1][1].split(":")[1] == str(other.proc.pid)
     steps = [s for s, _ in done["loss_curve"]]
-    assert steps == list(range(1, 41))  # every update once in the curve, resumed not restarted
+    assert steps == list(range(1, 401))  # every update once in the curve, resumed not restarted
     log = (tmp_path / "data" / "jobs" / job_id / "log.txt").read_text()
     resumed = re.findall(r"resuming survivor from update (\d+)", log)
-    assert len(resumed) == 1 and int(resumed[0]) >= 4, log[-2000:]  # a checkpoint, not update 0
+    assert len(resumed) == 1 and int(resumed[0]) >= 20, log[-2000:]  # a checkpoint, not update 0
     assert int(resumed[0]) % hp["checkpoint_every"] == 0
     adapters = [x["id"] for x in other.get("/v1/adapters")["adapters"]]
     assert adapters.count(done["adapter"]) == 1 and done["adapter"] == "survivor-v1"
