@@ -118,7 +118,6 @@ class JobRunner:
 
             self.store = PgJobStore(database, folder, Path(data_dir), lease_s=lease_s or LEASE_S)
         self._claim: Any = self.store  # the current job's store (fenced to its claim if shared)
-        self._store_closed = False
         self._released = threading.Event()  # set last on close: leases are renewed until then
         self._upkept = 0.0
         self.prepare = prepare
@@ -201,9 +200,9 @@ class JobRunner:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        self._released.set()
-        if self.database is not None and not self._store_closed:
-            self._store_closed = True
+        first = not self._released.is_set()  # a runner closed twice closes its pool once
+        self._released.set()  # the lease thread stops before the pool goes
+        if self.database is not None and first:
             self.store.close()
 
     def __enter__(self) -> JobRunner:
@@ -242,12 +241,16 @@ class JobRunner:
         with self._submitting:
             left = [j for j in self.store.ids_in("validating") if j not in self._mine]
         for job_id in left:
-            try:
-                recipe = self.parse(self.store.get(job_id).recipe)
-            except ValueError as exc:  # a spec this version no longer accepts
-                self.store.finish(job_id, "failed", error=str(exc))
-                continue
-            self._validator.submit(self._validate, job_id, recipe)
+            self._validate_again(job_id)
+
+    def _validate_again(self, job_id: str) -> None:
+        """Validate a job another runner left validating (it stopped, or its replica died)."""
+        try:
+            recipe = self.parse(self.store.get(job_id).recipe)
+        except ValueError as exc:  # a spec this version no longer accepts
+            self.store.finish(job_id, "failed", error=str(exc))
+            return
+        self._validator.submit(self._validate, job_id, recipe)
 
     def _owned(self) -> dict[str, Any]:
         return {} if self.database is None else {"owner": self.owner}
@@ -272,12 +275,7 @@ class JobRunner:
             log.warning("job %s: its replica stopped renewing its lease; queued again", job_id)
         for job_id in self.store.adopt(self.owner):
             log.warning("job %s: validating it here; its replica is gone", job_id)
-            try:
-                recipe = self.parse(self.store.get(job_id).recipe)
-            except ValueError as exc:
-                self.store.finish(job_id, "failed", error=str(exc))
-                continue
-            self._validator.submit(self._validate, job_id, recipe)
+            self._validate_again(job_id)
 
     def _take_lock(self) -> bool:
         if self.database is not None:
