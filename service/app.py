@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
 from service import responses
@@ -237,6 +239,14 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
     app.include_router(sweeps.router)
     app.include_router(evals.router)
     app.include_router(feedback.router)
+
+    console = Path(__file__).parent / "console"
+    app.mount("/console", StaticFiles(directory=console), name="console")
+
+    @app.get("/", include_in_schema=False, response_class=FileResponse)
+    def index_page() -> FileResponse:
+        """The web console (static files from this package, same origin as the API)."""
+        return FileResponse(console / "index.html")
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(_: Reader) -> Response:

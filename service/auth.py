@@ -69,7 +69,9 @@ def check_bind(settings: Settings) -> None:
 
 # served to anyone: health for probes, the schema (the same for every install); the docs pages
 # exist only when Settings.api_docs is on
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc", "/"})
+# the web console's static files hold no data: the page asks for a key before it calls the API
+PUBLIC_PREFIXES = ("/console/",)
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -160,6 +162,7 @@ class Authenticate:
         if (
             scope["type"] != "http"
             or scope["path"] in PUBLIC_PATHS
+            or (scope["method"] in ("GET", "HEAD") and scope["path"].startswith(PUBLIC_PREFIXES))
             or scope["method"] == "OPTIONS"  # a CORS preflight carries no key
         ):
             await self.app(scope, receive, send)
