@@ -480,9 +480,16 @@ class Retriever:
         self.store.put_vectors(space, list(zip([r.id for r in rows], hashes, vectors, strict=True)))
 
     # ---- reads --------------------------------------------------------------------------
-    def documents(self, offset: int = 0, limit: int = 100) -> list[DocumentRow]:
-        """One page of the stored documents, in id order."""
-        return self.store.documents(offset, limit)
+    def documents(
+        self, offset: int = 0, limit: int = 100, contains: str | None = None
+    ) -> list[DocumentRow]:
+        """One page of the stored documents, in id order; with ``contains``, only those whose
+        id or text holds that text (ASCII case ignored)."""
+        return self.store.documents(offset, limit, contains)
+
+    def count_documents(self, contains: str | None = None) -> int:
+        """How many documents are stored (whose id or text holds ``contains``, if given)."""
+        return self.store.count_documents(contains)
 
     def previous_embedder(self) -> dict[str, Any] | None:
         """The identity of the embedder before the last switch (a rollback's target)."""

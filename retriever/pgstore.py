@@ -37,7 +37,15 @@ import numpy as np
 from retriever.chunking import embedding_text
 from retriever.errors import InvalidDocument, RetrieverError
 from retriever.sparse import tokenize
-from retriever.store import ChunkContext, ChunkRow, DocumentRow, NewChunk, Written, read_metadata
+from retriever.store import (
+    ChunkContext,
+    ChunkRow,
+    DocumentRow,
+    NewChunk,
+    Written,
+    like_pattern,
+    read_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,18 +244,24 @@ class PgStore:
             ).fetchone()
         return _doc(row) if row else None
 
-    def documents(self, offset: int = 0, limit: int = 100) -> list[DocumentRow]:
+    def documents(
+        self, offset: int = 0, limit: int = 100, contains: str | None = None
+    ) -> list[DocumentRow]:
+        """A page in id order; with ``contains``, only documents whose id or text holds it
+        (case ignored)."""
+        where, args = _contains(contains)
         with self._conn() as c:
             rows = c.execute(
                 "SELECT id, version, text, metadata, hash, created, updated FROM documents "
-                'ORDER BY id COLLATE "C" LIMIT %s OFFSET %s',
-                (max(0, min(limit, 2**62)), max(0, min(offset, 2**62))),
+                f'{where} ORDER BY id COLLATE "C" LIMIT %s OFFSET %s',
+                (*args, max(0, min(limit, 2**62)), max(0, min(offset, 2**62))),
             ).fetchall()
         return [_doc(r) for r in rows]
 
-    def count_documents(self) -> int:
+    def count_documents(self, contains: str | None = None) -> int:
+        where, args = _contains(contains)
         with self._conn() as c:
-            return int(c.execute("SELECT count(*) FROM documents").fetchone()[0])
+            return int(c.execute(f"SELECT count(*) FROM documents {where}", args).fetchone()[0])
 
     def replace_many(self, docs: Sequence[tuple[DocumentRow, Sequence[NewChunk]]]) -> list[Written]:
         """Write documents and their chunks in one transaction; what each write did. Raises
@@ -605,3 +619,11 @@ def _doc(row: tuple) -> DocumentRow:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _contains(text: str | None) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its arguments) of a ``contains`` filter."""
+    if not text:
+        return "", ()
+    pattern = like_pattern(text)
+    return "WHERE id ILIKE %s ESCAPE '\\' OR text ILIKE %s ESCAPE '\\'", (pattern, pattern)

@@ -188,18 +188,25 @@ class Store:
             ).fetchone()
         return _doc(row) if row else None
 
-    def documents(self, offset: int = 0, limit: int = 100) -> list[DocumentRow]:
+    def documents(
+        self, offset: int = 0, limit: int = 100, contains: str | None = None
+    ) -> list[DocumentRow]:
+        """A page in id order; with ``contains``, only documents whose id or text holds it
+        (ASCII case ignored)."""
+        where, args = _contains(contains)
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, version, text, metadata, hash, created, updated FROM documents "
-                "ORDER BY id LIMIT ? OFFSET ?",
-                (max(0, min(limit, MAX_OFFSET)), max(0, min(offset, MAX_OFFSET))),
+                f"{where} ORDER BY id LIMIT ? OFFSET ?",
+                (*args, max(0, min(limit, MAX_OFFSET)), max(0, min(offset, MAX_OFFSET))),
             ).fetchall()
         return [_doc(r) for r in rows]
 
-    def count_documents(self) -> int:
+    def count_documents(self, contains: str | None = None) -> int:
+        where, args = _contains(contains)
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+            sql = f"SELECT COUNT(*) FROM documents {where}"
+            return int(self._db.execute(sql, args).fetchone()[0])
 
     def vectors_by_hash(self, space: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors in ``space`` of chunks with these content hashes (skip re-embedding)."""
@@ -465,3 +472,18 @@ def _as_text(value: Any) -> str:
 
 def now() -> float:
     return time.time()
+
+
+def like_pattern(text: str) -> str:
+    """``text`` as a LIKE pattern that matches it anywhere, its own % _ and \\ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _contains(text: str | None) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its arguments) of a ``contains`` filter (SQLite's LIKE ignores the
+    case of ASCII letters only)."""
+    if not text:
+        return "", ()
+    pattern = like_pattern(text)
+    return "WHERE id LIKE ? ESCAPE '\\' OR text LIKE ? ESCAPE '\\'", (pattern, pattern)

@@ -246,12 +246,12 @@ function drawLoss(curve) {
 }
 async function loadTuning() {
   await guarded("tune-error", async () => {
-    const jobs = await api("GET", "/v1/tune");
+    const jobs = await api("GET", "/v1/tune/jobs");
     const list = jobs.jobs || jobs.data || jobs;
     $("jobs").replaceChildren(...list.map((j) => el("li", { "data-state": j.state },
       j.id + " — " + j.component + "/" + j.method + ": " + j.state + " (step " + j.progress.step + (j.progress.total ? " of " + j.progress.total : "") + ")" + (j.eta_s != null ? ", about " + Math.round(j.eta_s) + " s left" : "") + (j.error ? " — " + j.error : ""),
-      ["queued", "running", "validating"].includes(j.state) ? el("button", { type: "button", "aria-label": "Cancel job " + j.id, onclick: () => guarded("tune-error", () => api("POST", "/v1/tune/" + j.id + "/cancel").then(loadTuning)) }, "Cancel") : "")));
-    if (list.length) drawLoss((await api("GET", "/v1/tune/" + list[0].id)).loss_curve);
+      ["queued", "running", "validating"].includes(j.state) ? el("button", { type: "button", "aria-label": "Cancel job " + j.id, onclick: () => guarded("tune-error", () => api("POST", "/v1/tune/jobs/" + j.id + "/cancel").then(loadTuning)) }, "Cancel") : "")));
+    if (list.length) drawLoss((await api("GET", "/v1/tune/jobs/" + list[0].id)).loss_curve);
     const running = list.some((j) => ["queued", "running", "validating"].includes(j.state));
     clearTimeout(tuneTimer);
     if (running && !$("page-tuning").hidden) tuneTimer = setTimeout(loadTuning, 1000);
@@ -274,14 +274,18 @@ async function loadTuning() {
 }
 $("tune-form").addEventListener("submit", async (e) => {
   e.preventDefault();
-  const file = $("tune-file").value.trim();
+  await guarded("tune-error", async () => {
+  let file = $("tune-file").value.trim();
+  const upload = $("tune-upload").files[0];
+  if (upload) { const form = new FormData(); form.append("file", upload); file = (await api("POST", "/v1/files", form, true)).id; }
   const body = {
     component: $("tune-component").value, method: $("tune-method").value,
     dataset: file ? file : { synthetic: { max_examples: 50 } },
     hyperparameters: { epochs: Number($("tune-epochs").value), learning_rate: Number($("tune-lr").value), max_steps: Number($("tune-steps").value) },
   };
   if ($("tune-sweep").checked) body.sweep = { trials: 4, space: { "hyperparameters.learning_rate": { type: "log_uniform", low: 1e-5, high: 1e-3 } } };
-  await guarded("tune-error", async () => { await api("POST", "/v1/tune", body); await loadTuning(); });
+  await api("POST", "/v1/tune/jobs", body); await loadTuning();
+  });
 });
 $("reindex").addEventListener("click", () => guarded("index-error", () => api("POST", "/v1/index/reindex", {}).then(loadTuning)));
 loaders.tuning = loadTuning;
@@ -290,12 +294,12 @@ loaders.tuning = loadTuning;
 let evalTimer = null;
 async function loadEvals() {
   await guarded("eval-error", async () => {
-    const data = await api("GET", "/v1/evals");
+    const data = await api("GET", "/v1/eval/runs");
     const list = data.runs || data.data || data;
-    $("eval-runs").replaceChildren(...list.map((r) => el("li", {}, r.id + ": " + r.state + " ",
-      r.state === "succeeded" ? el("button", { type: "button", "aria-label": "Open report " + r.id, onclick: () => { const f = $("eval-report"); f.hidden = false; fetch("/v1/evals/" + r.id + "/report", { headers: headers() }).then((x) => x.text()).then((html) => { f.srcdoc = html; }); } }, "Open report") : "")));
+    $("eval-runs").replaceChildren(...list.map((r) => el("li", { "data-state": r.state }, r.id + " (" + r.modes.join(", ") + "): " + r.state + (r.progress && r.progress.total ? ", " + r.progress.done + " of " + r.progress.total + " answers" : "") + (r.error ? " — " + r.error : "") + " ",
+      r.state === "succeeded" ? el("button", { type: "button", "aria-label": "Open report " + r.id, onclick: () => { const f = $("eval-report"); f.hidden = false; api("GET", "/v1/eval/runs/" + r.id + "/report").then((html) => { f.srcdoc = html; }, (x) => { $("eval-error").textContent = x.message; }); } }, "Open report") : "")));
     clearTimeout(evalTimer);
-    if (list.some((r) => ["queued", "running"].includes(r.state)) && !$("page-evals").hidden) evalTimer = setTimeout(loadEvals, 1500);
+    if (list.some((r) => ["queued", "validating", "running"].includes(r.state)) && !$("page-evals").hidden) evalTimer = setTimeout(loadEvals, 1500);
   });
 }
 $("eval-form").addEventListener("submit", async (e) => {
@@ -306,7 +310,7 @@ $("eval-form").addEventListener("submit", async (e) => {
     if (!file) throw new ApiError("Choose a dataset file first.");
     const form = new FormData(); form.append("file", file);
     const up = await api("POST", "/v1/files", form, true);
-    await api("POST", "/v1/evals", { dataset: up.id, modes });
+    await api("POST", "/v1/eval/runs", { dataset: up.id, modes });
     await loadEvals();
   });
 });

@@ -26,6 +26,7 @@ from service.deps import RetrieverDep, State
 from service.errors import ServiceError
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
+SEARCH_MAX_CHARS = 200  # a list filter (GET /v1/documents?q=)
 
 
 DocId = Annotated[
@@ -93,10 +94,13 @@ def list_documents(
     _: Reader,
     offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
+    q: Annotated[str | None, Query(min_length=1, max_length=SEARCH_MAX_CHARS)] = None,
 ) -> dict[str, Any]:
-    rows = retriever.documents(offset, limit)
+    """A page of documents in id order; ``q`` keeps those whose id or text contains it (ASCII
+    letters in any case); ``total`` counts what matches."""
+    rows = retriever.documents(offset, limit, q)
     return {
-        "total": len(retriever),
+        "total": retriever.count_documents(q),
         "offset": offset,
         "documents": [
             DocumentOut(**{k: getattr(r, k) for k in DocumentOut.model_fields}) for r in rows

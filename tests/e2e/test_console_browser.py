@@ -5,6 +5,7 @@ is checked with axe-core and photographed at desktop and phone widths under the 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -186,6 +187,70 @@ def test_console_end_to_end(server: str, browser: object, tmp_path: Path) -> Non
     page.click("#doc-form button[type=submit]")
     page.wait_for_selector("#doc-error:not(:empty)")
     assert page.inner_text("#doc-error").startswith(("Not accepted", "Conflict", "Not found"))
+
+    # a tiny tuning job from the form, watched in the page until it finishes
+    tools = [
+        "apt installs packages",
+        "grub shows the boot menu",
+        "bash is the login shell",
+        "ssh opens a remote shell",
+        "cron runs timed jobs",
+        "tar packs archives",
+        "rsync copies trees",
+        "ufw guards ports",
+        "systemd starts services",
+        "journalctl reads logs",
+        "df shows free disk",
+        "top lists processes",
+    ]
+    docs = [
+        {"id": t.split()[0], "text": f"On Debian, {t}. The {t.split()[0]} manual explains it."}
+        for t in tools
+    ]
+    added = httpx.post(server + "/v1/documents", json={"documents": docs}, timeout=60)
+    assert added.status_code == 201, added.text
+    page.click("nav button[data-page=tuning]")
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"what does {d['id']} do"},
+                        {"role": "assistant", "content": d["text"]},
+                    ]
+                }
+            )
+            + "\n"
+            for d in docs
+        )
+    )
+    page.set_input_files("#tune-upload", str(train))
+    page.fill("#tune-steps", "2")
+    page.click("#tune-form button[type=submit]")
+    page.wait_for_selector("#jobs li, #tune-error:not(:empty)", timeout=30_000)
+    assert not page.inner_text("#tune-error"), page.inner_text("#tune-error")
+    page.wait_for_selector(
+        "#jobs li[data-state=succeeded], #jobs li[data-state=failed]", timeout=300_000
+    )
+    job = page.inner_text("#jobs li")
+    assert page.is_visible("#jobs li[data-state=succeeded]"), job
+    page.wait_for_selector("#adapters li button:has-text('Load for chat')")
+    _shoot(page, shots, "tuning-done")
+
+    # an eval run: dataset uploaded in the form, progress watched, report opened in the page
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"question": "what installs packages", "answer": "apt", "doc_ids": ["apt"]}\n')
+    page.click("nav button[data-page=evals]")
+    page.set_input_files("#eval-file", str(qa))
+    page.click("#eval-form button[type=submit]")
+    page.wait_for_selector("#eval-runs li[data-state=succeeded] button", timeout=300_000)
+    page.click("#eval-runs li[data-state=succeeded] button")
+    report = page.frame_locator("#eval-report")
+    report.locator("body").wait_for(timeout=30_000)
+    assert report.locator("body").inner_text().strip(), "the report frame is empty"
+    _axe(page, "evals with a report")
+    _shoot(page, shots, "eval-report")
 
     # the key lives in sessionStorage only
     page.fill("#api-key", "secret-key")

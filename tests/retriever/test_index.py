@@ -185,3 +185,22 @@ def test_filters_that_are_not_scalars_are_refused_naming_the_field(
     r.upsert(DocumentIn("apt installs packages", "a", {"tags": ["apt"]}))
     with pytest.raises(InvalidSearch, match=rf"^{re.escape(field)}: "):
         r.search("packages", 5, filters=filters)  # type: ignore[arg-type]
+
+
+def test_document_list_filters_by_id_or_text_and_counts_what_matches(r: Retriever) -> None:
+    r.upsert_many(
+        [
+            DocumentIn("Apt installs packages", id="tools/apt"),
+            DocumentIn("the kernel schedules processes", id="kernel"),
+            DocumentIn("grub boots the KERNEL", id="grub"),
+            DocumentIn("a literal 100% match_here", id="odd"),
+        ]
+    )
+    assert [d.id for d in r.documents(0, 10, "kernel")] == ["grub", "kernel"]  # id, text, case
+    assert r.count_documents("kernel") == 2 and r.count_documents() == 4
+    assert [d.id for d in r.documents(1, 10, "kernel")] == ["kernel"]  # paged within the match
+    assert [d.id for d in r.documents(0, 10, "apt")] == ["tools/apt"]
+    # % and _ are literal, never wildcards
+    assert [d.id for d in r.documents(0, 10, "0% m")] == ["odd"]
+    assert r.documents(0, 10, "h_r") == [] and r.count_documents("%") == 1
+    assert r.documents(0, 10, "nowhere") == [] and r.count_documents("nowhere") == 0

@@ -15,6 +15,7 @@ from retriever.index import TEXT_MAX_CHARS
 from retriever.store import RAW_METADATA_KEY
 from retriever.validation import ID_MAX_CHARS, METADATA_MAX_DEPTH
 from service.bounds import OFFSET_MAX, PAGE_MAX
+from service.routes.documents import SEARCH_MAX_CHARS
 from service.settings import Limits, Settings
 from tests.helpers import app_clients, plant_row
 
@@ -78,6 +79,11 @@ def test_path_ids_and_pages_are_bounded(client: Any) -> None:
     assert len(client.get("/v1/documents", params={"limit": PAGE_MAX}).json()["documents"]) == 1
     for value in (0, PAGE_MAX + 1):
         refused(client.get("/v1/documents", params={"limit": value}), ["query", "limit"])
+    found = client.get("/v1/documents", params={"q": "KEPT"}).json()
+    assert found["total"] == 1 and [d["id"] for d in found["documents"]] == ["keep"]
+    assert client.get("/v1/documents", params={"q": "gone"}).json()["total"] == 0
+    for value in ("", "x" * (SEARCH_MAX_CHARS + 1)):
+        refused(client.get("/v1/documents", params={"q": value}), ["query", "q"])
 
 
 def test_rows_stored_before_the_bounds_are_served_by_every_read(
