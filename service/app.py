@@ -134,6 +134,15 @@ def follow_promotions(state: AppState) -> Any:
     return RegistryFollower(database, warm).start()
 
 
+# The console's page: script and connections to this origin only; inline styles and data: images
+# for the self-contained reports shown in its sandboxed srcdoc frames, which inherit this policy.
+CONSOLE_POLICY = (
+    "default-src 'self'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; frame-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+
 def create_app(settings: Settings | None = None, loader: Loader = load_models) -> FastAPI:
     """Build the app; ``loader`` fills the state at startup (tests pass a tiny one)."""
     settings = settings or get_settings()
@@ -245,8 +254,10 @@ def create_app(settings: Settings | None = None, loader: Loader = load_models) -
 
     @app.get("/", include_in_schema=False, response_class=FileResponse)
     def index_page() -> FileResponse:
-        """The web console (static files from this package, same origin as the API)."""
-        return FileResponse(console / "index.html")
+        """The web console (static files from this package, same origin as the API): its own
+        script only, never framed by another site; reports open in sandboxed frames."""
+        headers = {"Content-Security-Policy": CONSOLE_POLICY, "X-Content-Type-Options": "nosniff"}
+        return FileResponse(console / "index.html", headers=headers)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(_: Reader) -> Response:
