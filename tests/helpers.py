@@ -303,3 +303,21 @@ def plant_row(index: Path, doc_id: str, metadata_text: str, new_id: str | None =
             db.execute("UPDATE documents SET id=? WHERE id=?", (new_id, doc_id))
             db.execute("UPDATE chunks SET doc_id=? WHERE doc_id=?", (new_id, doc_id))
     db.close()
+
+
+def wait_ready(base: str, proc: Any, timeout: float) -> bool:
+    """Whether the server at ``base`` (the process ``proc``) answered ``/readyz`` 200 within
+    ``timeout`` seconds; False as soon as the process has exited."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    return False

@@ -31,7 +31,8 @@ function sentence(status, body, retryAfter) {
     case 422: {
       const first = Array.isArray(details) ? details[0] : details && typeof details === "object" ? details : null;
       const field = first ? fieldOf(first.loc) : "";
-      const why = first && first.msg ? first.msg : msg;
+      let why = first && first.msg ? first.msg.replace(/^Value error, /, "") : msg;
+      if (field && why.startsWith(field + ": ")) why = why.slice(field.length + 2);
       return "Not accepted" + (field ? " (" + field + ")" : "") + ": " + (why || "check the fields.");
     }
     case 429: return "Too many requests: wait " + (wait || "a few") + " seconds and retry.";
@@ -87,7 +88,9 @@ function el(tag, attrs, ...children) {
 
 // ---- pages ---------------------------------------------------------------------------------
 const loaders = {};
+let current = "chat";
 function show(page) {
+  current = page;
   for (const b of document.querySelectorAll("nav button")) {
     if (b.dataset.page === page) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
   }
@@ -100,7 +103,8 @@ $("key-form").addEventListener("submit", (e) => {
   const v = $("api-key").value.trim();
   if (v) sessionStorage.setItem(KEY, v); else sessionStorage.removeItem(KEY);
   $("api-key").value = "";
-  loadModels();
+  if (current !== "chat") loadModels();  // the chat's adapter list follows the key's view
+  show(current);
 });
 
 // ---- chat ----------------------------------------------------------------------------------
@@ -137,9 +141,9 @@ function feedbackControls(answerId) {
       (e) => { status.textContent = e.message; status.className = "error"; });
   const better = el("textarea", { rows: "2", id: "better-" + answerId });
   return el("div", { class: "feedback" },
-    el("button", { type: "button", "aria-label": "Good answer", onclick: () => send("up") }, "👍 Good"),
+    el("button", { type: "button", "aria-label": "Good answer", onclick: () => send("up") }, "Good answer"),
     " ",
-    el("button", { type: "button", "aria-label": "Bad answer", onclick: () => send("down") }, "👎 Bad"),
+    el("button", { type: "button", "aria-label": "Bad answer", onclick: () => send("down") }, "Bad answer"),
     el("label", { for: "better-" + answerId }, "Suggest a better answer"), better,
     el("button", { type: "button", onclick: () => better.value.trim() && send("down", better.value.trim()) }, "Send the better answer"),
     status);
@@ -223,6 +227,8 @@ async function editDoc(id) {
   await guarded("doc-error", async () => {
     const d = await api("GET", "/v1/documents/" + encodeURIComponent(id));
     $("doc-id").value = d.id; $("doc-text").value = d.text; $("doc-text").focus();
+    // saved back as loaded unless edited: a PUT replaces the metadata too
+    $("doc-meta").value = Object.keys(d.metadata || {}).length ? JSON.stringify(d.metadata, null, 2) : "";
     $("doc-status").textContent = "Editing " + d.id + " (version " + d.version + ").";
   });
 }
@@ -241,15 +247,21 @@ $("doc-filter").addEventListener("input", () => {
 $("doc-search").addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(docTimer); docQuery = $("doc-filter").value.trim(); docOffset = 0; loadDocs(); });
 $("doc-prev").addEventListener("click", () => { docOffset = Math.max(0, docOffset - PAGE); loadDocs(); });
 $("doc-next").addEventListener("click", () => { docOffset += PAGE; loadDocs(); });
-function written(r) { return r.id + ": " + r.status + ", version " + r.version + ", " + r.chunks + (r.chunks === 1 ? " passage" : " passages"); }
+function written(r) { return r.id + " (" + r.status + ", version " + r.version + ", " + r.chunks + (r.chunks === 1 ? " passage)" : " passages)"); }
 $("doc-form").addEventListener("submit", async (e) => {
   e.preventDefault();
-  const id = $("doc-id").value.trim(), text = $("doc-text").value;
+  const id = $("doc-id").value.trim(), text = $("doc-text").value, meta = $("doc-meta").value.trim();
   $("doc-status").textContent = "";
   await guarded("doc-error", async () => {
+    let metadata = {};
+    if (meta) {
+      try { metadata = JSON.parse(meta); } catch (x) { throw new ApiError("Not accepted (metadata): not valid JSON (" + x.message + ")."); }
+      if (!metadata || typeof metadata !== "object" || Array.isArray(metadata)) throw new ApiError("Not accepted (metadata): a JSON object is needed, like {\"source\": \"notes\"}.");
+    }
+    const body = { text, metadata };
     // PUT replaces the document stored under the id, or adds it; no id: the index makes one
-    const r = id ? await api("PUT", "/v1/documents/" + encodeURIComponent(id), { text }) : (await api("POST", "/v1/documents", { text })).documents[0];
-    $("doc-id").value = ""; $("doc-text").value = "";
+    const r = id ? await api("PUT", "/v1/documents/" + encodeURIComponent(id), body) : (await api("POST", "/v1/documents", body)).documents[0];
+    $("doc-id").value = ""; $("doc-text").value = ""; $("doc-meta").value = "";
     $("doc-status").textContent = "Saved " + written(r) + ".";
     await loadDocs();
   });
@@ -265,7 +277,7 @@ $("upload-form").addEventListener("submit", async (e) => {
     $("upload-results").append(item);
     try {
       const r = await api("POST", "/v1/documents/upload", form, true);
-      const lines = r.documents.map((d) => "added " + written(d)).concat(r.failed.map((f) => "refused " + f.source + ": " + f.reason));
+      const lines = r.documents.map(written).concat(r.failed.map((f) => "refused " + f.source + ": " + f.reason));
       item.replaceChildren(file.name + ": " + (lines.length ? lines.join("; ") : "nothing in it to add"));
       if (r.failed.length) item.className = "error";
     } catch (x) { item.replaceChildren(file.name + ": " + x.message); item.className = "error"; }
@@ -522,7 +534,7 @@ function fbItem(f) {
   const a = f.answer;
   const question = a && a.messages ? a.messages.filter((m) => m.role === "user").map((m) => m.content).slice(-1)[0] : "";
   return el("li", { "data-rating": f.rating },
-    el("strong", {}, f.rating === "up" ? "👍 up" : "👎 down"), " — ", question ? "“" + question + "” " : "", a ? "→ " + a.answer + " (" + a.mode + (a.adapter ? ", " + a.adapter : "") + ")" : "(answer " + f.answer_id + ", no longer kept)",
+    el("strong", {}, f.rating === "up" ? "Rated up" : "Rated down"), " — ", question ? "“" + question + "” " : "", a ? "→ " + a.answer + " (" + a.mode + (a.adapter ? ", " + a.adapter : "") + ")" : "(answer " + f.answer_id + ", no longer kept)",
     f.correction ? el("p", {}, "Better answer: " + f.correction) : "", f.comment ? el("p", {}, "Comment: " + f.comment) : "",
     f.stale && f.stale.length ? el("p", { class: "stale" }, "Stale: " + f.stale.join("; ")) : "");
 }

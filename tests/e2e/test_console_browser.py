@@ -15,13 +15,14 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.helpers import wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -75,17 +76,10 @@ def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        tail = (data / "serve.log").read_text()[-2000:]
-        assert proc.poll() is None, f"ragtune serve exited: {tail}"
-        assert httpx.get(f"{base}/readyz", timeout=2).status_code == 200, tail
+        ready = wait_ready(base, proc, 120)
+        assert ready, (
+            f"ragtune serve never became ready: {(data / 'serve.log').read_text()[-2000:]}"
+        )
         yield base
     finally:
         proc.terminate()
@@ -122,6 +116,7 @@ def _axe(page: Any, where: str) -> None:
 def _shoot(page: Any, shots: Path, name: str) -> None:
     for label, width in (("desktop", 1280), ("phone", 375)):
         page.set_viewport_size({"width": width, "height": 900})
+        page.evaluate("scrollTo(0, 0)")  # the sticky header at the top of the picture
         page.screenshot(path=str(shots / f"{name}-{label}.png"), full_page=True)
         overflow = page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -142,6 +137,17 @@ def _ask(page: Any, question: str, mode: str = "rag") -> Any:
     first = page.locator("#answers > li").first
     first.locator(".feedback").wait_for(timeout=60_000)
     return first
+
+
+def _start_and_watch(page: Any, form: str, items: str, error: str, timeout: float) -> str:
+    """Submit ``form``, see its first item appear in ``items`` with no refusal in ``error``,
+    and wait until that item has ended; its text."""
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector(f"{items}, {error}:not(:empty)", timeout=30_000)
+    assert not page.inner_text(error), page.inner_text(error)
+    live = "".join(f":not([data-state={s}])" for s in ("queued", "validating", "running"))
+    page.wait_for_selector(f"{items}{live}", timeout=timeout * 1000)
+    return str(page.inner_text(items))
 
 
 def _use_key(page: Any, key: str) -> None:
@@ -245,9 +251,12 @@ def test_documents_chat_citations_and_feedback(server: str, browser: Any, tmp_pa
     page.click("nav button[data-page=documents]")
     page.fill("#doc-id", "apt-basics")
     page.fill("#doc-text", "To install a package on Debian, run apt install NAME as root.")
+    page.fill("#doc-meta", '{"source": "notes"}')
     page.click("#doc-form button[type=submit]")
     page.wait_for_selector("#doc-rows td:text-is('apt-basics')")
     assert "version 1" in page.inner_text("#doc-status")
+    added = httpx.get(server + "/v1/documents/apt-basics", headers=AS_ADMIN, timeout=10).json()
+    assert added["metadata"] == {"source": "notes"}
 
     # upload: one result per file, a refused file named with its reason, the good one added
     good, bad = tmp_path / "grub-notes.md", tmp_path / "broken.jsonl"
@@ -257,8 +266,9 @@ def test_documents_chat_citations_and_feedback(server: str, browser: Any, tmp_pa
     page.click("#upload-form button[type=submit]")
     page.wait_for_selector("#upload-results li:nth-child(2):not(:has-text('uploading'))")
     results = page.locator("#upload-results li").all_inner_texts()
-    assert results[0].startswith("grub-notes.md: added") and "passage" in results[0], results
-    assert results[1].startswith("broken.jsonl:") and "refused" in results[1], results
+    assert results[0] == "grub-notes.md: grub-notes.md (added, version 1, 1 passage)", results
+    assert results[1].startswith("broken.jsonl: ok-line (added, version 1"), results
+    assert "refused broken.jsonl:2: not JSON" in results[1], results
     page.wait_for_selector("#doc-page:has-text('of 3')")
 
     # search (server-side, over id and text) and edit
@@ -268,11 +278,22 @@ def test_documents_chat_citations_and_feedback(server: str, browser: Any, tmp_pa
     page.click("#doc-rows button:has-text('Edit')")
     expect(page.locator("#doc-text")).to_have_value(re.compile("boot menu"))
     edited_id = page.input_value("#doc-id")
+    url = f"{server}/v1/documents/{edited_id}"
+    before = httpx.get(url, headers=AS_ADMIN, timeout=10).json()["metadata"]
+    assert before["title"] == "GRUB"  # from the upload: an edit of the text keeps it
     page.fill("#doc-text", "GRUB shows the boot menu; press e to edit an entry.")
     page.click("#doc-form button[type=submit]")
     page.wait_for_selector("#doc-status:has-text('version 2')")
-    stored = httpx.get(f"{server}/v1/documents/{edited_id}", headers=AS_ADMIN, timeout=10).json()
+    stored = httpx.get(url, headers=AS_ADMIN, timeout=10).json()
     assert stored["text"].endswith("press e to edit an entry.") and stored["version"] == 2
+    assert stored["metadata"] == before
+    # metadata that is not a JSON object is refused in the page, before any request
+    page.click(f"button[aria-label='Edit {edited_id}']")
+    expect(page.locator("#doc-meta")).to_have_value(re.compile('"title": "GRUB"'))
+    page.fill("#doc-meta", "[1, 2]")
+    page.click("#doc-form button[type=submit]")
+    assert "(metadata): a JSON object is needed" in _error_next_to(page, "#doc-error")
+    assert httpx.get(url, headers=AS_ADMIN, timeout=10).json()["version"] == 2
     page.fill("#doc-filter", "")
     page.wait_for_selector("#doc-page:has-text('of 3'):not(:has-text('matching'))")
 
@@ -284,9 +305,10 @@ def test_documents_chat_citations_and_feedback(server: str, browser: Any, tmp_pa
     # 422: the field is named next to the form; nothing is written
     page.fill("#doc-id", "bad id with\ttab")
     page.fill("#doc-text", "x")
+    page.fill("#doc-meta", "")
     page.click("#doc-form button[type=submit]")
     refusal = _error_next_to(page, "#doc-error")
-    assert refusal.startswith("Not accepted (doc_id)"), refusal
+    assert refusal.startswith("Not accepted (doc_id): control"), refusal
     _shoot(page, shots, "documents-edited")
 
     # ask in rag mode: the answer cites the document; its passage opens highlighted
@@ -378,14 +400,8 @@ def test_tuning_sweep_adapters_index_and_eval(server: str, browser: Any, tmp_pat
     page.select_option("#tune-source", "file")
     page.set_input_files("#tune-upload", str(train))
     page.fill("#tune-steps", "2")
-    page.click("#tune-form button[type=submit]")
-    page.wait_for_selector("#jobs li, #tune-error:not(:empty)", timeout=30_000)
-    assert not page.inner_text("#tune-error"), page.inner_text("#tune-error")
-    page.wait_for_selector(
-        "#jobs li[data-state=succeeded], #jobs li[data-state=failed]", timeout=300_000
-    )
-    job = page.inner_text("#jobs li")
-    assert page.is_visible("#jobs li[data-state=succeeded]"), job
+    job = _start_and_watch(page, "#tune-form", "#jobs > li", "#tune-error", timeout=300)
+    assert page.is_visible("#jobs > li[data-state=succeeded]"), job
     chart = page.get_attribute("#loss-chart", "aria-label") or ""
     assert "training " in chart and "at step" in chart, chart
     adapter = page.locator("#adapters li").first
@@ -413,13 +429,7 @@ def test_tuning_sweep_adapters_index_and_eval(server: str, browser: Any, tmp_pat
     # a two-trial sweep of the learning rate, watched to its end, its report read in the page
     page.check("#tune-sweep")
     page.fill("#sweep-trials", "2")
-    page.click("#tune-form button[type=submit]")
-    page.wait_for_selector("#sweeps li", timeout=30_000)
-    assert not page.inner_text("#tune-error"), page.inner_text("#tune-error")
-    page.wait_for_selector(
-        "#sweeps > li:not([data-state=queued]):not([data-state=running])", timeout=400_000
-    )
-    sweep = page.inner_text("#sweeps > li")
+    sweep = _start_and_watch(page, "#tune-form", "#sweeps > li", "#tune-error", timeout=400)
     assert page.is_visible("#sweeps > li[data-state=succeeded]"), sweep
     assert "2 of 2 trials" in sweep and "trial 1" in sweep, sweep
     page.click("#sweeps button:has-text('Open report')")

@@ -25,7 +25,7 @@ import pytest
 
 from tests.backends import new_schema, pg_url
 from tests.e2e.test_serve import _free_port, _ragtune
-from tests.helpers import make_lora
+from tests.helpers import make_lora, wait_ready
 from tuner.pg import Database
 from tuner.pgjobs import PgJobStore
 from tuner.pgregistry import PgRegistry
@@ -52,15 +52,8 @@ class Replica:
             )
 
     def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"replica never became ready:\n{self.log.read_text()[-3000:]}")
+        if not wait_ready(self.base, self.proc, timeout):
+            raise AssertionError(f"replica never became ready:\n{self.log.read_text()[-3000:]}")
 
     def get(self, path: str) -> Any:
         r = httpx.get(self.base + path, timeout=60)
