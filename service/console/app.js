@@ -24,7 +24,7 @@ function sentence(status, body, retryAfter) {
   const wait = retryAfter || (details && details.retry_after) || null;
   switch (status) {
     case 401: return "The server needs an API key: enter one above." + (msg ? " (" + msg + ")" : "");
-    case 403: return "This key may not do that; an admin or writer key can." + (msg ? " (" + msg + ")" : "");
+    case 403: return "This key may not do that" + (msg ? ": " + msg : ".");
     case 404: return "Not found: " + (msg || "it may have been deleted.");
     case 409: return "Conflict: " + (msg || "it changed or is busy; reload and retry.") + (wait ? " Retry in " + wait + " s." : "");
     case 413: return "Too large: " + (msg || "the request is over the server's size limit.");
@@ -91,6 +91,7 @@ const loaders = {};
 let current = "chat";
 function show(page) {
   current = page;
+  clearTimeout(tuneTimer); clearTimeout(evalTimer);  // a hidden page polls no more
   for (const b of document.querySelectorAll("nav button")) {
     if (b.dataset.page === page) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
   }
@@ -114,8 +115,9 @@ async function loadModels() {
     const data = await api("GET", "/v1/models");
     const ids = data.data.map((m) => m.id);
     baseModel = ids[0];
-    const sel = $("adapter");
+    const sel = $("adapter"), picked = sel.value;
     sel.replaceChildren(...(ids.length > 1 ? ids.slice(1).map((id) => el("option", { value: id }, id)) : [el("option", { value: "" }, "(none loaded)")]));
+    if (ids.includes(picked)) sel.value = picked;
   });
 }
 
@@ -134,18 +136,18 @@ function openPassage(c) {
 }
 $("passage-close").addEventListener("click", () => { $("passage").hidden = true; $("question").focus(); });
 
-function feedbackControls(answerId) {
+function feedbackControls(answerId, questionId) {
   const status = el("p", { role: "status" });
   const send = (rating, correction) => api("POST", "/v1/feedback", Object.assign({ answer_id: answerId, rating }, correction ? { correction } : {}))
     .then(() => { status.textContent = "Thanks: rated " + rating + (correction ? " with a better answer." : "."); },
       (e) => { status.textContent = e.message; status.className = "error"; });
   const better = el("textarea", { rows: "2", id: "better-" + answerId });
   return el("div", { class: "feedback" },
-    el("button", { type: "button", "aria-label": "Good answer", onclick: () => send("up") }, "Good answer"),
+    el("button", { type: "button", "aria-describedby": questionId, onclick: () => send("up") }, "Good answer"),
     " ",
-    el("button", { type: "button", "aria-label": "Bad answer", onclick: () => send("down") }, "Bad answer"),
+    el("button", { type: "button", "aria-describedby": questionId, onclick: () => send("down") }, "Bad answer"),
     el("label", { for: "better-" + answerId }, "Suggest a better answer"), better,
-    el("button", { type: "button", onclick: () => better.value.trim() && send("down", better.value.trim()) }, "Send the better answer"),
+    el("button", { type: "button", "aria-describedby": questionId, onclick: () => better.value.trim() && send("down", better.value.trim()) }, "Send the better answer"),
     status);
 }
 
@@ -159,11 +161,13 @@ $("ask-form").addEventListener("submit", async (e) => {
   const body = { model: tuned ? $("adapter").value : baseModel, messages: [{ role: "user", content: q }], stream: true, retrieval: mode === "rag" || mode === "hybrid" };
   const text = el("p", { class: "answer-text" });
   const cites = el("div", { class: "citations" });
-  const item = el("li", {}, el("p", {}, el("strong", {}, "Q: "), q), text, cites);
+  const qid = "q-" + Date.now() + "-" + Math.random().toString(36).slice(2, 8);
+  // aria-busy: a screen reader reads the answer once it is whole, not token by token
+  const item = el("li", { "aria-busy": "true" }, el("p", { id: qid }, el("strong", {}, "Q: "), q), text, cites);
   $("answers").prepend(item);
   await guarded("ask-error", async () => {
     const r = await fetch("/v1/chat/completions", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body) });
-    if (!r.ok) { let d = null; try { d = await r.json(); } catch (x) { /* */ } item.remove(); throw new ApiError(sentence(r.status, d, r.headers.get("Retry-After"))); }
+    if (!r.ok) { let d = null; try { d = await r.json(); } catch (x) { /* */ } item.remove(); throw new ApiError(sentence(r.status, d, r.headers.get("Retry-After")), Number(r.headers.get("Retry-After")) || 0); }
     const reader = r.body.getReader();
     const dec = new TextDecoder();
     let buf = "", id = null, citations = [];
@@ -191,8 +195,9 @@ $("ask-form").addEventListener("submit", async (e) => {
     } else {
       cites.append(el("span", { class: "no-citations" }, "No sources cited."));
     }
-    if (id) item.append(feedbackControls(id));
+    if (id) item.append(feedbackControls(id, qid));
   });
+  item.removeAttribute("aria-busy");
 });
 loaders.chat = loadModels;
 
@@ -295,16 +300,27 @@ const LIVE = ["queued", "validating", "running"];
 function fillMethods() {
   const comp = $("tune-component").value;
   $("tune-method").replaceChildren(...METHODS[comp].map((m) => el("option", { value: m }, m)));
-  const source = $("tune-source");
-  source.value = comp === "retriever" ? "pairs" : "raft";
+  $("tune-source").value = comp === "retriever" ? "pairs" : "raft";
+  fitSources();
+}
+// the training data each component and method can take (the others are disabled)
+function sourceFits(value, comp, method) {
+  if (value === "file") return true;
+  if (comp === "retriever") return value === "pairs";
+  if (["kto", "dpo"].includes(method)) return value === "feedback";
+  return value === "raft" || value === "qa";
+}
+function fitSources() {
+  const comp = $("tune-component").value, method = $("tune-method").value, source = $("tune-source");
+  for (const o of source.options) o.disabled = !sourceFits(o.value, comp, method);
+  if (source.selectedOptions[0].disabled) source.value = comp === "retriever" ? "pairs" : ["kto", "dpo"].includes(method) ? "feedback" : "raft";
+  $("tune-activate-row").hidden = comp !== "retriever";
   sourceChanged();
 }
 function sourceChanged() { $("tune-file-fields").hidden = $("tune-source").value !== "file"; }
 $("tune-component").addEventListener("change", fillMethods);
 $("tune-source").addEventListener("change", sourceChanged);
-$("tune-method").addEventListener("change", () => {
-  if (["kto", "dpo"].includes($("tune-method").value) && $("tune-source").value !== "file") { $("tune-source").value = "feedback"; sourceChanged(); }
-});
+$("tune-method").addEventListener("change", fitSources);
 
 function drawLoss(job) {
   const c = $("loss-chart"), g = c.getContext("2d");
@@ -376,7 +392,7 @@ function probeText(m) {
 }
 function gateText(g) {
   if (!g) return "eval gate not run";
-  const rest = Object.entries(g).filter(([k]) => k !== "passed").map(([k, v]) => k + " " + (typeof v === "number" ? Number(v.toPrecision(3)) : JSON.stringify(v))).join(", ");
+  const rest = Object.entries(g).filter(([k]) => k !== "passed").map(([k, v]) => k === "checked" ? "checked " + when(v) : k + " " + (typeof v === "number" ? Number(v.toPrecision(3)) : JSON.stringify(v))).join(", ");
   return "eval gate " + (g.passed ? "passed" : "FAILED") + (rest ? " (" + rest + ")" : "");
 }
 function metricText(m) {
@@ -408,10 +424,10 @@ async function loadAdapters() {
 }
 async function loadIndex(embedders) {
   const info = await api("GET", "/v1/index");
-  const name = (e) => (e ? e.name + (e.dim ? " (" + e.dim + " dimensions)" : "") : "none");
+  const name = (e) => (e ? (e.adapter ? "fine-tuned " + e.adapter + " on " : "") + e.name + (e.dim ? " (" + e.dim + " dimensions)" : "") : "none");
   $("index-info").textContent = info.documents + " documents, " + info.chunks + " passages; embedder " + name(info.embedder) + "; previous embedder " + name(info.previous_embedder) + (info.needs_reembedding ? "; an older index: re-embed it" : "") + ".";
   const current = info.embedder && info.embedder.name;
-  $("reindex-to").replaceChildren(...embedders.map((a) => el("option", { value: a.id }, "fine-tuned embedder " + a.id)), el("option", { value: "" }, "the current embedder again (" + (current || "?") + ")"));
+  $("reindex-to").replaceChildren(...embedders.map((a) => el("option", { value: a.id }, "fine-tuned embedder " + a.id)), el("option", { value: "" }, "the embedder in use, " + (current || "?") + " (rebuild its vectors)"));
   $("rollback").disabled = !info.previous_embedder;
   const r = info.reindex;
   $("index-status").textContent = r.state === "idle" ? "" : "Re-embedding " + r.state + (r.total ? ": " + r.done + " of " + r.total + " passages" : "") + (r.error ? " — " + r.error : "");
@@ -419,7 +435,7 @@ async function loadIndex(embedders) {
 }
 // One polling cycle: jobs and sweeps every time; adapters and the index only when a job or
 // sweep changed state, or while a re-embedding runs (each cycle costs 2 to 6 requests).
-let tuneTimer = null, tuneSeen = null, indexLive = false;
+let tuneTimer = null, tuneSeen = null, indexLive = false, wasLive = false;
 async function loadTuning() {
   clearTimeout(tuneTimer);
   let live = false, states = "", ok = true;
@@ -432,7 +448,10 @@ async function loadTuning() {
     const gotIndex = await guarded("index-error", async () => { indexLive = await loadIndex(embedders); });
     if (got && gotIndex) tuneSeen = states; else ok = false;
   }
-  if ((live || indexLive || (!ok && backoffUntil > Date.now())) && !$("page-tuning").hidden) tuneTimer = setTimeout(loadTuning, nextPoll());
+  // one cycle more once everything ended: a retriever job starts its re-embedding just after
+  const again = live || indexLive || wasLive || (!ok && backoffUntil > Date.now());
+  wasLive = live || indexLive;
+  if (again && !$("page-tuning").hidden) tuneTimer = setTimeout(loadTuning, nextPoll());
 }
 function refreshTuning() { tuneSeen = null; return loadTuning(); }
 function numberOrNull(id) { const v = $(id).value.trim(); return v === "" ? null : Number(v); }
@@ -458,8 +477,11 @@ $("tune-form").addEventListener("submit", async (e) => {
     if (steps != null) hp.max_steps = steps;
     for (const [k, v] of Object.entries(hp)) if (!Number.isFinite(v)) throw new ApiError("Not accepted (hyperparameters." + k + "): a number is needed.");
     const body = { component: $("tune-component").value, method, dataset, hyperparameters: hp };
+    if (body.component === "retriever") body.retriever = { activate: $("tune-activate").checked };
     if ($("tune-sweep").checked) {
-      body.sweep = { trials: numberOrNull("sweep-trials") || 4, space: { "hyperparameters.learning_rate": { type: "log_uniform", low: numberOrNull("sweep-low"), high: numberOrNull("sweep-high") } } };
+      const low = numberOrNull("sweep-low"), high = numberOrNull("sweep-high");
+      if (!(low > 0 && high > low)) throw new ApiError("Not accepted (sweep): the lowest rate must be above 0 and below the highest.");
+      body.sweep = { trials: numberOrNull("sweep-trials") || 4, space: { "hyperparameters.learning_rate": { type: "log_uniform", low, high } } };
     }
     await api("POST", "/v1/tune/jobs", body);
     await refreshTuning();
@@ -469,8 +491,7 @@ $("reindex-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const to = $("reindex-to").value;
   guarded("index-error", async () => {
-    const current = await api("GET", "/v1/index");
-    await api("POST", "/v1/index/reindex", to ? { adapter: to } : { embedder: current.embedder.name });
+    await api("POST", "/v1/index/reindex", to ? { adapter: to } : { refresh: true });
     await refreshTuning();
   });
 });
@@ -561,6 +582,7 @@ $("fb-export").addEventListener("click", () => guarded("fb-error", async () => {
   const blob = new Blob([rows.map((r) => JSON.stringify(r)).join("\n") + (rows.length ? "\n" : "")], { type: "application/x-ndjson" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "feedback.jsonl" });
   document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 0);
   $("fb-page").textContent = "Exported " + rows.length + " ratings to feedback.jsonl.";
 }));
 loaders.feedback = loadFeedback;

@@ -22,12 +22,17 @@ class ReindexBody(Body):
     adapter: AdapterId | None = Field(None, description="a fine-tuned embedder's registry id")
     embedder: ModelName | None = Field(None, description="a preset, hub id or local folder")
     rollback: bool = Field(False, description="back to the embedder before the last switch")
+    refresh: bool = Field(
+        False,
+        description="with the embedder in use (an index embedded without its chunks' context, "
+        "or vectors to rebuild)",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> ReindexBody:
-        given = [self.adapter is not None, self.embedder is not None, self.rollback]
+        given = [self.adapter is not None, self.embedder is not None, self.rollback, self.refresh]
         if sum(given) != 1:
-            raise ValueError("give exactly one of adapter, embedder, rollback")
+            raise ValueError("give exactly one of adapter, embedder, rollback, refresh")
         return self
 
 
@@ -74,7 +79,7 @@ def reindex(body: ReindexBody, state: State, _: Admin) -> dict[str, Any]:
     """Start re-embedding; searches and writes go on and the switch is atomic (409 while
     another one runs)."""
     try:
-        status = state.reindexer.start(body.model_dump(exclude_none=True), reason="api")
+        status = state.reindexer.start(body.model_dump(exclude_defaults=True), reason="api")
     except ReindexBusy as exc:
         raise ServiceError(409, "reindex_running", str(exc)) from None
     except NoRollback as exc:

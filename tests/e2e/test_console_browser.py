@@ -323,7 +323,7 @@ def test_documents_chat_citations_and_feedback(server: str, browser: Any, tmp_pa
     _shoot(page, shots, "chat-answer")
 
     # rate it, then suggest a better answer: both reach /v1/feedback
-    answer.locator("button[aria-label='Good answer']").click()
+    answer.locator("button:has-text('Good answer')").click()
     answer.locator("p[role=status]:has-text('Thanks')").wait_for()
     rated = httpx.get(server + "/v1/feedback", headers=AS_ADMIN, timeout=10).json()["feedback"]
     assert [r["rating"] for r in rated] == ["up"]
@@ -397,6 +397,15 @@ def test_tuning_sweep_adapters_index_and_eval(server: str, browser: Any, tmp_pat
 
     # a tiny tuning job from the form, watched in the page until it finishes
     page.click("nav button[data-page=tuning]")
+    # the form offers the data each component and method can take
+    page.select_option("#tune-method", "dpo")
+    assert page.input_value("#tune-source") == "feedback"
+    page.select_option("#tune-method", "lora")
+    assert page.input_value("#tune-source") == "raft"  # ratings are for kto and dpo only
+    page.select_option("#tune-component", "retriever")
+    assert page.input_value("#tune-source") == "pairs" and page.is_visible("#tune-activate")
+    page.select_option("#tune-component", "generator")
+    assert not page.is_visible("#tune-activate")
     page.select_option("#tune-source", "file")
     page.set_input_files("#tune-upload", str(train))
     page.fill("#tune-steps", "2")

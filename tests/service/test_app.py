@@ -109,7 +109,7 @@ def test_models_and_index_name_models_by_id_never_by_folder(
     assert index.json()["embedder"]["name"] == "e5-small"
     assert index.json()["previous_embedder"]["name"] == "old-embedder"
     assert [r.json().get("reindex", r.json())["target"] for r in reindex] == [
-        {"embedder": "e5-new", "rollback": False}
+        {"embedder": "e5-new"}
     ] * 2
     for r in (listed, index, *replies, *reindex):
         assert str(tmp_path) not in r.text and str(tiny_llama.parent) not in r.text, r.text
@@ -145,6 +145,14 @@ def test_an_index_embedded_without_context_is_re_embedded_at_startup(
         state = client.app.state.ragtune  # type: ignore[attr-defined]
         status = state.reindexer.join(timeout=30)
         ready, index = client.get("/readyz").json(), client.get("/v1/index").json()
+        if not enabled:  # asked for over the API instead (the console's "embedder in use")
+            both = client.post("/v1/index/reindex", json={"refresh": True, "rollback": True})
+            assert both.status_code == 422 and "exactly one" in both.text, both.text
+            asked = client.post("/v1/index/reindex", json={"refresh": True})
+            assert asked.status_code == 202 and asked.json()["target"] == {"refresh": True}
+            refreshed = state.reindexer.join(timeout=30)
+            assert refreshed.state == "succeeded" and refreshed.result["switched"], refreshed
+            assert not client.get("/v1/index").json()["needs_reembedding"]
     if enabled:
         assert status.state == "succeeded" and status.reason.startswith("startup"), status
         assert status.result["switched"] and status.target == {"refresh": True}
