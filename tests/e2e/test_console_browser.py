@@ -378,6 +378,11 @@ def test_tuning_sweep_adapters_index_and_eval(server: str, browser: Any, tmp_pat
         server + "/v1/documents", json={"documents": docs}, headers=AS_ADMIN, timeout=60
     )
     assert added.status_code == 201, added.text
+    notes = [{"id": f"note-{i:02}", "text": f"Note {i} on Debian."} for i in range(13)]
+    added = httpx.post(
+        server + "/v1/documents", json={"documents": notes}, headers=AS_ADMIN, timeout=60
+    )
+    assert added.status_code == 201, added.text
     train = tmp_path / "train.jsonl"
     train.write_text(
         "".join(
@@ -394,6 +399,16 @@ def test_tuning_sweep_adapters_index_and_eval(server: str, browser: Any, tmp_pat
         )
     )
     page, errors = _open(browser, server)
+
+    # 25 documents: two pages of 20
+    page.click("nav button[data-page=documents]")
+    page.wait_for_selector("#doc-page:text-is('1–20 of 25')")
+    assert page.is_disabled("#doc-prev") and page.locator("#doc-rows tr").count() == 20
+    page.click("#doc-next")
+    page.wait_for_selector("#doc-page:text-is('21–25 of 25')")
+    assert page.is_disabled("#doc-next") and page.locator("#doc-rows tr").count() == 5
+    page.click("#doc-prev")
+    page.wait_for_selector("#doc-page:text-is('1–20 of 25')")
 
     # a tiny tuning job from the form, watched in the page until it finishes
     page.click("nav button[data-page=tuning]")
@@ -451,7 +466,7 @@ def test_tuning_sweep_adapters_index_and_eval(server: str, browser: Any, tmp_pat
     page.click("#reindex-form button[type=submit]")
     page.wait_for_selector("#index-status:has-text('succeeded')", timeout=120_000)
     assert not page.inner_text("#index-error")
-    assert "12 documents" in page.inner_text("#index-info")
+    assert "25 documents" in page.inner_text("#index-info")
 
     # an eval run: dataset uploaded in the form, progress watched, report opened in the page
     qa = tmp_path / "qa.jsonl"
