@@ -277,7 +277,7 @@ class Retriever:
             self._snap_seq = seq
 
     def __len__(self) -> int:
-        return self.store.count_documents()
+        return self.count_documents()
 
     @property
     def chunk_count(self) -> int:

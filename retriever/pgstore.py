@@ -43,7 +43,7 @@ from retriever.store import (
     DocumentRow,
     NewChunk,
     Written,
-    like_pattern,
+    contains_clause,
     read_metadata,
 )
 
@@ -249,7 +249,7 @@ class PgStore:
     ) -> list[DocumentRow]:
         """A page in id order; with ``contains``, only documents whose id or text holds it
         (case ignored)."""
-        where, args = _contains(contains)
+        where, args = contains_clause(contains, "ILIKE", "%s")
         with self._conn() as c:
             rows = c.execute(
                 "SELECT id, version, text, metadata, hash, created, updated FROM documents "
@@ -259,7 +259,7 @@ class PgStore:
         return [_doc(r) for r in rows]
 
     def count_documents(self, contains: str | None = None) -> int:
-        where, args = _contains(contains)
+        where, args = contains_clause(contains, "ILIKE", "%s")
         with self._conn() as c:
             return int(c.execute(f"SELECT count(*) FROM documents {where}", args).fetchone()[0])
 
@@ -619,11 +619,3 @@ def _doc(row: tuple) -> DocumentRow:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _contains(text: str | None) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause (and its arguments) of a ``contains`` filter."""
-    if not text:
-        return "", ()
-    pattern = like_pattern(text)
-    return "WHERE id ILIKE %s ESCAPE '\\' OR text ILIKE %s ESCAPE '\\'", (pattern, pattern)

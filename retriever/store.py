@@ -193,7 +193,7 @@ class Store:
     ) -> list[DocumentRow]:
         """A page in id order; with ``contains``, only documents whose id or text holds it
         (ASCII case ignored)."""
-        where, args = _contains(contains)
+        where, args = contains_clause(contains)
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, version, text, metadata, hash, created, updated FROM documents "
@@ -203,7 +203,7 @@ class Store:
         return [_doc(r) for r in rows]
 
     def count_documents(self, contains: str | None = None) -> int:
-        where, args = _contains(contains)
+        where, args = contains_clause(contains)
         with self._lock:
             sql = f"SELECT COUNT(*) FROM documents {where}"
             return int(self._db.execute(sql, args).fetchone()[0])
@@ -474,16 +474,15 @@ def now() -> float:
     return time.time()
 
 
-def like_pattern(text: str) -> str:
-    """``text`` as a LIKE pattern that matches it anywhere, its own % _ and \\ taken literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _contains(text: str | None) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause (and its arguments) of a ``contains`` filter (SQLite's LIKE ignores the
-    case of ASCII letters only)."""
+def contains_clause(
+    text: str | None, like: str = "LIKE", mark: str = "?"
+) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its arguments) keeping documents whose id or text contains
+    ``text``, its own % _ and \\ taken literally; ``like`` and ``mark`` are the database's
+    operator and placeholder (SQLite's LIKE ignores the case of ASCII letters only)."""
     if not text:
         return "", ()
-    pattern = like_pattern(text)
-    return "WHERE id LIKE ? ESCAPE '\\' OR text LIKE ? ESCAPE '\\'", (pattern, pattern)
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"%{escaped}%"
+    match = f"{like} {mark} ESCAPE '\\'"
+    return f"WHERE id {match} OR text {match}", (pattern, pattern)

@@ -51,16 +51,19 @@ const POLL_MS = 3000;
 let backoffUntil = 0;
 function nextPoll() { return Math.max(POLL_MS, backoffUntil - Date.now()); }
 
+// The ApiError of a response that is not ok: its sentence and the wait it asks for.
+async function refusal(r) {
+  let data = null;
+  try { data = await r.json(); } catch (e) { /* not JSON */ }
+  const wait = r.headers.get("Retry-After");
+  return new ApiError(sentence(r.status, data, wait), Number(wait) || 0);
+}
+
 async function api(method, path, body, isForm) {
   const opts = { method, headers: headers(isForm || body === undefined ? {} : { "Content-Type": "application/json" }) };
   if (body !== undefined) opts.body = isForm ? body : JSON.stringify(body);
   const r = await fetch(path, opts);
-  if (!r.ok) {
-    let data = null;
-    try { data = await r.json(); } catch (e) { /* not JSON */ }
-    const wait = Number(r.headers.get("Retry-After")) || 0;
-    throw new ApiError(sentence(r.status, data, r.headers.get("Retry-After")), wait);
-  }
+  if (!r.ok) throw await refusal(r);
   const type = r.headers.get("Content-Type") || "";
   return type.includes("json") ? r.json() : r.text();
 }
@@ -167,7 +170,7 @@ $("ask-form").addEventListener("submit", async (e) => {
   $("answers").prepend(item);
   await guarded("ask-error", async () => {
     const r = await fetch("/v1/chat/completions", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body) });
-    if (!r.ok) { let d = null; try { d = await r.json(); } catch (x) { /* */ } item.remove(); throw new ApiError(sentence(r.status, d, r.headers.get("Retry-After")), Number(r.headers.get("Retry-After")) || 0); }
+    if (!r.ok) { item.remove(); throw await refusal(r); }
     const reader = r.body.getReader();
     const dec = new TextDecoder();
     let buf = "", id = null, citations = [];
@@ -201,6 +204,14 @@ $("ask-form").addEventListener("submit", async (e) => {
 });
 loaders.chat = loadModels;
 
+// A list page's "first–last of total" line in #<prefix>-page and its Previous/Next buttons.
+function pager(prefix, offset, shown, total, suffix, none) {
+  const last = offset + shown;
+  $(prefix + "-page").textContent = total ? (offset + 1) + "–" + last + " of " + total + suffix : none;
+  $(prefix + "-prev").disabled = offset === 0;
+  $(prefix + "-next").disabled = last >= total;
+}
+
 // ---- documents -----------------------------------------------------------------------------
 const PAGE = 20;
 let docOffset = 0, docTotal = 0, docRows = [], docQuery = "", docTimer = null;
@@ -211,11 +222,8 @@ function renderDocs() {
     el("td", {},
       el("button", { type: "button", "aria-label": "Edit " + d.id, onclick: () => editDoc(d.id) }, "Edit"), " ",
       el("button", { type: "button", "aria-label": "Delete " + d.id, onclick: () => deleteDoc(d.id) }, "Delete")))));
-  const last = docOffset + docRows.length;
   const match = docQuery ? " matching “" + docQuery + "”" : "";
-  $("doc-page").textContent = docTotal ? (docOffset + 1) + "–" + last + " of " + docTotal + match : docQuery ? "No document matches “" + docQuery + "”." : "No documents yet.";
-  $("doc-prev").disabled = docOffset === 0;
-  $("doc-next").disabled = last >= docTotal;
+  pager("doc", docOffset, docRows.length, docTotal, match, docQuery ? "No document matches “" + docQuery + "”." : "No documents yet.");
 }
 async function loadDocs() {
   await guarded("doc-list-error", async () => {
@@ -399,7 +407,7 @@ function metricText(m) {
   const keys = Object.keys(m || {}).filter((k) => typeof m[k] === "number").sort().slice(0, 6);
   return keys.length ? "; " + keys.map((k) => k + " " + Number(m[k].toPrecision(4))).join(", ") : "";
 }
-async function adapterAction(label, fn) {
+async function adapterAction(fn) {
   $("adapter-status").textContent = "";
   await guarded("adapter-error", async () => { $("adapter-status").textContent = await fn(); await refreshTuning(); });
 }
@@ -412,10 +420,10 @@ async function loadAdapters() {
     const flags = [a.promoted ? el("strong", {}, " promoted") : "", a.stale ? el("span", { class: "stale" }, " stale: " + (a.stale_reason || "its documents changed")) : ""];
     const actions = [];
     if (a.component === "generator" && a.servable) {
-      if (!a.loaded) actions.push(el("button", { type: "button", "aria-label": "Load " + a.id + " for chat", onclick: () => adapterAction("load", async () => { await api("POST", "/v1/adapters/" + encodeURIComponent(a.id) + "/load"); await loadModels(); return "Loaded " + a.id + ": pick it in the chat's adapter list."; }) }, "Load for chat"));
-      if (!a.promoted) actions.push(el("button", { type: "button", "aria-label": "Promote " + a.id, onclick: () => adapterAction("promote", async () => { const r = await api("POST", "/v1/adapters/" + encodeURIComponent(a.id) + "/promote"); return "Promoted " + r.id + " (" + gateText(r.eval_gate) + "): ft and hybrid use it by default."; }) }, "Promote"));
+      if (!a.loaded) actions.push(el("button", { type: "button", "aria-label": "Load " + a.id + " for chat", onclick: () => adapterAction(async () => { await api("POST", "/v1/adapters/" + encodeURIComponent(a.id) + "/load"); await loadModels(); return "Loaded " + a.id + ": pick it in the chat's adapter list."; }) }, "Load for chat"));
+      if (!a.promoted) actions.push(el("button", { type: "button", "aria-label": "Promote " + a.id, onclick: () => adapterAction(async () => { const r = await api("POST", "/v1/adapters/" + encodeURIComponent(a.id) + "/promote"); return "Promoted " + r.id + " (" + gateText(r.eval_gate) + "): ft and hybrid use it by default."; }) }, "Promote"));
     }
-    actions.push(el("button", { type: "button", "aria-label": "Delete " + a.id, onclick: () => window.confirm("Delete adapter " + a.id + "? Its files are removed.") && adapterAction("delete", async () => { await api("DELETE", "/v1/adapters/" + encodeURIComponent(a.id)); return "Deleted " + a.id + "."; }) }, "Delete"));
+    actions.push(el("button", { type: "button", "aria-label": "Delete " + a.id, onclick: () => window.confirm("Delete adapter " + a.id + "? Its files are removed.") && adapterAction(async () => { await api("DELETE", "/v1/adapters/" + encodeURIComponent(a.id)); return "Deleted " + a.id + "."; }) }, "Delete"));
     return el("li", { "data-adapter": a.id },
       a.id + " — " + a.component + "/" + a.method + " on " + (a.base_model || "?") + lineage + "; " + gateText(a.eval_gate) + metricText(a.metrics) + probeText(a.metrics) + (a.loaded ? "; loaded" : ""),
       ...flags, " ", ...actions);
@@ -563,10 +571,7 @@ async function loadFeedback() {
   await guarded("fb-error", async () => {
     const data = await api("GET", fbQuery(fbOffset, FB_PAGE));
     $("fb-rows").replaceChildren(...data.feedback.map(fbItem));
-    const last = fbOffset + data.feedback.length;
-    $("fb-page").textContent = data.total ? (fbOffset + 1) + "–" + last + " of " + data.total + " ratings" : "No ratings match.";
-    $("fb-prev").disabled = fbOffset === 0;
-    $("fb-next").disabled = last >= data.total;
+    pager("fb", fbOffset, data.feedback.length, data.total, " ratings", "No ratings match.");
   });
 }
 $("fb-filter").addEventListener("submit", (e) => { e.preventDefault(); fbOffset = 0; loadFeedback(); });

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.test_serve import _free_port, _ragtune
 from tests.helpers import wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,12 +45,6 @@ AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("console-data")
@@ -69,10 +62,9 @@ def server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         ),
     }
     env.pop("RAGTUNE_AUTH_DISABLED", None)
-    ragtune = str(Path(sys.executable).parent / "ragtune")
     log = (data / "serve.log").open("w")
     proc = subprocess.Popen(
-        [ragtune, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [_ragtune(), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
     try:

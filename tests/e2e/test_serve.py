@@ -6,11 +6,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.helpers import wait_ready
 
 
 def _free_port() -> int:
@@ -51,16 +52,9 @@ def test_serve_becomes_ready_on_loopback(tiny_llama: Path, tmp_path: Path) -> No
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        ready = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ready = httpx.get(f"{base}/readyz", timeout=2)
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        assert ready is not None and ready.status_code == 200, "server never became ready"
+        assert wait_ready(base, proc, 120), "server never became ready"
+        ready = httpx.get(f"{base}/readyz", timeout=2)
+        assert ready.status_code == 200, ready.text
         models = ready.json()["models"]
         assert models["embedder"]["name"] == "all-MiniLM-L6-v2"
         assert models["generator"] == {
